@@ -1,0 +1,121 @@
+use crate::{decode, Problem};
+use serde::Deserialize;
+use std::net::IpAddr;
+
+/// `[[apps]]`: one app, reachable as `<id>[-<port>][s|g].<base-domain>`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppConfig {
+    /// Lowercase letters, digits and inner `-`; see [`app_id_problem`].
+    pub id: String,
+    /// The instance port used when the name carries none.
+    #[serde(default = "default_port")]
+    pub default_port: u16,
+    /// What happens after TLS is terminated.
+    #[serde(default)]
+    pub mode: AppMode,
+    /// Concurrent connections to this app; 0 = unlimited.
+    #[serde(default)]
+    pub max_connections: u32,
+    /// Ports a name may ask for; empty = any port.
+    #[serde(default)]
+    pub ports: Vec<u16>,
+    /// Send a PROXY protocol header to the instance before any byte of the client.
+    #[serde(default)]
+    pub proxy_protocol: Option<ProxyProtocolVersion>,
+    /// The app's instances (the VPC adds more at run time).
+    #[serde(default)]
+    pub instances: Vec<InstanceConfig>,
+}
+
+fn default_port() -> u16 {
+    80
+}
+
+/// What the gateway does with the bytes after terminating TLS.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AppMode {
+    /// Relay the plaintext bytes to the instance (SSH, databases, any TCP protocol).
+    #[default]
+    Tcp,
+    /// L7 HTTP reverse proxy (not in this build yet).
+    Http,
+}
+
+/// PROXY protocol version sent to instances.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProxyProtocolVersion {
+    /// Text header.
+    V1,
+    /// Binary header.
+    V2,
+}
+
+/// `[[apps.instances]]`: where one instance of the app listens.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InstanceConfig {
+    /// The instance's IP (on the VPC); the port comes from the name or `default_port`.
+    #[serde(deserialize_with = "crate::de::ip_addr")]
+    pub address: IpAddr,
+}
+
+/// Why `id` is not a valid app id, or `None` if it is.
+///
+/// An app id is lowercase ASCII letters and digits in `-`-separated groups, at most 63 bytes.
+/// Its last group must not be all digits (optionally followed by `s`/`g`), because
+/// `<app>-<port>[s|g]` would then read it as a port.
+pub fn app_id_problem(id: &str) -> Option<String> {
+    if id.is_empty() || id.len() > 63 {
+        return Some(format!("{id:?} must be 1 to 63 characters"));
+    }
+    if let Some(c) = id
+        .chars()
+        .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-'))
+    {
+        return Some(format!(
+            "{id:?} contains {c:?}: only lowercase letters, digits and '-' are allowed"
+        ));
+    }
+    if id.starts_with('-') || id.ends_with('-') || id.contains("--") {
+        return Some(format!("{id:?}: '-' must separate two non-empty groups"));
+    }
+    if let Some((_, last)) = id.rsplit_once('-') {
+        let digits = last.trim_end_matches(['s', 'g']);
+        if !digits.is_empty()
+            && digits.bytes().all(|b| b.is_ascii_digit())
+            && last.len() - digits.len() <= 1
+        {
+            return Some(format!(
+                "{id:?} ends in '-{last}', which names would read as a port"
+            ));
+        }
+    }
+    None
+}
+
+/// Decodes `apps` element by element so that each bad app is reported.
+pub(crate) fn decode_all(
+    value: Option<&toml::Value>,
+    problems: &mut Vec<Problem>,
+) -> Option<Vec<AppConfig>> {
+    let Some(value) = value else {
+        return Some(Vec::new());
+    };
+    let Some(list) = value.as_array() else {
+        problems.push(Problem::new(
+            "apps",
+            "must be an array of tables ([[apps]])",
+        ));
+        return None;
+    };
+    let before = problems.len();
+    let apps: Vec<AppConfig> = list
+        .iter()
+        .enumerate()
+        .filter_map(|(i, v)| decode(v.clone(), &format!("apps[{i}]"), problems))
+        .collect();
+    (problems.len() == before).then_some(apps)
+}

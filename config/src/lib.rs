@@ -1,0 +1,160 @@
+//! Gatehouse's typed configuration: the TOML schema, its defaults and its validation.
+//!
+//! [`Config::from_toml`] parses a document, deserializes every section on its own (so one bad
+//! section does not hide the problems of the next), then runs the semantic checks of
+//! `validate.rs`. Every problem is reported with its key path and a reason, e.g.
+//! `apps[1].instances[0].address: "10.0.0.1:80" is not an IP address (...)`.
+//!
+//! This crate has no side effects: it reads no file but the one it is given (certificate and
+//! key paths are checked for existence only), binds no socket and creates nothing.
+//! Other crates take their own section, never the whole `Config`.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod admin;
+mod apps;
+mod de;
+mod error;
+mod proxy;
+mod tls;
+mod validate;
+
+pub use admin::AdminConfig;
+pub use apps::{app_id_problem, AppConfig, AppMode, InstanceConfig, ProxyProtocolVersion};
+pub use error::{ConfigError, Problem};
+pub use proxy::{CustomDomainsConfig, ProxyConfig, Timeouts};
+pub use tls::{CertificatePair, TlsConfig};
+
+use serde::de::DeserializeOwned;
+use std::path::Path;
+
+/// The whole configuration of one gateway process.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// `[proxy]`: listeners, base domains, timeouts, custom-domain resolution.
+    pub proxy: ProxyConfig,
+    /// `[[apps]]`: statically configured apps and their instances.
+    pub apps: Vec<AppConfig>,
+    /// `[tls]`: static certificates for the terminating path.
+    pub tls: TlsConfig,
+    /// `[admin]`: the admin/metrics listener, absent when not configured.
+    pub admin: Option<AdminConfig>,
+}
+
+/// Top-level sections this build understands, in the order they are documented.
+const SECTIONS: &[&str] = &["proxy", "apps", "tls", "admin"];
+
+impl Config {
+    /// Reads and validates a config file. `base_dir` for relative certificate paths is the
+    /// file's directory.
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Config::from_toml(&text, base)
+    }
+
+    /// Parses and validates a TOML document; relative file paths are taken from `base_dir`.
+    pub fn from_toml(text: &str, base_dir: &Path) -> Result<Config, ConfigError> {
+        let table: toml::Table = toml::from_str(text).map_err(|e| ConfigError::Syntax {
+            message: e.message().to_owned(),
+            span: e.span(),
+        })?;
+        let mut problems = Vec::new();
+        for key in table.keys() {
+            if !SECTIONS.contains(&key.as_str()) {
+                problems.push(Problem::new(
+                    key,
+                    format!(
+                        "unknown section (this build knows: {})",
+                        SECTIONS.join(", ")
+                    ),
+                ));
+            }
+        }
+        let proxy: Option<ProxyConfig> = section(&table, "proxy", &mut problems);
+        let tls: Option<TlsConfig> = section(&table, "tls", &mut problems);
+        let admin: Option<Option<AdminConfig>> = match table.get("admin") {
+            None => Some(None),
+            Some(v) => decode(v.clone(), "admin", &mut problems).map(Some),
+        };
+        let apps = apps::decode_all(table.get("apps"), &mut problems);
+
+        let (Some(proxy), Some(tls), Some(admin), Some(apps)) = (proxy, tls, admin, apps) else {
+            return Err(ConfigError::Invalid(problems));
+        };
+        let mut config = Config {
+            proxy,
+            apps,
+            tls,
+            admin,
+        };
+        config.resolve_paths(base_dir);
+        validate::check(&config, &mut problems);
+        if problems.is_empty() {
+            config.normalize();
+            Ok(config)
+        } else {
+            Err(ConfigError::Invalid(problems))
+        }
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        for pair in &mut self.tls.certificates {
+            pair.cert = base.join(&pair.cert);
+            pair.key = base.join(&pair.key);
+        }
+        if let Some(admin) = &mut self.admin {
+            if let Some(token) = &mut admin.token_file {
+                *token = base.join(&*token);
+            }
+        }
+    }
+
+    /// Lower-cases names so the hot path compares bytes, never cases.
+    fn normalize(&mut self) {
+        for d in &mut self.proxy.base_domains {
+            *d = d.to_ascii_lowercase();
+        }
+    }
+}
+
+/// Deserializes the optional section `key` (absent = its defaults), recording a problem on error.
+fn section<T: DeserializeOwned + Default>(
+    table: &toml::Table,
+    key: &str,
+    problems: &mut Vec<Problem>,
+) -> Option<T> {
+    match table.get(key) {
+        None => Some(T::default()),
+        Some(v) => decode(v.clone(), key, problems),
+    }
+}
+
+/// Deserializes one value, turning a serde error into a problem with the full key path.
+pub(crate) fn decode<T: DeserializeOwned>(
+    value: toml::Value,
+    path: &str,
+    problems: &mut Vec<Problem>,
+) -> Option<T> {
+    match serde_path_to_error::deserialize::<_, T>(value) {
+        Ok(v) => Some(v),
+        Err(e) => {
+            let inner = e.path().to_string();
+            let full = if inner == "." || inner.is_empty() {
+                path.to_owned()
+            } else if inner.starts_with('[') {
+                format!("{path}{inner}")
+            } else {
+                format!("{path}.{inner}")
+            };
+            problems.push(Problem::new(full, e.into_inner().message().to_owned()));
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

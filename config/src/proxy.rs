@@ -1,0 +1,114 @@
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// `[proxy]`: how the gateway listens and what names it routes.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProxyConfig {
+    /// TLS listeners.
+    #[serde(deserialize_with = "crate::de::socket_addrs")]
+    pub listen: Vec<SocketAddr>,
+    /// Base domains under which `<app-id>[-<port>][s|g].<base>` names route (lower-cased).
+    pub base_domains: Vec<String>,
+    /// Worker runtimes, each with its own `SO_REUSEPORT` listener; 0 = one per core.
+    pub workers: usize,
+    /// Expect a PROXY protocol v1/v2 header from a load balancer in front, on every connection.
+    pub proxy_protocol_inbound: bool,
+    /// Timeouts of the data path.
+    pub timeouts: Timeouts,
+    /// Custom domains mapped to apps by DNS TXT records.
+    pub custom_domains: CustomDomainsConfig,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        ProxyConfig {
+            listen: vec![SocketAddr::from(([0, 0, 0, 0], 443))],
+            base_domains: Vec::new(),
+            workers: 0,
+            proxy_protocol_inbound: false,
+            timeouts: Timeouts::default(),
+            custom_domains: CustomDomainsConfig::default(),
+        }
+    }
+}
+
+/// `[proxy.timeouts]`, as humantime strings ("5s", "10m").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Timeouts {
+    /// From accept until the ClientHello (and PROXY header) is read, and for the TLS handshake.
+    #[serde(with = "humantime_serde")]
+    pub handshake: Duration,
+    /// One TCP connect to an instance.
+    #[serde(with = "humantime_serde")]
+    pub connect: Duration,
+    /// No byte in either direction for this long closes a relayed connection.
+    #[serde(with = "humantime_serde")]
+    pub idle: Duration,
+    /// A write that makes no progress for this long closes the connection (slow readers).
+    #[serde(with = "humantime_serde")]
+    pub write: Duration,
+    /// On SIGTERM/SIGINT, how long live connections may drain before they are closed.
+    #[serde(with = "humantime_serde")]
+    pub drain: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            handshake: Duration::from_secs(5),
+            connect: Duration::from_secs(3),
+            idle: Duration::from_secs(600),
+            write: Duration::from_secs(30),
+            drain: Duration::from_secs(30),
+        }
+    }
+}
+
+/// `[proxy.custom_domains]`: names outside the base domains, mapped to an app by a TXT record
+/// `<txt_prefix>.<domain>` holding `<app-id>:<port>[;mode=passthrough]`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CustomDomainsConfig {
+    /// Look up names outside the base domains at all.
+    pub enabled: bool,
+    /// The TXT record's first label; `_dstack-app-address` gives dstack compatibility.
+    pub txt_prefix: String,
+    /// DNS servers to ask (`IP:PORT`); empty = the system's `/etc/resolv.conf`.
+    #[serde(deserialize_with = "crate::de::socket_addrs")]
+    pub nameservers: Vec<SocketAddr>,
+    /// A positive answer is cached for its TTL, but at least this long...
+    #[serde(with = "humantime_serde")]
+    pub min_ttl: Duration,
+    /// ...and at most this long.
+    #[serde(with = "humantime_serde")]
+    pub max_ttl: Duration,
+    /// "No such record" (or an unusable one) is cached this long.
+    #[serde(with = "humantime_serde")]
+    pub negative_ttl: Duration,
+    /// One lookup gives up after this long (the connection is refused, nothing is cached).
+    #[serde(with = "humantime_serde")]
+    pub lookup_timeout: Duration,
+    /// Names kept in the cache (bounded memory under random-SNI floods).
+    pub cache_capacity: u64,
+    /// Lookups in flight across all names; beyond it new names are refused until one ends.
+    pub max_concurrent_lookups: usize,
+}
+
+impl Default for CustomDomainsConfig {
+    fn default() -> Self {
+        CustomDomainsConfig {
+            enabled: true,
+            txt_prefix: "_gatehouse-app-address".into(),
+            nameservers: Vec::new(),
+            min_ttl: Duration::from_secs(30),
+            max_ttl: Duration::from_secs(3600),
+            negative_ttl: Duration::from_secs(10),
+            lookup_timeout: Duration::from_secs(2),
+            cache_capacity: 100_000,
+            max_concurrent_lookups: 256,
+        }
+    }
+}

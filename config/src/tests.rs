@@ -1,0 +1,207 @@
+use super::*;
+use std::net::IpAddr;
+use std::time::Duration;
+
+fn parse(text: &str) -> Result<Config, ConfigError> {
+    Config::from_toml(text, Path::new("/nonexistent"))
+}
+
+fn problems(text: &str) -> Vec<String> {
+    match parse(text) {
+        Ok(_) => panic!("expected problems in:\n{text}"),
+        Err(e) => e.problems(),
+    }
+}
+
+#[test]
+fn empty_document_gives_defaults() {
+    let c = parse("").unwrap();
+    assert_eq!(c.proxy.listen, vec!["0.0.0.0:443".parse().unwrap()]);
+    assert_eq!(c.proxy.timeouts.handshake, Duration::from_secs(5));
+    assert_eq!(c.proxy.timeouts.idle, Duration::from_secs(600));
+    assert_eq!(c.proxy.custom_domains.txt_prefix, "_gatehouse-app-address");
+    assert!(c.apps.is_empty());
+    assert!(c.admin.is_none());
+}
+
+#[test]
+fn full_document_parses() {
+    let c = parse(
+        r#"
+[proxy]
+listen = ["127.0.0.1:8443", "[::1]:8443"]
+base_domains = ["GW.Example.com", "other.test"]
+workers = 2
+proxy_protocol_inbound = true
+[proxy.timeouts]
+handshake = "2s"
+idle = "1m 30s"
+[proxy.custom_domains]
+txt_prefix = "_dstack-app-address"
+nameservers = ["127.0.0.1:5353"]
+
+[[apps]]
+id = "my-app"
+default_port = 8080
+max_connections = 10
+ports = [8080, 22]
+proxy_protocol = "v2"
+[[apps.instances]]
+address = "10.0.0.2"
+[[apps.instances]]
+address = "fd00::2"
+
+[admin]
+listen = "127.0.0.1:8001"
+insecure_no_auth = true
+"#,
+    )
+    .unwrap();
+    assert_eq!(c.proxy.base_domains, vec!["gw.example.com", "other.test"]);
+    assert_eq!(c.proxy.timeouts.idle, Duration::from_secs(90));
+    assert_eq!(c.proxy.timeouts.connect, Duration::from_secs(3));
+    let app = &c.apps[0];
+    assert_eq!(app.proxy_protocol, Some(ProxyProtocolVersion::V2));
+    assert_eq!(
+        app.instances[1].address,
+        "fd00::2".parse::<IpAddr>().unwrap()
+    );
+    assert_eq!(app.mode, AppMode::Tcp);
+}
+
+/// Each bad input and the one problem it must produce, with its key path.
+#[test]
+fn each_problem_names_its_key() {
+    let cases: &[(&str, &str)] = &[
+        ("[proxy]\nlisten = [\"10.0.0.1\"]", "proxy.listen: \"10.0.0.1\" is not a socket address (missing port)"),
+        ("[proxy]\nlisten = [\"nope:1\"]", "proxy.listen: \"nope:1\" is not a socket address"),
+        ("[proxy]\nlisten = []", "proxy.listen: at least one listener is required"),
+        ("[proxy]\nbase_domains = [\"gw.test.\"]", "proxy.base_domains[0]: \"gw.test.\" must not end with '.'"),
+        ("[proxy]\nbase_domains = [\"a..b\"]", "proxy.base_domains[0]: \"a..b\" has an invalid label \"\""),
+        ("[proxy]\nbase_domains = [\"a.b\", \"A.B\"]", "proxy.base_domains[1]: \"A.B\" is listed twice"),
+        ("[proxy]\nworkrs = 1", "proxy.workrs: unknown field `workrs`"),
+        ("[proxy.timeouts]\nidle = \"0s\"", "proxy.timeouts.idle: must be more than 0s"),
+        ("[proxy.timeouts]\nidle = \"soon\"", "proxy.timeouts.idle: "),
+        ("[proxy.custom_domains]\ntxt_prefix = \"app\"", "proxy.custom_domains.txt_prefix: \"app\" must be one DNS label"),
+        ("[proxy.custom_domains]\nmin_ttl = \"2h\"", "proxy.custom_domains.min_ttl: 2h is more than max_ttl 1h"),
+        ("[acme]\ndirectory = \"x\"", "acme: unknown section"),
+        ("[[apps]]\nid = \"Demo\"", "apps[0].id: \"Demo\" contains 'D'"),
+        ("[[apps]]\nid = \"app-1\"", "apps[0].id: \"app-1\" ends in '-1', which names would read as a port"),
+        ("[[apps]]\nid = \"app-22s\"", "apps[0].id: \"app-22s\" ends in '-22s'"),
+        ("[[apps]]\nid = \"-a\"", "apps[0].id: \"-a\": '-' must separate"),
+        ("[[apps]]\nid = \"a\"\n[[apps]]\nid = \"a\"", "apps[1].id: \"a\" is already apps[0].id"),
+        ("[[apps]]\nid = \"demo\"\n[[apps]]\nid = \"demos\"", "apps[1].id: \"demos\" is ambiguous: it also reads as app \"demo\" (apps[0]) with the 's' flag"),
+        ("[[apps]]\nid = \"a\"\nmode = \"udp\"", "apps[0].mode: unknown variant `udp`"),
+        ("[[apps]]\nid = \"a\"\nmode = \"http\"", "apps[0].mode: \"http\" is not available"),
+        ("[[apps]]\nid = \"a\"\ndefault_port = 0", "apps[0].default_port: must be 1-65535"),
+        ("[[apps]]\nid = \"a\"\ndefault_port = 70000", "apps[0].default_port: "),
+        ("[[apps]]\nid = \"a\"\nports = [22]", "apps[0].default_port: 80 is not in apps[0].ports"),
+        ("[[apps]]\nid = \"a\"\nproxy_protocol = \"v3\"", "apps[0].proxy_protocol: unknown variant `v3`"),
+        (
+            "[[apps]]\nid = \"a\"\n[[apps.instances]]\naddress = \"10.0.0.1:80\"",
+            "apps[0].instances[0].address: \"10.0.0.1:80\" is not an IP address (the port comes from the name",
+        ),
+        (
+            "[[apps]]\nid = \"a\"\n[[apps.instances]]\naddress = \"10.0.0.1\"\n[[apps.instances]]\naddress = \"10.0.0.1\"",
+            "apps[0].instances[1].address: 10.0.0.1 is listed twice",
+        ),
+        ("[tls]\ncertificates = [{ cert = \"c.pem\", key = \"k.pem\" }]", "tls.certificates[0].cert: /nonexistent/c.pem is not a readable file"),
+        ("[admin]\nlisten = \"0.0.0.0:8001\"\ninsecure_no_auth = true", "admin.insecure_no_auth: only allowed on a loopback listener"),
+        ("[admin]\nlisten = \"127.0.0.1:8001\"", "admin.token_file: required"),
+        ("apps = 3", "apps: must be an array of tables"),
+    ];
+    for (text, expected) in cases {
+        let got = problems(text);
+        assert!(
+            got.iter().any(|p| p.starts_with(expected)),
+            "input:\n{text}\nexpected a problem starting with: {expected}\ngot: {got:#?}"
+        );
+    }
+}
+
+#[test]
+fn every_problem_is_reported_not_only_the_first() {
+    let got = problems(
+        r#"
+[proxy]
+listen = ["127.0.0.1:1", "127.0.0.1:1"]
+[proxy.timeouts]
+connect = "0s"
+[[apps]]
+id = "ok"
+[[apps.instances]]
+address = "10.0.0.1"
+[[apps]]
+id = "bad_id"
+[[apps]]
+id = "x"
+[[apps.instances]]
+address = "10.0.0.1:80"
+[admin]
+listen = "0.0.0.0:1"
+"#,
+    );
+    // the bad instance stops app[2]'s decoding, so semantic checks wait for a clean decode;
+    // but every decode problem of every section is listed together.
+    assert!(
+        got.iter()
+            .any(|p| p.starts_with("apps[2].instances[0].address")),
+        "{got:#?}"
+    );
+    let got = problems(
+        r#"
+[proxy]
+listen = ["127.0.0.1:1", "127.0.0.1:1"]
+[proxy.timeouts]
+connect = "0s"
+[[apps]]
+id = "bad_id"
+[[apps]]
+id = "y"
+default_port = 0
+[admin]
+listen = "0.0.0.0:1"
+"#,
+    );
+    for expected in [
+        "proxy.listen[1]",
+        "proxy.timeouts.connect",
+        "apps[0].id",
+        "apps[1].default_port",
+        "admin.token_file",
+    ] {
+        assert!(
+            got.iter().any(|p| p.starts_with(expected)),
+            "missing {expected} in {got:#?}"
+        );
+    }
+}
+
+#[test]
+fn syntax_errors_say_where() {
+    let err = parse("[proxy\nlisten = 1").unwrap_err();
+    assert!(
+        err.to_string().starts_with("not valid TOML at bytes"),
+        "{err}"
+    );
+}
+
+#[test]
+fn app_id_grammar() {
+    for ok in ["a", "demo", "my-app", "app-1x", "a1-b2", "x-s", "x-1a"] {
+        assert_eq!(app_id_problem(ok), None, "{ok}");
+    }
+    for bad in [
+        "",
+        "A",
+        "a_b",
+        "a-",
+        "a--b",
+        "app-1",
+        "app-1g",
+        "app-80s",
+        &"a".repeat(64),
+    ] {
+        assert!(app_id_problem(bad).is_some(), "{bad}");
+    }
+}

@@ -1,0 +1,20 @@
+use serde::Deserialize;
+use std::path::PathBuf;
+
+/// `[tls]`: static certificates served on the terminating path.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// Certificate chains (PEM) and their keys; chosen by SNI: exact name, then wildcard.
+    pub certificates: Vec<CertificatePair>,
+}
+
+/// One PEM certificate chain and its PEM private key.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificatePair {
+    /// The chain, leaf first.
+    pub cert: PathBuf,
+    /// The leaf's private key (PKCS#8, SEC1 or PKCS#1).
+    pub key: PathBuf,
+}

@@ -1,0 +1,223 @@
+//! Semantic checks across fields; every problem is collected, none stops the others.
+
+use crate::{app_id_problem, AppMode, Config, Problem};
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+pub(crate) fn check(c: &Config, problems: &mut Vec<Problem>) {
+    let mut push = |path: String, reason: String| problems.push(Problem::new(path, reason));
+    check_proxy(c, &mut push);
+    check_apps(c, &mut push);
+    for (i, pair) in c.tls.certificates.iter().enumerate() {
+        for (field, path) in [("cert", &pair.cert), ("key", &pair.key)] {
+            if !path.is_file() {
+                push(
+                    format!("tls.certificates[{i}].{field}"),
+                    format!("{} is not a readable file", path.display()),
+                );
+            }
+        }
+    }
+    if let Some(admin) = &c.admin {
+        let loopback = admin.listen.ip().is_loopback();
+        if admin.insecure_no_auth && !loopback {
+            push(
+                "admin.insecure_no_auth".into(),
+                format!(
+                    "only allowed on a loopback listener, and {} is not",
+                    admin.listen
+                ),
+            );
+        }
+        if admin.token_file.is_none() && !admin.insecure_no_auth {
+            push(
+                "admin.token_file".into(),
+                "required (or set insecure_no_auth = true on a loopback listener)".into(),
+            );
+        }
+        if admin.token_file.is_some() && admin.insecure_no_auth {
+            push(
+                "admin.insecure_no_auth".into(),
+                "contradicts admin.token_file: choose one".into(),
+            );
+        }
+        if let Some(t) = admin.token_file.as_ref().filter(|t| !t.is_file()) {
+            push(
+                "admin.token_file".into(),
+                format!("{} is not a readable file", t.display()),
+            );
+        }
+    }
+}
+
+fn check_proxy(c: &Config, push: &mut impl FnMut(String, String)) {
+    let p = &c.proxy;
+    if p.listen.is_empty() {
+        push(
+            "proxy.listen".into(),
+            "at least one listener is required".into(),
+        );
+    }
+    let mut seen = HashSet::new();
+    for (i, addr) in p.listen.iter().enumerate() {
+        if !seen.insert(addr) {
+            push(
+                format!("proxy.listen[{i}]"),
+                format!("{addr} is listed twice"),
+            );
+        }
+    }
+    let mut domains = HashSet::new();
+    for (i, d) in p.base_domains.iter().enumerate() {
+        if let Some(why) = dns_name_problem(d) {
+            push(format!("proxy.base_domains[{i}]"), why);
+        } else if !domains.insert(d.to_ascii_lowercase()) {
+            push(
+                format!("proxy.base_domains[{i}]"),
+                format!("{d:?} is listed twice"),
+            );
+        }
+    }
+    if p.workers > 1024 {
+        push(
+            "proxy.workers".into(),
+            format!("{} is more than 1024", p.workers),
+        );
+    }
+    let t = &p.timeouts;
+    for (name, d) in [
+        ("handshake", t.handshake),
+        ("connect", t.connect),
+        ("idle", t.idle),
+        ("write", t.write),
+    ] {
+        if d.is_zero() {
+            push(
+                format!("proxy.timeouts.{name}"),
+                "must be more than 0s".into(),
+            );
+        }
+    }
+    let cd = &p.custom_domains;
+    let prefix_ok = cd.txt_prefix.starts_with('_')
+        && cd.txt_prefix.len() <= 63
+        && cd.txt_prefix[1..]
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if !prefix_ok {
+        push(
+            "proxy.custom_domains.txt_prefix".into(),
+            format!(
+                "{:?} must be one DNS label starting with '_'",
+                cd.txt_prefix
+            ),
+        );
+    }
+    if cd.min_ttl > cd.max_ttl {
+        push(
+            "proxy.custom_domains.min_ttl".into(),
+            format!(
+                "{} is more than max_ttl {}",
+                show(cd.min_ttl),
+                show(cd.max_ttl)
+            ),
+        );
+    }
+    if cd.lookup_timeout.is_zero() {
+        push(
+            "proxy.custom_domains.lookup_timeout".into(),
+            "must be more than 0s".into(),
+        );
+    }
+    if cd.max_concurrent_lookups == 0 {
+        push(
+            "proxy.custom_domains.max_concurrent_lookups".into(),
+            "must be at least 1".into(),
+        );
+    }
+}
+
+fn check_apps(c: &Config, push: &mut impl FnMut(String, String)) {
+    let mut ids: HashMap<&str, usize> = HashMap::new();
+    for (i, app) in c.apps.iter().enumerate() {
+        if let Some(why) = app_id_problem(&app.id) {
+            push(format!("apps[{i}].id"), why);
+        } else if let Some(first) = ids.insert(&app.id, i) {
+            push(
+                format!("apps[{i}].id"),
+                format!("{:?} is already apps[{first}].id", app.id),
+            );
+        }
+        if app.mode == AppMode::Http {
+            push(
+                format!("apps[{i}].mode"),
+                "\"http\" is not available in this build yet; use \"tcp\"".into(),
+            );
+        }
+        if app.default_port == 0 {
+            push(format!("apps[{i}].default_port"), "must be 1-65535".into());
+        }
+        for (j, port) in app.ports.iter().enumerate() {
+            if *port == 0 {
+                push(format!("apps[{i}].ports[{j}]"), "must be 1-65535".into());
+            }
+        }
+        if !app.ports.is_empty() && !app.ports.contains(&app.default_port) {
+            push(
+                format!("apps[{i}].default_port"),
+                format!("{} is not in apps[{i}].ports", app.default_port),
+            );
+        }
+        let mut addrs = HashSet::new();
+        for (j, inst) in app.instances.iter().enumerate() {
+            if !addrs.insert(inst.address) {
+                push(
+                    format!("apps[{i}].instances[{j}].address"),
+                    format!("{} is listed twice", inst.address),
+                );
+            }
+        }
+    }
+    // `demo` and `demos` cannot both exist: `demos.<base>` would mean either.
+    for (i, app) in c.apps.iter().enumerate() {
+        if let Some(stem) = app.id.strip_suffix(['s', 'g']) {
+            if let Some(&other) = ids.get(stem) {
+                push(
+                    format!("apps[{i}].id"),
+                    format!(
+                        "{:?} is ambiguous: it also reads as app {stem:?} (apps[{other}]) with the '{}' flag",
+                        app.id,
+                        &app.id[stem.len()..]
+                    ),
+                );
+            }
+        }
+    }
+}
+
+/// Why `name` is not a DNS host name we accept (LDH labels, no trailing dot), if it is not.
+fn dns_name_problem(name: &str) -> Option<String> {
+    if name.is_empty() || name.len() > 253 {
+        return Some(format!("{name:?} must be 1 to 253 characters"));
+    }
+    if name.ends_with('.') {
+        return Some(format!("{name:?} must not end with '.'"));
+    }
+    for label in name.split('.') {
+        let ok = !label.is_empty()
+            && label.len() <= 63
+            && !label.starts_with('-')
+            && !label.ends_with('-')
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-');
+        if !ok {
+            return Some(format!("{name:?} has an invalid label {label:?}"));
+        }
+    }
+    None
+}
+
+fn show(d: Duration) -> String {
+    humantime::format_duration(d).to_string()
+}

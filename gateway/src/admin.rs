@@ -1,0 +1,69 @@
+//! The admin listener: `/metrics` (Prometheus text) and `/healthz`. Fails closed: without a
+//! configured token, only a loopback listener with `insecure_no_auth = true` answers (config
+//! validation enforces that pairing).
+
+use crate::conn::Shared;
+use crate::http_server::{serve, text};
+use gatehouse_config::AdminConfig;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+
+/// Reads the token file (trimmed). An empty token is refused: it would match nothing useful.
+pub fn load_token(config: &AdminConfig) -> std::io::Result<Option<Arc<str>>> {
+    let Some(path) = &config.token_file else {
+        return Ok(None);
+    };
+    let token = std::fs::read_to_string(path)?.trim().to_owned();
+    if token.is_empty() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("{} is empty", path.display()),
+        ));
+    }
+    Ok(Some(token.into()))
+}
+
+/// Serves the admin endpoints on `listener`.
+pub async fn run(listener: TcpListener, token: Option<Arc<str>>, shared: Arc<Shared>) {
+    serve(listener, move |req, _peer| {
+        let token = token.clone();
+        let shared = shared.clone();
+        async move {
+            if let Some(t) = &token {
+                let given = req
+                    .headers()
+                    .get(hyper::header::AUTHORIZATION)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.strip_prefix("Bearer "))
+                    .unwrap_or("");
+                if !constant_time_eq(given.as_bytes(), t.as_bytes()) {
+                    return text(
+                        401,
+                        "401 unauthorized: send Authorization: Bearer <token>\n",
+                    );
+                }
+            }
+            match (req.method().as_str(), req.uri().path()) {
+                ("GET", "/metrics") => text(200, shared.metrics.render()),
+                ("GET", "/healthz") => text(200, "ok\n"),
+                _ => text(404, "404 not found\n"),
+            }
+        }
+    })
+    .await
+}
+
+/// Compares without an early exit on the first differing byte.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn constant_time_eq() {
+        assert!(super::constant_time_eq(b"abc", b"abc"));
+        assert!(!super::constant_time_eq(b"abc", b"abd"));
+        assert!(!super::constant_time_eq(b"abc", b"ab"));
+    }
+}

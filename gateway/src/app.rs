@@ -1,0 +1,253 @@
+//! Assembling a gateway from its config and running it: worker threads (one current-thread
+//! runtime and one `SO_REUSEPORT` socket per listen address each), then drain on shutdown.
+//!
+//! The control runtime (the caller's) runs what is not per-connection: signals, the admin
+//! server, the demo app and DNS lookups for custom domains.
+
+use crate::conn::{self, Shared};
+use crate::listener;
+use crate::metrics::Metrics;
+use crate::route::custom_domain::{CustomDomains, HickoryTxt};
+use crate::route::{AppSpec, RouteTable, Routes};
+use crate::terminate::certs::{CertResolver, CertSet};
+use crate::terminate::TlsConfigs;
+use gatehouse_config::Config;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{watch, Notify};
+
+/// Why a gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A certificate or key could not be loaded.
+    #[error("tls.certificates[{index}]: {source}")]
+    Certificate {
+        /// Index in the config.
+        index: usize,
+        /// Why.
+        source: crate::terminate::certs::CertError,
+    },
+    /// The route table is inconsistent (two sources declared clashing apps).
+    #[error("routes: {0}")]
+    Routes(#[from] crate::route::table::BuildError),
+    /// rustls refused the configuration.
+    #[error("TLS config: {0}")]
+    Tls(#[from] rustls::Error),
+    /// The DNS resolver could not be set up.
+    #[error("custom domains: {0}")]
+    Resolver(String),
+    /// A socket could not be bound.
+    #[error("{0}")]
+    Listen(#[from] std::io::Error),
+}
+
+/// A gateway ready to run: shared state and bound sockets.
+#[derive(Debug)]
+pub struct Gateway {
+    /// What every connection reads.
+    pub shared: Arc<Shared>,
+    sockets: Vec<Vec<std::net::TcpListener>>,
+    drain: Duration,
+}
+
+impl Gateway {
+    /// Builds the shared state and binds every listener. `extra_apps` and `extra_certs` come
+    /// from other sources than the config (the development demo app and CA).
+    /// Must be called inside the control runtime (DNS lookups run there).
+    pub fn build(
+        config: &Config,
+        extra_apps: Vec<AppSpec>,
+        mut certs: CertSet,
+    ) -> Result<Gateway, StartError> {
+        for (index, pair) in config.tls.certificates.iter().enumerate() {
+            certs
+                .load(&pair.cert, &pair.key)
+                .map_err(|source| StartError::Certificate { index, source })?;
+        }
+        let mut specs: Vec<AppSpec> = config.apps.iter().map(AppSpec::from).collect();
+        specs.extend(extra_apps);
+        let table = RouteTable::build(&config.proxy.base_domains, specs, None)?;
+        let custom = &config.proxy.custom_domains;
+        let lookup = HickoryTxt::new(custom).map_err(StartError::Resolver)?;
+        let custom = CustomDomains::new(
+            custom.clone(),
+            Arc::new(lookup),
+            tokio::runtime::Handle::current(),
+        );
+        let shared = Arc::new(Shared {
+            routes: Routes::new(table, custom),
+            tls: TlsConfigs::new(Arc::new(CertResolver::new(certs)))?,
+            timeouts: config.proxy.timeouts,
+            proxy_protocol_inbound: config.proxy.proxy_protocol_inbound,
+            metrics: Metrics::default(),
+        });
+        let workers = match config.proxy.workers {
+            0 => std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
+            n => n,
+        };
+        let sockets = listener::bind_all(&config.proxy.listen, workers)?;
+        Ok(Gateway {
+            shared,
+            sockets,
+            drain: config.proxy.timeouts.drain,
+        })
+    }
+
+    /// The bound addresses (ports resolved).
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.sockets
+            .first()
+            .map(|s| s.iter().filter_map(|l| l.local_addr().ok()).collect())
+            .unwrap_or_default()
+    }
+
+    /// Runs the workers until `stop` turns true, then stops accepting, lets live connections
+    /// drain for the configured time and closes the rest. Returns when every worker is done.
+    pub async fn run(self, stop: watch::Receiver<bool>) {
+        let workers: Vec<_> = self
+            .sockets
+            .into_iter()
+            .enumerate()
+            .map(|(i, sockets)| {
+                let shared = self.shared.clone();
+                let stop = stop.clone();
+                let drain = self.drain;
+                std::thread::Builder::new()
+                    .name(format!("gatehouse-worker-{i}"))
+                    .spawn(move || worker(i, sockets, shared, stop, drain))
+            })
+            .collect();
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        std::thread::spawn(move || {
+            for w in workers.into_iter().flatten() {
+                let _ = w.join();
+            }
+            let _ = done_tx.send(());
+        });
+        let _ = done_rx.await;
+    }
+}
+
+fn worker(
+    index: usize,
+    sockets: Vec<std::net::TcpListener>,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+    drain: Duration,
+) {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(worker = index, "cannot start worker runtime: {e}");
+            return;
+        }
+    };
+    runtime.block_on(async move {
+        let tracker = Arc::new(Tracker::default());
+        for socket in sockets {
+            match tokio::net::TcpListener::from_std(socket) {
+                Ok(l) => {
+                    tokio::spawn(accept_loop(
+                        l,
+                        shared.clone(),
+                        stop.clone(),
+                        tracker.clone(),
+                    ));
+                }
+                Err(e) => tracing::error!(worker = index, "listener: {e}"),
+            }
+        }
+        stopped(&mut stop).await;
+        let deadline = tokio::time::Instant::now() + drain;
+        while tracker.count() > 0 {
+            let notified = tracker.idle.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable(); // registered before the check: no lost wake-up
+            if tracker.count() == 0 {
+                break;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                tracing::info!(
+                    worker = index,
+                    open = tracker.count(),
+                    "drain deadline reached; closing"
+                );
+                break;
+            }
+        }
+    });
+    // Dropping the runtime cancels the connections still open.
+}
+
+async fn accept_loop(
+    listener: tokio::net::TcpListener,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+    tracker: Arc<Tracker>,
+) {
+    loop {
+        tokio::select! {
+            biased;
+            _ = stopped(&mut stop) => return, // drops the listener: no more accepts
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let shared = shared.clone();
+                    let guard = Tracker::start(&tracker);
+                    tokio::spawn(async move {
+                        conn::serve(shared, stream, peer).await;
+                        drop(guard);
+                    });
+                }
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+        }
+    }
+}
+
+/// Resolves once the stop flag is true (or its sender is gone).
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    while !*stop.borrow_and_update() {
+        if stop.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Connections open on one worker, and a wake-up when the count reaches zero.
+#[derive(Debug, Default)]
+struct Tracker {
+    open: AtomicUsize,
+    idle: Notify,
+}
+
+impl Tracker {
+    fn start(this: &Arc<Tracker>) -> TrackerGuard {
+        this.open.fetch_add(1, Ordering::Relaxed);
+        TrackerGuard(this.clone())
+    }
+
+    fn count(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
+}
+
+struct TrackerGuard(Arc<Tracker>);
+
+impl Drop for TrackerGuard {
+    fn drop(&mut self) {
+        if self.0.open.fetch_sub(1, Ordering::Relaxed) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}

@@ -1,0 +1,211 @@
+//! The life of one connection; this function reads like the chart in ARCHITECTURE.md.
+
+use crate::error::ConnError;
+use crate::hello::{self, alert, replay::Prefixed};
+use crate::metrics::Metrics;
+use crate::proxy_protocol::{self, ProxyHeaderError};
+use crate::relay::{self, RelayLimits};
+use crate::route::{Mode, Route, Routes};
+use crate::terminate::TlsConfigs;
+use crate::upstream;
+use gatehouse_config::Timeouts;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::{timeout_at, Instant};
+use tracing::Instrument;
+
+/// What every connection reads: live routes and certificates, limits, counters.
+#[derive(Debug)]
+pub struct Shared {
+    /// Route snapshot and custom-domain resolver.
+    pub routes: Routes,
+    /// rustls configs and the live certificates.
+    pub tls: TlsConfigs,
+    /// Data-path timeouts.
+    pub timeouts: Timeouts,
+    /// Whether every connection starts with a PROXY header.
+    pub proxy_protocol_inbound: bool,
+    /// Counters.
+    pub metrics: Metrics,
+}
+
+/// Serves one accepted connection to its end. Never panics on input; logs one line if refused.
+pub async fn serve(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
+    let _active = shared.metrics.accepted();
+    let span = tracing::debug_span!("conn", client = %peer);
+    async {
+        if let Err(e) = handle(&shared, stream, peer).await {
+            shared.metrics.rejected(e.reject());
+            if e.is_operational() {
+                tracing::warn!(reason = e.reject().label(), "refused: {e}");
+            } else {
+                tracing::debug!(reason = e.reject().label(), "refused: {e}");
+            }
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+async fn handle(shared: &Shared, mut stream: TcpStream, peer: SocketAddr) -> Result<(), ConnError> {
+    let t = &shared.timeouts;
+    let deadline = Instant::now() + t.handshake;
+    let _ = stream.set_nodelay(true);
+    let local = stream.local_addr().map_err(ConnError::ClientIo)?;
+    let mut buf = Vec::with_capacity(2048);
+
+    let (client, local, start) = if shared.proxy_protocol_inbound {
+        let timed = timeout_at(deadline, read_proxy_header(&mut stream, &mut buf)).await;
+        let (header, len) = timed.map_err(|_| ConnError::HandshakeTimeout(t.handshake))??;
+        let (c, l) = header.addrs.unwrap_or((peer, local));
+        (c, l, len)
+    } else {
+        (peer, local, 0)
+    };
+
+    let hello = match timeout_at(deadline, hello::read(&mut stream, &mut buf, start)).await {
+        Err(_) => return Err(ConnError::HandshakeTimeout(t.handshake)),
+        Ok(Err(io)) => return Err(ConnError::ClientIo(io)),
+        Ok(Ok(Err(e))) => return Err(refuse(&mut stream, e.into()).await),
+        Ok(Ok(Ok(h))) => h,
+    };
+
+    let route = match shared.routes.resolve(&hello.sni).await {
+        Ok(r) => r,
+        Err(error) => {
+            return Err(refuse(
+                &mut stream,
+                ConnError::Route {
+                    sni: hello.sni,
+                    error,
+                },
+            )
+            .await)
+        }
+    };
+    let Some(_slot) = route.app.admit() else {
+        let e = ConnError::AppFull {
+            app: route.app.spec.id.clone(),
+            max: route.app.spec.max_connections,
+        };
+        return Err(refuse(&mut stream, e).await);
+    };
+    let proxy_header = route
+        .app
+        .spec
+        .proxy_protocol
+        .map(|v| proxy_protocol::encode(v, client, local));
+    let limits = RelayLimits {
+        idle: t.idle,
+        write: t.write,
+    };
+
+    match route.mode {
+        Mode::Passthrough => {
+            let (mut up, _load) = match upstream::connect(&route, t.connect).await {
+                Ok(u) => u,
+                Err(e) => return Err(refuse(&mut stream, e.into()).await),
+            };
+            let mut first = proxy_header.unwrap_or_default();
+            first.extend_from_slice(&buf[start..]);
+            drop(buf);
+            if write_within(&mut up, &first, t.write).await.is_err() {
+                return Ok(()); // the instance closed at once: nothing to relay
+            }
+            drop(first);
+            finish(shared, &route, &mut stream, &mut up, limits).await;
+        }
+        Mode::Terminate | Mode::TerminateH2 => {
+            if !shared.tls.resolver.has(&hello.sni) {
+                return Err(refuse(&mut stream, ConnError::NoCertificate(hello.sni)).await);
+            }
+            let acceptor =
+                tokio_rustls::TlsAcceptor::from(shared.tls.for_hello(route.mode, &hello));
+            let replay = Prefixed::new(stream, buf, start);
+            let mut tls = match timeout_at(deadline, acceptor.accept(replay)).await {
+                Err(_) => return Err(ConnError::HandshakeTimeout(t.handshake)),
+                Ok(Err(e)) => return Err(ConnError::Tls(e)),
+                Ok(Ok(tls)) => tls,
+            };
+            let (mut up, _load) = match upstream::connect(&route, t.connect).await {
+                Ok(u) => u,
+                Err(e) => {
+                    let _ = tls.shutdown().await;
+                    return Err(e.into());
+                }
+            };
+            if let Some(h) = proxy_header {
+                if write_within(&mut up, &h, t.write).await.is_err() {
+                    return Ok(());
+                }
+            }
+            finish(shared, &route, &mut tls, &mut up, limits).await;
+        }
+    }
+    Ok(())
+}
+
+/// Relays, then records the outcome. A relay's end is the clients' or apps' doing, logged at debug.
+async fn finish<C, U>(
+    shared: &Shared,
+    route: &Route,
+    client: &mut C,
+    up: &mut U,
+    limits: RelayLimits,
+) where
+    C: AsyncRead + AsyncWrite + Unpin,
+    U: AsyncRead + AsyncWrite + Unpin,
+{
+    let (moved, result) = relay::relay(client, up, limits).await;
+    shared.metrics.relayed(moved.up, moved.down);
+    match result {
+        Ok(()) => {
+            tracing::debug!(app = %route.app.spec.id, up = moved.up, down = moved.down, "closed")
+        }
+        Err(e) => {
+            tracing::debug!(app = %route.app.spec.id, up = moved.up, down = moved.down, "ended: {e}")
+        }
+    }
+}
+
+/// Sends the error's TLS alert, if it has one, then hands the error back.
+async fn refuse(stream: &mut TcpStream, e: ConnError) -> ConnError {
+    if let Some(description) = e.alert() {
+        // Best effort with a short bound: the client may be gone or not reading.
+        let record = alert::record(description);
+        let write = stream.write_all(&record);
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), write).await;
+        let _ = stream.shutdown().await;
+    }
+    e
+}
+
+async fn write_within<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    bytes: &[u8],
+    limit: std::time::Duration,
+) -> std::io::Result<()> {
+    match tokio::time::timeout(limit, w.write_all(bytes)).await {
+        Ok(r) => r,
+        Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
+    }
+}
+
+/// Reads until `buf` starts with a complete PROXY header; returns it and its length.
+async fn read_proxy_header(
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+) -> Result<(proxy_protocol::ProxyHeader, usize), ConnError> {
+    loop {
+        if let Some(parsed) = proxy_protocol::parse(buf)? {
+            return Ok(parsed);
+        }
+        buf.reserve(1024);
+        let n = stream.read_buf(buf).await.map_err(ConnError::ClientIo)?;
+        if n == 0 {
+            return Err(ProxyHeaderError::Truncated.into());
+        }
+    }
+}

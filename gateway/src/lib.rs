@@ -1,0 +1,29 @@
+//! Gatehouse's data plane: the SNI router that passes TLS through or terminates it, and the
+//! pieces around it (admin endpoints, the development CA and demo app).
+//!
+//! The life of a connection is [`conn::serve`]: PROXY header (optional) → ClientHello read
+//! without consuming ([`hello`]) → route by SNI ([`route`]) → admission (per-app cap) →
+//! passthrough, or rustls termination ([`terminate`]) → instance choice with failover
+//! ([`upstream`]) → byte relay with half-close and timeouts ([`relay`]).
+//!
+//! It does not (yet) speak HTTP to apps, obtain ACME certificates or attest: those come with
+//! the `http` mode, the `certbot` crate and the `attest` crate.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod admin;
+pub mod app;
+pub mod conn;
+pub mod demo;
+pub mod devca;
+pub mod error;
+pub mod hello;
+pub mod http_server;
+pub mod listener;
+pub mod metrics;
+pub mod proxy_protocol;
+pub mod relay;
+pub mod route;
+pub mod shutdown;
+pub mod terminate;
+pub mod upstream;

@@ -1,0 +1,194 @@
+//! The `gatehouse` command line. Thin: parsing, logging set-up, and the two modes of `run`.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use gatehouse::app::Gateway;
+use gatehouse::devca::DevCa;
+use gatehouse::route::AppSpec;
+use gatehouse::terminate::certs::CertSet;
+use gatehouse_config::{AdminConfig, AppMode, Config};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+/// Gatehouse: an attested TLS gateway and SNI router for confidential VMs.
+///
+/// Routes `<app-id>[-<port>][s|g].<base-domain>` and DNS-mapped custom domains to app
+/// instances, passing TLS through (`s`) or terminating it. Exit codes: 0 ok, 1 runtime
+/// failure, 2 bad usage or bad config. Logs go to stderr; set RUST_LOG (e.g.
+/// `RUST_LOG=gatehouse=debug`) for one line per refused connection.
+#[derive(Parser, Debug)]
+#[command(version, about, long_about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the gateway.
+    ///
+    /// With no --config: the embedded development defaults. TLS on 127.0.0.1:8443 for
+    /// `*.localhost`, certificates from a local development CA created once in the state
+    /// directory (trust `<state-dir>/dev-ca.pem`), a built-in `demo` app, admin and
+    /// /metrics on 127.0.0.1:8001. The start-up output prints a ready `curl` line.
+    Run {
+        /// A TOML config file (see config/examples/ and INTERFACE.md).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Where the development defaults keep their CA.
+        #[arg(long, default_value = ".gatehouse")]
+        state_dir: PathBuf,
+    },
+    /// Validate a config file and print every problem with its key path (exit 2 if any).
+    CheckConfig {
+        /// The TOML config file.
+        file: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    // Two providers may be compiled in (via dependencies); pin ours process-wide.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    match cli.command {
+        Command::CheckConfig { file } => match Config::from_file(&file) {
+            Ok(_) => {
+                println!("{}: ok", file.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                for p in e.problems() {
+                    eprintln!("{}: {p}", file.display());
+                }
+                ExitCode::from(2)
+            }
+        },
+        Command::Run { config, state_dir } => {
+            let config = match config.as_deref().map(Config::from_file).transpose() {
+                Ok(c) => c,
+                Err(e) => {
+                    for p in e.problems() {
+                        eprintln!("config: {p}");
+                    }
+                    return ExitCode::from(2);
+                }
+            };
+            match run(config, &state_dir) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("gatehouse: {e:#}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+    }
+}
+
+fn run(config: Option<Config>, state_dir: &Path) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("gatehouse-control")
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let dev = config.is_none();
+        let (config, apps, certs) = match config {
+            Some(c) => (c, Vec::new(), CertSet::default()),
+            None => development(state_dir).await?,
+        };
+        let gateway = Gateway::build(&config, apps, certs)?;
+        for addr in gateway.local_addrs() {
+            println!("gatehouse: listening on {addr} (TLS)");
+        }
+        if let Some(admin) = &config.admin {
+            let token = gatehouse::admin::load_token(admin).context("admin.token_file")?;
+            let listener = tokio::net::TcpListener::bind(admin.listen)
+                .await
+                .with_context(|| format!("admin listener {}", admin.listen))?;
+            println!(
+                "gatehouse: admin on http://{}/metrics",
+                listener.local_addr()?
+            );
+            tokio::spawn(gatehouse::admin::run(
+                listener,
+                token,
+                gateway.shared.clone(),
+            ));
+        }
+        if dev {
+            let port = gateway
+                .local_addrs()
+                .first()
+                .map(|a| a.port())
+                .unwrap_or(8443);
+            println!(
+                "gatehouse: try it: curl --cacert {} https://demo.localhost:{port}/",
+                state_dir.join("dev-ca.pem").display()
+            );
+        }
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            if let Err(e) = gatehouse::shutdown::on_signal(stop_tx).await {
+                tracing::error!("signal handler: {e}");
+            }
+        });
+        gateway.run(stop_rx).await;
+        tracing::info!("stopped");
+        Ok(())
+    })
+}
+
+/// The embedded development defaults: a local CA, a demo app, loopback listeners.
+async fn development(state_dir: &Path) -> anyhow::Result<(Config, Vec<AppSpec>, CertSet)> {
+    tracing::warn!(
+        "DEVELOPMENT DEFAULTS: certificates from a local CA in {}, no TEE attestation. \
+         Never expose this to a network.",
+        state_dir.display()
+    );
+    let mut config = Config::from_toml("", Path::new("."))?;
+    config.proxy.listen = vec![SocketAddr::from(([127, 0, 0, 1], 8443))];
+    config.proxy.base_domains = vec!["localhost".into()];
+    config.admin = Some(AdminConfig {
+        listen: SocketAddr::from(([127, 0, 0, 1], 8001)),
+        token_file: None,
+        insecure_no_auth: true,
+    });
+    let ca = DevCa::load_or_create(state_dir).context("development CA")?;
+    tracing::info!("development CA: trust {}", ca.cert_path.display());
+    // curl (and browsers) refuse a wildcard directly under a single-label name like
+    // `*.localhost`, so the demo's names are listed explicitly beside it.
+    let names: Vec<String> = [
+        "localhost",
+        "*.localhost",
+        "demo.localhost",
+        "demog.localhost",
+    ]
+    .map(String::from)
+    .to_vec();
+    let (chain, key) = ca.issue(&names)?;
+    let mut certs = CertSet::default();
+    let provider = rustls::crypto::aws_lc_rs::default_provider();
+    let key = rustls::sign::CertifiedKey::from_der(chain, key, &provider)?;
+    certs.insert(&names, Arc::new(key));
+    let demo = tokio::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0)).await?;
+    let demo_port = demo.local_addr()?.port();
+    tokio::spawn(gatehouse::demo::run(demo));
+    let app = AppSpec {
+        id: "demo".into(),
+        default_port: demo_port,
+        ports: Vec::new(),
+        max_connections: 0,
+        proxy_protocol: None,
+        mode: AppMode::Tcp,
+        instances: vec![std::net::IpAddr::from([127, 0, 0, 1])],
+    };
+    Ok((config, vec![app], certs))
+}

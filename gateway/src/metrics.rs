@@ -1,0 +1,211 @@
+//! Process-wide counters, read by the admin `/metrics` endpoint (Prometheus text format).
+//! Plain relaxed atomics: the hot path pays one uncontended add per event.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Why a connection ended without being relayed, as a metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(usize)]
+pub enum Reject {
+    /// First bytes were not TLS.
+    NotTls,
+    /// Malformed ClientHello (framing or fields).
+    MalformedHello,
+    /// ClientHello over the size bound.
+    HelloTooLarge,
+    /// ClientHello without SNI, or with an invalid one.
+    NoSni,
+    /// Closed before the hello (or PROXY header) was complete.
+    Truncated,
+    /// Hello or PROXY header not complete within the handshake timeout.
+    HandshakeTimeout,
+    /// PROXY header missing or malformed.
+    ProxyHeader,
+    /// The name does not route (grammar, unknown app, port not allowed, custom domain).
+    NoRoute,
+    /// The app is at `max_connections`.
+    AppFull,
+    /// No certificate covers the name.
+    NoCertificate,
+    /// The TLS handshake failed.
+    TlsHandshake,
+    /// No instance could be reached.
+    Upstream,
+    /// I/O error on the client before routing.
+    ClientIo,
+}
+
+impl Reject {
+    const ALL: [Reject; 13] = [
+        Reject::NotTls,
+        Reject::MalformedHello,
+        Reject::HelloTooLarge,
+        Reject::NoSni,
+        Reject::Truncated,
+        Reject::HandshakeTimeout,
+        Reject::ProxyHeader,
+        Reject::NoRoute,
+        Reject::AppFull,
+        Reject::NoCertificate,
+        Reject::TlsHandshake,
+        Reject::Upstream,
+        Reject::ClientIo,
+    ];
+
+    /// The label in `/metrics` and logs.
+    pub fn label(self) -> &'static str {
+        match self {
+            Reject::NotTls => "not_tls",
+            Reject::MalformedHello => "malformed_hello",
+            Reject::HelloTooLarge => "hello_too_large",
+            Reject::NoSni => "no_sni",
+            Reject::Truncated => "truncated",
+            Reject::HandshakeTimeout => "handshake_timeout",
+            Reject::ProxyHeader => "proxy_header",
+            Reject::NoRoute => "no_route",
+            Reject::AppFull => "app_full",
+            Reject::NoCertificate => "no_certificate",
+            Reject::TlsHandshake => "tls_handshake",
+            Reject::Upstream => "upstream_unreachable",
+            Reject::ClientIo => "client_io",
+        }
+    }
+}
+
+/// The counters.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    accepted: AtomicU64,
+    active: AtomicU64,
+    relayed: AtomicU64,
+    bytes_up: AtomicU64,
+    bytes_down: AtomicU64,
+    rejected: [AtomicU64; Reject::ALL.len()],
+}
+
+impl Metrics {
+    /// A connection was accepted; the returned guard counts it as active until dropped.
+    pub fn accepted(&self) -> ActiveGuard<'_> {
+        self.accepted.fetch_add(1, Ordering::Relaxed);
+        self.active.fetch_add(1, Ordering::Relaxed);
+        ActiveGuard(self)
+    }
+
+    /// A connection was refused for `why`.
+    pub fn rejected(&self, why: Reject) {
+        self.rejected[why as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A relay ended after moving these bytes.
+    pub fn relayed(&self, up: u64, down: u64) {
+        self.relayed.fetch_add(1, Ordering::Relaxed);
+        self.bytes_up.fetch_add(up, Ordering::Relaxed);
+        self.bytes_down.fetch_add(down, Ordering::Relaxed);
+    }
+
+    /// Connections currently open.
+    pub fn active(&self) -> u64 {
+        self.active.load(Ordering::Relaxed)
+    }
+
+    /// Connections refused for `why` so far.
+    pub fn rejected_count(&self, why: Reject) -> u64 {
+        self.rejected[why as usize].load(Ordering::Relaxed)
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(2048);
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let mut counter = |name: &str, help: &str, kind: &str, value: u64| {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+            );
+        };
+        counter(
+            "gatehouse_connections_accepted_total",
+            "TCP connections accepted.",
+            "counter",
+            get(&self.accepted),
+        );
+        counter(
+            "gatehouse_connections_active",
+            "Connections open now.",
+            "gauge",
+            get(&self.active),
+        );
+        counter(
+            "gatehouse_connections_relayed_total",
+            "Connections that reached an instance and ended.",
+            "counter",
+            get(&self.relayed),
+        );
+        counter(
+            "gatehouse_relay_bytes_up_total",
+            "Bytes relayed client to instance.",
+            "counter",
+            get(&self.bytes_up),
+        );
+        counter(
+            "gatehouse_relay_bytes_down_total",
+            "Bytes relayed instance to client.",
+            "counter",
+            get(&self.bytes_down),
+        );
+        let _ = writeln!(
+            out,
+            "# HELP gatehouse_connections_rejected_total Connections refused, by reason."
+        );
+        let _ = writeln!(out, "# TYPE gatehouse_connections_rejected_total counter");
+        for r in Reject::ALL {
+            let _ = writeln!(
+                out,
+                "gatehouse_connections_rejected_total{{reason=\"{}\"}} {}",
+                r.label(),
+                get(&self.rejected[r as usize])
+            );
+        }
+        out
+    }
+}
+
+/// Counts one active connection until dropped.
+#[derive(Debug)]
+pub struct ActiveGuard<'a>(&'a Metrics);
+
+impl Drop for ActiveGuard<'_> {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_reason_has_its_own_slot_and_label() {
+        let m = Metrics::default();
+        for (i, r) in Reject::ALL.iter().enumerate() {
+            assert_eq!(*r as usize, i);
+            for _ in 0..=i {
+                m.rejected(*r);
+            }
+        }
+        let text = m.render();
+        for (i, r) in Reject::ALL.iter().enumerate() {
+            let line = format!(
+                "gatehouse_connections_rejected_total{{reason=\"{}\"}} {}",
+                r.label(),
+                i + 1
+            );
+            assert!(text.contains(&line), "{line}");
+        }
+        let g = m.accepted();
+        assert_eq!(m.active(), 1);
+        drop(g);
+        assert_eq!(m.active(), 0);
+    }
+}

@@ -1,0 +1,338 @@
+//! Bidirectional byte relay with half-close, an idle timeout and a write-stall timeout.
+//!
+//! One task polls both directions (like `tokio::io::copy_bidirectional`), so there is no
+//! split lock and no second task per connection. A read of 0 bytes (FIN, or TLS close_notify)
+//! is passed on as a write shutdown to the other side, and the other direction keeps flowing
+//! until it ends too. One timer serves both deadlines: it fires, checks the last progress and
+//! any stalled write, and re-arms for the earliest deadline, so activity costs no timer reset.
+
+use std::future::{poll_fn, Future};
+use std::io;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::Instant;
+
+/// Per-direction buffer. 16 KiB is one full TLS record, so a terminated stream moves a whole
+/// record per read; see benches/RESULTS.md for the measured trade-off.
+pub const BUFFER_SIZE: usize = 16 * 1024;
+
+/// Limits of one relay.
+#[derive(Debug, Clone, Copy)]
+pub struct RelayLimits {
+    /// No byte either way for this long ends the relay.
+    pub idle: Duration,
+    /// A write blocked this long (the reader is not reading) ends the relay.
+    pub write: Duration,
+}
+
+/// Bytes moved each way.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Transferred {
+    /// Client to upstream.
+    pub up: u64,
+    /// Upstream to client.
+    pub down: u64,
+}
+
+/// Which end of the relay failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    /// The connection from the client.
+    Client,
+    /// The connection to the instance.
+    Upstream,
+}
+
+/// Why a relay ended before both sides closed.
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    /// No byte moved for the idle limit.
+    #[error("idle for {0:?}")]
+    Idle(Duration),
+    /// A write to `End` made no progress for the write limit.
+    #[error("write to {0:?} stalled for {1:?}")]
+    WriteStalled(End, Duration),
+    /// An I/O error on `End`.
+    #[error("{0:?} I/O: {1}")]
+    Io(End, io::Error),
+}
+
+/// Relays until both directions are closed, or a limit or error ends it.
+pub async fn relay<C, U>(
+    client: &mut C,
+    upstream: &mut U,
+    limits: RelayLimits,
+) -> (Transferred, Result<(), RelayError>)
+where
+    C: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    U: AsyncRead + AsyncWrite + Unpin + ?Sized,
+{
+    let mut up = Half::new(End::Client, End::Upstream);
+    let mut down = Half::new(End::Upstream, End::Client);
+    let mut last_progress = Instant::now();
+    let timer = tokio::time::sleep(limits.idle.min(limits.write));
+    tokio::pin!(timer);
+    let result = poll_fn(|cx| {
+        let mut progress = false;
+        if !up.done {
+            if let Poll::Ready(Err(e)) =
+                up.poll_copy(cx, &mut *client, &mut *upstream, &mut progress)
+            {
+                return Poll::Ready(Err(e));
+            }
+        }
+        if !down.done {
+            if let Poll::Ready(Err(e)) =
+                down.poll_copy(cx, &mut *upstream, &mut *client, &mut progress)
+            {
+                return Poll::Ready(Err(e));
+            }
+        }
+        if up.done && down.done {
+            return Poll::Ready(Ok(()));
+        }
+        if progress {
+            last_progress = Instant::now();
+        }
+        while timer.as_mut().poll(cx).is_ready() {
+            let now = Instant::now();
+            let mut next = last_progress + limits.idle;
+            if now >= next {
+                return Poll::Ready(Err(RelayError::Idle(limits.idle)));
+            }
+            for half in [&up, &down] {
+                if let Some(since) = half.stalled_since {
+                    let deadline = since + limits.write;
+                    if now >= deadline {
+                        return Poll::Ready(Err(RelayError::WriteStalled(half.to, limits.write)));
+                    }
+                    next = next.min(deadline);
+                }
+            }
+            timer.as_mut().reset(next);
+        }
+        Poll::Pending
+    })
+    .await;
+    (
+        Transferred {
+            up: up.amount,
+            down: down.amount,
+        },
+        result,
+    )
+}
+
+/// One direction: read into the buffer, write it all out, repeat; on EOF shut the writer.
+struct Half {
+    from: End,
+    to: End,
+    buf: Box<[u8]>,
+    pos: usize,
+    cap: usize,
+    eof: bool,
+    done: bool,
+    need_flush: bool,
+    amount: u64,
+    stalled_since: Option<Instant>,
+}
+
+impl Half {
+    fn new(from: End, to: End) -> Half {
+        Half {
+            from,
+            to,
+            buf: vec![0; BUFFER_SIZE].into_boxed_slice(),
+            pos: 0,
+            cap: 0,
+            eof: false,
+            done: false,
+            need_flush: false,
+            amount: 0,
+            stalled_since: None,
+        }
+    }
+
+    fn poll_copy<R, W>(
+        &mut self,
+        cx: &mut Context<'_>,
+        reader: &mut R,
+        writer: &mut W,
+        progress: &mut bool,
+    ) -> Poll<Result<(), RelayError>>
+    where
+        R: AsyncRead + Unpin + ?Sized,
+        W: AsyncWrite + Unpin + ?Sized,
+    {
+        let (from, to) = (self.from, self.to);
+        loop {
+            if self.pos == self.cap && !self.eof {
+                let mut rb = ReadBuf::new(&mut self.buf);
+                match Pin::new(&mut *reader).poll_read(cx, &mut rb) {
+                    Poll::Pending => {
+                        if self.need_flush {
+                            ready!(self.poll_flush(cx, writer))?;
+                        }
+                        return Poll::Pending;
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(RelayError::Io(from, e))),
+                    Poll::Ready(Ok(())) => {
+                        let n = rb.filled().len();
+                        if n == 0 {
+                            self.eof = true;
+                        } else {
+                            self.pos = 0;
+                            self.cap = n;
+                            *progress = true;
+                        }
+                    }
+                }
+            }
+            while self.pos < self.cap {
+                match Pin::new(&mut *writer).poll_write(cx, &self.buf[self.pos..self.cap]) {
+                    Poll::Pending => {
+                        self.stalled_since.get_or_insert_with(Instant::now);
+                        return Poll::Pending;
+                    }
+                    Poll::Ready(Ok(0)) => {
+                        let e = io::Error::new(io::ErrorKind::WriteZero, "wrote 0 bytes");
+                        return Poll::Ready(Err(RelayError::Io(to, e)));
+                    }
+                    Poll::Ready(Ok(n)) => {
+                        self.pos += n;
+                        self.amount += n as u64;
+                        self.need_flush = true;
+                        self.stalled_since = None;
+                        *progress = true;
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(RelayError::Io(to, e))),
+                }
+            }
+            if self.eof {
+                ready!(self.poll_flush(cx, writer))?;
+                match ready!(Pin::new(&mut *writer).poll_shutdown(cx)) {
+                    // The peer may already be gone; the other direction will tell.
+                    Ok(()) | Err(_) => {}
+                }
+                self.done = true;
+                self.buf = Box::default();
+                return Poll::Ready(Ok(()));
+            }
+        }
+    }
+
+    fn poll_flush<W: AsyncWrite + Unpin + ?Sized>(
+        &mut self,
+        cx: &mut Context<'_>,
+        writer: &mut W,
+    ) -> Poll<Result<(), RelayError>> {
+        match Pin::new(&mut *writer).poll_flush(cx) {
+            Poll::Pending => {
+                self.stalled_since.get_or_insert_with(Instant::now);
+                Poll::Pending
+            }
+            Poll::Ready(Ok(())) => {
+                self.need_flush = false;
+                self.stalled_since = None;
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(RelayError::Io(self.to, e))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{duplex, AsyncReadExt, AsyncWriteExt};
+
+    const LIMITS: RelayLimits = RelayLimits {
+        idle: Duration::from_secs(5),
+        write: Duration::from_secs(5),
+    };
+
+    #[tokio::test]
+    async fn half_close_each_way_keeps_the_other_open() {
+        let (mut client, mut c_side) = duplex(64);
+        let (mut u_side, mut upstream) = duplex(64);
+        let relay = tokio::spawn(async move { relay(&mut c_side, &mut u_side, LIMITS).await });
+        client.write_all(b"request").await.unwrap();
+        client.shutdown().await.unwrap(); // FIN from the client
+        let mut got = Vec::new();
+        upstream.read_to_end(&mut got).await.unwrap(); // the upstream sees EOF
+        assert_eq!(got, b"request");
+        // the other direction still flows after the client's FIN
+        let writer = tokio::spawn(async move {
+            upstream.write_all(&vec![7u8; 100_000]).await.unwrap();
+            upstream.shutdown().await.unwrap();
+        });
+        let mut back = Vec::new();
+        client.read_to_end(&mut back).await.unwrap();
+        writer.await.unwrap();
+        assert_eq!(back.len(), 100_000);
+        let (t, r) = relay.await.unwrap();
+        r.unwrap();
+        assert_eq!(
+            t,
+            Transferred {
+                up: 7,
+                down: 100_000
+            }
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_ends_the_relay() {
+        let (_client, mut c_side) = duplex(64);
+        let (mut u_side, _upstream) = duplex(64);
+        let limits = RelayLimits {
+            idle: Duration::from_secs(3),
+            write: Duration::from_secs(60),
+        };
+        let (_, r) = relay(&mut c_side, &mut u_side, limits).await;
+        assert!(matches!(r, Err(RelayError::Idle(_))), "{r:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn activity_postpones_idle() {
+        let (mut client, mut c_side) = duplex(64);
+        let (mut u_side, mut upstream) = duplex(64);
+        let limits = RelayLimits {
+            idle: Duration::from_secs(3),
+            write: Duration::from_secs(60),
+        };
+        let start = Instant::now();
+        let relay = tokio::spawn(async move { relay(&mut c_side, &mut u_side, limits).await });
+        for _ in 0..5 {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            client.write_all(b"x").await.unwrap();
+            let mut b = [0u8; 1];
+            upstream.read_exact(&mut b).await.unwrap();
+        }
+        let (_, r) = relay.await.unwrap();
+        assert!(matches!(r, Err(RelayError::Idle(_))));
+        assert!(
+            start.elapsed() >= Duration::from_secs(13),
+            "{:?}",
+            start.elapsed()
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn stalled_writer_ends_the_relay() {
+        let (mut client, mut c_side) = duplex(1 << 20);
+        let (mut u_side, _upstream_never_reads) = duplex(1024);
+        let limits = RelayLimits {
+            idle: Duration::from_secs(600),
+            write: Duration::from_secs(2),
+        };
+        client.write_all(&vec![1u8; 100_000]).await.unwrap();
+        let (_, r) = relay(&mut c_side, &mut u_side, limits).await;
+        assert!(
+            matches!(r, Err(RelayError::WriteStalled(End::Upstream, _))),
+            "{r:?}"
+        );
+    }
+}
