@@ -17,3 +17,11 @@ pub struct AdminConfig {
     #[serde(default)]
     pub insecure_no_auth: bool,
 }
+
+impl AdminConfig {
+    pub(crate) fn resolve_paths(&mut self, base: &std::path::Path) {
+        if let Some(token) = &mut self.token_file {
+            *token = base.join(&*token);
+        }
+    }
+}

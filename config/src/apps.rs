@@ -96,26 +96,27 @@ pub fn app_id_problem(id: &str) -> Option<String> {
     None
 }
 
-/// Decodes `apps` element by element so that each bad app is reported.
+/// Decodes `apps` element by element so that each bad app is reported; returns the apps that
+/// decoded with their index, and whether all did.
 pub(crate) fn decode_all(
     value: Option<&toml::Value>,
     problems: &mut Vec<Problem>,
-) -> Option<Vec<AppConfig>> {
+) -> (Vec<(usize, AppConfig)>, bool) {
     let Some(value) = value else {
-        return Some(Vec::new());
+        return (Vec::new(), true);
     };
     let Some(list) = value.as_array() else {
         problems.push(Problem::new(
             "apps",
             "must be an array of tables ([[apps]])",
         ));
-        return None;
+        return (Vec::new(), false);
     };
-    let before = problems.len();
-    let apps: Vec<AppConfig> = list
+    let apps: Vec<(usize, AppConfig)> = list
         .iter()
         .enumerate()
-        .filter_map(|(i, v)| decode(v.clone(), &format!("apps[{i}]"), problems))
+        .filter_map(|(i, v)| decode(v.clone(), &format!("apps[{i}]"), problems).map(|a| (i, a)))
         .collect();
-    (problems.len() == before).then_some(apps)
+    let complete = apps.len() == list.len();
+    (apps, complete)
 }

@@ -74,49 +74,41 @@ impl Config {
                 ));
             }
         }
-        let proxy: Option<ProxyConfig> = section(&table, "proxy", &mut problems);
-        let tls: Option<TlsConfig> = section(&table, "tls", &mut problems);
-        let admin: Option<Option<AdminConfig>> = match table.get("admin") {
+        let mut proxy: Option<ProxyConfig> = section(&table, "proxy", &mut problems);
+        let mut tls: Option<TlsConfig> = section(&table, "tls", &mut problems);
+        let mut admin: Option<Option<AdminConfig>> = match table.get("admin") {
             None => Some(None),
             Some(v) => decode(v.clone(), "admin", &mut problems).map(Some),
         };
-        let apps = apps::decode_all(table.get("apps"), &mut problems);
+        let (mut apps, apps_complete) = apps::decode_all(table.get("apps"), &mut problems);
 
-        let (Some(proxy), Some(tls), Some(admin), Some(apps)) = (proxy, tls, admin, apps) else {
-            return Err(ConfigError::Invalid(problems));
-        };
-        let mut config = Config {
-            proxy,
-            apps,
-            tls,
-            admin,
-        };
-        config.resolve_paths(base_dir);
-        validate::check(&config, &mut problems);
-        if problems.is_empty() {
-            config.normalize();
-            Ok(config)
-        } else {
-            Err(ConfigError::Invalid(problems))
+        // Check whatever decoded, so one bad section does not hide the problems of another.
+        if let Some(tls) = &mut tls {
+            tls.resolve_paths(base_dir);
         }
-    }
-
-    fn resolve_paths(&mut self, base: &Path) {
-        for pair in &mut self.tls.certificates {
-            pair.cert = base.join(&pair.cert);
-            pair.key = base.join(&pair.key);
+        if let Some(Some(admin)) = &mut admin {
+            admin.resolve_paths(base_dir);
         }
-        if let Some(admin) = &mut self.admin {
-            if let Some(token) = &mut admin.token_file {
-                *token = base.join(&*token);
+        validate::check(
+            validate::Parts {
+                proxy: proxy.as_ref(),
+                apps: &apps,
+                tls: tls.as_ref(),
+                admin: admin.as_ref().and_then(|a| a.as_ref()),
+            },
+            &mut problems,
+        );
+        match (proxy.take(), tls.take(), admin.take()) {
+            (Some(mut proxy), Some(tls), Some(admin)) if problems.is_empty() && apps_complete => {
+                proxy.normalize();
+                Ok(Config {
+                    proxy,
+                    apps: apps.drain(..).map(|(_, a)| a).collect(),
+                    tls,
+                    admin,
+                })
             }
-        }
-    }
-
-    /// Lower-cases names so the hot path compares bytes, never cases.
-    fn normalize(&mut self) {
-        for d in &mut self.proxy.base_domains {
-            *d = d.to_ascii_lowercase();
+            _ => Err(ConfigError::Invalid(problems)),
         }
     }
 }

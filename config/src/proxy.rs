@@ -112,3 +112,12 @@ impl Default for CustomDomainsConfig {
         }
     }
 }
+
+impl ProxyConfig {
+    /// Lower-cases names so the hot path compares bytes, never cases.
+    pub(crate) fn normalize(&mut self) {
+        for d in &mut self.base_domains {
+            *d = d.to_ascii_lowercase();
+        }
+    }
+}

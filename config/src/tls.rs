@@ -18,3 +18,12 @@ pub struct CertificatePair {
     /// The leaf's private key (PKCS#8, SEC1 or PKCS#1).
     pub key: PathBuf,
 }
+
+impl TlsConfig {
+    pub(crate) fn resolve_paths(&mut self, base: &std::path::Path) {
+        for pair in &mut self.certificates {
+            pair.cert = base.join(&pair.cert);
+            pair.key = base.join(&pair.key);
+        }
+    }
+}

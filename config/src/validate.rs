@@ -1,14 +1,25 @@
 //! Semantic checks across fields; every problem is collected, none stops the others.
 
-use crate::{app_id_problem, AppMode, Config, Problem};
+use crate::{app_id_problem, AdminConfig, AppConfig, AppMode, Problem, ProxyConfig, TlsConfig};
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-pub(crate) fn check(c: &Config, problems: &mut Vec<Problem>) {
+/// The sections that decoded; apps keep their index in the document.
+pub(crate) struct Parts<'a> {
+    pub proxy: Option<&'a ProxyConfig>,
+    pub apps: &'a [(usize, AppConfig)],
+    pub tls: Option<&'a TlsConfig>,
+    pub admin: Option<&'a AdminConfig>,
+}
+
+pub(crate) fn check(c: Parts<'_>, problems: &mut Vec<Problem>) {
     let mut push = |path: String, reason: String| problems.push(Problem::new(path, reason));
-    check_proxy(c, &mut push);
-    check_apps(c, &mut push);
-    for (i, pair) in c.tls.certificates.iter().enumerate() {
+    if let Some(proxy) = c.proxy {
+        check_proxy(proxy, &mut push);
+    }
+    check_apps(c.apps, &mut push);
+    let certificates = c.tls.map(|t| &t.certificates[..]).unwrap_or_default();
+    for (i, pair) in certificates.iter().enumerate() {
         for (field, path) in [("cert", &pair.cert), ("key", &pair.key)] {
             if !path.is_file() {
                 push(
@@ -18,7 +29,7 @@ pub(crate) fn check(c: &Config, problems: &mut Vec<Problem>) {
             }
         }
     }
-    if let Some(admin) = &c.admin {
+    if let Some(admin) = c.admin {
         let loopback = admin.listen.ip().is_loopback();
         if admin.insecure_no_auth && !loopback {
             push(
@@ -50,8 +61,7 @@ pub(crate) fn check(c: &Config, problems: &mut Vec<Problem>) {
     }
 }
 
-fn check_proxy(c: &Config, push: &mut impl FnMut(String, String)) {
-    let p = &c.proxy;
+fn check_proxy(p: &ProxyConfig, push: &mut impl FnMut(String, String)) {
     if p.listen.is_empty() {
         push(
             "proxy.listen".into(),
@@ -137,9 +147,10 @@ fn check_proxy(c: &Config, push: &mut impl FnMut(String, String)) {
     }
 }
 
-fn check_apps(c: &Config, push: &mut impl FnMut(String, String)) {
+fn check_apps(apps: &[(usize, AppConfig)], push: &mut impl FnMut(String, String)) {
     let mut ids: HashMap<&str, usize> = HashMap::new();
-    for (i, app) in c.apps.iter().enumerate() {
+    for (i, app) in apps {
+        let i = *i;
         if let Some(why) = app_id_problem(&app.id) {
             push(format!("apps[{i}].id"), why);
         } else if let Some(first) = ids.insert(&app.id, i) {
@@ -179,7 +190,7 @@ fn check_apps(c: &Config, push: &mut impl FnMut(String, String)) {
         }
     }
     // `demo` and `demos` cannot both exist: `demos.<base>` would mean either.
-    for (i, app) in c.apps.iter().enumerate() {
+    for (i, app) in apps {
         if let Some(stem) = app.id.strip_suffix(['s', 'g']) {
             if let Some(&other) = ids.get(stem) {
                 push(

@@ -134,6 +134,7 @@ fn run(config: Option<Config>, state_dir: &Path) -> anyhow::Result<()> {
                 state_dir.join("dev-ca.pem").display()
             );
         }
+        println!("gatehouse: ready");
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {
             if let Err(e) = gatehouse::shutdown::on_signal(stop_tx).await {

@@ -1,1 +1,204 @@
+//! Harness for end-to-end tests: the real `gatehouse` binary with a generated config, and real
+//! TLS/TCP servers on loopback (ephemeral ports, a temp dir per test, kill on drop).
 
+pub mod knot;
+pub mod pki;
+pub mod servers;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// Builds the binary once per test process (a no-op when up to date) and returns its path.
+pub fn binary() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "-q", "-p", "gatehouse", "--bin", "gatehouse"])
+            .status()
+            .expect("run cargo build");
+        assert!(status.success(), "cargo build -p gatehouse failed");
+        // tests run from target/<profile>/deps/
+        let exe = std::env::current_exe().unwrap();
+        let bin = exe.parent().unwrap().parent().unwrap().join("gatehouse");
+        assert!(bin.is_file(), "{} not found", bin.display());
+        bin
+    })
+    .clone()
+}
+
+/// A running gatehouse process. Killed on drop; its log is printed if the test failed.
+pub struct Gateway {
+    child: Option<Child>,
+    /// The TLS listener.
+    pub addr: SocketAddr,
+    /// The admin listener, if configured.
+    pub admin: Option<SocketAddr>,
+    /// The temp dir holding config and log.
+    pub dir: tempfile::TempDir,
+}
+
+impl Gateway {
+    /// Starts `gatehouse run --config` with `config` (TOML) written into a fresh temp dir.
+    /// `listen` should be `127.0.0.1:0`; the bound port is read from the start-up output.
+    pub fn start(config: &str) -> Gateway {
+        Gateway::start_in(tempfile::tempdir().unwrap(), config)
+    }
+
+    /// Like [`Gateway::start`], in a temp dir the test already filled (certificates...).
+    pub fn start_in(dir: tempfile::TempDir, config: &str) -> Gateway {
+        let path = dir.path().join("gatehouse.toml");
+        std::fs::write(&path, config).unwrap();
+        Gateway::spawn(dir, &["run", "--config", path.to_str().unwrap()])
+    }
+
+    /// Starts `gatehouse` with `args` in `dir` (the working directory).
+    pub fn spawn(dir: tempfile::TempDir, args: &[&str]) -> Gateway {
+        let log = std::fs::File::create(dir.path().join("gatehouse.log")).unwrap();
+        let mut child = Command::new(binary())
+            .args(args)
+            .current_dir(dir.path())
+            .env("RUST_LOG", "gatehouse=debug,info")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .expect("spawn gatehouse");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut gw = Gateway {
+            child: Some(child),
+            addr: "0.0.0.0:0".parse().unwrap(),
+            admin: None,
+            dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = match rx.recv_timeout(left) {
+                Ok(l) => l,
+                Err(_) => panic!("gatehouse did not start:\n{}", gw.log()),
+            };
+            if let Some(rest) = line.strip_prefix("gatehouse: listening on ") {
+                gw.addr = rest.split(' ').next().unwrap().parse().unwrap();
+            } else if let Some(rest) = line.strip_prefix("gatehouse: admin on http://") {
+                gw.admin = Some(rest.trim_end_matches("/metrics").parse().unwrap());
+            } else if line.starts_with("gatehouse: ready") || line.starts_with("gatehouse: try it")
+            {
+                break;
+            }
+        }
+        gw
+    }
+
+    /// The process log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("gatehouse.log")).unwrap_or_default()
+    }
+
+    /// The temp dir.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Sends a signal to the process.
+    pub fn signal(&self, sig: &str) {
+        let pid = self.child.as_ref().unwrap().id().to_string();
+        assert!(Command::new("kill")
+            .args([&format!("-{sig}"), &pid])
+            .status()
+            .unwrap()
+            .success());
+    }
+
+    /// Waits for the process to exit, with a bound.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + limit;
+        let child = self.child.as_mut().unwrap();
+        while Instant::now() < deadline {
+            if let Some(status) = child.try_wait().unwrap() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    /// `GET /metrics` from the admin listener, as text.
+    pub fn metrics(&self) -> String {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(self.admin.expect("admin listener")).unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    }
+
+    /// The value of one metric line (`name{labels}`), 0 if absent.
+    pub fn metric(&self, series: &str) -> u64 {
+        self.metrics()
+            .lines()
+            .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
+            .unwrap_or(0)
+    }
+
+    /// Polls `metric(series)` until it reaches `at_least` (bounded), returning the last value.
+    pub fn wait_metric(&self, series: &str, at_least: u64) -> u64 {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let v = self.metric(series);
+            if v >= at_least || Instant::now() > deadline {
+                return v;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!("---- gatehouse log ----\n{}", self.log());
+        }
+    }
+}
+
+/// The config header used by most tests: one loopback listener, base domain `gw.test`, short
+/// timeouts, admin on loopback.
+pub fn base_config(extra_proxy: &str) -> String {
+    format!(
+        r#"
+[proxy]
+listen = ["127.0.0.1:0"]
+base_domains = ["gw.test"]
+workers = 2
+{extra_proxy}
+[proxy.timeouts]
+handshake = "3s"
+connect = "1s"
+drain = "10s"
+[proxy.custom_domains]
+enabled = false
+
+[admin]
+listen = "127.0.0.1:0"
+insecure_no_auth = true
+"#
+    )
+}

@@ -1,0 +1,95 @@
+//! A real authoritative DNS server (Knot, from Debian) on a loopback port, for one zone.
+
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A running knotd serving one zone. Killed on drop.
+pub struct Knot {
+    child: Child,
+    /// Where it answers (UDP and TCP).
+    pub addr: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Knot {
+    /// Serves `zone` (e.g. `custom.test`) with `records`, lines of zone-file syntax relative
+    /// to the zone (`www 60 TXT "x"`). Panics with a clear message if knotd is missing.
+    pub fn start(zone: &str, records: &[&str]) -> Knot {
+        let knotd = ["/usr/sbin/knotd", "/usr/bin/knotd"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).exists())
+            .expect("knotd not installed: run ./scripts/test.sh, which installs Debian's knot");
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        for sub in ["zones", "db", "run"] {
+            std::fs::create_dir_all(d.join(sub)).unwrap();
+        }
+        let body: String = records.iter().map(|r| format!("{r}\n")).collect();
+        std::fs::write(
+            d.join(format!("zones/{zone}.zone")),
+            format!("$ORIGIN {zone}.\n$TTL 60\n@ SOA ns.{zone}. hostmaster.{zone}. 1 3600 600 86400 60\n@ NS ns.{zone}.\nns A 127.0.0.1\n{body}"),
+        )
+        .unwrap();
+        for _ in 0..20 {
+            let port = free_port();
+            let conf = format!(
+                "server:\n    rundir: \"{run}\"\n    listen: 127.0.0.1@{port}\ndatabase:\n    storage: \"{db}\"\ntemplate:\n  - id: default\n    storage: \"{zones}\"\n    file: \"%s.zone\"\n    zonefile-sync: -1\nzone:\n  - domain: {zone}\n",
+                run = d.join("run").display(),
+                db = d.join("db").display(),
+                zones = d.join("zones").display(),
+            );
+            std::fs::write(d.join("knot.conf"), conf).unwrap();
+            let log = std::fs::File::create(d.join("knotd.log")).unwrap();
+            let mut child = Command::new(knotd)
+                .args(["-c", d.join("knot.conf").to_str().unwrap()])
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .unwrap();
+            let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Some(status) = child.try_wait().unwrap() {
+                    let _ = child.wait();
+                    eprintln!(
+                        "knotd exited ({status}) on port {port}, retrying: {}",
+                        std::fs::read_to_string(d.join("knotd.log")).unwrap_or_default()
+                    );
+                    break;
+                }
+                if TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok() {
+                    // the zone loads right after the listener opens
+                    std::thread::sleep(Duration::from_millis(100));
+                    return Knot {
+                        child,
+                        addr,
+                        _dir: dir,
+                    };
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        panic!("knotd did not start");
+    }
+}
+
+impl Drop for Knot {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A port free for both UDP and TCP on 127.0.0.1 right now.
+pub fn free_port() -> u16 {
+    loop {
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = udp.local_addr().unwrap().port();
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}

@@ -1,0 +1,103 @@
+//! The command line: check-config, --help/--version, and the embedded development defaults.
+
+use gatehouse_tests::{binary, Gateway};
+use std::process::Command;
+
+#[test]
+fn check_config_lists_every_problem_with_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        "[proxy]\nlisten = [\"10.0.0.1\"]\n[[apps]]\nid = \"Bad\"\n[[apps]]\nid = \"ok\"\n[[apps.instances]]\naddress = \"10.0.0.1:80\"\n",
+    )
+    .unwrap();
+    let out = Command::new(binary())
+        .args(["check-config", bad.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("proxy.listen: \"10.0.0.1\" is not a socket address (missing port)"),
+        "{err}"
+    );
+    assert!(err.contains("apps[0].id: \"Bad\""), "{err}");
+    assert!(
+        err.contains("apps[1].instances[0].address: \"10.0.0.1:80\" is not an IP address"),
+        "{err}"
+    );
+
+    let good = dir.path().join("good.toml");
+    std::fs::write(
+        &good,
+        "[proxy]\nlisten = [\"127.0.0.1:9443\"]\nbase_domains = [\"gw.test\"]\n",
+    )
+    .unwrap();
+    let out = Command::new(binary())
+        .args(["check-config", good.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // run refuses a bad config the same way, with exit 2 and nothing started
+    let out = Command::new(binary())
+        .args(["run", "--config", bad.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("proxy.listen"));
+}
+
+#[test]
+fn help_and_version() {
+    for args in [
+        &["--help"][..],
+        &["run", "--help"],
+        &["check-config", "--help"],
+    ] {
+        let out = Command::new(binary()).args(args).output().unwrap();
+        assert!(out.status.success(), "{args:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("Usage"),
+            "{args:?}"
+        );
+    }
+    let out = Command::new(binary()).arg("--version").output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("gatehouse "));
+    let out = Command::new(binary()).arg("frobnicate").output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "bad usage exits 2");
+}
+
+/// `gatehouse run` with no config: the printed curl line works as printed (real curl).
+#[test]
+fn development_defaults_serve_the_demo_app_to_curl() {
+    let gw = Gateway::spawn(tempfile::tempdir().unwrap(), &["run"]);
+    assert_eq!(gw.addr.to_string(), "127.0.0.1:8443");
+    let ca = gw.path().join(".gatehouse/dev-ca.pem");
+    assert!(ca.is_file());
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "10",
+            "--cacert",
+            ca.to_str().unwrap(),
+            "https://demo.localhost:8443/hi",
+        ])
+        .output()
+        .expect("curl is installed by scripts/test.sh");
+    let body = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        body.contains("Hello from the Gatehouse demo app"),
+        "{body}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(body.contains("GET /hi"), "{body}");
+    assert!(gw.metric("gatehouse_connections_relayed_total") <= 1);
+}

@@ -1,0 +1,67 @@
+//! PROXY protocol from a load balancer in front: the real client address is carried through
+//! to the instance's own PROXY header; connections without a header are refused.
+
+use gatehouse_tests::servers::{bind, capture_prefix};
+use gatehouse_tests::{base_config, Gateway};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+#[tokio::test]
+async fn inbound_v1_and_v2_become_the_instances_header() {
+    let app = bind([127, 0, 0, 1], 0).await.unwrap();
+    let port = app.local_addr().unwrap().port();
+    let expected = "PROXY TCP4 203.0.113.9 198.51.100.1 40000 443\r\n".to_string();
+    let mut captured = capture_prefix(app, expected.len());
+    let config = format!(
+        "{}\n[[apps]]\nid = \"pp\"\ndefault_port = {port}\nproxy_protocol = \"v1\"\n[[apps.instances]]\naddress = \"127.0.0.1\"\n",
+        base_config("proxy_protocol_inbound = true")
+    );
+    let gw = Gateway::start(&config);
+    let hello = gatehouse::hello::parse::build::records(
+        &gatehouse::hello::parse::build::client_hello(Some("pps.gw.test"), &[], 0),
+        16_384,
+    );
+    // v1 inbound, header and hello in one write
+    let mut c = TcpStream::connect(gw.addr).await.unwrap();
+    c.write_all(&[expected.as_bytes(), &hello].concat())
+        .await
+        .unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(10), captured.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&got), expected);
+
+    // v2 inbound (the spec's TCP4 block), header split from the hello
+    let mut v2 = b"\r\n\r\n\0\r\nQUIT\n\x21\x11\x00\x0c".to_vec();
+    v2.extend([203, 0, 113, 9, 198, 51, 100, 1]);
+    v2.extend(40000u16.to_be_bytes());
+    v2.extend(443u16.to_be_bytes());
+    let mut c2 = TcpStream::connect(gw.addr).await.unwrap();
+    c2.write_all(&v2).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    c2.write_all(&hello).await.unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(10), captured.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&got), expected);
+
+    // no header: refused and counted
+    let mut c3 = TcpStream::connect(gw.addr).await.unwrap();
+    c3.write_all(&hello).await.unwrap();
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), c3.read_to_end(&mut rest))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        gw.wait_metric(
+            "gatehouse_connections_rejected_total{reason=\"proxy_header\"}",
+            1
+        ),
+        1
+    );
+    drop((c, c2));
+}
