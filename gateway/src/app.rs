@@ -78,7 +78,7 @@ impl Gateway {
         );
         let shared = Arc::new(Shared {
             routes: Routes::new(table, custom),
-            tls: TlsConfigs::new(Arc::new(CertResolver::new(certs)))?,
+            tls: TlsConfigs::new(Arc::new(CertResolver::new(certs)), config.tls.resumption)?,
             timeouts: config.proxy.timeouts,
             proxy_protocol_inbound: config.proxy.proxy_protocol_inbound,
             metrics: Metrics::default(),

@@ -129,6 +129,8 @@ async fn handle(shared: &Shared, mut stream: TcpStream, peer: SocketAddr) -> Res
                 Ok(Err(e)) => return Err(ConnError::Tls(e)),
                 Ok(Ok(tls)) => tls,
             };
+            let resumed = tls.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
+            shared.metrics.handshake(resumed);
             let (mut up, _load) = match upstream::connect(&route, t.connect).await {
                 Ok(u) => u,
                 Err(e) => {

@@ -81,6 +81,8 @@ pub struct Metrics {
     relayed: AtomicU64,
     bytes_up: AtomicU64,
     bytes_down: AtomicU64,
+    handshakes_full: AtomicU64,
+    handshakes_resumed: AtomicU64,
     rejected: [AtomicU64; Reject::ALL.len()],
 }
 
@@ -102,6 +104,16 @@ impl Metrics {
         self.relayed.fetch_add(1, Ordering::Relaxed);
         self.bytes_up.fetch_add(up, Ordering::Relaxed);
         self.bytes_down.fetch_add(down, Ordering::Relaxed);
+    }
+
+    /// A TLS handshake completed, resumed or full.
+    pub fn handshake(&self, resumed: bool) {
+        let c = if resumed {
+            &self.handshakes_resumed
+        } else {
+            &self.handshakes_full
+        };
+        c.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Connections currently open.
@@ -154,6 +166,21 @@ impl Metrics {
             "counter",
             get(&self.bytes_down),
         );
+        let _ = writeln!(
+            out,
+            "# HELP gatehouse_tls_handshakes_total TLS handshakes completed, by kind."
+        );
+        let _ = writeln!(out, "# TYPE gatehouse_tls_handshakes_total counter");
+        for (kind, value) in [
+            ("full", &self.handshakes_full),
+            ("resumed", &self.handshakes_resumed),
+        ] {
+            let _ = writeln!(
+                out,
+                "gatehouse_tls_handshakes_total{{kind=\"{kind}\"}} {}",
+                get(value)
+            );
+        }
         let _ = writeln!(
             out,
             "# HELP gatehouse_connections_rejected_total Connections refused, by reason."

@@ -121,3 +121,57 @@ async fn unknown_app_is_refused_with_unrecognized_name() {
         5
     );
 }
+
+#[tokio::test]
+async fn tls12_and_tls13_both_terminate() {
+    let s = setup().await;
+    for version in [&rustls::version::TLS12, &rustls::version::TLS13] {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(s.ca.cert.clone()).unwrap();
+        let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_protocol_versions(&[version])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let mut tls = tls_connect(s.gw.addr, "web.gw.test", std::sync::Arc::new(config))
+            .await
+            .unwrap();
+        assert_eq!(tls.get_ref().1.protocol_version(), Some(version.version));
+        assert_eq!(read_line(&mut tls).await, "web");
+    }
+}
+
+/// The same client config remembers tickets: its second connection resumes, unless the
+/// gateway has `resumption = false`. Counted on the server side.
+#[tokio::test]
+async fn resumption_is_counted_and_can_be_turned_off() {
+    for resumption in [true, false] {
+        let ca = TestCa::new();
+        let web = bind([127, 0, 0, 1], 0).await.unwrap();
+        let port = web.local_addr().unwrap().port();
+        echo(web, "web");
+        let dir = tempfile::tempdir().unwrap();
+        let cert = ca.write(dir.path(), "wild", &["*.gw.test"]);
+        let config = format!(
+            "{}\n[[apps]]\nid = \"web\"\ndefault_port = {port}\n[[apps.instances]]\naddress = \"127.0.0.1\"\n[tls]\nresumption = {resumption}\ncertificates = [{cert}]\n",
+            base_config("")
+        );
+        let gw = Gateway::start_in(dir, &config);
+        let client = ca.client(&[]);
+        for _ in 0..3 {
+            let mut tls = tls_connect(gw.addr, "web.gw.test", client.clone())
+                .await
+                .unwrap();
+            assert_eq!(read_line(&mut tls).await, "web"); // tickets arrive after the handshake
+        }
+        let full = gw.wait_metric("gatehouse_tls_handshakes_total{kind=\"full\"}", 1);
+        let resumed = gw.metric("gatehouse_tls_handshakes_total{kind=\"resumed\"}");
+        if resumption {
+            assert_eq!((full, resumed), (1, 2), "resumption on");
+        } else {
+            assert_eq!((full, resumed), (3, 0), "resumption off");
+        }
+    }
+}

@@ -6,7 +6,9 @@ pub mod certs;
 use crate::hello::ClientHello;
 use crate::route::Mode;
 use certs::CertResolver;
-use rustls::server::{ServerConfig, ServerSessionMemoryCache};
+use rustls::server::{
+    NoServerSessionStorage, ServerConfig, ServerSessionMemoryCache, StoresServerSessions,
+};
 use std::sync::Arc;
 
 /// Resumption cache entries shared by every config (about 150 bytes each).
@@ -30,19 +32,26 @@ pub struct TlsConfigs {
 }
 
 impl TlsConfigs {
-    /// Builds the configs over `resolver`: TLS 1.3 and 1.2, aws-lc-rs, stateless tickets with
-    /// rotating keys plus a stateful cache.
-    pub fn new(resolver: Arc<CertResolver>) -> Result<TlsConfigs, rustls::Error> {
+    /// Builds the configs over `resolver`: TLS 1.3 and 1.2, aws-lc-rs; with `resumption`,
+    /// stateless tickets with rotating keys plus a stateful cache.
+    pub fn new(resolver: Arc<CertResolver>, resumption: bool) -> Result<TlsConfigs, rustls::Error> {
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let ticketer = rustls::crypto::aws_lc_rs::Ticketer::new()?;
-        let cache = ServerSessionMemoryCache::new(SESSION_CACHE);
+        let cache: Arc<dyn StoresServerSessions> = match resumption {
+            true => ServerSessionMemoryCache::new(SESSION_CACHE),
+            false => Arc::new(NoServerSessionStorage {}),
+        };
         let build = |alpn: &[&[u8]]| -> Result<Arc<ServerConfig>, rustls::Error> {
             let mut c = ServerConfig::builder_with_provider(provider.clone())
                 .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
                 .with_no_client_auth()
                 .with_cert_resolver(resolver.clone());
             c.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-            c.ticketer = ticketer.clone();
+            if resumption {
+                c.ticketer = ticketer.clone();
+            } else {
+                c.send_tls13_tickets = 0;
+            }
             c.session_storage = cache.clone();
             Ok(Arc::new(c))
         };
