@@ -1,0 +1,285 @@
+"""The proxies under test: gatehouse, nginx and HAProxy, each with one worker pinned to the
+proxy CPU, TLS 1.3, the same ECDSA P-256 chain, access logs off. One config per role:
+
+  terminate    TLS terminated, plaintext relayed to the origin (L4, like gatehouse's tcp mode)
+  passthrough  SNI read without terminating, TLS relayed to the origin's TLS port
+
+`resumption` switches session tickets and caches on or off (full vs resumed handshakes).
+"""
+import os
+import signal
+import subprocess
+import time
+
+PROXY_PORT = 19443
+ORIGIN_HTTP = 18080
+ORIGIN_TLS = 18443
+TERM_HOST = "origin.bench.test"
+PASS_HOST = "tlsorigins.bench.test"
+
+
+class Arm:
+    """A proxy process; `pid` is the one whose CPU and memory are measured."""
+
+    name = "?"
+
+    def __init__(self, env):
+        self.env = env
+        self.proc = None
+        self.pid = None
+
+    def stop(self):
+        if self.proc is None:
+            return
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait()
+        self.proc = None
+        self.pid = None
+        time.sleep(0.2)
+
+    def _spawn(self, argv, cwd):
+        log = open(os.path.join(cwd, f"{self.name}.log"), "ab")
+        self.proc = subprocess.Popen(
+            ["taskset", "-c", self.env.cpu_proxy] + argv,
+            cwd=cwd, stdout=log, stderr=log, start_new_session=True,
+        )
+        wait_port(PROXY_PORT)
+
+
+def wait_port(port, timeout=15):
+    import socket
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.02)
+    raise RuntimeError(f"nothing listens on {port}")
+
+
+def wait_free(port, timeout=15):
+    import socket
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        s = socket.socket()
+        try:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(("127.0.0.1", port))
+            return
+        except OSError:
+            time.sleep(0.05)
+        finally:
+            s.close()
+    raise RuntimeError(f"port {port} still busy")
+
+
+class Gatehouse(Arm):
+    name = "gatehouse"
+
+    def config(self, role, resumption):
+        e = self.env
+        return f"""
+[proxy]
+listen = ["127.0.0.1:{PROXY_PORT}"]
+base_domains = ["bench.test"]
+workers = 1
+[proxy.timeouts]
+idle = "10m"
+[proxy.custom_domains]
+enabled = false
+
+[[apps]]
+id = "origin"
+default_port = {ORIGIN_HTTP}
+[[apps.instances]]
+address = "127.0.0.1"
+
+[[apps]]
+id = "tlsorigin"
+default_port = {ORIGIN_TLS}
+[[apps.instances]]
+address = "127.0.0.1"
+
+[tls]
+resumption = {str(resumption).lower()}
+certificates = [{{ cert = "{e.work}/chain.pem", key = "{e.work}/leaf.key" }}]
+"""
+
+    def start(self, role, resumption):
+        wait_free(PROXY_PORT)
+        path = os.path.join(self.env.work, "gatehouse.toml")
+        with open(path, "w") as f:
+            f.write(self.config(role, resumption))
+        self._spawn([self.env.gatehouse, "run", "--config", path], self.env.work)
+        self.pid = self.proc.pid  # taskset execs in place
+
+
+class Nginx(Arm):
+    name = "nginx"
+
+    def config(self, role, resumption):
+        e = self.env
+        tickets = "on" if resumption else "off"
+        cache = "shared:S:10m" if resumption else "off"
+        if role == "terminate":
+            server = f"""
+    server {{
+        listen 127.0.0.1:{PROXY_PORT} ssl;
+        ssl_certificate {e.work}/chain.pem;
+        ssl_certificate_key {e.work}/leaf.key;
+        ssl_protocols TLSv1.3;
+        ssl_session_tickets {tickets};
+        ssl_session_cache {cache};
+        proxy_pass 127.0.0.1:{ORIGIN_HTTP};
+    }}"""
+        else:
+            server = f"""
+    map $ssl_preread_server_name $upstream {{
+        {PASS_HOST} 127.0.0.1:{ORIGIN_TLS};
+        default 127.0.0.1:{ORIGIN_TLS};
+    }}
+    server {{
+        listen 127.0.0.1:{PROXY_PORT};
+        ssl_preread on;
+        proxy_pass $upstream;
+    }}"""
+        return f"""
+load_module /usr/lib/nginx/modules/ngx_stream_module.so;
+daemon off;
+master_process on;
+worker_processes 1;
+worker_cpu_affinity {1 << int(e.cpu_proxy):b};
+worker_rlimit_nofile 20000;
+pid {e.work}/nginx-proxy.pid;
+error_log {e.work}/nginx-proxy.err error;
+events {{ worker_connections 20000; }}
+stream {{
+    proxy_timeout 600s;
+{server}
+}}
+"""
+
+    def start(self, role, resumption):
+        wait_free(PROXY_PORT)
+        path = os.path.join(self.env.work, "nginx-proxy.conf")
+        with open(path, "w") as f:
+            f.write(self.config(role, resumption))
+        self._spawn(["nginx", "-c", path, "-p", self.env.work], self.env.work)
+        self.pid = worker_of(self.proc.pid)
+
+
+class Haproxy(Arm):
+    name = "haproxy"
+
+    def config(self, role, resumption):
+        e = self.env
+        cache = "" if resumption else "    tune.ssl.cachesize 0\n"
+        tickets = "" if resumption else " no-tls-tickets"
+        if role == "terminate":
+            front = f"""
+frontend fe
+    bind 127.0.0.1:{PROXY_PORT} ssl crt {e.work}/haproxy.pem ssl-min-ver TLSv1.3{tickets}
+    default_backend be
+backend be
+    server origin 127.0.0.1:{ORIGIN_HTTP}
+"""
+        else:
+            front = f"""
+frontend fe
+    bind 127.0.0.1:{PROXY_PORT}
+    tcp-request inspect-delay 5s
+    tcp-request content accept if {{ req.ssl_hello_type 1 }}
+    use_backend be_tls if {{ req.ssl_sni -i {PASS_HOST} }}
+    default_backend be_tls
+backend be_tls
+    server origin 127.0.0.1:{ORIGIN_TLS}
+"""
+        return f"""
+global
+    nbthread 1
+    cpu-map 1/1 {e.cpu_proxy}
+    maxconn 9400
+{cache}
+defaults
+    mode tcp
+    timeout connect 5s
+    timeout client 600s
+    timeout server 600s
+{front}
+"""
+
+    def start(self, role, resumption):
+        wait_free(PROXY_PORT)
+        path = os.path.join(self.env.work, "haproxy.cfg")
+        with open(path, "w") as f:
+            f.write(self.config(role, resumption))
+        self._spawn(["haproxy", "-db", "-f", path], self.env.work)
+        self.pid = self.proc.pid
+
+
+def worker_of(master, timeout=5):
+    """nginx's single worker process (the master only supervises)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        out = subprocess.run(["pgrep", "-P", str(master)], capture_output=True, text=True).stdout.split()
+        # taskset execs nginx in place, so `master` is nginx's master
+        if out:
+            return int(out[0])
+        time.sleep(0.02)
+    raise RuntimeError("nginx worker not found")
+
+
+class Origin:
+    """nginx on the load CPU: plain HTTP and HTTPS with static bodies of each size."""
+
+    def __init__(self, env):
+        self.env = env
+        self.proc = None
+
+    def start(self):
+        e = self.env
+        conf = f"""
+daemon off;
+master_process off;
+worker_processes 1;
+worker_rlimit_nofile 20000;
+pid {e.work}/origin.pid;
+error_log {e.work}/origin.err error;
+events {{ worker_connections 20000; }}
+http {{
+    access_log off;
+    keepalive_requests 100000000;
+    keepalive_timeout 600s;
+    sendfile on;
+    tcp_nopush on;
+    server {{
+        listen 127.0.0.1:{ORIGIN_HTTP} backlog=4096;
+        listen 127.0.0.1:{ORIGIN_TLS} ssl backlog=4096;
+        ssl_certificate {e.work}/chain.pem;
+        ssl_certificate_key {e.work}/leaf.key;
+        ssl_protocols TLSv1.3;
+        root {e.work}/www;
+        location = /0 {{ return 200 ""; }}
+    }}
+}}
+"""
+        path = os.path.join(e.work, "origin.conf")
+        with open(path, "w") as f:
+            f.write(conf)
+        log = open(os.path.join(e.work, "origin.log"), "ab")
+        self.proc = subprocess.Popen(["taskset", "-c", e.cpu_load, "nginx", "-c", path, "-p", e.work],
+                                     stdout=log, stderr=log, start_new_session=True)
+        wait_port(ORIGIN_HTTP)
+        wait_port(ORIGIN_TLS)
+
+    def stop(self):
+        if self.proc:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+
+ARMS = [Gatehouse, Nginx, Haproxy]

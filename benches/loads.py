@@ -1,0 +1,103 @@
+"""Load generators and measurements: wrk (closed loop), oha (open loop, latency), an asyncio
+client that holds idle TLS connections, and the proxy's CPU time and RSS from /proc."""
+import asyncio
+import json
+import os
+import re
+import ssl
+import subprocess
+import time
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid):
+    """utime + stime of a process, all threads, in seconds."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def rss_kb(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+UNITS = {"B": 1, "KB": 1024, "MB": 1024**2, "GB": 1024**3, "TB": 1024**4}
+
+
+def wrk(env, url, conns, seconds, close=False):
+    """Runs wrk on the load CPU; returns requests, bytes read, errors."""
+    argv = ["taskset", "-c", env.cpu_load, "wrk", "-t1", f"-c{conns}", f"-d{seconds}s", "--timeout", "10s"]
+    if close:
+        argv += ["-H", "Connection: close"]
+    out = subprocess.run(argv + [url], capture_output=True, text=True, env=env.client_env).stdout
+    m = re.search(r"(\d+) requests in ([\d.]+)(\w+), ([\d.]+)(\w+) read", out)
+    if not m:
+        raise RuntimeError(f"wrk output not understood:\n{out}")
+    errors = 0
+    e = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    if e:
+        errors += sum(int(x) for x in e.groups())
+    n = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if n:
+        errors += int(n.group(1))
+    return {"requests": int(m.group(1)), "bytes": float(m.group(4)) * UNITS[m.group(5)], "errors": errors, "raw": out}
+
+
+def oha(env, url, rate, conns, seconds):
+    """Open-loop load at `rate` req/s with latency correction; returns percentiles in ms."""
+    argv = ["taskset", "-c", env.cpu_load, env.oha, "--no-tui", "--output-format", "json", "--insecure",
+            "-z", f"{seconds}s", "-q", str(rate), "-c", str(conns), "--latency-correction", url]
+    out = subprocess.run(argv, capture_output=True, text=True).stdout
+    data = json.loads(out)
+    pct = data["latencyPercentiles"]
+    return {
+        "p50_ms": pct["p50"] * 1000,
+        "p99_ms": pct["p99"] * 1000,
+        "p999_ms": pct["p99.9"] * 1000,
+        "rps": data["summary"]["requestsPerSec"],
+        "ok": data["summary"]["successRate"],
+    }
+
+
+async def _hold(host, port, sni, n, ctx):
+    """Opens n TLS connections, one request each, and keeps them open."""
+    conns = []
+    sem = asyncio.Semaphore(64)
+
+    async def one():
+        async with sem:
+            r, w = await asyncio.open_connection(host, port, ssl=ctx, server_hostname=sni)
+            w.write(f"GET /0 HTTP/1.1\r\nHost: {sni}\r\n\r\n".encode())
+            await w.drain()
+            await r.readuntil(b"\r\n\r\n")
+            conns.append(w)
+
+    await asyncio.gather(*(one() for _ in range(n)))
+    return conns
+
+
+def hold_idle(env, n, measure):
+    """Holds n idle TLS connections through the proxy while `measure()` runs."""
+    ctx = ssl.create_default_context(cafile=os.path.join(env.work, "ca.pem"))
+
+    async def main():
+        conns = await _hold("127.0.0.1", env.proxy_port, env.term_host, n, ctx)
+        await asyncio.sleep(1.0)
+        result = measure()
+        for w in conns:
+            w.close()
+        return result
+
+    return asyncio.run(main())
+
+
+def measure_cpu(pid, fn):
+    """Runs fn(); returns (fn's result, proxy CPU seconds used, wall seconds)."""
+    c0, t0 = cpu_seconds(pid), time.monotonic()
+    result = fn()
+    return result, cpu_seconds(pid) - c0, time.monotonic() - t0
