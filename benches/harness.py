@@ -76,21 +76,21 @@ def workloads(quick):
     pas = f"https://{arms.PASS_HOST}:{arms.PROXY_PORT}"
 
     def per_request(url, conns, close=False, unit="req"):
-        def run(env, arm):
+        def run(env, arm, d=d):
             r, cpu, wall = loads.measure_cpu(arm.pid, lambda: loads.wrk(env, url, conns, d, close))
             n = r["requests"]
             return {"value": cpu / max(n, 1) * 1e6, "rate": n / wall, "busy": cpu / wall, "errors": r["errors"], "unit": f"cpu_us_per_{unit}"}
         return run
 
     def per_gb(url, conns):
-        def run(env, arm):
+        def run(env, arm, d=d):
             r, cpu, wall = loads.measure_cpu(arm.pid, lambda: loads.wrk(env, url, conns, d))
             gb = r["bytes"] / 1e9
             return {"value": cpu / max(gb, 1e-9), "rate": gb / wall, "busy": cpu / wall, "errors": r["errors"], "unit": "cpu_s_per_GB"}
         return run
 
     def idle(n):
-        def run(env, arm):
+        def run(env, arm, d=None):
             before = loads.rss_kb(arm.pid)
             after = loads.hold_idle(env, n, lambda: loads.rss_kb(arm.pid))
             return {"value": (after - before) * 1024 / n / 1000, "rate": None, "busy": None, "errors": 0, "unit": "rss_kB_per_conn"}
@@ -145,13 +145,13 @@ def run_latency(env, results, rounds, quick):
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--quick", action="store_true", help="one round, 2 s runs, small M1: a smoke test")
-    ap.add_argument("--rounds", type=int, default=None, help="rounds per workload (default 5, quick 1)")
+    ap.add_argument("--rounds", type=int, default=None, help="rounds per workload (default 3, quick 1)")
     ap.add_argument("--only", default="", help="comma-separated workload name prefixes")
     ap.add_argument("--gatehouse", default=os.path.join(ROOT, "target/release/gatehouse"))
     ap.add_argument("--oha", default=None, help="oha binary for L1 (open-loop latency)")
     ap.add_argument("--out", default=HERE, help="where RESULTS.md and results.json go")
     args = ap.parse_args()
-    rounds = args.rounds or (1 if args.quick else 5)
+    rounds = args.rounds or (1 if args.quick else 3)
     env = Env(args)
     print(f"work dir {env.work}; proxy on CPU{env.cpu_proxy}, load and origin on CPU{env.cpu_load}", flush=True)
     setup(env)
@@ -169,7 +169,7 @@ def main():
                     arm.start(role, resumption)
                     try:
                         if not name.startswith("M1"):
-                            run(env, arm)  # warm-up run, discarded (caches, allocator, tickets)
+                            run(env, arm, 2)  # warm-up run, discarded (caches, allocator, tickets)
                         s = run(env, arm)
                         results[name].setdefault(arm.name, []).append(s)
                         busy = f"busy {s['busy']:.0%}" if s["busy"] is not None else ""

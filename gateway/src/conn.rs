@@ -124,7 +124,9 @@ async fn handle(shared: &Shared, mut stream: TcpStream, peer: SocketAddr) -> Res
             let acceptor =
                 tokio_rustls::TlsAcceptor::from(shared.tls.for_hello(route.mode, &hello));
             let replay = Prefixed::new(stream, buf, start);
-            let mut tls = match timeout_at(deadline, acceptor.accept(replay)).await {
+            // Boxed: the handshake future (~1.4 KB) is freed when it completes instead of
+            // sizing every connection's task for its whole life (benches/RESULTS.md, M1).
+            let mut tls = match Box::pin(timeout_at(deadline, acceptor.accept(replay))).await {
                 Err(_) => return Err(ConnError::HandshakeTimeout(t.handshake)),
                 Ok(Err(e)) => return Err(ConnError::Tls(e)),
                 Ok(Ok(tls)) => tls,

@@ -1,7 +1,11 @@
 //! Bidirectional byte relay with half-close, an idle timeout and a write-stall timeout.
 //!
 //! One task polls both directions (like `tokio::io::copy_bidirectional`), so there is no
-//! split lock and no second task per connection. A read of 0 bytes (FIN, or TLS close_notify)
+//! split lock and no second task per connection. Reads go into one scratch buffer per thread
+//! and are written out at once; only bytes the writer did not take are copied into a buffer
+//! owned by the connection, which is freed again when the reader goes idle. An idle relayed
+//! connection therefore holds no relay buffer at all (it held 2 x 16 KiB before: see
+//! benches/RESULTS.md, M1). A read of 0 bytes (FIN, or TLS close_notify)
 //! is passed on as a write shutdown to the other side, and the other direction keeps flowing
 //! until it ends too. One timer serves both deadlines: it fires, checks the last progress and
 //! any stalled write, and re-arms for the earliest deadline, so activity costs no timer reset.
@@ -14,9 +18,13 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
-/// Per-direction buffer. 16 KiB is one full TLS record, so a terminated stream moves a whole
-/// record per read; see benches/RESULTS.md for the measured trade-off.
+/// The per-thread read buffer. 16 KiB is one full TLS record, so a terminated stream moves a
+/// whole record per read.
 pub const BUFFER_SIZE: usize = 16 * 1024;
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Box<[u8]>> = std::cell::RefCell::new(vec![0; BUFFER_SIZE].into_boxed_slice());
+}
 
 /// Limits of one relay.
 #[derive(Debug, Clone, Copy)]
@@ -125,13 +133,14 @@ where
     )
 }
 
-/// One direction: read into the buffer, write it all out, repeat; on EOF shut the writer.
+/// One direction: read into the thread's scratch buffer, write it out at once, keep only what
+/// the writer refused; on EOF flush and shut the writer.
 struct Half {
     from: End,
     to: End,
-    buf: Box<[u8]>,
+    /// Bytes read but not yet written (`pending[pos..]`); empty and unallocated when idle.
+    pending: Vec<u8>,
     pos: usize,
-    cap: usize,
     eof: bool,
     done: bool,
     need_flush: bool,
@@ -144,9 +153,8 @@ impl Half {
         Half {
             from,
             to,
-            buf: vec![0; BUFFER_SIZE].into_boxed_slice(),
+            pending: Vec::new(),
             pos: 0,
-            cap: 0,
             eof: false,
             done: false,
             need_flush: false,
@@ -166,60 +174,108 @@ impl Half {
         R: AsyncRead + Unpin + ?Sized,
         W: AsyncWrite + Unpin + ?Sized,
     {
-        let (from, to) = (self.from, self.to);
         loop {
-            if self.pos == self.cap && !self.eof {
-                let mut rb = ReadBuf::new(&mut self.buf);
-                match Pin::new(&mut *reader).poll_read(cx, &mut rb) {
-                    Poll::Pending => {
-                        if self.need_flush {
-                            ready!(self.poll_flush(cx, writer))?;
-                        }
-                        return Poll::Pending;
-                    }
-                    Poll::Ready(Err(e)) => return Poll::Ready(Err(RelayError::Io(from, e))),
-                    Poll::Ready(Ok(())) => {
-                        let n = rb.filled().len();
-                        if n == 0 {
-                            self.eof = true;
-                        } else {
-                            self.pos = 0;
-                            self.cap = n;
-                            *progress = true;
-                        }
-                    }
-                }
+            // 1. what the writer refused earlier goes first
+            while self.pos < self.pending.len() {
+                let n = ready!(self.poll_write(cx, writer, None, progress))?;
+                self.pos += n;
             }
-            while self.pos < self.cap {
-                match Pin::new(&mut *writer).poll_write(cx, &self.buf[self.pos..self.cap]) {
-                    Poll::Pending => {
-                        self.stalled_since.get_or_insert_with(Instant::now);
-                        return Poll::Pending;
-                    }
-                    Poll::Ready(Ok(0)) => {
-                        let e = io::Error::new(io::ErrorKind::WriteZero, "wrote 0 bytes");
-                        return Poll::Ready(Err(RelayError::Io(to, e)));
-                    }
-                    Poll::Ready(Ok(n)) => {
-                        self.pos += n;
-                        self.amount += n as u64;
-                        self.need_flush = true;
-                        self.stalled_since = None;
-                        *progress = true;
-                    }
-                    Poll::Ready(Err(e)) => return Poll::Ready(Err(RelayError::Io(to, e))),
-                }
-            }
+            self.pending.clear();
+            self.pos = 0;
             if self.eof {
                 ready!(self.poll_flush(cx, writer))?;
-                match ready!(Pin::new(&mut *writer).poll_shutdown(cx)) {
-                    // The peer may already be gone; the other direction will tell.
-                    Ok(()) | Err(_) => {}
-                }
+                // The peer may already be gone; the other direction will tell.
+                let _ = ready!(Pin::new(&mut *writer).poll_shutdown(cx));
                 self.done = true;
-                self.buf = Box::default();
+                self.pending = Vec::new();
                 return Poll::Ready(Ok(()));
             }
+            // 2. read into the scratch buffer and write straight from it
+            let step = SCRATCH.with(|scratch| match scratch.try_borrow_mut() {
+                Ok(mut buf) => self.read_and_write(cx, reader, writer, &mut buf, progress),
+                // Unreachable by construction (polls do not nest); stay correct regardless.
+                Err(_) => {
+                    self.read_and_write(cx, reader, writer, &mut vec![0; BUFFER_SIZE], progress)
+                }
+            });
+            ready!(step)?;
+        }
+    }
+
+    /// One read; the bytes are written at once and whatever is not taken is kept in `pending`.
+    /// Ready(Ok) means "loop again".
+    fn read_and_write<R, W>(
+        &mut self,
+        cx: &mut Context<'_>,
+        reader: &mut R,
+        writer: &mut W,
+        buf: &mut [u8],
+        progress: &mut bool,
+    ) -> Poll<Result<(), RelayError>>
+    where
+        R: AsyncRead + Unpin + ?Sized,
+        W: AsyncWrite + Unpin + ?Sized,
+    {
+        let mut rb = ReadBuf::new(buf);
+        match Pin::new(&mut *reader).poll_read(cx, &mut rb) {
+            Poll::Pending => {
+                // Idle: give back an outgrown pending buffer, push out what the writer holds.
+                self.pending = Vec::new();
+                if self.need_flush {
+                    ready!(self.poll_flush(cx, writer))?;
+                }
+                Poll::Pending
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(RelayError::Io(self.from, e))),
+            Poll::Ready(Ok(())) => {
+                let n = rb.filled().len();
+                if n == 0 {
+                    self.eof = true;
+                    return Poll::Ready(Ok(()));
+                }
+                *progress = true;
+                let mut off = 0;
+                while off < n {
+                    match self.poll_write(cx, writer, Some(&buf[off..n]), progress) {
+                        Poll::Ready(Ok(w)) => off += w,
+                        Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                        Poll::Pending => {
+                            self.pending.extend_from_slice(&buf[off..n]);
+                            return Poll::Pending;
+                        }
+                    }
+                }
+                Poll::Ready(Ok(()))
+            }
+        }
+    }
+
+    /// Writes `bytes` (or `pending[pos..]` when `None`); returns how much was taken.
+    fn poll_write<W: AsyncWrite + Unpin + ?Sized>(
+        &mut self,
+        cx: &mut Context<'_>,
+        writer: &mut W,
+        bytes: Option<&[u8]>,
+        progress: &mut bool,
+    ) -> Poll<Result<usize, RelayError>> {
+        let bytes = bytes.unwrap_or(&self.pending[self.pos..]);
+        match Pin::new(&mut *writer).poll_write(cx, bytes) {
+            Poll::Pending => {
+                self.stalled_since.get_or_insert_with(Instant::now);
+                Poll::Pending
+            }
+            Poll::Ready(Ok(0)) => {
+                let e = io::Error::new(io::ErrorKind::WriteZero, "wrote 0 bytes");
+                Poll::Ready(Err(RelayError::Io(self.to, e)))
+            }
+            Poll::Ready(Ok(n)) => {
+                self.amount += n as u64;
+                self.need_flush = true;
+                self.stalled_since = None;
+                *progress = true;
+                Poll::Ready(Ok(n))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(RelayError::Io(self.to, e))),
         }
     }
 
@@ -279,6 +335,87 @@ mod tests {
             Transferred {
                 up: 7,
                 down: 100_000
+            }
+        );
+    }
+
+    /// A stream that takes at most 3 bytes per write and refuses every other write (waking
+    /// itself), so the relay's "keep what the writer refused" path runs constantly.
+    struct Stingy<S> {
+        inner: S,
+        refuse: bool,
+    }
+
+    impl<S: AsyncRead + Unpin> AsyncRead for Stingy<S> {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.inner).poll_read(cx, buf)
+        }
+    }
+
+    impl<S: AsyncWrite + Unpin> AsyncWrite for Stingy<S> {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            self.refuse = !self.refuse;
+            if self.refuse {
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            let n = buf.len().min(3);
+            Pin::new(&mut self.inner).poll_write(cx, &buf[..n])
+        }
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.inner).poll_flush(cx)
+        }
+        fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.inner).poll_shutdown(cx)
+        }
+    }
+
+    #[tokio::test]
+    async fn partial_and_refused_writes_lose_nothing() {
+        let (mut client, c_side) = duplex(1 << 16);
+        let (u_side, mut upstream) = duplex(1 << 16);
+        let mut c_side = Stingy {
+            inner: c_side,
+            refuse: false,
+        };
+        let mut u_side = Stingy {
+            inner: u_side,
+            refuse: true,
+        };
+        let relay = tokio::spawn(async move { relay(&mut c_side, &mut u_side, LIMITS).await });
+        let data: Vec<u8> = (0..200_000u32).map(|i| (i % 253) as u8).collect();
+        let sent = data.clone();
+        let up_writer = tokio::spawn(async move {
+            client.write_all(&sent).await.unwrap();
+            client.shutdown().await.unwrap();
+            let mut back = Vec::new();
+            client.read_to_end(&mut back).await.unwrap();
+            back
+        });
+        let mut got = Vec::new();
+        upstream.read_to_end(&mut got).await.unwrap();
+        assert!(got == data, "client to upstream intact");
+        upstream.write_all(&data[..50_000]).await.unwrap();
+        upstream.shutdown().await.unwrap();
+        assert!(
+            up_writer.await.unwrap() == data[..50_000],
+            "upstream to client intact"
+        );
+        let (t, r) = relay.await.unwrap();
+        r.unwrap();
+        assert_eq!(
+            t,
+            Transferred {
+                up: 200_000,
+                down: 50_000
             }
         );
     }

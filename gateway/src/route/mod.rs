@@ -45,7 +45,9 @@ impl Routes {
         if let Some(r) = self.table.load().route_name(sni) {
             return r;
         }
-        let target = self.custom.resolve(sni).await?;
+        // Boxed: the cache lookup's future is ~1.7 KB, and inlined it would size every
+        // connection's task for this rare path.
+        let target = Box::pin(self.custom.resolve(sni)).await?;
         self.table
             .load()
             .route(&target.app, target.port, target.mode)
