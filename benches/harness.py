@@ -115,14 +115,24 @@ def workloads(quick):
 
 
 def run_latency(env, results, rounds, quick):
-    """L1: open loop at 25/50/80 % of the best peer's K1-0B maximum rate."""
+    """L1: open loop at 25/50/80 % of the best peer's maximum rate *as driven by oha* (oha and
+    the origin share the load CPU; a rate taken from wrk would saturate that CPU, not the proxy)."""
     if not env.oha:
         print("L1 skipped: oha not found", file=sys.stderr)
         return
-    k1 = results["K1-0B"]
-    peer_max = max(statistics.median(s["rate"] for s in k1[p]) for p in ("nginx", "haproxy"))
     d = 3 if quick else 10
     url = f"https://{arms.TERM_HOST}:{arms.PROXY_PORT}/0"
+    peak = {}
+    for cls in (arms.Nginx, arms.Haproxy):
+        arm = cls(env)
+        arm.start("terminate", True)
+        try:
+            loads.wrk(env, url, 32, 1)  # warm-up
+            peak[arm.name] = loads.oha(env, url, None, 32, d)["rps"]
+        finally:
+            arm.stop()
+    peer_max = max(peak.values())
+    print(f"  L1 peak rate through the best peer, driven by oha: {peer_max:.0f} rps ({peak})", flush=True)
     for pct in (25, 50, 80):
         name = f"L1-p99-{pct}pct"
         rate = int(peer_max * pct / 100)

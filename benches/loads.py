@@ -49,9 +49,13 @@ def wrk(env, url, conns, seconds, close=False):
 
 
 def oha(env, url, rate, conns, seconds):
-    """Open-loop load at `rate` req/s with latency correction; returns percentiles in ms."""
+    """Open-loop load at `rate` req/s with latency correction (closed loop at full speed when
+    `rate` is None); returns percentiles in ms and the achieved rate."""
     argv = ["taskset", "-c", env.cpu_load, env.oha, "--no-tui", "--output-format", "json", "--insecure",
-            "-z", f"{seconds}s", "-q", str(rate), "-c", str(conns), "--latency-correction", url]
+            "-z", f"{seconds}s", "-c", str(conns)]
+    if rate is not None:
+        argv += ["-q", str(rate), "--latency-correction"]
+    argv.append(url)
     out = subprocess.run(argv, capture_output=True, text=True).stdout
     data = json.loads(out)
     pct = data["latencyPercentiles"]

@@ -1,11 +1,11 @@
 //! The life of one connection; this function reads like the chart in ARCHITECTURE.md.
 
 use crate::error::ConnError;
-use crate::hello::{self, alert, replay::Prefixed};
+use crate::hello::{self, alert, replay::Prefixed, ClientHello};
 use crate::metrics::Metrics;
 use crate::proxy_protocol::{self, ProxyHeaderError};
 use crate::relay::{self, RelayLimits};
-use crate::route::{Mode, Route, Routes};
+use crate::route::{AppSlot, Mode, Route, Routes};
 use crate::terminate::TlsConfigs;
 use crate::upstream;
 use gatehouse_config::Timeouts;
@@ -49,20 +49,42 @@ pub async fn serve(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
     .await
 }
 
-async fn handle(shared: &Shared, mut stream: TcpStream, peer: SocketAddr) -> Result<(), ConnError> {
+/// Steps 1-4 (PROXY header, hello, route, admission) complete before step 5 starts, so the
+/// task of a connection is sized by its longest phase, not by both phases together.
+async fn handle(shared: &Shared, stream: TcpStream, peer: SocketAddr) -> Result<(), ConnError> {
+    let (routed, hello, _slot) = route(shared, stream, peer).await?;
+    let limits = RelayLimits {
+        idle: shared.timeouts.idle,
+        write: shared.timeouts.write,
+    };
+    match routed.route.mode {
+        Mode::Passthrough => {
+            drop(hello); // not held for the life of the relay
+            passthrough(shared, routed, limits).await
+        }
+        Mode::Terminate | Mode::TerminateH2 => terminate(shared, routed, hello, limits).await,
+    }
+}
+
+/// Reads the PROXY header and hello, routes the name, and takes an app connection slot.
+async fn route(
+    shared: &Shared,
+    mut stream: TcpStream,
+    peer: SocketAddr,
+) -> Result<(Routed, ClientHello, AppSlot), ConnError> {
     let t = &shared.timeouts;
     let deadline = Instant::now() + t.handshake;
-    let _ = stream.set_nodelay(true);
-    let local = stream.local_addr().map_err(ConnError::ClientIo)?;
+    // TCP_NODELAY is inherited from the listener (listener.rs).
     let mut buf = Vec::with_capacity(2048);
 
-    let (client, local, start) = if shared.proxy_protocol_inbound {
+    // The addresses an instance's PROXY header will carry; `None` = this socket's own
+    // (looked up only if an app asks for a header: one syscall saved per connection).
+    let (client_addrs, start) = if shared.proxy_protocol_inbound {
         let timed = timeout_at(deadline, read_proxy_header(&mut stream, &mut buf)).await;
         let (header, len) = timed.map_err(|_| ConnError::HandshakeTimeout(t.handshake))??;
-        let (c, l) = header.addrs.unwrap_or((peer, local));
-        (c, l, len)
+        (header.addrs, len)
     } else {
-        (peer, local, 0)
+        (None, 0)
     };
 
     let hello = match timeout_at(deadline, hello::read(&mut stream, &mut buf, start)).await {
@@ -85,69 +107,115 @@ async fn handle(shared: &Shared, mut stream: TcpStream, peer: SocketAddr) -> Res
             .await)
         }
     };
-    let Some(_slot) = route.app.admit() else {
+    let Some(slot) = route.app.admit() else {
         let e = ConnError::AppFull {
             app: route.app.spec.id.clone(),
             max: route.app.spec.max_connections,
         };
         return Err(refuse(&mut stream, e).await);
     };
-    let proxy_header = route
-        .app
-        .spec
-        .proxy_protocol
-        .map(|v| proxy_protocol::encode(v, client, local));
-    let limits = RelayLimits {
-        idle: t.idle,
-        write: t.write,
-    };
-
-    match route.mode {
-        Mode::Passthrough => {
-            let (mut up, _load) = match upstream::connect(&route, t.connect).await {
-                Ok(u) => u,
-                Err(e) => return Err(refuse(&mut stream, e.into()).await),
+    let proxy_header = match route.app.spec.proxy_protocol {
+        None => None,
+        Some(version) => {
+            let (client, local) = match client_addrs {
+                Some(addrs) => addrs,
+                None => (peer, stream.local_addr().map_err(ConnError::ClientIo)?),
             };
-            let mut first = proxy_header.unwrap_or_default();
-            first.extend_from_slice(&buf[start..]);
-            drop(buf);
-            if write_within(&mut up, &first, t.write).await.is_err() {
-                return Ok(()); // the instance closed at once: nothing to relay
-            }
-            drop(first);
-            finish(shared, &route, &mut stream, &mut up, limits).await;
+            Some(proxy_protocol::encode(version, client, local))
         }
-        Mode::Terminate | Mode::TerminateH2 => {
-            if !shared.tls.resolver.has(&hello.sni) {
-                return Err(refuse(&mut stream, ConnError::NoCertificate(hello.sni)).await);
-            }
-            let acceptor =
-                tokio_rustls::TlsAcceptor::from(shared.tls.for_hello(route.mode, &hello));
-            let replay = Prefixed::new(stream, buf, start);
-            // Boxed: the handshake future (~1.4 KB) is freed when it completes instead of
-            // sizing every connection's task for its whole life (benches/RESULTS.md, M1).
-            let mut tls = match Box::pin(timeout_at(deadline, acceptor.accept(replay))).await {
-                Err(_) => return Err(ConnError::HandshakeTimeout(t.handshake)),
-                Ok(Err(e)) => return Err(ConnError::Tls(e)),
-                Ok(Ok(tls)) => tls,
-            };
-            let resumed = tls.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
-            shared.metrics.handshake(resumed);
-            let (mut up, _load) = match upstream::connect(&route, t.connect).await {
-                Ok(u) => u,
-                Err(e) => {
-                    let _ = tls.shutdown().await;
-                    return Err(e.into());
-                }
-            };
-            if let Some(h) = proxy_header {
-                if write_within(&mut up, &h, t.write).await.is_err() {
-                    return Ok(());
-                }
-            }
-            finish(shared, &route, &mut tls, &mut up, limits).await;
+    };
+    let routed = Routed {
+        stream,
+        buf,
+        start,
+        route,
+        proxy_header,
+        deadline,
+    };
+    Ok((routed, hello, slot))
+}
+
+/// A connection whose hello is buffered and whose route is known. Each mode continues in its
+/// own function, so the task of a connection is sized for its mode only (benches, M1).
+struct Routed {
+    stream: TcpStream,
+    buf: Vec<u8>,
+    start: usize,
+    route: Route,
+    proxy_header: Option<Vec<u8>>,
+    deadline: Instant,
+}
+
+/// `s`: connect, send [PROXY header +] the buffered hello, relay.
+async fn passthrough(shared: &Shared, c: Routed, limits: RelayLimits) -> Result<(), ConnError> {
+    let Routed {
+        mut stream,
+        buf,
+        start,
+        route,
+        proxy_header,
+        ..
+    } = c;
+    let t = &shared.timeouts;
+    let (mut up, _load) = match upstream::connect(&route, t.connect).await {
+        Ok(u) => u,
+        Err(e) => return Err(refuse(&mut stream, e.into()).await),
+    };
+    let mut first = proxy_header.unwrap_or_default();
+    first.extend_from_slice(&buf[start..]);
+    drop(buf);
+    if write_within(&mut up, &first, t.write).await.is_err() {
+        return Ok(()); // the instance closed at once: nothing to relay
+    }
+    drop(first);
+    finish(shared, &route, &mut stream, &mut up, limits).await;
+    Ok(())
+}
+
+/// Terminate: rustls over the replayed hello, then connect, [PROXY header,] relay plaintext.
+async fn terminate(
+    shared: &Shared,
+    c: Routed,
+    hello: ClientHello,
+    limits: RelayLimits,
+) -> Result<(), ConnError> {
+    let Routed {
+        mut stream,
+        buf,
+        start,
+        route,
+        proxy_header,
+        deadline,
+    } = c;
+    let t = &shared.timeouts;
+    if !shared.tls.resolver.has(&hello.sni) {
+        return Err(refuse(&mut stream, ConnError::NoCertificate(hello.sni)).await);
+    }
+    let acceptor = tokio_rustls::TlsAcceptor::from(shared.tls.for_hello(route.mode, &hello));
+    drop(hello);
+    let replay = Prefixed::new(stream, buf, start);
+    // Boxed: the handshake future (~1.4 KB) is freed when it completes instead of sizing
+    // every connection's task for its whole life (benches/RESULTS.md, M1).
+    let mut tls = match Box::pin(timeout_at(deadline, acceptor.accept(replay))).await {
+        Err(_) => return Err(ConnError::HandshakeTimeout(t.handshake)),
+        Ok(Err(e)) => return Err(ConnError::Tls(e)),
+        Ok(Ok(tls)) => tls,
+    };
+    let resumed = tls.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
+    shared.metrics.handshake(resumed);
+    let (mut up, _load) = match upstream::connect(&route, t.connect).await {
+        Ok(u) => u,
+        Err(e) => {
+            let _ = tls.shutdown().await;
+            return Err(e.into());
+        }
+    };
+    if let Some(h) = proxy_header {
+        if write_within(&mut up, &h, t.write).await.is_err() {
+            return Ok(());
         }
     }
+    finish(shared, &route, &mut tls, &mut up, limits).await;
     Ok(())
 }
 

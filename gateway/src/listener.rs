@@ -35,8 +35,39 @@ fn bind_one(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     }
     socket.set_reuse_address(true)?;
     socket.set_reuse_port(true)?;
+    // Inherited by every accepted socket: one setsockopt per listener, not per connection.
+    socket.set_tcp_nodelay(true)?;
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     socket.listen(BACKLOG)?;
     Ok(socket.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn workers_share_one_port_and_accepted_sockets_have_nodelay() {
+        let sockets = bind_all(&["127.0.0.1:0".parse().unwrap()], 3).unwrap();
+        let port = sockets[0][0].local_addr().unwrap().port();
+        assert!(sockets
+            .iter()
+            .all(|w| w[0].local_addr().unwrap().port() == port));
+        let listener = &sockets[0][0];
+        listener.set_nonblocking(false).unwrap();
+        // with SO_REUSEPORT the kernel may hand the connection to any worker's socket
+        let _client = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        for w in &sockets {
+            w[0].set_nonblocking(true).unwrap();
+            if let Ok((accepted, _)) = w[0].accept() {
+                assert!(
+                    accepted.nodelay().unwrap(),
+                    "TCP_NODELAY inherited from the listener"
+                );
+                return;
+            }
+        }
+        panic!("no worker socket accepted the connection");
+    }
 }
