@@ -6,7 +6,6 @@ use divan::{black_box, Bencher};
 use gatehouse::hello::{parse, record};
 use gatehouse::route::{AppSpec, RouteTable};
 use gatehouse::terminate::certs::CertSet;
-use gatehouse_config::AppMode;
 use std::sync::Arc;
 
 fn main() {
@@ -34,14 +33,12 @@ fn client_hello(bencher: Bencher, (padding, record_size): (usize, usize)) {
 
 fn table(apps: usize) -> RouteTable {
     let specs = (0..apps)
-        .map(|i| AppSpec {
-            id: format!("app{i:07x}"),
-            default_port: 80,
-            ports: vec![],
-            max_connections: 0,
-            proxy_protocol: None,
-            mode: AppMode::Tcp,
-            instances: vec![std::net::IpAddr::from([10, 0, (i >> 8) as u8, i as u8])],
+        .map(|i| {
+            AppSpec::new(
+                format!("app{i:07x}"),
+                80,
+                vec![std::net::IpAddr::from([10, 0, (i >> 8) as u8, i as u8])],
+            )
         })
         .collect();
     RouteTable::build(

@@ -6,7 +6,7 @@ use gatehouse::app::Gateway;
 use gatehouse::devca::DevCa;
 use gatehouse::route::AppSpec;
 use gatehouse::terminate::certs::CertSet;
-use gatehouse_config::{AdminConfig, AppMode, Config};
+use gatehouse_config::{AdminConfig, Config};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -182,14 +182,10 @@ async fn development(state_dir: &Path) -> anyhow::Result<(Config, Vec<AppSpec>, 
     let demo = tokio::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0)).await?;
     let demo_port = demo.local_addr()?.port();
     tokio::spawn(gatehouse::demo::run(demo));
-    let app = AppSpec {
-        id: "demo".into(),
-        default_port: demo_port,
-        ports: Vec::new(),
-        max_connections: 0,
-        proxy_protocol: None,
-        mode: AppMode::Tcp,
-        instances: vec![std::net::IpAddr::from([127, 0, 0, 1])],
-    };
+    let app = AppSpec::new(
+        "demo",
+        demo_port,
+        vec![std::net::IpAddr::from([127, 0, 0, 1])],
+    );
     Ok((config, vec![app], certs))
 }

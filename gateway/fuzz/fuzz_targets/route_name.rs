@@ -3,22 +3,13 @@
 #![no_main]
 use gatehouse::route::name::{parse_label, Readings};
 use gatehouse::route::{AppSpec, RouteTable};
-use gatehouse_config::AppMode;
 use libfuzzer_sys::fuzz_target;
 use std::sync::OnceLock;
 
 fn table() -> &'static RouteTable {
     static T: OnceLock<RouteTable> = OnceLock::new();
     T.get_or_init(|| {
-        let spec = |id: &str| AppSpec {
-            id: id.into(),
-            default_port: 80,
-            ports: vec![],
-            max_connections: 0,
-            proxy_protocol: None,
-            mode: AppMode::Tcp,
-            instances: vec![],
-        };
+        let spec = |id: &str| AppSpec::new(id, 80, vec![]);
         RouteTable::build(&["gw.test".into(), "a.gw.test".into()], vec![spec("web"), spec("my-app"), spec("demos")], None).unwrap()
     })
 }

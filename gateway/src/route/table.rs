@@ -28,6 +28,21 @@ pub struct AppSpec {
     pub instances: Vec<IpAddr>,
 }
 
+impl AppSpec {
+    /// A tcp-mode app with no cap, no port restriction and no PROXY header.
+    pub fn new(id: impl Into<String>, default_port: u16, instances: Vec<IpAddr>) -> AppSpec {
+        AppSpec {
+            id: id.into(),
+            default_port,
+            ports: Vec::new(),
+            max_connections: 0,
+            proxy_protocol: None,
+            mode: AppMode::Tcp,
+            instances,
+        }
+    }
+}
+
 impl From<&AppConfig> for AppSpec {
     fn from(c: &AppConfig) -> Self {
         AppSpec {
@@ -239,15 +254,7 @@ mod tests {
     use super::*;
 
     pub(crate) fn spec(id: &str, instances: &[[u8; 4]]) -> AppSpec {
-        AppSpec {
-            id: id.into(),
-            default_port: 80,
-            ports: vec![],
-            max_connections: 0,
-            proxy_protocol: None,
-            mode: AppMode::Tcp,
-            instances: instances.iter().map(|a| IpAddr::from(*a)).collect(),
-        }
+        AppSpec::new(id, 80, instances.iter().map(|a| IpAddr::from(*a)).collect())
     }
 
     fn table(specs: Vec<AppSpec>) -> RouteTable {
