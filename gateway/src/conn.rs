@@ -1,4 +1,5 @@
-//! The life of one connection; this function reads like the chart in ARCHITECTURE.md.
+//! The life of one connection, top to bottom as in the chart of ARCHITECTURE.md: `handle`
+//! runs `route` (steps 1-4), then `passthrough` or `terminate` (steps 5-6).
 
 use crate::error::ConnError;
 use crate::hello::{self, alert, replay::Prefixed, ClientHello};
