@@ -1,0 +1,132 @@
+//! Gatehouse's durable state: ACME account, sealed keys and certificates, VPC leases, routes.
+//!
+//! Callers see one narrow trait, [`Store`], shaped so that an etcd backend can replace the
+//! embedded one without changing them:
+//! - keys are `/`-separated paths in namespaces (`acme/account`, `certs/<name>`, `leases/<ip>`),
+//! - every value carries a [`Version`] that grows on each write of that key, and
+//!   [`Store::compare_and_swap`] writes only when the caller saw the current version (etcd's
+//!   `mod_revision` transaction compare), which is how two nodes avoid lost updates,
+//! - [`Store::watch`] streams changes under a prefix.
+//!
+//! The embedded backend ([`Embedded`]) is a redb file: each write is one ACID transaction
+//! committed with fsync, so a crash or kill at any moment leaves the old or the new state.
+//! This crate stores bytes; sealing secrets is the caller's job (the `Sealer` of the ACME and
+//! attestation work), so nothing here ever sees a key in the clear.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod embedded;
+
+pub use embedded::Embedded;
+
+/// A key's version: 0 = absent, then 1, 2, ... on each write of that key.
+pub type Version = u64;
+
+/// A stored value and its version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Versioned {
+    /// The bytes.
+    pub value: Vec<u8>,
+    /// The version they were written at.
+    pub version: Version,
+}
+
+/// One change seen by a watcher.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// `key` now holds `value` at `version`.
+    Put {
+        /// The key.
+        key: String,
+        /// The new value and version.
+        value: Versioned,
+    },
+    /// `key` was deleted.
+    Delete {
+        /// The key.
+        key: String,
+    },
+}
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The key is empty, too long, or has an empty path segment.
+    #[error("invalid key {key:?}: {reason}")]
+    InvalidKey {
+        /// The key.
+        key: String,
+        /// Why.
+        reason: &'static str,
+    },
+    /// The backend failed (I/O, corruption, lock held by another process).
+    #[error("store backend: {0}")]
+    Backend(String),
+}
+
+/// The state every gateway node reads and writes.
+pub trait Store: Send + Sync + std::fmt::Debug {
+    /// The value at `key`, if any.
+    fn get(&self, key: &str) -> Result<Option<Versioned>, StoreError>;
+
+    /// Writes `value` at `key` unconditionally; returns the new version.
+    fn put(&self, key: &str, value: &[u8]) -> Result<Version, StoreError>;
+
+    /// Writes `value` only if `key` is at version `expected` (0 = absent). `Ok(Ok(v))`: written
+    /// at version `v`; `Ok(Err(current))`: someone else wrote first, nothing changed.
+    fn compare_and_swap(
+        &self,
+        key: &str,
+        expected: Version,
+        value: &[u8],
+    ) -> Result<Result<Version, Option<Versioned>>, StoreError>;
+
+    /// Deletes `key`; returns whether it existed.
+    fn delete(&self, key: &str) -> Result<bool, StoreError>;
+
+    /// Every key under `prefix` with its value, in key order.
+    fn list(&self, prefix: &str) -> Result<Vec<(String, Versioned)>, StoreError>;
+
+    /// Changes under `prefix` from now on. Events arrive in commit order; a receiver that
+    /// falls behind by more than the channel's capacity sees `Lagged` and should re-`list`.
+    fn watch(&self, prefix: &str) -> Watch;
+}
+
+/// A stream of [`Event`]s under one prefix.
+#[derive(Debug)]
+pub struct Watch {
+    prefix: String,
+    events: tokio::sync::broadcast::Receiver<Event>,
+}
+
+impl Watch {
+    /// The next change under the prefix.
+    pub async fn next(&mut self) -> Result<Event, tokio::sync::broadcast::error::RecvError> {
+        loop {
+            let event = self.events.recv().await?;
+            let key = match &event {
+                Event::Put { key, .. } | Event::Delete { key } => key,
+            };
+            if key.starts_with(&self.prefix) {
+                return Ok(event);
+            }
+        }
+    }
+}
+
+/// Checks a key: 1-1024 bytes, `/`-separated non-empty segments, no leading `/`.
+pub fn check_key(key: &str) -> Result<(), StoreError> {
+    let bad = |reason| {
+        Err(StoreError::InvalidKey {
+            key: key.to_owned(),
+            reason,
+        })
+    };
+    if key.is_empty() || key.len() > 1024 {
+        return bad("must be 1 to 1024 bytes");
+    }
+    if key.split('/').any(str::is_empty) {
+        return bad("empty path segment (leading, trailing or double '/')");
+    }
+    Ok(())
+}
