@@ -6,7 +6,6 @@
 
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// Why the development CA could not be loaded or created.
@@ -66,8 +65,10 @@ impl DevCa {
         params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
         let cert = params.self_signed(&key)?;
         // Key first: a crash between the two writes leaves no CA cert without its key.
-        write_atomic(&key_path, key.serialize_pem().as_bytes(), 0o600).map_err(io(&key_path))?;
-        write_atomic(&cert_path, cert.pem().as_bytes(), 0o644).map_err(io(&cert_path))?;
+        gatehouse_store::write_atomic(&key_path, key.serialize_pem().as_bytes(), 0o600)
+            .map_err(io(&key_path))?;
+        gatehouse_store::write_atomic(&cert_path, cert.pem().as_bytes(), 0o644)
+            .map_err(io(&cert_path))?;
         Ok(DevCa {
             cert_path,
             issuer: Issuer::new(params, key),
@@ -90,28 +91,6 @@ impl DevCa {
             .map_err(|e| rcgen::Error::PemError(e.to_string()))?;
         Ok((vec![cert.der().clone()], key))
     }
-}
-
-/// Writes `bytes` to `path` so that a crash at any moment leaves the old file or the new one:
-/// write a temporary file in the same directory, fsync it, rename over, fsync the directory.
-pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(
-        ".{}.tmp",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("file")
-    ));
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    drop(f);
-    std::fs::rename(&tmp, path)?;
-    std::fs::File::open(dir)?.sync_all()
 }
 
 #[cfg(test)]

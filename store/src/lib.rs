@@ -10,14 +10,17 @@
 //!
 //! The embedded backend ([`Embedded`]) is a redb file: each write is one ACID transaction
 //! committed with fsync, so a crash or kill at any moment leaves the old or the new state.
-//! This crate stores bytes; sealing secrets is the caller's job (the `Sealer` of the ACME and
-//! attestation work), so nothing here ever sees a key in the clear.
+//! The store holds bytes; secrets are sealed by the caller with a [`Sealer`] before they reach
+//! it ([`seal`]: AES-256-GCM bound to the item's name), so no backend ever holds a key in the
+//! clear.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 mod embedded;
+pub mod seal;
 
 pub use embedded::Embedded;
+pub use seal::{DevelopmentSealer, SealError, Sealer};
 
 /// A key's version: 0 = absent, then 1, 2, ... on each write of that key.
 pub type Version = u64;
@@ -129,4 +132,27 @@ pub fn check_key(key: &str) -> Result<(), StoreError> {
         return bad("empty path segment (leading, trailing or double '/')");
     }
     Ok(())
+}
+
+/// Writes `bytes` to `path` so that a crash at any moment leaves the old file or the new one:
+/// a temporary file in the same directory (created with `mode`), fsync, rename over, fsync the
+/// directory. Creates the directory if needed.
+pub fn write_atomic(path: &std::path::Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = path.parent().unwrap_or(std::path::Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+    let tmp = dir.join(format!(".{name}.tmp"));
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    drop(f);
+    std::fs::rename(&tmp, path)?;
+    std::fs::File::open(dir)?.sync_all()
 }
