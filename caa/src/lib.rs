@@ -5,10 +5,12 @@
 //! a malformed value authorizes nobody, it never reads as "no record". [`policy::evaluate`]
 //! turns the relevant record set of one served name into a [`Verdict`]. The lookup (tree
 //! climbing, CNAMEs, fail-closed on SERVFAIL) and the DNS providers that write records come
-//! with the ACME work; this crate does no I/O.
+//! with the ACME work; this crate does no I/O. [`plan`] gives the records that lock a name and
+//! the order to write them in (guards first: no intermediate state opens issuance).
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod plan;
 pub mod policy;
 pub mod value;
 
