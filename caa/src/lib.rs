@@ -3,13 +3,15 @@
 //! [`value::parse_issue_value`] is our own RFC 8659 / RFC 8657 parser (hickory 0.26 rejects
 //! legal whitespace and accepts a trailing-dot issuer; see shared/research/attestation.md §5.3):
 //! a malformed value authorizes nobody, it never reads as "no record". [`policy::evaluate`]
-//! turns the relevant record set of one served name into a [`Verdict`]. The lookup (tree
-//! climbing, CNAMEs, fail-closed on SERVFAIL) and the DNS providers that write records come
-//! with the ACME work; this crate does no I/O. [`plan`] gives the records that lock a name and
+//! turns the relevant record set of one served name into a [`Verdict`], and
+//! [`lookup::Checker`] finds that set over DNS (hickory for transport only: tree climbing,
+//! CNAMEs, fail-closed on any error). The DNS providers that write records come with the ACME
+//! work. [`plan`] gives the records that lock a name and
 //! the order to write them in (guards first: no intermediate state opens issuance).
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod lookup;
 pub mod plan;
 pub mod policy;
 pub mod value;

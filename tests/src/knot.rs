@@ -16,6 +16,13 @@ impl Knot {
     /// Serves `zone` (e.g. `custom.test`) with `records`, lines of zone-file syntax relative
     /// to the zone (`www 60 TXT "x"`). Panics with a clear message if knotd is missing.
     pub fn start(zone: &str, records: &[&str]) -> Knot {
+        Knot::start_with(zone, records, &[])
+    }
+
+    /// Like [`Knot::start`], plus `broken` zones that are configured but have no zone file:
+    /// Knot answers SERVFAIL for names in them (a failing authoritative server, for tests
+    /// that must fail closed).
+    pub fn start_with(zone: &str, records: &[&str], broken: &[&str]) -> Knot {
         let knotd = ["/usr/sbin/knotd", "/usr/bin/knotd"]
             .into_iter()
             .find(|p| std::path::Path::new(p).exists())
@@ -34,7 +41,8 @@ impl Knot {
         for _ in 0..20 {
             let port = free_port();
             let conf = format!(
-                "server:\n    rundir: \"{run}\"\n    listen: 127.0.0.1@{port}\ndatabase:\n    storage: \"{db}\"\ntemplate:\n  - id: default\n    storage: \"{zones}\"\n    file: \"%s.zone\"\n    zonefile-sync: -1\nzone:\n  - domain: {zone}\n",
+                "server:\n    rundir: \"{run}\"\n    listen: 127.0.0.1@{port}\ndatabase:\n    storage: \"{db}\"\ntemplate:\n  - id: default\n    storage: \"{zones}\"\n    file: \"%s.zone\"\n    zonefile-sync: -1\nzone:\n  - domain: {zone}\n{extra}",
+                extra = broken.iter().map(|b| format!("  - domain: {b}\n")).collect::<String>(),
                 run = d.join("run").display(),
                 db = d.join("db").display(),
                 zones = d.join("zones").display(),
