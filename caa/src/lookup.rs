@@ -72,6 +72,19 @@ impl Checker {
         Ok(Checker(resolver))
     }
 
+    /// A checker using the system's resolvers (`/etc/resolv.conf`), without a cache.
+    pub fn system(timeout: Duration) -> Result<Checker, LookupError> {
+        let mut opts = ResolverOpts::default();
+        opts.cache_size = 0;
+        opts.timeout = timeout;
+        let resolver = TokioResolver::builder_tokio()
+            .map_err(|e| LookupError::Resolver(e.to_string()))?
+            .with_options(opts)
+            .build()
+            .map_err(|e| LookupError::Resolver(e.to_string()))?;
+        Ok(Checker(resolver))
+    }
+
     /// The relevant record set for `name` (a leading `*.` is stripped: the wildcard's records
     /// live at its parent).
     pub async fn relevant_set(&self, name: &str) -> Result<RelevantSet, LookupError> {

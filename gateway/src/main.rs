@@ -46,6 +46,35 @@ enum Command {
         /// The TOML config file.
         file: PathBuf,
     },
+    /// CAA records: who may obtain certificates for a domain.
+    #[command(subcommand)]
+    Caa(CaaCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum CaaCommand {
+    /// Check that only our ACME account may issue for each domain (RFC 8659 + RFC 8657).
+    ///
+    /// Prints one line per domain: locked, unlocked (someone else could issue), blocked (our
+    /// own orders would fail) or unknown (the lookup failed: fail closed), with the reason.
+    /// Exit 0 when every domain is locked, 1 otherwise.
+    Check {
+        /// Domains to check (`*.example.com` for a wildcard).
+        #[arg(required = true)]
+        domains: Vec<String>,
+        /// Our ACME account URI(s).
+        #[arg(long = "account", required = true)]
+        accounts: Vec<String>,
+        /// CA issuer domain(s) we order from.
+        #[arg(long = "issuer", default_value = "letsencrypt.org")]
+        issuers: Vec<String>,
+        /// ACME validation methods we use.
+        #[arg(long = "method", default_values = ["dns-01", "tls-alpn-01"])]
+        methods: Vec<String>,
+        /// DNS server(s) to ask (`IP:PORT`); default: the system's resolvers.
+        #[arg(long = "server")]
+        servers: Vec<SocketAddr>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -71,6 +100,27 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Command::Caa(CaaCommand::Check {
+            domains,
+            accounts,
+            issuers,
+            methods,
+            servers,
+        }) => {
+            let policy = gatehouse_caa::Policy {
+                issuers,
+                accounts,
+                methods,
+            };
+            match caa_check(&domains, &policy, &servers) {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => ExitCode::from(1),
+                Err(e) => {
+                    eprintln!("gatehouse: {e:#}");
+                    ExitCode::from(1)
+                }
+            }
+        }
         Command::Run { config, state_dir } => {
             let config = match config.as_deref().map(Config::from_file).transpose() {
                 Ok(c) => c,
@@ -144,6 +194,37 @@ fn run(config: Option<Config>, state_dir: &Path) -> anyhow::Result<()> {
         gateway.run(stop_rx).await;
         tracing::info!("stopped");
         Ok(())
+    })
+}
+
+/// Prints one verdict line per domain; true when all are locked.
+fn caa_check(
+    domains: &[String],
+    policy: &gatehouse_caa::Policy,
+    servers: &[SocketAddr],
+) -> anyhow::Result<bool> {
+    use gatehouse_caa::{lookup::Checker, Verdict};
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let timeout = std::time::Duration::from_secs(5);
+        let checker = match servers {
+            [] => Checker::system(timeout)?,
+            s => Checker::new(s, timeout)?,
+        };
+        let mut all_locked = true;
+        for d in domains {
+            let line = match checker.check(d, policy).await {
+                Verdict::Locked => "locked: only our account may issue".to_string(),
+                Verdict::Unlocked { reason } => format!("UNLOCKED: {reason}"),
+                Verdict::Blocked { reason } => format!("BLOCKED: {reason}"),
+                Verdict::Unknown { reason } => format!("UNKNOWN: {reason}"),
+            };
+            all_locked &= line.starts_with("locked");
+            println!("{d}: {line}");
+        }
+        Ok(all_locked)
     })
 }
 

@@ -96,3 +96,44 @@ async fn no_record_anywhere_is_unlocked_and_a_dead_server_is_unknown() {
     let v = dead.check("www.open.test", &policy()).await;
     assert_eq!(kind(&v), "unknown", "{v:?}");
 }
+
+/// `gatehouse caa check` prints one verdict per domain and exits 0 only when all are locked.
+#[test]
+fn caa_check_command() {
+    let ours =
+        format!("CAA 0 issue \"letsencrypt.org; accounturi={OURS}; validationmethods=dns-01\"");
+    let knot = Knot::start(
+        "gw.test",
+        &[
+            &format!("@ 60 {ours}"),
+            "open 60 CAA 0 issue \"letsencrypt.org\"",
+        ],
+    );
+    let run = |domains: &[&str]| {
+        std::process::Command::new(gatehouse_tests::binary())
+            .args([
+                "caa",
+                "check",
+                "--account",
+                OURS,
+                "--method",
+                "dns-01",
+                "--server",
+                &knot.addr.to_string(),
+            ])
+            .args(domains)
+            .output()
+            .unwrap()
+    };
+    let out = run(&["gw.test", "web.gw.test"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains("web.gw.test: locked"), "{text}");
+    let out = run(&["gw.test", "open.gw.test"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("open.gw.test: UNLOCKED: ") && text.contains("no accounturi"),
+        "{text}"
+    );
+}
