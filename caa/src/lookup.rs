@@ -12,6 +12,21 @@ use hickory_resolver::TokioResolver;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+/// A resolver config asking exactly these servers (`IP:PORT`, UDP then TCP).
+pub fn resolver_config(servers: &[SocketAddr]) -> ResolverConfig {
+    let servers = servers
+        .iter()
+        .map(|a| {
+            let mut ns = NameServerConfig::udp_and_tcp(a.ip());
+            for c in &mut ns.connections {
+                c.port = a.port();
+            }
+            ns
+        })
+        .collect();
+    ResolverConfig::from_name_servers(servers)
+}
+
 /// Why the relevant set could not be determined.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LookupError {
@@ -48,22 +63,12 @@ impl Checker {
     /// must answer for the name and every ancestor the climb reaches (a recursive resolver,
     /// or an authoritative server holding all of them): a REFUSED answer fails closed.
     pub fn new(servers: &[SocketAddr], timeout: Duration) -> Result<Checker, LookupError> {
-        let servers = servers
-            .iter()
-            .map(|a| {
-                let mut ns = NameServerConfig::udp_and_tcp(a.ip());
-                for c in &mut ns.connections {
-                    c.port = a.port();
-                }
-                ns
-            })
-            .collect();
         let mut opts = ResolverOpts::default();
         opts.cache_size = 0; // every check sees the zone as it is now
         opts.timeout = timeout;
         opts.attempts = 1;
         let resolver = TokioResolver::builder_with_config(
-            ResolverConfig::from_name_servers(servers),
+            resolver_config(servers),
             TokioRuntimeProvider::default(),
         )
         .with_options(opts)

@@ -7,7 +7,7 @@
 
 use super::name::Mode;
 use gatehouse_config::{app_id_problem, CustomDomainsConfig};
-use hickory_resolver::config::{NameServerConfig, ResolverConfig, ResolverOpts};
+use hickory_resolver::config::ResolverOpts;
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::proto::rr::{RData, RecordType};
 use hickory_resolver::TokioResolver;
@@ -95,19 +95,8 @@ impl HickoryTxt {
         let builder = if config.nameservers.is_empty() {
             TokioResolver::builder_tokio().map_err(|e| format!("system DNS config: {e}"))?
         } else {
-            let servers = config
-                .nameservers
-                .iter()
-                .map(|a| {
-                    let mut ns = NameServerConfig::udp_and_tcp(a.ip());
-                    for c in &mut ns.connections {
-                        c.port = a.port();
-                    }
-                    ns
-                })
-                .collect();
             TokioResolver::builder_with_config(
-                ResolverConfig::from_name_servers(servers),
+                gatehouse_caa::lookup::resolver_config(&config.nameservers),
                 TokioRuntimeProvider::default(),
             )
         };
