@@ -40,6 +40,20 @@ class Arm:
         self.pid = None
         time.sleep(0.2)
 
+    config_file = "?"
+
+    def start(self, role, resumption):
+        """Writes this arm's config for `role` and starts it on the proxy CPU."""
+        wait_free(PROXY_PORT)
+        path = os.path.join(self.env.work, self.config_file)
+        with open(path, "w") as f:
+            f.write(self.config(role, resumption))
+        self._spawn(self.argv(path), self.env.work)
+        self.pid = self.measured_pid()
+
+    def measured_pid(self):
+        return self.proc.pid  # taskset execs in place
+
     def _spawn(self, argv, cwd):
         log = open(os.path.join(cwd, f"{self.name}.log"), "ab")
         self.proc = subprocess.Popen(
@@ -109,13 +123,10 @@ resumption = {str(resumption).lower()}
 certificates = [{{ cert = "{e.work}/chain.pem", key = "{e.work}/leaf.key" }}]
 """
 
-    def start(self, role, resumption):
-        wait_free(PROXY_PORT)
-        path = os.path.join(self.env.work, "gatehouse.toml")
-        with open(path, "w") as f:
-            f.write(self.config(role, resumption))
-        self._spawn([self.env.gatehouse, "run", "--config", path], self.env.work)
-        self.pid = self.proc.pid  # taskset execs in place
+    config_file = "gatehouse.toml"
+
+    def argv(self, path):
+        return [self.env.gatehouse, "run", "--config", path]
 
 
 class Nginx(Arm):
@@ -163,13 +174,13 @@ stream {{
 }}
 """
 
-    def start(self, role, resumption):
-        wait_free(PROXY_PORT)
-        path = os.path.join(self.env.work, "nginx-proxy.conf")
-        with open(path, "w") as f:
-            f.write(self.config(role, resumption))
-        self._spawn(["nginx", "-c", path, "-p", self.env.work], self.env.work)
-        self.pid = worker_of(self.proc.pid)
+    config_file = "nginx-proxy.conf"
+
+    def argv(self, path):
+        return ["nginx", "-c", path, "-p", self.env.work]
+
+    def measured_pid(self):
+        return worker_of(self.proc.pid)
 
 
 class Haproxy(Arm):
@@ -212,13 +223,10 @@ defaults
 {front}
 """
 
-    def start(self, role, resumption):
-        wait_free(PROXY_PORT)
-        path = os.path.join(self.env.work, "haproxy.cfg")
-        with open(path, "w") as f:
-            f.write(self.config(role, resumption))
-        self._spawn(["haproxy", "-db", "-f", path], self.env.work)
-        self.pid = self.proc.pid
+    config_file = "haproxy.cfg"
+
+    def argv(self, path):
+        return ["haproxy", "-db", "-f", path]
 
 
 def worker_of(master, timeout=5):
