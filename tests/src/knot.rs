@@ -23,6 +23,16 @@ impl Knot {
     /// Knot answers SERVFAIL for names in them (a failing authoritative server, for tests
     /// that must fail closed).
     pub fn start_with(zone: &str, records: &[&str], broken: &[&str]) -> Knot {
+        Knot::launch(zone, records, broken, None)
+    }
+
+    /// Like [`Knot::start`], and the zone accepts RFC 2136 updates signed with the TSIG key
+    /// `key` (hmac-sha256) and nothing else.
+    pub fn start_updatable(zone: &str, records: &[&str], key: &TsigSecret) -> Knot {
+        Knot::launch(zone, records, &[], Some(key))
+    }
+
+    fn launch(zone: &str, records: &[&str], broken: &[&str], key: Option<&TsigSecret>) -> Knot {
         let knotd = ["/usr/sbin/knotd", "/usr/bin/knotd"]
             .into_iter()
             .find(|p| std::path::Path::new(p).exists())
@@ -41,7 +51,9 @@ impl Knot {
         for _ in 0..20 {
             let port = free_port();
             let conf = format!(
-                "server:\n    rundir: \"{run}\"\n    listen: 127.0.0.1@{port}\ndatabase:\n    storage: \"{db}\"\ntemplate:\n  - id: default\n    storage: \"{zones}\"\n    file: \"%s.zone\"\n    zonefile-sync: -1\nzone:\n  - domain: {zone}\n{extra}",
+                "server:\n    rundir: \"{run}\"\n    listen: 127.0.0.1@{port}\ndatabase:\n    storage: \"{db}\"\n{keys}template:\n  - id: default\n    storage: \"{zones}\"\n    file: \"%s.zone\"\n    zonefile-sync: -1\n    zonefile-load: difference-no-serial\n    journal-content: all\nzone:\n  - domain: {zone}\n{acl}{extra}",
+                keys = key.map(|k| format!("key:\n  - id: {}\n    algorithm: hmac-sha256\n    secret: {}\nacl:\n  - id: tsig_update\n    key: {}\n    action: update\n", k.name, k.secret_b64, k.name)).unwrap_or_default(),
+                acl = if key.is_some() { "    acl: [tsig_update]\n" } else { "" },
                 extra = broken.iter().map(|b| format!("  - domain: {b}\n")).collect::<String>(),
                 run = d.join("run").display(),
                 db = d.join("db").display(),
@@ -88,6 +100,30 @@ impl Drop for Knot {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A TSIG key (hmac-sha256) shared by a test's Knot and its client.
+#[derive(Debug, Clone)]
+pub struct TsigSecret {
+    /// The key's name.
+    pub name: String,
+    /// The secret, base64 (32 random bytes).
+    pub secret_b64: String,
+}
+
+impl TsigSecret {
+    /// A fresh random key named `name`.
+    pub fn random(name: &str) -> TsigSecret {
+        const B64: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        // 30 random bytes = 40 base64 characters, no padding
+        let secret_b64 = (0..40)
+            .map(|_| B64[fastrand::usize(..64)] as char)
+            .collect();
+        TsigSecret {
+            name: name.to_owned(),
+            secret_b64,
+        }
     }
 }
 
