@@ -37,6 +37,17 @@ pub enum Verdict {
     },
 }
 
+impl std::fmt::Display for Verdict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Verdict::Locked => f.write_str("locked: only our account may issue"),
+            Verdict::Unlocked { reason } => write!(f, "UNLOCKED: {reason}"),
+            Verdict::Blocked { reason } => write!(f, "BLOCKED: {reason}"),
+            Verdict::Unknown { reason } => write!(f, "UNKNOWN: {reason}"),
+        }
+    }
+}
+
 /// Tags RFC 8659 and its extensions define; any other tag with the critical bit blocks issuance.
 const KNOWN_TAGS: &[&str] = &[
     "issue",

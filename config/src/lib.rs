@@ -11,6 +11,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod acme;
 mod admin;
 mod apps;
 mod de;
@@ -19,6 +20,9 @@ mod proxy;
 mod tls;
 mod validate;
 
+pub use acme::{
+    AcmeConfig, CloudflareConfig, DnsConfig, DnsProviderKind, KeyType, Rfc2136Config, StoreConfig,
+};
 pub use admin::AdminConfig;
 pub use apps::{app_id_problem, AppConfig, AppMode, InstanceConfig, ProxyProtocolVersion};
 pub use error::{ConfigError, Problem};
@@ -39,10 +43,16 @@ pub struct Config {
     pub tls: TlsConfig,
     /// `[admin]`: the admin/metrics listener, absent when not configured.
     pub admin: Option<AdminConfig>,
+    /// `[acme]`: certificates from an ACME CA, absent when not configured.
+    pub acme: Option<AcmeConfig>,
+    /// `[dns]`: the DNS provider for challenges and CAA, absent when not configured.
+    pub dns: Option<DnsConfig>,
+    /// `[store]`: where state lives.
+    pub store: StoreConfig,
 }
 
 /// Top-level sections this build understands, in the order they are documented.
-const SECTIONS: &[&str] = &["proxy", "apps", "tls", "admin"];
+const SECTIONS: &[&str] = &["proxy", "apps", "tls", "acme", "dns", "store", "admin"];
 
 impl Config {
     /// Reads and validates a config file. `base_dir` for relative certificate paths is the
@@ -76,10 +86,10 @@ impl Config {
         }
         let mut proxy: Option<ProxyConfig> = section(&table, "proxy", &mut problems);
         let mut tls: Option<TlsConfig> = section(&table, "tls", &mut problems);
-        let mut admin: Option<Option<AdminConfig>> = match table.get("admin") {
-            None => Some(None),
-            Some(v) => decode(v.clone(), "admin", &mut problems).map(Some),
-        };
+        let mut admin: Option<Option<AdminConfig>> = optional(&table, "admin", &mut problems);
+        let mut acme: Option<Option<AcmeConfig>> = optional(&table, "acme", &mut problems);
+        let mut dns: Option<Option<DnsConfig>> = optional(&table, "dns", &mut problems);
+        let mut store: Option<StoreConfig> = section(&table, "store", &mut problems);
         let (mut apps, apps_complete) = apps::decode_all(table.get("apps"), &mut problems);
 
         // Check whatever decoded, so one bad section does not hide the problems of another.
@@ -89,23 +99,47 @@ impl Config {
         if let Some(Some(admin)) = &mut admin {
             admin.resolve_paths(base_dir);
         }
+        if let Some(Some(a)) = &mut acme {
+            a.resolve_paths(base_dir);
+        }
+        if let Some(Some(d)) = &mut dns {
+            d.resolve_paths(base_dir);
+        }
+        if let Some(s) = &mut store {
+            s.resolve_paths(base_dir);
+        }
         validate::check(
             validate::Parts {
                 proxy: proxy.as_ref(),
                 apps: &apps,
                 tls: tls.as_ref(),
                 admin: admin.as_ref().and_then(|a| a.as_ref()),
+                acme: acme.as_ref().and_then(|a| a.as_ref()),
+                dns: dns.as_ref().and_then(|d| d.as_ref()),
+                store: store.as_ref(),
             },
             &mut problems,
         );
-        match (proxy.take(), tls.take(), admin.take()) {
-            (Some(mut proxy), Some(tls), Some(admin)) if problems.is_empty() && apps_complete => {
+        match (
+            proxy.take(),
+            tls.take(),
+            admin.take(),
+            acme.take(),
+            dns.take(),
+            store.take(),
+        ) {
+            (Some(mut proxy), Some(tls), Some(admin), Some(acme), Some(dns), Some(store))
+                if problems.is_empty() && apps_complete =>
+            {
                 proxy.normalize();
                 Ok(Config {
                     proxy,
                     apps: apps.drain(..).map(|(_, a)| a).collect(),
                     tls,
                     admin,
+                    acme,
+                    dns,
+                    store,
                 })
             }
             _ => Err(ConfigError::Invalid(problems)),
@@ -122,6 +156,18 @@ fn section<T: DeserializeOwned + Default>(
     match table.get(key) {
         None => Some(T::default()),
         Some(v) => decode(v.clone(), key, problems),
+    }
+}
+
+/// Deserializes the optional section `key` (absent = `None`), recording a problem on error.
+fn optional<T: DeserializeOwned>(
+    table: &toml::Table,
+    key: &str,
+    problems: &mut Vec<Problem>,
+) -> Option<Option<T>> {
+    match table.get(key) {
+        None => Some(None),
+        Some(v) => decode(v.clone(), key, problems).map(Some),
     }
 }
 

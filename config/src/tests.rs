@@ -84,7 +84,8 @@ fn each_problem_names_its_key() {
         ("[proxy.timeouts]\nidle = \"soon\"", "proxy.timeouts.idle: "),
         ("[proxy.custom_domains]\ntxt_prefix = \"app\"", "proxy.custom_domains.txt_prefix: \"app\" must be one DNS label"),
         ("[proxy.custom_domains]\nmin_ttl = \"2h\"", "proxy.custom_domains.min_ttl: 2h is more than max_ttl 1h"),
-        ("[acme]\ndirectory = \"x\"", "acme: unknown section"),
+        ("[tee]\nprovider = \"x\"", "tee: unknown section"),
+        ("[acme]\ndirectory = \"x\"", "acme.directory: \"x\" must be an https:// URL"),
         ("[[apps]]\nid = \"Demo\"", "apps[0].id: \"Demo\" contains 'D'"),
         ("[[apps]]\nid = \"app-1\"", "apps[0].id: \"app-1\" ends in '-1', which names would read as a port"),
         ("[[apps]]\nid = \"app-22s\"", "apps[0].id: \"app-22s\" ends in '-22s'"),
@@ -204,4 +205,74 @@ fn app_id_grammar() {
     ] {
         assert!(app_id_problem(bad).is_some(), "{bad}");
     }
+}
+
+#[test]
+fn acme_dns_and_store_sections_parse_with_defaults() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("tsig.key"), "c2VjcmV0").unwrap();
+    let c = Config::from_toml(
+        r#"
+[proxy]
+base_domains = ["gw.test"]
+[acme]
+directory = "https://127.0.0.1:14000/dir"
+domains = ["shop.example.org"]
+[dns]
+provider = "rfc2136"
+resolvers = ["127.0.0.1:5353"]
+[dns.rfc2136]
+server = "127.0.0.1:5353"
+zones = ["gw.test"]
+key_name = "gatehouse"
+key_file = "tsig.key"
+[store]
+path = "state"
+"#,
+        dir.path(),
+    )
+    .unwrap();
+    let acme = c.acme.unwrap();
+    assert_eq!(acme.key_type, KeyType::EcdsaP256);
+    assert!(acme.base_domains && acme.caa_check && !acme.set_caa);
+    assert_eq!(acme.caa_issuer, "letsencrypt.org");
+    let dns = c.dns.unwrap();
+    assert_eq!(dns.propagation_timeout, Duration::from_secs(120));
+    let r = dns.rfc2136.unwrap();
+    assert_eq!(r.key_algorithm, "hmac-sha256");
+    assert_eq!(r.key_file, dir.path().join("tsig.key"));
+    assert_eq!(c.store.path, Some(dir.path().join("state")));
+}
+
+#[test]
+fn acme_problems_name_their_keys() {
+    let p = problems(
+        r#"
+[proxy]
+base_domains = ["gw.test"]
+[acme]
+directory = "http://insecure.test/dir"
+eab_kid = "kid-1"
+domains = ["*.wild.test", "no_underscore.test"]
+set_caa = true
+[store]
+backend = "etcd"
+"#,
+    );
+    let joined = p.join("\n");
+    for needle in [
+        "acme.directory: \"http://insecure.test/dir\" must be an https:// URL",
+        "acme.eab_kid: eab_kid and eab_hmac_key_file go together",
+        "acme.base_domains: wildcard certificates need DNS-01",
+        "acme.set_caa: needs a [dns] provider",
+        "acme.domains[0]",
+        "acme.domains[1]: \"no_underscore.test\" is not a DNS name",
+        "store.backend",
+    ] {
+        assert!(joined.contains(needle), "missing {needle:?} in:\n{joined}");
+    }
+    let p = problems("[dns]\nprovider = \"rfc2136\"\n").join("\n");
+    assert!(p.contains("dns.rfc2136: required"), "{p}");
+    let p = problems("[dns]\nprovider = \"route53\"\n").join("\n");
+    assert!(p.contains("dns.provider"), "{p}");
 }

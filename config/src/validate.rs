@@ -1,6 +1,9 @@
 //! Semantic checks across fields; every problem is collected, none stops the others.
 
-use crate::{app_id_problem, AdminConfig, AppConfig, AppMode, Problem, ProxyConfig, TlsConfig};
+use crate::{
+    app_id_problem, AcmeConfig, AdminConfig, AppConfig, AppMode, DnsConfig, DnsProviderKind,
+    Problem, ProxyConfig, StoreConfig, TlsConfig,
+};
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
@@ -10,6 +13,9 @@ pub(crate) struct Parts<'a> {
     pub apps: &'a [(usize, AppConfig)],
     pub tls: Option<&'a TlsConfig>,
     pub admin: Option<&'a AdminConfig>,
+    pub acme: Option<&'a AcmeConfig>,
+    pub dns: Option<&'a DnsConfig>,
+    pub store: Option<&'a StoreConfig>,
 }
 
 pub(crate) fn check(c: Parts<'_>, problems: &mut Vec<Problem>) {
@@ -29,6 +35,7 @@ pub(crate) fn check(c: Parts<'_>, problems: &mut Vec<Problem>) {
             }
         }
     }
+    check_acme(&c, &mut push);
     if let Some(admin) = c.admin {
         let loopback = admin.listen.ip().is_loopback();
         if admin.insecure_no_auth && !loopback {
@@ -231,4 +238,100 @@ fn dns_name_problem(name: &str) -> Option<String> {
 
 fn show(d: Duration) -> String {
     humantime::format_duration(d).to_string()
+}
+
+fn check_acme(c: &Parts<'_>, push: &mut impl FnMut(String, String)) {
+    let file = |push: &mut dyn FnMut(String, String), key: &str, path: &std::path::Path| {
+        if !path.is_file() {
+            push(
+                key.into(),
+                format!("{} is not a readable file", path.display()),
+            );
+        }
+    };
+    if let Some(store) = c.store {
+        if store.backend != "embedded" {
+            push(
+                "store.backend".into(),
+                format!(
+                    "{:?} is not available in this build (embedded)",
+                    store.backend
+                ),
+            );
+        }
+    }
+    if let Some(dns) = c.dns {
+        match (dns.provider, &dns.rfc2136, &dns.cloudflare) {
+            (DnsProviderKind::Rfc2136, None, _) => push(
+                "dns.rfc2136".into(),
+                "required when provider = \"rfc2136\" (server, zones, key_name, key_file)".into(),
+            ),
+            (DnsProviderKind::Cloudflare, _, None) => push(
+                "dns.cloudflare".into(),
+                "required when provider = \"cloudflare\" (api_token_file)".into(),
+            ),
+            _ => {}
+        }
+        if let Some(r) = &dns.rfc2136 {
+            file(push, "dns.rfc2136.key_file", &r.key_file);
+            if r.zones.is_empty() {
+                push("dns.rfc2136.zones".into(), "at least one zone".into());
+            }
+        }
+        if let Some(cf) = &dns.cloudflare {
+            file(push, "dns.cloudflare.api_token_file", &cf.api_token_file);
+        }
+    }
+    let Some(acme) = c.acme else { return };
+    if !(acme.directory.starts_with("https://")) {
+        push(
+            "acme.directory".into(),
+            format!("{:?} must be an https:// URL", acme.directory),
+        );
+    }
+    if let Some(ca) = &acme.ca_file {
+        file(push, "acme.ca_file", ca);
+    }
+    match (&acme.eab_kid, &acme.eab_hmac_key_file) {
+        (Some(_), None) | (None, Some(_)) => push(
+            "acme.eab_kid".into(),
+            "eab_kid and eab_hmac_key_file go together".into(),
+        ),
+        (Some(_), Some(f)) => file(push, "acme.eab_hmac_key_file", f),
+        _ => {}
+    }
+    let has_bases = c.proxy.is_some_and(|p| !p.base_domains.is_empty());
+    if acme.base_domains && has_bases && c.dns.is_none() {
+        push(
+            "acme.base_domains".into(),
+            "wildcard certificates need DNS-01: configure [dns], or set base_domains = false"
+                .into(),
+        );
+    }
+    if acme.set_caa && c.dns.is_none() {
+        push(
+            "acme.set_caa".into(),
+            "needs a [dns] provider to write records".into(),
+        );
+    }
+    for (i, d) in acme.domains.iter().enumerate() {
+        if d.starts_with("*.") {
+            push(
+                format!("acme.domains[{i}]"),
+                format!(
+                    "{d:?}: wildcards need DNS-01; custom domains are validated by TLS-ALPN-01"
+                ),
+            );
+        } else if d.is_empty()
+            || !d
+                .split('.')
+                .all(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'))
+            || !d.contains('.')
+        {
+            push(
+                format!("acme.domains[{i}]"),
+                format!("{d:?} is not a DNS name"),
+            );
+        }
+    }
 }

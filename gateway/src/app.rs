@@ -38,6 +38,9 @@ pub enum StartError {
     /// The DNS resolver could not be set up.
     #[error("custom domains: {0}")]
     Resolver(String),
+    /// ACME could not be set up (store, sealer, DNS provider).
+    #[error("acme: {0}")]
+    Acme(String),
     /// A socket could not be bound.
     #[error("{0}")]
     Listen(#[from] std::io::Error),
@@ -48,6 +51,9 @@ pub enum StartError {
 pub struct Gateway {
     /// What every connection reads.
     pub shared: Arc<Shared>,
+    /// The certificates from config and development defaults; ACME certificates are
+    /// published on top of them.
+    pub static_certs: CertSet,
     sockets: Vec<Vec<std::net::TcpListener>>,
     drain: Duration,
 }
@@ -78,10 +84,14 @@ impl Gateway {
         );
         let shared = Arc::new(Shared {
             routes: Routes::new(table, custom),
-            tls: TlsConfigs::new(Arc::new(CertResolver::new(certs)), config.tls.resumption)?,
+            tls: TlsConfigs::new(
+                Arc::new(CertResolver::new(certs.clone())),
+                config.tls.resumption,
+            )?,
             timeouts: config.proxy.timeouts,
             proxy_protocol_inbound: config.proxy.proxy_protocol_inbound,
             metrics: Metrics::default(),
+            acme: crate::conn::AcmeTls::new()?,
         });
         let workers = match config.proxy.workers {
             0 => std::thread::available_parallelism()
@@ -92,6 +102,7 @@ impl Gateway {
         let sockets = listener::bind_all(&config.proxy.listen, workers)?;
         Ok(Gateway {
             shared,
+            static_certs: certs,
             sockets,
             drain: config.proxy.timeouts.drain,
         })

@@ -9,6 +9,7 @@ use crate::relay::{self, RelayLimits};
 use crate::route::{AppSlot, Mode, Route, Routes};
 use crate::terminate::TlsConfigs;
 use crate::upstream;
+use gatehouse_certbot::alpn::{AlpnChallenges, ACME_TLS_ALPN};
 use gatehouse_config::Timeouts;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -30,6 +31,34 @@ pub struct Shared {
     pub proxy_protocol_inbound: bool,
     /// Counters.
     pub metrics: Metrics,
+    /// Pending ACME TLS-ALPN-01 challenges, answered before any routing.
+    pub acme: AcmeTls,
+}
+
+/// The TLS-ALPN-01 responder: the pending challenges and the rustls config over them.
+#[derive(Debug)]
+pub struct AcmeTls {
+    /// Challenge certificates by name (the ACME manager inserts and removes them).
+    pub challenges: Arc<AlpnChallenges>,
+    config: Arc<rustls::ServerConfig>,
+}
+
+impl AcmeTls {
+    /// An empty responder.
+    pub fn new() -> Result<AcmeTls, rustls::Error> {
+        let challenges = Arc::new(AlpnChallenges::default());
+        Ok(AcmeTls {
+            config: challenges.server_config()?,
+            challenges,
+        })
+    }
+
+    /// Whether this hello is a CA validating a challenge we have pending (RFC 8737: the
+    /// client offers ALPN `acme-tls/1`). Other hellos offering it route normally, so an app
+    /// behind passthrough can run its own TLS-ALPN-01.
+    fn claims(&self, hello: &ClientHello) -> bool {
+        hello.offers(ACME_TLS_ALPN) && self.challenges.has(&hello.sni)
+    }
 }
 
 /// Serves one accepted connection to its end. Never panics on input; logs one line if refused.
@@ -53,7 +82,10 @@ pub async fn serve(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
 /// Steps 1-4 (PROXY header, hello, route, admission) complete before step 5 starts, so the
 /// task of a connection is sized by its longest phase, not by both phases together.
 async fn handle(shared: &Shared, stream: TcpStream, peer: SocketAddr) -> Result<(), ConnError> {
-    let (routed, hello, _slot) = route(shared, stream, peer).await?;
+    let (routed, hello, _slot) = match route(shared, stream, peer).await? {
+        Next::App(routed, hello, slot) => (routed, hello, slot),
+        Next::AcmeChallenge(c) => return answer_acme_challenge(shared, c).await,
+    };
     let limits = RelayLimits {
         idle: shared.timeouts.idle,
         write: shared.timeouts.write,
@@ -67,12 +99,29 @@ async fn handle(shared: &Shared, stream: TcpStream, peer: SocketAddr) -> Result<
     }
 }
 
+/// Where a connection goes after its hello.
+enum Next {
+    /// To an app, with its connection slot.
+    App(Routed, ClientHello, AppSlot),
+    /// A CA validating a pending TLS-ALPN-01 challenge.
+    AcmeChallenge(Challenge),
+}
+
+/// A TLS-ALPN-01 validation connection, hello buffered.
+struct Challenge {
+    stream: TcpStream,
+    buf: Vec<u8>,
+    start: usize,
+    sni: String,
+    deadline: Instant,
+}
+
 /// Reads the PROXY header and hello, routes the name, and takes an app connection slot.
 async fn route(
     shared: &Shared,
     mut stream: TcpStream,
     peer: SocketAddr,
-) -> Result<(Routed, ClientHello, AppSlot), ConnError> {
+) -> Result<Next, ConnError> {
     let t = &shared.timeouts;
     let deadline = Instant::now() + t.handshake;
     // TCP_NODELAY is inherited from the listener (listener.rs).
@@ -94,6 +143,15 @@ async fn route(
         Ok(Ok(Err(e))) => return Err(refuse(&mut stream, e.into()).await),
         Ok(Ok(Ok(h))) => h,
     };
+    if shared.acme.claims(&hello) {
+        return Ok(Next::AcmeChallenge(Challenge {
+            stream,
+            buf,
+            start,
+            sni: hello.sni,
+            deadline,
+        }));
+    }
 
     let route = match shared.routes.resolve(&hello.sni).await {
         Ok(r) => r,
@@ -133,7 +191,24 @@ async fn route(
         proxy_header,
         deadline,
     };
-    Ok((routed, hello, slot))
+    Ok(Next::App(routed, hello, slot))
+}
+
+/// Completes the handshake with the challenge certificate (ALPN `acme-tls/1`), then closes:
+/// RFC 8737 §3, the CA needs nothing after the handshake.
+async fn answer_acme_challenge(shared: &Shared, c: Challenge) -> Result<(), ConnError> {
+    let acceptor = tokio_rustls::TlsAcceptor::from(shared.acme.config.clone());
+    let replay = Prefixed::new(c.stream, c.buf, c.start);
+    let t = shared.timeouts.handshake;
+    let mut tls = match timeout_at(c.deadline, acceptor.accept(replay)).await {
+        Err(_) => return Err(ConnError::HandshakeTimeout(t)),
+        Ok(Err(e)) => return Err(ConnError::Tls(e)),
+        Ok(Ok(tls)) => tls,
+    };
+    shared.metrics.acme_challenge_answered();
+    tracing::info!(name = %c.sni, "answered a TLS-ALPN-01 validation");
+    let _ = tls.shutdown().await;
+    Ok(())
 }
 
 /// A connection whose hello is buffered and whose route is known. Each mode continues in its

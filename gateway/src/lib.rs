@@ -6,11 +6,13 @@
 //! passthrough, or rustls termination ([`terminate`]) → instance choice with failover
 //! ([`upstream`]) → byte relay with half-close and timeouts ([`relay`]).
 //!
-//! It does not (yet) speak HTTP to apps, obtain ACME certificates or attest: those come with
-//! the `http` mode, the `certbot` crate and the `attest` crate.
+//! ACME certificates come from the `certbot` crate ([`acme`] wires it in); TLS-ALPN-01
+//! validations are answered in [`conn`] before routing. It does not (yet) speak HTTP to apps
+//! or attest: those come with the `http` mode and the `attest` crate.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod acme;
 pub mod admin;
 pub mod app;
 pub mod conn;

@@ -155,6 +155,12 @@ fn run(config: Option<Config>, state_dir: &Path) -> anyhow::Result<()> {
             None => development(state_dir).await?,
         };
         let gateway = Gateway::build(&config, apps, certs)?;
+        let acme = gatehouse::acme::prepare(
+            &config,
+            state_dir,
+            &gateway.shared,
+            gateway.static_certs.clone(),
+        )?;
         for addr in gateway.local_addrs() {
             println!("gatehouse: listening on {addr} (TLS)");
         }
@@ -183,6 +189,9 @@ fn run(config: Option<Config>, state_dir: &Path) -> anyhow::Result<()> {
                 "gatehouse: try it: curl --cacert {} https://demo.localhost:{port}/",
                 state_dir.join("dev-ca.pem").display()
             );
+        }
+        if let Some(acme) = acme {
+            acme.spawn();
         }
         println!("gatehouse: ready");
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -215,14 +224,9 @@ fn caa_check(
         };
         let mut all_locked = true;
         for d in domains {
-            let line = match checker.check(d, policy).await {
-                Verdict::Locked => "locked: only our account may issue".to_string(),
-                Verdict::Unlocked { reason } => format!("UNLOCKED: {reason}"),
-                Verdict::Blocked { reason } => format!("BLOCKED: {reason}"),
-                Verdict::Unknown { reason } => format!("UNKNOWN: {reason}"),
-            };
-            all_locked &= line.starts_with("locked");
-            println!("{d}: {line}");
+            let verdict = checker.check(d, policy).await;
+            all_locked &= verdict == Verdict::Locked;
+            println!("{d}: {verdict}");
         }
         Ok(all_locked)
     })

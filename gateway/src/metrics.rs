@@ -83,6 +83,9 @@ pub struct Metrics {
     bytes_down: AtomicU64,
     handshakes_full: AtomicU64,
     handshakes_resumed: AtomicU64,
+    acme_challenges: AtomicU64,
+    /// ACME certificate counters, once the manager runs.
+    pub acme: std::sync::OnceLock<std::sync::Arc<gatehouse_certbot::manager::CertStats>>,
     rejected: [AtomicU64; Reject::ALL.len()],
 }
 
@@ -114,6 +117,11 @@ impl Metrics {
             &self.handshakes_full
         };
         c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A TLS-ALPN-01 validation handshake was answered.
+    pub fn acme_challenge_answered(&self) {
+        self.acme_challenges.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Connections currently open.
@@ -166,6 +174,48 @@ impl Metrics {
             "counter",
             get(&self.bytes_down),
         );
+        counter(
+            "gatehouse_acme_tls_alpn_answered_total",
+            "TLS-ALPN-01 validation handshakes answered.",
+            "counter",
+            get(&self.acme_challenges),
+        );
+        if let Some(acme) = self.acme.get() {
+            for (name, help, kind, v) in [
+                (
+                    "gatehouse_acme_certificates_issued_total",
+                    "ACME certificates issued (first or renewal).",
+                    "counter",
+                    &acme.issued,
+                ),
+                (
+                    "gatehouse_acme_orders_failed_total",
+                    "ACME orders that failed at any step.",
+                    "counter",
+                    &acme.failed,
+                ),
+                (
+                    "gatehouse_acme_caa_refused_total",
+                    "Orders refused because CAA was Unknown or Blocked.",
+                    "counter",
+                    &acme.caa_refused,
+                ),
+                (
+                    "gatehouse_caa_not_locked",
+                    "Served names whose CAA does not lock them to our account, at the last check.",
+                    "gauge",
+                    &acme.caa_not_locked,
+                ),
+                (
+                    "gatehouse_caa_drift_total",
+                    "CAA verdict changes seen by the periodic re-check.",
+                    "counter",
+                    &acme.caa_drift,
+                ),
+            ] {
+                counter(name, help, kind, get(v));
+            }
+        }
         let _ = writeln!(
             out,
             "# HELP gatehouse_tls_handshakes_total TLS handshakes completed, by kind."

@@ -2,6 +2,7 @@
 //! TLS/TCP servers on loopback (ephemeral ports, a temp dir per test, kill on drop).
 
 pub mod knot;
+pub mod pebble;
 pub mod pki;
 pub mod servers;
 
@@ -40,6 +41,7 @@ pub struct Gateway {
     pub admin: Option<SocketAddr>,
     /// The temp dir holding config and log.
     pub dir: tempfile::TempDir,
+    args: Vec<String>,
 }
 
 impl Gateway {
@@ -82,6 +84,7 @@ impl Gateway {
             addr: "0.0.0.0:0".parse().unwrap(),
             admin: None,
             dir,
+            args: args.iter().map(|a| a.to_string()).collect(),
         };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
@@ -100,6 +103,39 @@ impl Gateway {
             }
         }
         gw
+    }
+
+    /// Kills the process (SIGKILL: no clean shutdown) and starts it again with the same
+    /// arguments in the same directory; the old log is kept as `gatehouse.log.<n>`.
+    pub fn restart(mut self) -> Gateway {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let log = self.dir.path().join("gatehouse.log");
+        let n = (1..)
+            .find(|n| !self.dir.path().join(format!("gatehouse.log.{n}")).exists())
+            .unwrap();
+        std::fs::rename(&log, self.dir.path().join(format!("gatehouse.log.{n}"))).unwrap();
+        let args = std::mem::take(&mut self.args);
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        Gateway::spawn(dir, &args)
+    }
+
+    /// Polls the log until it contains `needle` (bounded by `limit`); returns the log.
+    pub fn wait_log(&self, needle: &str, limit: Duration) -> String {
+        let deadline = Instant::now() + limit;
+        loop {
+            let log = self.log();
+            if log.contains(needle) {
+                return log;
+            }
+            if Instant::now() > deadline {
+                panic!("{needle:?} not logged within {limit:?}:\n{log}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// The process log so far.

@@ -1,0 +1,140 @@
+//! The ACME account: created once per directory, its credentials (which hold the account's
+//! private key) sealed and kept in the store, restored on every start so the account URI,
+//! which CAA `accounturi` records pin, stays the same.
+
+use crate::CertbotError;
+use base64::Engine;
+use gatehouse_store::{Sealer, Store};
+use instant_acme::{Account, AccountBuilder, AccountCredentials, ExternalAccountKey, NewAccount};
+use std::path::PathBuf;
+
+/// Where and how to hold an account.
+#[derive(Clone)]
+pub struct AccountSettings {
+    /// The directory URL.
+    pub directory: String,
+    /// Contact URIs.
+    pub contact: Vec<String>,
+    /// A PEM CA for the ACME server's TLS (tests); `None` = the platform's roots.
+    pub ca_file: Option<PathBuf>,
+    /// External account binding: key id and the decoded HMAC key.
+    pub eab: Option<(String, Vec<u8>)>,
+}
+
+impl std::fmt::Debug for AccountSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AccountSettings")
+            .field("directory", &self.directory)
+            .field("contact", &self.contact)
+            .field("ca_file", &self.ca_file)
+            .field("eab_kid", &self.eab.as_ref().map(|(kid, _)| kid))
+            .finish()
+    }
+}
+
+/// Decodes an EAB HMAC key as CAs hand it out (base64url, padding optional).
+pub fn decode_eab_key(text: &str) -> Result<Vec<u8>, CertbotError> {
+    let t = text.trim().trim_end_matches('=');
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(t)
+        .map_err(|e| CertbotError::Config(format!("EAB HMAC key is not base64url: {e}")))
+}
+
+/// The store key of the account for `directory`.
+pub fn store_key(directory: &str) -> String {
+    let safe: String = directory
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("acme/accounts/{safe}")
+}
+
+fn builder(s: &AccountSettings) -> Result<AccountBuilder, CertbotError> {
+    let b = match &s.ca_file {
+        Some(ca) => Account::builder_with_root(ca),
+        None => Account::builder(),
+    };
+    b.map_err(|e| CertbotError::acme("HTTP client", e))
+}
+
+/// The account for `s.directory`: restored from the store, or created and stored (sealed).
+/// Returns the account and whether it was created now.
+pub async fn load_or_create(
+    s: &AccountSettings,
+    store: &dyn Store,
+    sealer: &dyn Sealer,
+) -> Result<(Account, bool), CertbotError> {
+    let key = store_key(&s.directory);
+    if let Some(stored) = store.get(&key)? {
+        return Ok((restore(s, &key, &stored.value, sealer).await?, false));
+    }
+    let contact: Vec<&str> = s.contact.iter().map(String::as_str).collect();
+    let eab = s
+        .eab
+        .as_ref()
+        .map(|(kid, hmac)| ExternalAccountKey::new(kid.clone(), hmac));
+    let (account, creds) = builder(s)?
+        .create(
+            &NewAccount {
+                contact: &contact,
+                terms_of_service_agreed: true,
+                only_return_existing: false,
+            },
+            s.directory.clone(),
+            eab.as_ref(),
+        )
+        .await
+        .map_err(|e| CertbotError::acme("new account", e))?;
+    let plain = serde_json::to_vec(&creds)
+        .map_err(|e| CertbotError::Config(format!("serializing the account: {e}")))?;
+    let sealed = sealer.seal(&key, &plain)?;
+    // Another node may have created one meanwhile: keep the first one stored.
+    if let Err(Some(theirs)) = store.compare_and_swap(&key, 0, &sealed)? {
+        return Ok((restore(s, &key, &theirs.value, sealer).await?, false));
+    }
+    Ok((account, true))
+}
+
+/// The account from its sealed credentials (the CA's directory is fetched again).
+async fn restore(
+    s: &AccountSettings,
+    key: &str,
+    sealed: &[u8],
+    sealer: &dyn Sealer,
+) -> Result<Account, CertbotError> {
+    let plain = sealer.unseal(key, sealed)?;
+    let creds: AccountCredentials = serde_json::from_slice(&plain)
+        .map_err(|e| CertbotError::Config(format!("stored account {key}: {e}")))?;
+    builder(s)?
+        .from_credentials(creds)
+        .await
+        .map_err(|e| CertbotError::acme("restore account", e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn eab_keys_are_decoded_with_or_without_padding() {
+        assert_eq!(decode_eab_key("AQID").unwrap(), vec![1, 2, 3]);
+        assert_eq!(decode_eab_key(" AQI= \n").unwrap(), vec![1, 2]);
+        assert_eq!(decode_eab_key("-_8").unwrap(), vec![0xfb, 0xff]);
+        assert!(decode_eab_key("not*base64").is_err());
+    }
+
+    #[test]
+    fn store_keys_are_valid_and_distinct_per_directory() {
+        let a = store_key("https://127.0.0.1:14000/dir");
+        let b = store_key("https://acme-v02.api.letsencrypt.org/directory");
+        gatehouse_store::check_key(&a).unwrap();
+        gatehouse_store::check_key(&b).unwrap();
+        assert_ne!(a, b);
+    }
+}

@@ -1,0 +1,392 @@
+//! Keeps every certificate target fresh: serve what is stored at once, renew on schedule,
+//! check CAA before each order, back off on failure, publish each new certificate to the
+//! data plane without touching live connections.
+
+use crate::account::{self, AccountSettings};
+use crate::keys::KeyType;
+use crate::order::{self, Request, Solver};
+use crate::schedule;
+use crate::stored::Issued;
+use crate::CertbotError;
+use gatehouse_caa::lookup::Checker;
+use gatehouse_caa::{Policy, Verdict};
+use gatehouse_store::{Sealer, Store};
+use instant_acme::Account;
+use rustls::sign::CertifiedKey;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+/// Receives the full set of ACME certificates whenever one changes.
+pub trait Publish: Send + Sync {
+    /// `certs`: (names, key) for every certificate currently held.
+    fn publish(&self, certs: Vec<(Vec<String>, Arc<CertifiedKey>)>);
+}
+
+/// One certificate to keep: its names and how they are validated.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// A stable id (store key segment): the first name, `*` spelled `_wildcard`.
+    pub id: String,
+    /// The names, e.g. `gw.example.com` and `*.gw.example.com`.
+    pub names: Vec<String>,
+    /// How challenges are answered.
+    pub solver: Solver,
+}
+
+impl Target {
+    /// A target for `names` answered by `solver`.
+    pub fn new(names: Vec<String>, solver: Solver) -> Target {
+        let id = names
+            .first()
+            .map(|n| n.replace('*', "_wildcard"))
+            .unwrap_or_default();
+        Target { id, names, solver }
+    }
+}
+
+/// The CAA gate: checked before every order and periodically.
+#[derive(Debug, Clone)]
+pub struct CaaGate {
+    /// Looks up the relevant record set.
+    pub checker: Checker,
+    /// Our CA's issuer domain.
+    pub issuer: String,
+    /// How often the running gateway re-checks.
+    pub interval: Duration,
+}
+
+/// Counters for `/metrics`.
+#[derive(Debug, Default)]
+pub struct CertStats {
+    /// Certificates issued (first or renewal).
+    pub issued: AtomicU64,
+    /// Orders that failed (any step).
+    pub failed: AtomicU64,
+    /// Orders refused by the CAA check.
+    pub caa_refused: AtomicU64,
+    /// Names whose CAA was not `Locked` at the last check.
+    pub caa_not_locked: AtomicU64,
+    /// CAA checks whose verdict changed since the previous check (drift).
+    pub caa_drift: AtomicU64,
+}
+
+/// A certificate being served: its names, key, and end of validity.
+type Held = (Vec<String>, Arc<CertifiedKey>, SystemTime);
+
+/// The manager's fixed parts.
+pub struct CertManager {
+    store: Arc<dyn Store>,
+    sealer: Arc<dyn Sealer>,
+    key_type: KeyType,
+    profile: Option<String>,
+    caa: Option<CaaGate>,
+    publish: Arc<dyn Publish>,
+    live: Mutex<BTreeMap<String, Held>>,
+    lock: Option<CaaLock>,
+    /// Whether the CA answered an ARI query (then orders say which certificate they replace).
+    ari: std::sync::atomic::AtomicBool,
+    /// Counters.
+    pub stats: Arc<CertStats>,
+}
+
+/// CAA records to write at start, locking names to our account (`[acme] set_caa`).
+#[derive(Debug, Clone)]
+pub struct CaaLock {
+    /// Writes the records.
+    pub provider: Arc<dyn gatehouse_dns::DnsProvider>,
+    /// The names to lock (their `issue` and `issuewild`).
+    pub names: Vec<String>,
+    /// Our CA's issuer domain.
+    pub issuer: String,
+}
+
+impl std::fmt::Debug for CertManager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CertManager")
+            .field("targets", &self.live.lock().map(|l| l.len()).unwrap_or(0))
+            .finish()
+    }
+}
+
+impl CertManager {
+    /// A manager keeping certificates in `store`, keys sealed by `sealer`.
+    pub fn new(
+        store: Arc<dyn Store>,
+        sealer: Arc<dyn Sealer>,
+        key_type: KeyType,
+        profile: Option<String>,
+        caa: Option<CaaGate>,
+        publish: Arc<dyn Publish>,
+    ) -> CertManager {
+        CertManager {
+            store,
+            sealer,
+            key_type,
+            profile,
+            caa,
+            publish,
+            live: Mutex::new(BTreeMap::new()),
+            lock: None,
+            ari: Default::default(),
+            stats: Arc::default(),
+        }
+    }
+
+    /// Also writes CAA records locking `lock.names` to our account once it is known.
+    pub fn with_caa_lock(mut self, lock: Option<CaaLock>) -> CertManager {
+        self.lock = lock;
+        self
+    }
+
+    /// Writes the CAA lock (guard-first order, or one atomic update where the provider can).
+    async fn lock_caa(&self, account: &Account) {
+        let Some(lock) = &self.lock else { return };
+        let wanted =
+            gatehouse_caa::plan::wanted(&policy(account, &lock.issuer, &["dns-01", "tls-alpn-01"]));
+        for name in &lock.names {
+            match lock.provider.set_caa(name, &wanted).await {
+                Ok(steps) if steps.is_empty() => {
+                    tracing::info!(%name, "CAA already locked to our account")
+                }
+                Ok(steps) => {
+                    tracing::info!(%name, changes = steps.len(), "CAA locked to our account")
+                }
+                Err(e) => tracing::error!(%name, "could not write CAA records: {e}"),
+            }
+        }
+    }
+
+    /// Loads the stored certificates of `targets` and publishes those still valid; returns
+    /// how many. Called before the listeners accept, so a restart serves at once.
+    pub fn load_stored(&self, targets: &[Target]) -> usize {
+        let mut n = 0;
+        for t in targets {
+            match Issued::load(&t.id, &*self.store, &*self.sealer) {
+                Ok(Some(issued))
+                    if issued.names == t.names && issued.not_after > SystemTime::now() =>
+                {
+                    if self.install(t, &issued).is_ok() {
+                        tracing::info!(names = ?t.names, not_after = ?humantime(issued.not_after), "serving the stored certificate");
+                        n += 1;
+                    }
+                }
+                Ok(Some(_)) => {
+                    tracing::info!(names = ?t.names, "stored certificate expired or for other names: ordering anew")
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::error!(names = ?t.names, "stored certificate unusable, ordering anew: {e}")
+                }
+            }
+        }
+        self.publish_all();
+        n
+    }
+
+    fn install(&self, t: &Target, issued: &Issued) -> Result<(), CertbotError> {
+        let certified = Arc::new(issued.key.certified(issued.chain.clone())?);
+        self.live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(t.id.clone(), (t.names.clone(), certified, issued.not_after));
+        Ok(())
+    }
+
+    fn publish_all(&self) {
+        let all = self
+            .live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .map(|(names, key, _)| (names.clone(), key.clone()))
+            .collect();
+        self.publish.publish(all);
+    }
+
+    /// Obtains the account (retrying with backoff while the CA is unreachable), then keeps
+    /// every target fresh and re-checks CAA, forever. Stored certificates are served
+    /// meanwhile: the data plane never waits for the CA.
+    pub async fn run(self: Arc<Self>, settings: AccountSettings, targets: Vec<Target>) {
+        let mut failures = 0u32;
+        let account = loop {
+            match account::load_or_create(&settings, &*self.store, &*self.sealer).await {
+                Ok((account, created)) => {
+                    let how = if created { "created" } else { "restored" };
+                    tracing::info!(uri = account.id(), "ACME account {how}");
+                    break Arc::new(account);
+                }
+                Err(e) => {
+                    let wait = schedule::backoff(failures, e.is_rate_limit(), fastrand::f64());
+                    failures = failures.saturating_add(1);
+                    tracing::error!(directory = %settings.directory, retry_in = ?wait, "ACME account: {e}");
+                    tokio::time::sleep(wait).await;
+                }
+            }
+        };
+        self.lock_caa(&account).await;
+        for t in &targets {
+            tokio::spawn(self.clone().maintain(account.clone(), t.clone()));
+        }
+        self.watch_caa(account, targets).await;
+    }
+
+    /// Keeps `target` fresh forever.
+    pub async fn maintain(self: Arc<Self>, account: Arc<Account>, target: Target) {
+        let mut failures = 0u32;
+        loop {
+            let next = self.next_renewal(&account, &target).await;
+            if let Ok(wait) = next.duration_since(SystemTime::now()) {
+                tracing::info!(names = ?target.names, in_ = ?wait, "next renewal");
+                tokio::time::sleep(wait).await;
+            }
+            match self.renew(&account, &target).await {
+                Ok(()) => failures = 0,
+                Err(e) => {
+                    self.stats.failed.fetch_add(1, Ordering::Relaxed);
+                    let wait = schedule::backoff(failures, e.is_rate_limit(), fastrand::f64());
+                    failures = failures.saturating_add(1);
+                    tracing::error!(names = ?target.names, retry_in = ?wait, "certificate order failed: {e}");
+                    tokio::time::sleep(wait).await;
+                }
+            }
+        }
+    }
+
+    /// When `target` should be renewed: now if we hold none; the ARI window when the CA has
+    /// one; else 2/3 of its lifetime.
+    async fn next_renewal(&self, account: &Account, target: &Target) -> SystemTime {
+        let held = self
+            .live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&target.id)
+            .map(|(_, k, not_after)| (k.cert[0].clone(), *not_after));
+        let Some((leaf, _)) = held else {
+            return SystemTime::now();
+        };
+        if let Ok(id) = instant_acme::CertificateIdentifier::try_from(&leaf) {
+            match account.renewal_info(&id).await {
+                Ok((info, _retry_after)) => {
+                    self.ari.store(true, Ordering::Relaxed);
+                    let w = info.suggested_window;
+                    let at = |t: time::OffsetDateTime| {
+                        SystemTime::UNIX_EPOCH
+                            + Duration::from_secs(t.unix_timestamp().max(0) as u64)
+                    };
+                    return schedule::in_window(at(w.start), at(w.end), fastrand::f64());
+                }
+                Err(instant_acme::Error::Unsupported(_)) => {}
+                Err(e) => tracing::debug!("ARI unavailable, using 2/3 of the lifetime: {e}"),
+            }
+        }
+        match crate::stored::validity(&leaf) {
+            Ok((nb, na)) => schedule::renew_at(nb, na, fastrand::f64()),
+            Err(_) => SystemTime::now(),
+        }
+    }
+
+    /// One order for `target`, CAA-gated, stored, published.
+    pub async fn renew(&self, account: &Account, target: &Target) -> Result<(), CertbotError> {
+        self.caa_gate(account, target).await?;
+        let previous = self
+            .live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&target.id)
+            .map(|(_, k, _)| k.cert[0].to_vec());
+        tracing::info!(names = ?target.names, method = target.solver.method(), "ordering a certificate");
+        let issued = order::issue(
+            account,
+            &target.solver,
+            Request {
+                names: &target.names,
+                key_type: self.key_type,
+                profile: self.profile.as_deref(),
+                replaces: previous
+                    .as_deref()
+                    .filter(|_| self.ari.load(Ordering::Relaxed)),
+            },
+        )
+        .await?;
+        issued.save(&target.id, &*self.store, &*self.sealer)?;
+        self.install(target, &issued)?;
+        self.publish_all();
+        self.stats.issued.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(names = ?target.names, not_after = ?humantime(issued.not_after), "certificate issued and live");
+        Ok(())
+    }
+
+    /// Refuses the order when any name's CAA verdict is `Unknown` or `Blocked`; warns on
+    /// `Unlocked` (issuance works, but so would anyone else's).
+    async fn caa_gate(&self, account: &Account, target: &Target) -> Result<(), CertbotError> {
+        let Some(gate) = &self.caa else { return Ok(()) };
+        let policy = policy(account, &gate.issuer, &[target.solver.method()]);
+        for name in &target.names {
+            match gate.checker.check(name, &policy).await {
+                Verdict::Locked => {}
+                Verdict::Unlocked { reason } => tracing::warn!(
+                    %name, "CAA does not lock this name to our account ({}): {reason}", account.id()
+                ),
+                v @ (Verdict::Unknown { .. } | Verdict::Blocked { .. }) => {
+                    self.stats.caa_refused.fetch_add(1, Ordering::Relaxed);
+                    return Err(CertbotError::Caa {
+                        name: name.clone(),
+                        verdict: v.to_string(),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Re-checks the CAA of every target's names forever, logging and counting changes.
+    pub async fn watch_caa(self: Arc<Self>, account: Arc<Account>, targets: Vec<Target>) {
+        let Some(gate) = self.caa.clone() else { return };
+        let mut last: BTreeMap<String, String> = BTreeMap::new();
+        loop {
+            let mut not_locked = 0;
+            for t in &targets {
+                let policy = policy(&account, &gate.issuer, &[t.solver.method()]);
+                for name in &t.names {
+                    let v = gate.checker.check(name, &policy).await;
+                    if !matches!(v, Verdict::Locked) {
+                        not_locked += 1;
+                    }
+                    let now = v.to_string();
+                    match last.insert(name.clone(), now.clone()) {
+                        Some(before) if before != now => {
+                            self.stats.caa_drift.fetch_add(1, Ordering::Relaxed);
+                            tracing::warn!(%name, %before, %now, "CAA changed");
+                        }
+                        None if !matches!(v, Verdict::Locked) => {
+                            tracing::warn!(%name, "CAA: {now}");
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            self.stats
+                .caa_not_locked
+                .store(not_locked, Ordering::Relaxed);
+            tokio::time::sleep(gate.interval).await;
+        }
+    }
+}
+
+/// The policy a CAA record set must satisfy: our issuer, our account, these methods.
+pub fn policy(account: &Account, issuer: &str, methods: &[&str]) -> Policy {
+    Policy {
+        issuers: vec![issuer.to_owned()],
+        accounts: vec![account.id().to_owned()],
+        methods: methods.iter().map(|m| m.to_string()).collect(),
+    }
+}
+
+fn humantime(t: SystemTime) -> String {
+    match t.duration_since(SystemTime::now()) {
+        Ok(d) => format!("in {}s", d.as_secs()),
+        Err(e) => format!("{}s ago", e.duration().as_secs()),
+    }
+}

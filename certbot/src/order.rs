@@ -1,0 +1,242 @@
+//! One ACME order, start to certificate: challenges set up, answered, cleaned up whatever
+//! the outcome; the key generated here; only a CSR leaves.
+
+use crate::alpn::AlpnChallenges;
+use crate::keys::{CertKey, KeyType};
+use crate::stored::Issued;
+use crate::{problem_text, CertbotError};
+use gatehouse_dns::propagation::{wait_for_txt, Poll};
+use gatehouse_dns::DnsProvider;
+use instant_acme::{
+    Account, AuthorizationStatus, CertificateIdentifier, ChallengeType, Identifier, NewOrder,
+    OrderStatus, RetryPolicy,
+};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How the CA's challenges are answered.
+#[derive(Debug, Clone)]
+pub enum Solver {
+    /// DNS-01: TXT at `_acme-challenge.<name>` through the provider, polled until visible.
+    Dns01 {
+        /// Writes the record.
+        provider: Arc<dyn DnsProvider>,
+        /// Where to look for it; `None` = the zone's NS, found through `resolvers`.
+        authoritative: Option<Vec<std::net::SocketAddr>>,
+        /// Resolvers for finding the zone's authoritative servers.
+        resolvers: Vec<std::net::SocketAddr>,
+        /// Longest wait for propagation.
+        timeout: Duration,
+    },
+    /// TLS-ALPN-01 answered by the gateway's listener.
+    TlsAlpn01(Arc<AlpnChallenges>),
+}
+
+impl Solver {
+    /// The RFC 8657 `validationmethods` label of this solver.
+    pub fn method(&self) -> &'static str {
+        match self {
+            Solver::Dns01 { .. } => "dns-01",
+            Solver::TlsAlpn01(_) => "tls-alpn-01",
+        }
+    }
+}
+
+/// What an order asks for.
+pub struct Request<'a> {
+    /// DNS names (a `*.` prefix for wildcards).
+    pub names: &'a [String],
+    /// The key to generate.
+    pub key_type: KeyType,
+    /// An ACME profile, if the CA offers profiles.
+    pub profile: Option<&'a str>,
+    /// The certificate this one replaces (ARI `replaces`), as its leaf DER.
+    pub replaces: Option<&'a [u8]>,
+}
+
+/// Something to undo once the order ends.
+enum Cleanup {
+    Txt(String, String),
+    Alpn(String),
+}
+
+/// Runs one order to a certificate.
+pub async fn issue(
+    account: &Account,
+    solver: &Solver,
+    req: Request<'_>,
+) -> Result<Issued, CertbotError> {
+    let mut cleanup = Vec::new();
+    let result = run(account, solver, &req, &mut cleanup).await;
+    for c in cleanup {
+        match (c, solver) {
+            (Cleanup::Txt(name, value), Solver::Dns01 { provider, .. }) => {
+                if let Err(e) = provider.remove_txt(&name, &value).await {
+                    tracing::warn!("could not remove the challenge record {name}: {e}");
+                }
+            }
+            (Cleanup::Alpn(name), Solver::TlsAlpn01(alpn)) => alpn.remove(&name),
+            _ => {}
+        }
+    }
+    result
+}
+
+async fn run(
+    account: &Account,
+    solver: &Solver,
+    req: &Request<'_>,
+    cleanup: &mut Vec<Cleanup>,
+) -> Result<Issued, CertbotError> {
+    let ids: Vec<Identifier> = req
+        .names
+        .iter()
+        .map(|n| Identifier::Dns(n.clone()))
+        .collect();
+    let mut new = NewOrder::new(&ids);
+    if let Some(p) = req.profile {
+        new = new.profile(p);
+    }
+    let replaced = req
+        .replaces
+        .map(|der| rustls_pki_types::CertificateDer::from(der.to_vec()));
+    if let Some(der) = &replaced {
+        if let Ok(id) = CertificateIdentifier::try_from(der) {
+            new = new.replaces(id.into_owned());
+        }
+    }
+    let mut order = account
+        .new_order(&new)
+        .await
+        .map_err(|e| CertbotError::acme("new order", e))?;
+
+    let mut auths = order.authorizations();
+    while let Some(auth) = auths.next().await {
+        let mut auth = auth.map_err(|e| CertbotError::acme("authorization", e))?;
+        if auth.status == AuthorizationStatus::Valid {
+            continue; // reused authorization
+        }
+        let ident = auth.identifier().identifier.clone();
+        let Identifier::Dns(domain) = ident else {
+            return Err(CertbotError::Config(format!(
+                "unsupported identifier {ident:?}"
+            )));
+        };
+        let kind = match solver {
+            Solver::Dns01 { .. } => ChallengeType::Dns01,
+            Solver::TlsAlpn01(_) => ChallengeType::TlsAlpn01,
+        };
+        let mut challenge =
+            auth.challenge(kind.clone())
+                .ok_or_else(|| CertbotError::Validation {
+                    name: domain.clone(),
+                    detail: format!("the CA offers no {kind:?} challenge"),
+                })?;
+        let key_auth = challenge.key_authorization();
+        match solver {
+            Solver::Dns01 {
+                provider,
+                authoritative,
+                resolvers,
+                timeout,
+            } => {
+                let name = format!("_acme-challenge.{domain}");
+                let value = key_auth.dns_value();
+                provider.add_txt(&name, &value).await?;
+                cleanup.push(Cleanup::Txt(name.clone(), value.clone()));
+                let servers = match authoritative {
+                    Some(s) if !s.is_empty() => s.clone(),
+                    _ => authoritative_for(&domain, resolvers).await?,
+                };
+                let poll = Poll {
+                    servers,
+                    timeout: *timeout,
+                    interval: Duration::from_millis(500),
+                };
+                wait_for_txt(&poll, &name, &value).await?;
+            }
+            Solver::TlsAlpn01(alpn) => {
+                alpn.insert(&domain, key_auth.digest().as_ref())?;
+                cleanup.push(Cleanup::Alpn(domain.clone()));
+            }
+        }
+        tracing::debug!(%domain, method = solver.method(), "challenge ready");
+        challenge
+            .set_ready()
+            .await
+            .map_err(|e| CertbotError::acme("challenge ready", e))?;
+    }
+
+    let policy = RetryPolicy::new()
+        .initial_delay(Duration::from_millis(250))
+        .timeout(Duration::from_secs(180));
+    let status = order
+        .poll_ready(&policy)
+        .await
+        .map_err(|e| CertbotError::acme("waiting for validation", e))?;
+    if status != OrderStatus::Ready {
+        return Err(validation_error(&mut order, status).await);
+    }
+    let key = CertKey::generate(req.key_type)?;
+    let csr = key.csr(req.names)?;
+    order
+        .finalize_csr(&csr)
+        .await
+        .map_err(|e| CertbotError::acme("finalize", e))?;
+    let chain = order
+        .poll_certificate(&policy)
+        .await
+        .map_err(|e| CertbotError::acme("certificate download", e))?;
+    let issued = Issued::from_pem(req.names.to_vec(), &chain, key)?;
+    // The CA must have certified our key: refuse anything else before it is stored.
+    issued.key.certified(issued.chain.clone())?;
+    Ok(issued)
+}
+
+/// The reason the CA gave for the first failed authorization.
+async fn validation_error(order: &mut instant_acme::Order, status: OrderStatus) -> CertbotError {
+    let mut auths = order.authorizations();
+    while let Some(Ok(mut auth)) = auths.next().await {
+        let Ok(state) = auth.refresh().await else {
+            continue;
+        };
+        if state.status == AuthorizationStatus::Valid {
+            continue;
+        }
+        let name = state.identifier().to_string();
+        let detail = state
+            .challenges
+            .iter()
+            .find_map(|c| c.error.as_ref().map(problem_text))
+            .unwrap_or_else(|| format!("authorization {:?}", state.status));
+        return CertbotError::Validation { name, detail };
+    }
+    let detail = order
+        .state()
+        .error
+        .as_ref()
+        .map(problem_text)
+        .unwrap_or_else(|| format!("order ended {status:?}"));
+    CertbotError::Validation {
+        name: "order".into(),
+        detail,
+    }
+}
+
+/// The authoritative servers of the zone holding `domain`: the NS set of the nearest
+/// ancestor that has one.
+async fn authoritative_for(
+    domain: &str,
+    resolvers: &[std::net::SocketAddr],
+) -> Result<Vec<std::net::SocketAddr>, CertbotError> {
+    let mut name = domain.trim_start_matches("*.").to_owned();
+    loop {
+        match gatehouse_dns::propagation::authoritative_servers(&name, resolvers).await {
+            Ok(servers) => return Ok(servers),
+            Err(e) => match name.split_once('.') {
+                Some((_, parent)) if parent.contains('.') => name = parent.to_owned(),
+                _ => return Err(e.into()),
+            },
+        }
+    }
+}

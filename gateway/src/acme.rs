@@ -1,0 +1,235 @@
+//! Wiring ACME into the gateway: the store and sealer, the DNS provider, the certificate
+//! targets, and publishing issued certificates on top of the static ones.
+//!
+//! Stored certificates are published before the listeners accept; the account and orders
+//! run in the background, so the data plane never waits for the CA.
+
+use crate::app::StartError;
+use crate::conn::Shared;
+use crate::terminate::certs::{CertResolver, CertSet};
+use gatehouse_caa::lookup::Checker;
+use gatehouse_certbot::account::{decode_eab_key, AccountSettings};
+use gatehouse_certbot::keys::KeyType;
+use gatehouse_certbot::manager::{CaaGate, CaaLock, CertManager, Publish, Target};
+use gatehouse_certbot::order::Solver;
+use gatehouse_config::{Config, DnsConfig, DnsProviderKind};
+use gatehouse_dns::{Cloudflare, DnsProvider, Rfc2136, TsigKey};
+use gatehouse_store::{DevelopmentSealer, Embedded, Sealer, Store};
+use rustls::sign::CertifiedKey;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// ACME ready to run: stored certificates already live.
+pub struct Acme {
+    manager: Arc<CertManager>,
+    settings: AccountSettings,
+    targets: Vec<Target>,
+}
+
+/// Publishes ACME certificates over the static set.
+struct LiveCerts {
+    base: CertSet,
+    resolver: Arc<CertResolver>,
+}
+
+impl Publish for LiveCerts {
+    fn publish(&self, certs: Vec<(Vec<String>, Arc<CertifiedKey>)>) {
+        let mut set = self.base.clone();
+        for (names, key) in certs {
+            set.insert(&names, key);
+        }
+        self.resolver.publish(set);
+    }
+}
+
+fn fail(what: &str, e: impl std::fmt::Display) -> StartError {
+    StartError::Acme(format!("{what}: {e}"))
+}
+
+/// The durable state: the store and the sealer protecting the secrets in it.
+pub struct State {
+    /// Account, certificates.
+    pub store: Arc<dyn Store>,
+    /// Seals keys before they reach the store.
+    pub sealer: Arc<dyn Sealer>,
+    /// The state directory.
+    pub dir: PathBuf,
+}
+
+/// Opens the store (`[store]` path, else `state_dir`) and the development sealer beside it.
+pub fn open_state(config: &Config, state_dir: &Path) -> Result<State, StartError> {
+    let dir = config
+        .store
+        .path
+        .clone()
+        .unwrap_or_else(|| state_dir.to_owned());
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| fail(&format!("state directory {}", dir.display()), e))?;
+    let store = Embedded::open(&dir.join("state.redb")).map_err(|e| fail("store", e))?;
+    let seal_key = dir.join("seal.key");
+    let sealer = DevelopmentSealer::load_or_create(&seal_key).map_err(|e| fail("sealer", e))?;
+    tracing::warn!(
+        "DEVELOPMENT SEALER: ACME account and certificate keys are sealed with the key in {} \
+         (anyone who can read it can unseal them); the TEE-derived sealer comes with attestation",
+        seal_key.display()
+    );
+    Ok(State {
+        store: Arc::new(store),
+        sealer: Arc::new(sealer),
+        dir,
+    })
+}
+
+/// The DNS provider `[dns]` describes.
+pub fn dns_provider(dns: &DnsConfig) -> Result<Arc<dyn DnsProvider>, StartError> {
+    let timeout = Duration::from_secs(10);
+    Ok(match dns.provider {
+        DnsProviderKind::Rfc2136 => {
+            let r = dns
+                .rfc2136
+                .as_ref()
+                .ok_or_else(|| fail("dns", "[dns.rfc2136] missing"))?;
+            let secret = std::fs::read_to_string(&r.key_file)
+                .map_err(|e| fail(&format!("dns.rfc2136.key_file {}", r.key_file.display()), e))?;
+            let key = TsigKey::from_base64(&r.key_name, &r.key_algorithm, &secret)
+                .map_err(|e| fail("dns", e))?;
+            Arc::new(
+                Rfc2136::new(r.server, r.zones.clone(), Some(key), timeout)
+                    .map_err(|e| fail("dns", e))?,
+            )
+        }
+        DnsProviderKind::Cloudflare => {
+            let c = dns
+                .cloudflare
+                .as_ref()
+                .ok_or_else(|| fail("dns", "[dns.cloudflare] missing"))?;
+            let token = std::fs::read_to_string(&c.api_token_file).map_err(|e| {
+                fail(
+                    &format!(
+                        "dns.cloudflare.api_token_file {}",
+                        c.api_token_file.display()
+                    ),
+                    e,
+                )
+            })?;
+            Arc::new(Cloudflare::new(&c.api, &token, timeout).map_err(|e| fail("dns", e))?)
+        }
+    })
+}
+
+/// Builds the manager and targets from `[acme]`/`[dns]`/`[store]`, and publishes the stored
+/// certificates. `None` when `[acme]` is absent.
+pub fn prepare(
+    config: &Config,
+    state_dir: &Path,
+    shared: &Arc<Shared>,
+    static_certs: CertSet,
+) -> Result<Option<Acme>, StartError> {
+    let Some(acme) = &config.acme else {
+        return Ok(None);
+    };
+    let State { store, sealer, .. } = open_state(config, state_dir)?;
+    let dns = config.dns.as_ref().map(dns_provider).transpose()?;
+    let resolvers = config
+        .dns
+        .as_ref()
+        .map(|d| d.resolvers.clone())
+        .unwrap_or_default();
+
+    let eab = match (&acme.eab_kid, &acme.eab_hmac_key_file) {
+        (Some(kid), Some(file)) => {
+            let text = std::fs::read_to_string(file)
+                .map_err(|e| fail(&format!("acme.eab_hmac_key_file {}", file.display()), e))?;
+            Some((
+                kid.clone(),
+                decode_eab_key(&text).map_err(|e| fail("acme", e))?,
+            ))
+        }
+        _ => None,
+    };
+    let settings = AccountSettings {
+        directory: acme.directory.clone(),
+        contact: acme.contact.clone(),
+        ca_file: acme.ca_file.clone(),
+        eab,
+    };
+
+    let mut targets = Vec::new();
+    if acme.base_domains {
+        if let (Some(provider), Some(d)) = (&dns, &config.dns) {
+            for base in &config.proxy.base_domains {
+                let solver = Solver::Dns01 {
+                    provider: provider.clone(),
+                    authoritative: Some(d.authoritative.clone()),
+                    resolvers: resolvers.clone(),
+                    timeout: d.propagation_timeout,
+                };
+                targets.push(Target::new(vec![base.clone(), format!("*.{base}")], solver));
+            }
+        }
+    }
+    for domain in &acme.domains {
+        let solver = Solver::TlsAlpn01(shared.acme.challenges.clone());
+        targets.push(Target::new(vec![domain.to_ascii_lowercase()], solver));
+    }
+
+    let caa = if acme.caa_check {
+        let timeout = Duration::from_secs(5);
+        let servers = match acme.caa_resolvers.as_slice() {
+            [] => resolvers.as_slice(),
+            s => s,
+        };
+        let checker = match servers {
+            [] => Checker::system(timeout),
+            s => Checker::new(s, timeout),
+        }
+        .map_err(|e| fail("CAA checker", e))?;
+        Some(CaaGate {
+            checker,
+            issuer: acme.caa_issuer.clone(),
+            interval: acme.caa_check_interval,
+        })
+    } else {
+        None
+    };
+    let lock = match (acme.set_caa, &dns) {
+        (true, Some(provider)) => Some(CaaLock {
+            provider: provider.clone(),
+            names: config.proxy.base_domains.clone(),
+            issuer: acme.caa_issuer.clone(),
+        }),
+        _ => None,
+    };
+    let key_type = match acme.key_type {
+        gatehouse_config::KeyType::EcdsaP256 => KeyType::EcdsaP256,
+        gatehouse_config::KeyType::EcdsaP384 => KeyType::EcdsaP384,
+    };
+    let publish = Arc::new(LiveCerts {
+        base: static_certs,
+        resolver: shared.tls.resolver.clone(),
+    });
+    let manager = Arc::new(
+        CertManager::new(store, sealer, key_type, acme.profile.clone(), caa, publish)
+            .with_caa_lock(lock),
+    );
+    let served = manager.load_stored(&targets);
+    tracing::info!(
+        targets = targets.len(),
+        served,
+        "ACME certificates loaded from the store"
+    );
+    let _ = shared.metrics.acme.set(manager.stats.clone());
+    Ok(Some(Acme {
+        manager,
+        settings,
+        targets,
+    }))
+}
+
+impl Acme {
+    /// Runs the account and renewal loops on the current runtime.
+    pub fn spawn(self) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(self.manager.run(self.settings, self.targets))
+    }
+}

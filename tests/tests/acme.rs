@@ -1,0 +1,412 @@
+//! ACME end to end: the real gatehouse binary, Debian's Pebble as the CA, Knot as the DNS
+//! server Pebble resolves through and the gateway updates (RFC 2136 + TSIG).
+
+use gatehouse_tests::knot::{free_port, Knot, TsigSecret};
+use gatehouse_tests::pebble::{Pebble, PebbleOptions};
+use gatehouse_tests::pki::peer_names;
+use gatehouse_tests::Gateway;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// A loopback server running `handle` on a thread per connection.
+fn serve_each(handle: fn(TcpStream)) -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for s in l.incoming().flatten() {
+            std::thread::spawn(move || handle(s));
+        }
+    });
+    addr
+}
+
+/// An HTTP/1.1 app answering every request with `hello from web`.
+fn http_app() -> SocketAddr {
+    serve_each(|mut s| {
+        let mut buf = [0u8; 4096];
+        let mut seen = Vec::new();
+        while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => seen.extend_from_slice(&buf[..n]),
+            }
+        }
+        let body = "hello from web";
+        let _ = write!(
+            s,
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+    })
+}
+
+/// A TCP echo app (for the long-lived connection).
+fn echo_app() -> SocketAddr {
+    serve_each(|s| {
+        let mut r = s.try_clone().unwrap();
+        let mut w = s;
+        let _ = std::io::copy(&mut r, &mut w);
+    })
+}
+
+fn client(root_pem: &str) -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(root_pem.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    Arc::new(
+        rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth(),
+    )
+}
+
+/// A verified TLS connection to `sni` through the gateway; returns it and the leaf.
+fn connect(
+    gw: SocketAddr,
+    sni: &str,
+    config: Arc<rustls::ClientConfig>,
+) -> (
+    rustls::StreamOwned<rustls::ClientConnection, TcpStream>,
+    CertificateDer<'static>,
+) {
+    let tcp = TcpStream::connect(gw).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let conn = rustls::ClientConnection::new(config, ServerName::try_from(sni.to_owned()).unwrap())
+        .unwrap();
+    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    while tls.conn.is_handshaking() {
+        tls.conn
+            .complete_io(&mut tls.sock)
+            .expect("verified TLS handshake");
+    }
+    let leaf = tls.conn.peer_certificates().unwrap()[0]
+        .clone()
+        .into_owned();
+    (tls, leaf)
+}
+
+/// One listener (`port` 0: any), base domain `gw.test`, admin on loopback.
+fn proxy_head(port: u16) -> String {
+    format!(
+        r#"
+[proxy]
+listen = ["127.0.0.1:{port}"]
+base_domains = ["gw.test"]
+workers = 1
+[proxy.custom_domains]
+enabled = false
+[admin]
+listen = "127.0.0.1:0"
+insecure_no_auth = true
+"#
+    )
+}
+
+fn acme_config(
+    pebble: &Pebble,
+    knot: &Knot,
+    key_file: &Path,
+    apps: &str,
+    extra_acme: &str,
+) -> String {
+    format!(
+        r#"{head}
+{apps}
+[acme]
+directory = "{dir}"
+ca_file = "{ca}"
+{extra_acme}
+[dns]
+provider = "rfc2136"
+resolvers = ["{knot}"]
+authoritative = ["{knot}"]
+propagation_timeout = "10s"
+[dns.rfc2136]
+server = "{knot}"
+zones = ["test"]
+key_name = "gatehouse-update"
+key_file = "{key}"
+[store]
+path = "state"
+"#,
+        head = proxy_head(0),
+        dir = pebble.directory,
+        ca = pebble.api_ca.display(),
+        knot = knot.addr,
+        key = key_file.display(),
+    )
+}
+
+fn wait_metric(gw: &Gateway, series: &str, at_least: u64, limit: Duration) -> u64 {
+    let deadline = Instant::now() + limit;
+    loop {
+        let v = gw.metric(series);
+        if v >= at_least {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{series} stayed at {v}:\n{}",
+            gw.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn account_uri(log: &str) -> String {
+    let line = log
+        .lines()
+        .find(|l| l.contains("ACME account created") || l.contains("ACME account restored"))
+        .expect("account line");
+    let field = line
+        .split("uri=")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap();
+    field.trim_matches('"').to_owned()
+}
+
+const ISSUED: &str = "gatehouse_acme_certificates_issued_total";
+
+#[test]
+fn wildcard_by_dns01_is_served_locked_by_caa_and_reused_after_a_restart() {
+    let key = TsigSecret::random("gatehouse-update");
+    let knot = Knot::start_updatable("test", &[], &key);
+    // Pebble's default 5 % nonce rejection stays on here: the client must retry.
+    let pebble = Pebble::start(&PebbleOptions {
+        dns: knot.addr,
+        tls_port: free_port(),
+        validity_secs: None,
+        reject_nonces: true,
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = dir.path().join("tsig.key");
+    std::fs::write(&key_file, &key.secret_b64).unwrap();
+    let app = http_app();
+    let apps = format!(
+        "[[apps]]\nid = \"web\"\ndefault_port = {}\n[[apps.instances]]\naddress = \"127.0.0.1\"\n",
+        app.port()
+    );
+    let config = acme_config(&pebble, &knot, &key_file, &apps, "set_caa = true");
+    let gw = Gateway::start_in(dir, &config);
+    wait_metric(&gw, ISSUED, 1, Duration::from_secs(90));
+    let log = gw.log();
+    let uri = account_uri(&log);
+    assert!(
+        uri.starts_with(&pebble.directory.replace("/dir", "/")),
+        "{uri}"
+    );
+    assert!(
+        log.contains("DEVELOPMENT SEALER"),
+        "the development sealer says so loudly"
+    );
+
+    // curl, trusting only Pebble's issuing root, through the gateway to the app
+    let root = pebble.issuing_root();
+    let root_file = gw.path().join("pebble-root.pem");
+    std::fs::write(&root_file, &root).unwrap();
+    let port = gw.addr.port();
+    let out = std::process::Command::new("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "10",
+            "--cacert",
+            root_file.to_str().unwrap(),
+        ])
+        .args(["--resolve", &format!("web.gw.test:{port}:127.0.0.1")])
+        .arg(format!("https://web.gw.test:{port}/"))
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "hello from web",
+        "curl: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (tls, leaf) = connect(gw.addr, "web.gw.test", client(&root));
+    let mut names = peer_names(&tls.conn);
+    names.sort();
+    assert_eq!(names, vec!["*.gw.test", "gw.test"]);
+    drop(tls);
+
+    // set_caa wrote records that lock gw.test to this account, as a CA would read them
+    let checker =
+        gatehouse_caa::lookup::Checker::new(&[knot.addr], Duration::from_secs(2)).unwrap();
+    let policy = gatehouse_caa::Policy {
+        issuers: vec!["letsencrypt.org".into()],
+        accounts: vec![uri.clone()],
+        methods: vec!["dns-01".into()],
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    for name in ["gw.test", "*.gw.test", "web.gw.test"] {
+        let v = rt.block_on(checker.check(name, &policy));
+        assert_eq!(v, gatehouse_caa::Verdict::Locked, "{name}");
+    }
+    // the challenge record was cleaned up
+    let txt = std::process::Command::new("kdig")
+        .args([
+            "+short",
+            &format!("@{}", knot.addr.ip()),
+            "-p",
+            &knot.addr.port().to_string(),
+        ])
+        .args(["TXT", "_acme-challenge.gw.test"])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&txt.stdout).trim().is_empty(),
+        "challenge TXT left behind"
+    );
+
+    // no key in the clear anywhere in the state directory
+    let state = gw.path().join("state");
+    for entry in std::fs::read_dir(&state).unwrap() {
+        let bytes = std::fs::read(entry.unwrap().path()).unwrap();
+        assert!(
+            !bytes.windows(11).any(|w| w == b"PRIVATE KEY"),
+            "a PEM key in the state"
+        );
+    }
+
+    // Killed and restarted: the stored certificate is served at once, no new order, same account.
+    let gw = gw.restart();
+    let (_tls, leaf_again) = connect(gw.addr, "web.gw.test", client(&root));
+    assert_eq!(leaf_again, leaf, "the sealed certificate is reused");
+    let log = gw.wait_log("ACME account restored", Duration::from_secs(30));
+    assert_eq!(account_uri(&log), uri, "same account URI (CAA stays valid)");
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(gw.metric(ISSUED), 0, "no new order:\n{}", gw.log());
+    assert!(gw.log().contains("serving the stored certificate"));
+}
+
+#[test]
+fn custom_domain_by_tls_alpn01_is_answered_by_the_gateway_listener() {
+    let knot = Knot::start("test", &["shop.gw 60 A 127.0.0.1"]);
+    let port = free_port();
+    let pebble = Pebble::start(&PebbleOptions {
+        dns: knot.addr,
+        tls_port: port,
+        validity_secs: None,
+        reject_nonces: false,
+    });
+    let app = http_app();
+    let config = format!(
+        r#"{head}
+[[apps]]
+id = "shop"
+default_port = {app_port}
+[[apps.instances]]
+address = "127.0.0.1"
+[acme]
+directory = "{dir}"
+ca_file = "{ca}"
+base_domains = false
+domains = ["shop.gw.test"]
+caa_resolvers = ["{knot}"]
+"#,
+        head = proxy_head(port),
+        app_port = app.port(),
+        dir = pebble.directory,
+        ca = pebble.api_ca.display(),
+        knot = knot.addr,
+    );
+    let gw = Gateway::start(&config);
+    wait_metric(&gw, ISSUED, 1, Duration::from_secs(60));
+    assert!(
+        gw.metric("gatehouse_acme_tls_alpn_answered_total") >= 1,
+        "Pebble validated through our listener"
+    );
+    assert!(gw.log().contains("answered a TLS-ALPN-01 validation"));
+    let (mut tls, _) = connect(gw.addr, "shop.gw.test", client(&pebble.issuing_root()));
+    assert_eq!(peer_names(&tls.conn), vec!["shop.gw.test"]);
+    tls.write_all(b"GET / HTTP/1.1\r\nHost: shop.gw.test\r\n\r\n")
+        .unwrap();
+    let mut body = String::new();
+    let _ = tls.read_to_string(&mut body);
+    assert!(body.ends_with("hello from web"), "{body}");
+}
+
+#[test]
+fn a_failing_caa_lookup_refuses_the_order() {
+    // gw.test is delegated inside Knot to a zone without a file: every answer is SERVFAIL.
+    let knot = Knot::start_with("test", &[], &["gw.test"]);
+    let pebble = Pebble::start(&PebbleOptions {
+        dns: knot.addr,
+        tls_port: free_port(),
+        validity_secs: None,
+        reject_nonces: false,
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = dir.path().join("tsig.key");
+    std::fs::write(&key_file, TsigSecret::random("k").secret_b64).unwrap();
+    let config = acme_config(&pebble, &knot, &key_file, "", "");
+    let gw = Gateway::start_in(dir, &config);
+    wait_metric(
+        &gw,
+        "gatehouse_acme_caa_refused_total",
+        1,
+        Duration::from_secs(30),
+    );
+    let log = gw.log();
+    assert!(
+        log.contains("CAA check refused the order for gw.test: UNKNOWN"),
+        "one line naming the cause:\n{log}"
+    );
+    assert_eq!(gw.metric(ISSUED), 0);
+    assert!(
+        !pebble.log().contains("Added order"),
+        "no order reached the CA"
+    );
+}
+
+#[test]
+fn a_short_lived_certificate_is_renewed_while_a_connection_stays_open() {
+    let key = TsigSecret::random("gatehouse-update");
+    let knot = Knot::start_updatable("test", &[], &key);
+    let pebble = Pebble::start(&PebbleOptions {
+        dns: knot.addr,
+        tls_port: free_port(),
+        validity_secs: Some(15),
+        reject_nonces: false,
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = dir.path().join("tsig.key");
+    std::fs::write(&key_file, &key.secret_b64).unwrap();
+    let echo = echo_app();
+    let apps = format!(
+        "[[apps]]\nid = \"echo\"\ndefault_port = {}\n[[apps.instances]]\naddress = \"127.0.0.1\"\n",
+        echo.port()
+    );
+    let gw = Gateway::start_in(dir, &acme_config(&pebble, &knot, &key_file, &apps, ""));
+    wait_metric(&gw, ISSUED, 1, Duration::from_secs(60));
+    let root = pebble.issuing_root();
+    let (mut held, first) = connect(gw.addr, "echo.gw.test", client(&root));
+    held.write_all(b"before ").unwrap();
+
+    wait_metric(&gw, ISSUED, 2, Duration::from_secs(60));
+    let (_fresh, second) = connect(gw.addr, "echo.gw.test", client(&root));
+    assert_ne!(first, second, "new connections get the renewed certificate");
+
+    // the connection opened under the first certificate still relays
+    held.write_all(b"after").unwrap();
+    let mut got = vec![0u8; b"before after".len()];
+    held.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"before after");
+    assert!(gw.log().contains("next renewal"));
+}
