@@ -101,6 +101,22 @@ pub async fn load_or_create(
     Ok((account, true))
 }
 
+/// The URI of the account stored for `directory`, if any (no network).
+pub fn stored_uri(
+    directory: &str,
+    store: &dyn Store,
+    sealer: &dyn Sealer,
+) -> Result<Option<String>, CertbotError> {
+    let key = store_key(directory);
+    let Some(stored) = store.get(&key)? else {
+        return Ok(None);
+    };
+    let plain = sealer.unseal(&key, &stored.value)?;
+    let creds: serde_json::Value = serde_json::from_slice(&plain)
+        .map_err(|e| CertbotError::Config(format!("stored account {key}: {e}")))?;
+    Ok(creds["id"].as_str().map(str::to_owned))
+}
+
 /// The account from its sealed credentials (the CA's directory is fetched again).
 async fn restore(
     s: &AccountSettings,

@@ -48,12 +48,20 @@ fn referenced_files(doc: &toml::Table) -> Vec<String> {
             }
         }
     }
-    if let Some(s) = doc
-        .get("admin")
-        .and_then(|a| a.get("token_file"))
-        .and_then(|v| v.as_str())
-    {
-        out.push(s.to_owned());
+    for path in [
+        &["admin", "token_file"][..],
+        &["acme", "ca_file"],
+        &["acme", "eab_hmac_key_file"],
+        &["dns", "rfc2136", "key_file"],
+        &["dns", "cloudflare", "api_token_file"],
+    ] {
+        let mut v: Option<&toml::Value> = doc.get(path[0]);
+        for k in &path[1..] {
+            v = v.and_then(|t| t.get(*k));
+        }
+        if let Some(s) = v.and_then(|v| v.as_str()) {
+            out.push(s.to_owned());
+        }
     }
     out
 }

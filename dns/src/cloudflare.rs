@@ -183,11 +183,16 @@ impl Cloudflare {
     async fn zone_id(&self, name: &str) -> Result<String, DnsError> {
         let name = name.trim_end_matches('.').to_ascii_lowercase();
         let labels: Vec<&str> = name.split('.').collect();
-        for i in 0..labels.len().saturating_sub(1) {
-            let candidate = labels[i..].join(".");
-            if let Some(id) = self.zones.lock().unwrap().get(&candidate) {
+        let suffixes: Vec<String> = (0..labels.len().saturating_sub(1))
+            .map(|i| labels[i..].join("."))
+            .collect();
+        {
+            let known = self.zones.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(id) = suffixes.iter().find_map(|s| known.get(s)) {
                 return Ok(id.clone());
             }
+        }
+        for candidate in suffixes {
             let found = self
                 .call(Method::GET, &format!("/zones?name={candidate}"), None)
                 .await?;
@@ -196,7 +201,10 @@ impl Cloudflare {
                 .into_iter()
                 .find(|z| z.name.eq_ignore_ascii_case(&candidate))
             {
-                self.zones.lock().unwrap().insert(candidate, z.id.clone());
+                self.zones
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(candidate, z.id.clone());
                 return Ok(z.id);
             }
         }

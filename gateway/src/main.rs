@@ -6,6 +6,7 @@ use gatehouse::app::Gateway;
 use gatehouse::devca::DevCa;
 use gatehouse::route::AppSpec;
 use gatehouse::terminate::certs::CertSet;
+use gatehouse_caa::{lookup::Checker, Verdict};
 use gatehouse_config::{AdminConfig, Config};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -75,6 +76,28 @@ enum CaaCommand {
         #[arg(long = "server")]
         servers: Vec<SocketAddr>,
     },
+    /// Write CAA records locking each domain to our ACME account, through the config's [dns]
+    /// provider, then check them as a CA would.
+    ///
+    /// Sets `issue` and `issuewild` to `<issuer>; accounturi=<account>;
+    /// validationmethods=dns-01,tls-alpn-01`, removing other issuers' records. RFC 2136 applies
+    /// the change in one atomic update; Cloudflare one record at a time, guard records (`;`)
+    /// first, so no intermediate state lets anyone else issue. Other tags (iodef) stay.
+    /// Exit 0 when every domain reads back locked.
+    Set {
+        /// Domains to lock (apex names; issuewild covers their wildcards).
+        #[arg(required = true)]
+        domains: Vec<String>,
+        /// The gateway config (its [dns] section, and [acme]/[store] to find the account).
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Our ACME account URI; default: the account stored by `gatehouse run`.
+        #[arg(long)]
+        account: Option<String>,
+        /// Where `gatehouse run` keeps its state (when [store] path is not set).
+        #[arg(long, default_value = ".gatehouse")]
+        state_dir: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -121,6 +144,19 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Caa(CaaCommand::Set {
+            domains,
+            config,
+            account,
+            state_dir,
+        }) => match caa_set(&domains, &config, account, &state_dir) {
+            Ok(true) => ExitCode::SUCCESS,
+            Ok(false) => ExitCode::from(1),
+            Err(e) => {
+                eprintln!("gatehouse: {e:#}");
+                ExitCode::from(1)
+            }
+        },
         Command::Run { config, state_dir } => {
             let config = match config.as_deref().map(Config::from_file).transpose() {
                 Ok(c) => c,
@@ -212,7 +248,6 @@ fn caa_check(
     policy: &gatehouse_caa::Policy,
     servers: &[SocketAddr],
 ) -> anyhow::Result<bool> {
-    use gatehouse_caa::{lookup::Checker, Verdict};
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -273,4 +308,65 @@ async fn development(state_dir: &Path) -> anyhow::Result<(Config, Vec<AppSpec>, 
         vec![std::net::IpAddr::from([127, 0, 0, 1])],
     );
     Ok((config, vec![app], certs))
+}
+
+/// `caa set`: writes the lock through [dns], then reads it back; true when all are locked.
+fn caa_set(
+    domains: &[String],
+    config_path: &Path,
+    account: Option<String>,
+    state_dir: &Path,
+) -> anyhow::Result<bool> {
+    let config = match Config::from_file(config_path) {
+        Ok(c) => c,
+        Err(e) => anyhow::bail!("{}: {}", config_path.display(), e.problems().join("; ")),
+    };
+    let dns = config
+        .dns
+        .as_ref()
+        .context("the config has no [dns] section: nothing can write the records")?;
+    let acme = config.acme.as_ref();
+    let account = match account {
+        Some(a) => a,
+        None => {
+            let acme =
+                acme.context("pass --account, or a config with [acme] whose account exists")?;
+            let state = gatehouse::acme::open_state(&config, state_dir).context(
+                "reading the stored account (a running gateway holds the store: pass --account)",
+            )?;
+            gatehouse_certbot::account::stored_uri(&acme.directory, &*state.store, &*state.sealer)?
+                .context("no ACME account stored yet: run the gateway once, or pass --account")?
+        }
+    };
+    let issuer = acme
+        .map(|a| a.caa_issuer.clone())
+        .unwrap_or_else(|| "letsencrypt.org".into());
+    let policy = gatehouse_caa::Policy {
+        issuers: vec![issuer],
+        accounts: vec![account],
+        methods: vec!["dns-01".into(), "tls-alpn-01".into()],
+    };
+    let wanted = gatehouse_caa::plan::wanted(&policy);
+    let provider = gatehouse::acme::dns_provider(dns)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let timeout = std::time::Duration::from_secs(5);
+        let checker = match dns.resolvers.as_slice() {
+            [] => Checker::system(timeout)?,
+            s => Checker::new(s, timeout)?,
+        };
+        let mut all_locked = true;
+        for d in domains {
+            let steps = provider
+                .set_caa(d, &wanted)
+                .await
+                .with_context(|| format!("{d}: writing CAA through {}", provider.describe()))?;
+            let verdict = checker.check(d, &policy).await;
+            all_locked &= verdict == Verdict::Locked;
+            println!("{d}: {} change(s); now {verdict}", steps.len());
+        }
+        Ok(all_locked)
+    })
 }
