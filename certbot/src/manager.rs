@@ -370,6 +370,7 @@ impl CertManager {
             self.stats
                 .caa_not_locked
                 .store(not_locked, Ordering::Relaxed);
+            tracing::debug!(names = last.len(), not_locked, "CAA re-checked");
             tokio::time::sleep(gate.interval).await;
         }
     }

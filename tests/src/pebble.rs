@@ -18,6 +18,8 @@ pub struct PebbleOptions {
     pub validity_secs: Option<u64>,
     /// Keep Pebble's default random rejection of 5 % of nonces (clients must retry).
     pub reject_nonces: bool,
+    /// Require external account binding with this key id and base64url HMAC key.
+    pub eab: Option<(String, String)>,
 }
 
 /// A running Pebble. Killed on drop.
@@ -47,16 +49,22 @@ impl Pebble {
         std::fs::write(d.join("cert.pem"), &issued.cert_pem).unwrap();
         std::fs::write(d.join("key.pem"), &issued.key_pem).unwrap();
         let (listen, mgmt) = (free_port(), free_port());
-        let validity = opts
+        let mut extra = opts
             .validity_secs
             .map(|s| format!(",\"certificateValidityPeriod\":{s}"))
             .unwrap_or_default();
+        let eab_required = opts.eab.is_some();
+        if let Some((kid, key)) = &opts.eab {
+            extra.push_str(&format!(
+                ",\"externalAccountMACKeys\":{{\"{kid}\":\"{key}\"}}"
+            ));
+        }
         std::fs::write(
             d.join("pebble.json"),
             format!(
                 r#"{{"pebble":{{"listenAddress":"127.0.0.1:{listen}","managementListenAddress":"127.0.0.1:{mgmt}",
 "certificate":"{c}","privateKey":"{k}","httpPort":{http},"tlsPort":{tls},"ocspResponderURL":"",
-"externalAccountBindingRequired":false{validity}}}}}"#,
+"externalAccountBindingRequired":{eab_required}{extra}}}}}"#,
                 c = d.join("cert.pem").display(),
                 k = d.join("key.pem").display(),
                 http = free_port(),

@@ -190,6 +190,7 @@ fn wildcard_by_dns01_is_served_locked_by_caa_and_reused_after_a_restart() {
         tls_port: free_port(),
         validity_secs: None,
         reject_nonces: true,
+        eab: None,
     });
     let dir = tempfile::tempdir().unwrap();
     let key_file = dir.path().join("tsig.key");
@@ -199,7 +200,13 @@ fn wildcard_by_dns01_is_served_locked_by_caa_and_reused_after_a_restart() {
         "[[apps]]\nid = \"web\"\ndefault_port = {}\n[[apps.instances]]\naddress = \"127.0.0.1\"\n",
         app.port()
     );
-    let config = acme_config(&pebble, &knot, &key_file, &apps, "set_caa = true");
+    let config = acme_config(
+        &pebble,
+        &knot,
+        &key_file,
+        &apps,
+        "set_caa = true\ncaa_check_interval = \"1s\"",
+    );
     let gw = Gateway::start_in(dir, &config);
     wait_metric(&gw, ISSUED, 1, Duration::from_secs(90));
     let log = gw.log();
@@ -293,18 +300,46 @@ fn wildcard_by_dns01_is_served_locked_by_caa_and_reused_after_a_restart() {
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(gw.metric(ISSUED), 0, "no new order:\n{}", gw.log());
     assert!(gw.log().contains("serving the stored certificate"));
+    gw.wait_log("CAA re-checked", Duration::from_secs(10));
+    assert_eq!(gw.metric("gatehouse_caa_not_locked"), 0, "{}", gw.metrics());
+
+    // Someone adds another CA at the apex: the periodic re-check sees the drift.
+    let dns = gatehouse_dns::Rfc2136::new(
+        knot.addr,
+        vec!["test".into()],
+        Some(
+            gatehouse_dns::TsigKey::from_base64(&key.name, "hmac-sha256", &key.secret_b64).unwrap(),
+        ),
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    let foreign = gatehouse_caa::CaaRecord::new(0, "issue", "someca.example");
+    rt.block_on(gatehouse_dns::DnsProvider::apply_caa(
+        &dns,
+        "gw.test",
+        &[gatehouse_caa::plan::Step::Add(foreign)],
+    ))
+    .unwrap();
+    wait_metric(&gw, "gatehouse_caa_drift_total", 1, Duration::from_secs(10));
+    assert!(gw.metric("gatehouse_caa_not_locked") >= 1);
+    gw.wait_log("CAA changed", Duration::from_secs(5));
 }
 
 #[test]
-fn custom_domain_by_tls_alpn01_is_answered_by_the_gateway_listener() {
+fn custom_domain_by_tls_alpn01_is_answered_by_the_gateway_listener_with_eab() {
     let knot = Knot::start("test", &["shop.gw 60 A 127.0.0.1"]);
     let port = free_port();
+    // The CA requires external account binding; the key is handed out base64url.
+    let hmac = "zWNDZM6eQGHWpSRTPal5eIUYFTu7EajVIoguysqZ9wG44nMEtx3MUAsUDkMTQ12W";
     let pebble = Pebble::start(&PebbleOptions {
         dns: knot.addr,
         tls_port: port,
         validity_secs: None,
         reject_nonces: false,
+        eab: Some(("kid-1".into(), hmac.into())),
     });
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("eab.key"), format!("{hmac}\n")).unwrap();
     let app = http_app();
     let config = format!(
         r#"{head}
@@ -319,6 +354,8 @@ ca_file = "{ca}"
 base_domains = false
 domains = ["shop.gw.test"]
 caa_resolvers = ["{knot}"]
+eab_kid = "kid-1"
+eab_hmac_key_file = "eab.key"
 "#,
         head = proxy_head(port),
         app_port = app.port(),
@@ -326,8 +363,12 @@ caa_resolvers = ["{knot}"]
         ca = pebble.api_ca.display(),
         knot = knot.addr,
     );
-    let gw = Gateway::start(&config);
+    let gw = Gateway::start_in(dir, &config);
     wait_metric(&gw, ISSUED, 1, Duration::from_secs(60));
+    assert!(
+        pebble.log().contains("kid-1"),
+        "the account was bound with EAB"
+    );
     assert!(
         gw.metric("gatehouse_acme_tls_alpn_answered_total") >= 1,
         "Pebble validated through our listener"
@@ -351,6 +392,7 @@ fn a_failing_caa_lookup_refuses_the_order() {
         tls_port: free_port(),
         validity_secs: None,
         reject_nonces: false,
+        eab: None,
     });
     let dir = tempfile::tempdir().unwrap();
     let key_file = dir.path().join("tsig.key");
@@ -384,6 +426,7 @@ fn a_short_lived_certificate_is_renewed_while_a_connection_stays_open() {
         tls_port: free_port(),
         validity_secs: Some(15),
         reject_nonces: false,
+        eab: None,
     });
     let dir = tempfile::tempdir().unwrap();
     let key_file = dir.path().join("tsig.key");
