@@ -197,14 +197,9 @@ async fn route(
 /// Completes the handshake with the challenge certificate (ALPN `acme-tls/1`), then closes:
 /// RFC 8737 §3, the CA needs nothing after the handshake.
 async fn answer_acme_challenge(shared: &Shared, c: Challenge) -> Result<(), ConnError> {
-    let acceptor = tokio_rustls::TlsAcceptor::from(shared.acme.config.clone());
     let replay = Prefixed::new(c.stream, c.buf, c.start);
-    let t = shared.timeouts.handshake;
-    let mut tls = match timeout_at(c.deadline, acceptor.accept(replay)).await {
-        Err(_) => return Err(ConnError::HandshakeTimeout(t)),
-        Ok(Err(e)) => return Err(ConnError::Tls(e)),
-        Ok(Ok(tls)) => tls,
-    };
+    let config = shared.acme.config.clone();
+    let mut tls = accept(config, replay, c.deadline, shared.timeouts.handshake).await?;
     shared.metrics.acme_challenge_answered();
     tracing::info!(name = %c.sni, "answered a TLS-ALPN-01 validation");
     let _ = tls.shutdown().await;
@@ -267,16 +262,15 @@ async fn terminate(
     if !shared.tls.resolver.has(&hello.sni) {
         return Err(refuse(&mut stream, ConnError::NoCertificate(hello.sni)).await);
     }
-    let acceptor = tokio_rustls::TlsAcceptor::from(shared.tls.for_hello(route.mode, &hello));
+    let config = shared.tls.for_hello(route.mode, &hello);
     drop(hello);
-    let replay = Prefixed::new(stream, buf, start);
-    // Boxed: the handshake future (~1.4 KB) is freed when it completes instead of sizing
-    // every connection's task for its whole life (benches/RESULTS.md, M1).
-    let mut tls = match Box::pin(timeout_at(deadline, acceptor.accept(replay))).await {
-        Err(_) => return Err(ConnError::HandshakeTimeout(t.handshake)),
-        Ok(Err(e)) => return Err(ConnError::Tls(e)),
-        Ok(Ok(tls)) => tls,
-    };
+    let mut tls = accept(
+        config,
+        Prefixed::new(stream, buf, start),
+        deadline,
+        t.handshake,
+    )
+    .await?;
     let resumed = tls.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
     shared.metrics.handshake(resumed);
     let (mut up, _load) = match upstream::connect(&route, t.connect).await {
@@ -293,6 +287,24 @@ async fn terminate(
     }
     finish(shared, &route, &mut tls, &mut up, limits).await;
     Ok(())
+}
+
+/// The rustls handshake over the replayed hello, by the connection's deadline (`limit` is
+/// what the deadline was set from, for the error). Boxed: the handshake future (~1.4 KB) is
+/// freed when it completes instead of sizing every connection's task for its whole life
+/// (benches/RESULTS.md, M1).
+async fn accept(
+    config: Arc<rustls::ServerConfig>,
+    replay: Prefixed<TcpStream>,
+    deadline: Instant,
+    limit: std::time::Duration,
+) -> Result<tokio_rustls::server::TlsStream<Prefixed<TcpStream>>, ConnError> {
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    match Box::pin(timeout_at(deadline, acceptor.accept(replay))).await {
+        Err(_) => Err(ConnError::HandshakeTimeout(limit)),
+        Ok(Err(e)) => Err(ConnError::Tls(e)),
+        Ok(Ok(tls)) => Ok(tls),
+    }
 }
 
 /// Relays, then records the outcome. A relay's end is the clients' or apps' doing, logged at debug.
