@@ -22,6 +22,20 @@ pub struct PebbleOptions {
     pub eab: Option<(String, String)>,
 }
 
+impl PebbleOptions {
+    /// Resolving through `dns`; TLS-ALPN-01 to a free port; 5-year certificates; no nonce
+    /// rejection; no EAB.
+    pub fn new(dns: SocketAddr) -> PebbleOptions {
+        PebbleOptions {
+            dns,
+            tls_port: free_port(),
+            validity_secs: None,
+            reject_nonces: false,
+            eab: None,
+        }
+    }
+}
+
 /// A running Pebble. Killed on drop.
 pub struct Pebble {
     child: Child,

@@ -186,11 +186,8 @@ fn wildcard_by_dns01_is_served_locked_by_caa_and_reused_after_a_restart() {
     let knot = Knot::start_updatable("test", &[], &key);
     // Pebble's default 5 % nonce rejection stays on here: the client must retry.
     let pebble = Pebble::start(&PebbleOptions {
-        dns: knot.addr,
-        tls_port: free_port(),
-        validity_secs: None,
         reject_nonces: true,
-        eab: None,
+        ..PebbleOptions::new(knot.addr)
     });
     let dir = tempfile::tempdir().unwrap();
     let key_file = dir.path().join("tsig.key");
@@ -332,11 +329,9 @@ fn custom_domain_by_tls_alpn01_is_answered_by_the_gateway_listener_with_eab() {
     // The CA requires external account binding; the key is handed out base64url.
     let hmac = "zWNDZM6eQGHWpSRTPal5eIUYFTu7EajVIoguysqZ9wG44nMEtx3MUAsUDkMTQ12W";
     let pebble = Pebble::start(&PebbleOptions {
-        dns: knot.addr,
         tls_port: port,
-        validity_secs: None,
-        reject_nonces: false,
         eab: Some(("kid-1".into(), hmac.into())),
+        ..PebbleOptions::new(knot.addr)
     });
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("eab.key"), format!("{hmac}\n")).unwrap();
@@ -387,13 +382,7 @@ eab_hmac_key_file = "eab.key"
 fn a_failing_caa_lookup_refuses_the_order() {
     // gw.test is delegated inside Knot to a zone without a file: every answer is SERVFAIL.
     let knot = Knot::start_with("test", &[], &["gw.test"]);
-    let pebble = Pebble::start(&PebbleOptions {
-        dns: knot.addr,
-        tls_port: free_port(),
-        validity_secs: None,
-        reject_nonces: false,
-        eab: None,
-    });
+    let pebble = Pebble::start(&PebbleOptions::new(knot.addr));
     let dir = tempfile::tempdir().unwrap();
     let key_file = dir.path().join("tsig.key");
     std::fs::write(&key_file, TsigSecret::random("k").secret_b64).unwrap();
@@ -422,11 +411,8 @@ fn a_short_lived_certificate_is_renewed_while_a_connection_stays_open() {
     let key = TsigSecret::random("gatehouse-update");
     let knot = Knot::start_updatable("test", &[], &key);
     let pebble = Pebble::start(&PebbleOptions {
-        dns: knot.addr,
-        tls_port: free_port(),
         validity_secs: Some(15),
-        reject_nonces: false,
-        eab: None,
+        ..PebbleOptions::new(knot.addr)
     });
     let dir = tempfile::tempdir().unwrap();
     let key_file = dir.path().join("tsig.key");

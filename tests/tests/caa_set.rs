@@ -30,6 +30,25 @@ fn gatehouse(args: &[&str]) -> (i32, String, String) {
     )
 }
 
+fn caa_check(names: &[&str], server: &str) -> (i32, String, String) {
+    let mut args = vec!["caa", "check"];
+    args.extend_from_slice(names);
+    args.extend_from_slice(&["--account", ACCOUNT, "--server", server]);
+    gatehouse(&args)
+}
+
+fn caa_set(cfg: &std::path::Path) -> (i32, String, String) {
+    gatehouse(&[
+        "caa",
+        "set",
+        "gw.test",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--account",
+        ACCOUNT,
+    ])
+}
+
 #[test]
 fn caa_set_replaces_a_foreign_issuer_and_the_lock_reads_back() {
     let key = TsigSecret::random("gatehouse-update");
@@ -37,52 +56,19 @@ fn caa_set_replaces_a_foreign_issuer_and_the_lock_reads_back() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path(), &knot, &key.name, &key.secret_b64);
     let server = knot.addr.to_string();
-    let (code, _, _) = gatehouse(&[
-        "caa",
-        "check",
-        "gw.test",
-        "--account",
-        ACCOUNT,
-        "--server",
-        &server,
-    ]);
+    let (code, _, _) = caa_check(&["gw.test"], &server);
     assert_eq!(code, 1, "someca.example may issue before");
 
-    let (code, out, err) = gatehouse(&[
-        "caa",
-        "set",
-        "gw.test",
-        "--config",
-        cfg.to_str().unwrap(),
-        "--account",
-        ACCOUNT,
-    ]);
+    let (code, out, err) = caa_set(&cfg);
     assert_eq!(code, 0, "{out}{err}");
     assert!(
         out.contains("gw.test: ") && out.contains("locked: only our account may issue"),
         "{out}"
     );
 
-    let (code, out, _) = gatehouse(&[
-        "caa",
-        "check",
-        "gw.test",
-        "*.gw.test",
-        "--account",
-        ACCOUNT,
-        "--server",
-        &server,
-    ]);
+    let (code, out, _) = caa_check(&["gw.test", "*.gw.test"], &server);
     assert_eq!(code, 0, "{out}");
-    let (_, out, _) = gatehouse(&[
-        "caa",
-        "set",
-        "gw.test",
-        "--config",
-        cfg.to_str().unwrap(),
-        "--account",
-        ACCOUNT,
-    ]);
+    let (_, out, _) = caa_set(&cfg);
     assert!(out.contains("0 change(s)"), "idempotent: {out}");
 }
 
@@ -92,15 +78,7 @@ fn a_refused_tsig_key_is_one_line_naming_the_key() {
     let knot = Knot::start_updatable("test", &[], &key);
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path(), &knot, "stolen-key", &key.secret_b64);
-    let (code, out, err) = gatehouse(&[
-        "caa",
-        "set",
-        "gw.test",
-        "--config",
-        cfg.to_str().unwrap(),
-        "--account",
-        ACCOUNT,
-    ]);
+    let (code, out, err) = caa_set(&cfg);
     assert_eq!(code, 1, "{out}{err}");
     assert_eq!(err.lines().count(), 1, "one line: {err}");
     assert!(
