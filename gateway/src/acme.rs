@@ -14,7 +14,7 @@ use gatehouse_certbot::manager::{CaaGate, CaaLock, CertManager, Publish, Target}
 use gatehouse_certbot::order::Solver;
 use gatehouse_config::{Config, DnsConfig, DnsProviderKind};
 use gatehouse_dns::{Cloudflare, DnsProvider, Rfc2136, TsigKey};
-use gatehouse_store::{DevelopmentSealer, Embedded, Sealer, Store};
+use gatehouse_store::{AesGcmSealer, Embedded, Sealer, Store};
 use rustls::sign::CertifiedKey;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -68,7 +68,7 @@ pub fn open_state(config: &Config, state_dir: &Path) -> Result<State, StartError
         .map_err(|e| fail(&format!("state directory {}", dir.display()), e))?;
     let store = Embedded::open(&dir.join("state.redb")).map_err(|e| fail("store", e))?;
     let seal_key = dir.join("seal.key");
-    let sealer = DevelopmentSealer::load_or_create(&seal_key).map_err(|e| fail("sealer", e))?;
+    let sealer = AesGcmSealer::load_or_create(&seal_key).map_err(|e| fail("sealer", e))?;
     tracing::warn!(
         "DEVELOPMENT SEALER: ACME account and certificate keys are sealed with the key in {} \
          (anyone who can read it can unseal them); the TEE-derived sealer comes with attestation",

@@ -20,7 +20,7 @@ mod embedded;
 pub mod seal;
 
 pub use embedded::Embedded;
-pub use seal::{DevelopmentSealer, SealError, Sealer};
+pub use seal::{AesGcmSealer, SealError, Sealer};
 
 /// A key's version: 0 = absent, then 1, 2, ... on each write of that key.
 pub type Version = u64;

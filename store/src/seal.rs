@@ -2,8 +2,9 @@
 //! the item's name, so a stored blob cannot be replayed under another name.
 //!
 //! [`Sealer`] is the seam: the attestation work provides one whose key is derived inside the
-//! TEE. [`DevelopmentSealer`] keeps its key in a file next to the state; it is for development
-//! only, and says so at start.
+//! TEE. [`AesGcmSealer`] is the cipher under every sealer: with a key derived in the TEE (the
+//! `attest` crate), or, for development only, a key kept in a file next to the state
+//! ([`AesGcmSealer::load_or_create`]), which the gateway announces at start.
 
 use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
@@ -52,20 +53,22 @@ pub trait Sealer: Send + Sync + std::fmt::Debug {
     fn kind(&self) -> &'static str;
 }
 
-/// AES-256-GCM under a key kept in a file: for development only.
-pub struct DevelopmentSealer {
+/// AES-256-GCM with the item's name as associated data, under a 32-byte key.
+pub struct AesGcmSealer {
     key: LessSafeKey,
+    kind: &'static str,
 }
 
-impl std::fmt::Debug for DevelopmentSealer {
+impl std::fmt::Debug for AesGcmSealer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("DevelopmentSealer(<key>)")
+        write!(f, "AesGcmSealer({}, <key>)", self.kind)
     }
 }
 
-impl DevelopmentSealer {
-    /// Loads the 32-byte key at `path`, creating it (mode 0600, atomically) on first use.
-    pub fn load_or_create(path: &Path) -> Result<DevelopmentSealer, SealError> {
+impl AesGcmSealer {
+    /// The development sealer: the 32-byte key at `path`, created (mode 0600, atomically) on
+    /// first use. Anyone who can read the file can unseal.
+    pub fn load_or_create(path: &Path) -> Result<AesGcmSealer, SealError> {
         let err = |reason: String| SealError::Key {
             path: path.display().to_string(),
             reason,
@@ -82,23 +85,25 @@ impl DevelopmentSealer {
             }
             Err(e) => return Err(err(e.to_string())),
         };
-        DevelopmentSealer::from_key(&key)
+        AesGcmSealer::from_key(&key, "development")
             .map_err(|_| err(format!("must hold 32 bytes, holds {}", key.len())))
     }
 
-    /// A sealer over a raw 32-byte key.
-    pub fn from_key(key: &[u8]) -> Result<DevelopmentSealer, SealError> {
+    /// A sealer over a raw 32-byte key; `kind` says what protects the key (see
+    /// [`Sealer::kind`]).
+    pub fn from_key(key: &[u8], kind: &'static str) -> Result<AesGcmSealer, SealError> {
         let unbound = UnboundKey::new(&AES_256_GCM, key).map_err(|_| SealError::Key {
             path: "<memory>".into(),
             reason: "not a 32-byte key".into(),
         })?;
-        Ok(DevelopmentSealer {
+        Ok(AesGcmSealer {
             key: LessSafeKey::new(unbound),
+            kind,
         })
     }
 }
 
-impl Sealer for DevelopmentSealer {
+impl Sealer for AesGcmSealer {
     fn seal(&self, name: &str, plaintext: &[u8]) -> Result<Vec<u8>, SealError> {
         let mut nonce = [0u8; NONCE_LEN];
         SystemRandom::new()
@@ -144,7 +149,7 @@ impl Sealer for DevelopmentSealer {
     }
 
     fn kind(&self) -> &'static str {
-        "development"
+        self.kind
     }
 }
 
@@ -153,9 +158,9 @@ mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
 
-    fn sealer() -> (tempfile::TempDir, DevelopmentSealer) {
+    fn sealer() -> (tempfile::TempDir, AesGcmSealer) {
         let dir = tempfile::tempdir().unwrap();
-        let s = DevelopmentSealer::load_or_create(&dir.path().join("seal.key")).unwrap();
+        let s = AesGcmSealer::load_or_create(&dir.path().join("seal.key")).unwrap();
         (dir, s)
     }
 
@@ -215,13 +220,13 @@ mod tests {
     fn key_file_is_created_once_private_and_reused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state/seal.key");
-        let s1 = DevelopmentSealer::load_or_create(&path).unwrap();
+        let s1 = AesGcmSealer::load_or_create(&path).unwrap();
         assert_eq!(
             std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
             0o600
         );
         let sealed = s1.seal("x", b"y").unwrap();
-        let s2 = DevelopmentSealer::load_or_create(&path).unwrap();
+        let s2 = AesGcmSealer::load_or_create(&path).unwrap();
         assert_eq!(
             s2.unseal("x", &sealed).unwrap(),
             b"y",
@@ -229,7 +234,7 @@ mod tests {
         );
         std::fs::write(&path, b"short").unwrap();
         assert!(matches!(
-            DevelopmentSealer::load_or_create(&path),
+            AesGcmSealer::load_or_create(&path),
             Err(SealError::Key { .. })
         ));
     }

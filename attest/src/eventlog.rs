@@ -1,0 +1,166 @@
+//! Runtime measurement events (RTMR3) and their replay.
+//!
+//! The JSON shape is the dstack guest agent's (`imr`, `event_type`, `digest`, `event`,
+//! `event_payload`, hex for bytes), so its event logs replay with this code. A runtime event's
+//! digest is `SHA-384(event_type as u32 LE ‖ ":" ‖ name ‖ ":" ‖ payload)` (dstack's v1), and
+//! an RTMR is `SHA-384(rtmr ‖ digest)` folded over its events from 48 zero bytes.
+
+use crate::AttestError;
+use serde::{Deserialize, Serialize};
+
+/// The event type of runtime events extended into RTMR3.
+pub const RUNTIME_EVENT_TYPE: u32 = 0x0800_0001;
+
+/// One measured event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    /// Which RTMR it was extended into (0-3).
+    pub imr: u32,
+    /// TCG event type.
+    pub event_type: u32,
+    /// The 48-byte digest extended into the RTMR.
+    #[serde(with = "crate::hex::serde")]
+    pub digest: Vec<u8>,
+    /// The event's name (runtime events).
+    #[serde(default)]
+    pub event: String,
+    /// The measured payload (runtime events).
+    #[serde(default, with = "crate::hex::serde")]
+    pub event_payload: Vec<u8>,
+}
+
+impl Event {
+    /// A runtime event for RTMR3, its digest computed from name and payload.
+    pub fn runtime(name: &str, payload: &[u8]) -> Event {
+        Event {
+            imr: 3,
+            event_type: RUNTIME_EVENT_TYPE,
+            digest: runtime_digest(RUNTIME_EVENT_TYPE, name, payload).to_vec(),
+            event: name.to_owned(),
+            event_payload: payload.to_vec(),
+        }
+    }
+
+    /// Whether the digest is what name and payload give (runtime events only; a stripped,
+    /// empty digest is recomputed from the payload, as dstack's agent sends them).
+    pub fn digest_matches_payload(&self) -> bool {
+        self.event_type != RUNTIME_EVENT_TYPE
+            || self.digest.is_empty()
+            || self.digest == runtime_digest(self.event_type, &self.event, &self.event_payload)
+    }
+
+    /// The digest extended into the RTMR.
+    fn extended_digest(&self) -> Vec<u8> {
+        if self.digest.is_empty() && self.event_type == RUNTIME_EVENT_TYPE {
+            runtime_digest(self.event_type, &self.event, &self.event_payload).to_vec()
+        } else {
+            self.digest.clone()
+        }
+    }
+}
+
+fn runtime_digest(event_type: u32, name: &str, payload: &[u8]) -> [u8; 48] {
+    crate::sha384(&[
+        &event_type.to_le_bytes(),
+        b":",
+        name.as_bytes(),
+        b":",
+        payload,
+    ])
+}
+
+/// Folds the events of `imr` into an RTMR value.
+pub fn replay(events: &[Event], imr: u32) -> Result<[u8; 48], AttestError> {
+    let mut rtmr = [0u8; 48];
+    for e in events.iter().filter(|e| e.imr == imr) {
+        let digest = e.extended_digest();
+        if digest.len() != 48 {
+            return Err(AttestError::malformed(
+                "event log",
+                format!("event {:?} has a {}-byte digest", e.event, digest.len()),
+            ));
+        }
+        rtmr = crate::sha384(&[&rtmr, &digest]);
+    }
+    Ok(rtmr)
+}
+
+/// Checks that the runtime events replay to `rtmr3` and that each runtime event's digest is
+/// its payload's: then each payload is as measured as the quote itself.
+pub fn check_rtmr3(events: &[Event], rtmr3: &[u8; 48]) -> Result<(), AttestError> {
+    if let Some(e) = events
+        .iter()
+        .find(|e| e.imr == 3 && !e.digest_matches_payload())
+    {
+        return Err(AttestError::policy(
+            format!("event:{}", e.event),
+            "the event's digest is not the digest of its payload",
+        ));
+    }
+    let replayed = replay(events, 3)?;
+    if &replayed != rtmr3 {
+        return Err(AttestError::policy(
+            "rtmr3",
+            format!(
+                "the event log replays to {}, the quote has {}",
+                crate::hex::encode(&replayed),
+                crate::hex::encode(rtmr3)
+            ),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replay_folds_in_order_and_checks_payloads() {
+        let events = vec![Event::runtime("a", b"1"), Event::runtime("b", b"2")];
+        let rtmr = replay(&events, 3).unwrap();
+        let step1 = crate::sha384(&[&[0u8; 48], &events[0].digest]);
+        assert_eq!(rtmr, crate::sha384(&[&step1, &events[1].digest]));
+        check_rtmr3(&events, &rtmr).unwrap();
+
+        let swapped = vec![events[1].clone(), events[0].clone()];
+        assert!(check_rtmr3(&swapped, &rtmr).is_err(), "order matters");
+
+        let mut forged = events.clone();
+        forged[1].event_payload = b"3".to_vec();
+        let e = check_rtmr3(&forged, &rtmr).unwrap_err();
+        assert!(e.to_string().contains("event:b"), "{e}");
+    }
+
+    /// A real dstack guest-agent response: its stripped runtime events replay to the RTMR3
+    /// of its (real) quote.
+    #[test]
+    fn recorded_dstack_event_log_replays_to_its_quote() {
+        let (quote, events) = crate::dstack::tests::recorded();
+        let parsed = dcap_qvl::quote::Quote::parse(&quote).unwrap();
+        let rtmr3 = parsed.report.as_td10().unwrap().rt_mr3;
+        check_rtmr3(&events, &rtmr3).unwrap();
+        let names: Vec<_> = events
+            .iter()
+            .filter(|e| e.imr == 3)
+            .map(|e| e.event.as_str())
+            .collect();
+        assert!(names.contains(&"compose-hash"), "{names:?}");
+        let mut tampered = events.clone();
+        let i = tampered
+            .iter()
+            .position(|e| e.event == "compose-hash")
+            .unwrap();
+        tampered[i].event_payload[0] ^= 1;
+        assert!(check_rtmr3(&tampered, &rtmr3).is_err());
+    }
+
+    #[test]
+    fn json_shape_is_dstacks() {
+        let e = Event::runtime("app-id", &[0xab]);
+        let json = serde_json::to_value(&e).unwrap();
+        assert_eq!(json["event_type"], 134217729);
+        assert_eq!(json["event_payload"], "ab");
+        assert_eq!(json["digest"].as_str().unwrap().len(), 96);
+    }
+}
