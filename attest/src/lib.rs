@@ -6,6 +6,8 @@
 //! - [`verify`]: DCAP quote verification (dcap-qvl) at an injected time, against the
 //!   [`policy`] (TCB statuses, measurements, RTMR3 event replay from the [`eventlog`]), with
 //!   [`collateral`] from a PCCS or carried along.
+//! - [`ratls`]: RA-TLS certificates (TCG DICE evidence extension; dstack's legacy format
+//!   parsed) and rustls verifiers that run the attestation check and fail closed.
 //! - [`ratls`]: RA-TLS certificates (TCG DICE evidence extension; dstack's format parsed) and
 //!   rustls verifiers that run the attestation check and fail closed.
 //! - [`bundle`]: the public attestation bundle binding served keys, account and signing keys.
@@ -23,6 +25,7 @@ pub mod hex;
 pub mod jcs;
 pub mod policy;
 pub mod provider;
+pub mod ratls;
 pub mod seal;
 pub mod simulator;
 pub mod statement;

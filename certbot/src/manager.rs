@@ -70,6 +70,8 @@ pub struct CertStats {
     pub caa_not_locked: AtomicU64,
     /// CAA checks whose verdict changed since the previous check (drift).
     pub caa_drift: AtomicU64,
+    /// The ACME account URI, once the account is known (the attestation bundle claims it).
+    pub account_uri: std::sync::OnceLock<String>,
 }
 
 /// A certificate being served: its names, key, and end of validity.
@@ -215,6 +217,7 @@ impl CertManager {
                 Ok((account, created)) => {
                     let how = if created { "created" } else { "restored" };
                     tracing::info!(uri = account.id(), "ACME account {how}");
+                    let _ = self.stats.account_uri.set(account.id().to_owned());
                     break Arc::new(account);
                 }
                 Err(e) => {

@@ -17,6 +17,7 @@ mod apps;
 mod de;
 mod error;
 mod proxy;
+mod tee;
 mod tls;
 mod validate;
 
@@ -27,6 +28,7 @@ pub use admin::AdminConfig;
 pub use apps::{app_id_problem, AppConfig, AppMode, InstanceConfig, ProxyProtocolVersion};
 pub use error::{ConfigError, Problem};
 pub use proxy::{CustomDomainsConfig, ProxyConfig, Timeouts};
+pub use tee::{Sealing, SimulatorSettings, TeeConfig, TeeProvider};
 pub use tls::{CertificatePair, TlsConfig};
 
 use serde::de::DeserializeOwned;
@@ -49,10 +51,14 @@ pub struct Config {
     pub dns: Option<DnsConfig>,
     /// `[store]`: where state lives.
     pub store: StoreConfig,
+    /// `[tee]`: the quote source and the sealer.
+    pub tee: TeeConfig,
 }
 
 /// Top-level sections this build understands, in the order they are documented.
-const SECTIONS: &[&str] = &["proxy", "apps", "tls", "acme", "dns", "store", "admin"];
+const SECTIONS: &[&str] = &[
+    "proxy", "apps", "tls", "acme", "dns", "store", "tee", "admin",
+];
 
 impl Config {
     /// Reads and validates a config file. `base_dir` for relative certificate paths is the
@@ -90,6 +96,7 @@ impl Config {
         let mut acme: Option<Option<AcmeConfig>> = optional(&table, "acme", &mut problems);
         let mut dns: Option<Option<DnsConfig>> = optional(&table, "dns", &mut problems);
         let mut store: Option<StoreConfig> = section(&table, "store", &mut problems);
+        let mut tee: Option<TeeConfig> = section(&table, "tee", &mut problems);
         let (mut apps, apps_complete) = apps::decode_all(table.get("apps"), &mut problems);
 
         // Check whatever decoded, so one bad section does not hide the problems of another.
@@ -107,6 +114,10 @@ impl Config {
         }
         if let Some(s) = &mut store {
             s.resolve_paths(base_dir);
+        }
+        if let Some(t) = &mut tee {
+            t.resolve_paths(base_dir);
+            t.check(&mut problems);
         }
         validate::check(
             validate::Parts {
@@ -127,10 +138,17 @@ impl Config {
             acme.take(),
             dns.take(),
             store.take(),
+            tee.take(),
         ) {
-            (Some(mut proxy), Some(tls), Some(admin), Some(acme), Some(dns), Some(store))
-                if problems.is_empty() && apps_complete =>
-            {
+            (
+                Some(mut proxy),
+                Some(tls),
+                Some(admin),
+                Some(acme),
+                Some(dns),
+                Some(store),
+                Some(tee),
+            ) if problems.is_empty() && apps_complete => {
                 proxy.normalize();
                 Ok(Config {
                     proxy,
@@ -140,6 +158,7 @@ impl Config {
                     acme,
                     dns,
                     store,
+                    tee,
                 })
             }
             _ => Err(ConfigError::Invalid(problems)),

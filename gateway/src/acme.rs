@@ -14,7 +14,7 @@ use gatehouse_certbot::manager::{CaaGate, CaaLock, CertManager, Publish, Target}
 use gatehouse_certbot::order::Solver;
 use gatehouse_config::{Config, DnsConfig, DnsProviderKind};
 use gatehouse_dns::{Cloudflare, DnsProvider, Rfc2136, TsigKey};
-use gatehouse_store::{AesGcmSealer, Embedded, Sealer, Store};
+use gatehouse_store::{Embedded, Sealer, Store};
 use rustls::sign::CertifiedKey;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -57,8 +57,12 @@ pub struct State {
     pub dir: PathBuf,
 }
 
-/// Opens the store (`[store]` path, else `state_dir`) and the development sealer beside it.
-pub fn open_state(config: &Config, state_dir: &Path) -> Result<State, StartError> {
+/// Opens the store (`[store]` path, else `state_dir`), with the sealer `[tee]` gave.
+pub fn open_state(
+    config: &Config,
+    state_dir: &Path,
+    sealer: Arc<dyn Sealer>,
+) -> Result<State, StartError> {
     let dir = config
         .store
         .path
@@ -67,16 +71,9 @@ pub fn open_state(config: &Config, state_dir: &Path) -> Result<State, StartError
     std::fs::create_dir_all(&dir)
         .map_err(|e| fail(&format!("state directory {}", dir.display()), e))?;
     let store = Embedded::open(&dir.join("state.redb")).map_err(|e| fail("store", e))?;
-    let seal_key = dir.join("seal.key");
-    let sealer = AesGcmSealer::load_or_create(&seal_key).map_err(|e| fail("sealer", e))?;
-    tracing::warn!(
-        "DEVELOPMENT SEALER: ACME account and certificate keys are sealed with the key in {} \
-         (anyone who can read it can unseal them); the TEE-derived sealer comes with attestation",
-        seal_key.display()
-    );
     Ok(State {
         store: Arc::new(store),
-        sealer: Arc::new(sealer),
+        sealer,
         dir,
     })
 }
@@ -125,11 +122,12 @@ pub fn prepare(
     state_dir: &Path,
     shared: &Arc<Shared>,
     static_certs: CertSet,
+    sealer: Arc<dyn Sealer>,
 ) -> Result<Option<Acme>, StartError> {
     let Some(acme) = &config.acme else {
         return Ok(None);
     };
-    let State { store, sealer, .. } = open_state(config, state_dir)?;
+    let State { store, sealer, .. } = open_state(config, state_dir, sealer)?;
     let dns = config.dns.as_ref().map(dns_provider).transpose()?;
     let resolvers = config
         .dns

@@ -46,11 +46,65 @@ pub async fn run(listener: TcpListener, token: Option<Arc<str>>, shared: Arc<Sha
             match (req.method().as_str(), req.uri().path()) {
                 ("GET", "/metrics") => text(200, shared.metrics.render()),
                 ("GET", "/healthz") => text(200, "ok\n"),
+                ("POST", "/v1/sign") => sign(&shared, req).await,
                 _ => text(404, "404 not found\n"),
             }
         }
     })
     .await
+}
+
+/// The largest payload `/v1/sign` accepts.
+const SIGN_BODY_LIMIT: usize = 1 << 20;
+
+#[derive(serde::Deserialize)]
+struct SignRequest {
+    context: String,
+    payload_b64: String,
+}
+
+/// `POST /v1/sign {"context", "payload_b64"}` → a signed statement with the attestation.
+async fn sign(
+    shared: &Shared,
+    req: hyper::Request<hyper::body::Incoming>,
+) -> hyper::Response<http_body_util::Full<bytes::Bytes>> {
+    use base64::Engine as _;
+    use http_body_util::BodyExt;
+    let Some(attestor) = shared.attest.get() else {
+        return text(503, "503 attestation is off ([tee] provider = \"none\")\n");
+    };
+    let limited = http_body_util::Limited::new(req.into_body(), SIGN_BODY_LIMIT);
+    let body = match limited.collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) => return text(413, format!("413 body: {e}\n")),
+    };
+    let r: SignRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return text(
+                400,
+                format!("400 expected {{\"context\", \"payload_b64\"}}: {e}\n"),
+            )
+        }
+    };
+    let payload = match base64::engine::general_purpose::STANDARD.decode(r.payload_b64.trim()) {
+        Ok(p) => p,
+        Err(e) => return text(400, format!("400 payload_b64: {e}\n")),
+    };
+    match attestor.sign(shared, &r.context, &payload).await {
+        Ok(statement) => {
+            let mut resp = text(
+                200,
+                serde_json::to_vec_pretty(&statement).unwrap_or_default(),
+            );
+            resp.headers_mut().insert(
+                hyper::header::CONTENT_TYPE,
+                hyper::header::HeaderValue::from_static("application/json"),
+            );
+            resp
+        }
+        Err(e) => text(400, format!("400 {e}\n")),
+    }
 }
 
 /// Compares without an early exit on the first differing byte.

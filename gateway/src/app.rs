@@ -41,6 +41,9 @@ pub enum StartError {
     /// ACME could not be set up (store, sealer, DNS provider).
     #[error("acme: {0}")]
     Acme(String),
+    /// The TEE (quote provider, sealer) could not be set up.
+    #[error("tee: {0}")]
+    Tee(String),
     /// A socket could not be bound.
     #[error("{0}")]
     Listen(#[from] std::io::Error),
@@ -92,6 +95,7 @@ impl Gateway {
             proxy_protocol_inbound: config.proxy.proxy_protocol_inbound,
             metrics: Metrics::default(),
             acme: crate::conn::AcmeTls::new()?,
+            attest: std::sync::OnceLock::new(),
         });
         let workers = match config.proxy.workers {
             0 => std::thread::available_parallelism()

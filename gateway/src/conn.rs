@@ -33,6 +33,8 @@ pub struct Shared {
     pub metrics: Metrics,
     /// Pending ACME TLS-ALPN-01 challenges, answered before any routing.
     pub acme: AcmeTls,
+    /// The attestation bundle's source (absent with `[tee] provider = "none"`).
+    pub attest: std::sync::OnceLock<Arc<crate::attestation::Attestor>>,
 }
 
 /// The TLS-ALPN-01 responder: the pending challenges and the rustls config over them.
@@ -85,6 +87,7 @@ async fn handle(shared: &Shared, stream: TcpStream, peer: SocketAddr) -> Result<
     let (routed, hello, _slot) = match route(shared, stream, peer).await? {
         Next::App(routed, hello, slot) => (routed, hello, slot),
         Next::AcmeChallenge(c) => return answer_acme_challenge(shared, c).await,
+        Next::Attestation(c) => return answer_attestation(shared, c).await,
     };
     let limits = RelayLimits {
         idle: shared.timeouts.idle,
@@ -105,6 +108,8 @@ enum Next {
     App(Routed, ClientHello, AppSlot),
     /// A CA validating a pending TLS-ALPN-01 challenge.
     AcmeChallenge(Challenge),
+    /// A verifier fetching the attestation bundle (ALPN `gatehouse-attest/1`).
+    Attestation(Challenge),
 }
 
 /// A TLS-ALPN-01 validation connection, hello buffered.
@@ -143,6 +148,18 @@ async fn route(
         Ok(Ok(Err(e))) => return Err(refuse(&mut stream, e.into()).await),
         Ok(Ok(Ok(h))) => h,
     };
+    if hello.offers(crate::attestation::ATTEST_ALPN)
+        && shared.attest.get().is_some()
+        && shared.tls.resolver.has(&hello.sni)
+    {
+        return Ok(Next::Attestation(Challenge {
+            stream,
+            buf,
+            start,
+            sni: hello.sni,
+            deadline,
+        }));
+    }
     if shared.acme.claims(&hello) {
         return Ok(Next::AcmeChallenge(Challenge {
             stream,
@@ -205,6 +222,47 @@ async fn answer_acme_challenge(shared: &Shared, c: Challenge) -> Result<(), Conn
     let _ = tls.shutdown().await;
     Ok(())
 }
+
+/// Terminates with the name's own certificate (ALPN `gatehouse-attest/1`), then answers
+/// HTTP/1.1 requests for the bundle on that connection, bounded by [`ATTEST_CONN_LIMIT`].
+async fn answer_attestation(shared: &Shared, c: Challenge) -> Result<(), ConnError> {
+    let Some(attestor) = shared.attest.get() else {
+        return Ok(());
+    };
+    let replay = Prefixed::new(c.stream, c.buf, c.start);
+    let config = shared.tls.attest.clone();
+    let tls = accept(config, replay, c.deadline, shared.timeouts.handshake).await?;
+    shared.metrics.attestation_served();
+    let service =
+        hyper::service::service_fn(|req: hyper::Request<hyper::body::Incoming>| async move {
+            let (status, body) = match req.method() == hyper::Method::GET {
+                false => (405, bytes::Bytes::from_static(b"405 GET only\n")),
+                true => attestor
+                    .answer(shared, req.uri().path(), req.uri().query())
+                    .await
+                    .unwrap_or((404, bytes::Bytes::from_static(b"404 not found\n"))),
+            };
+            let mut r = crate::http_server::text(status, body);
+            if status == 200 {
+                r.headers_mut().insert(
+                    hyper::header::CONTENT_TYPE,
+                    hyper::header::HeaderValue::from_static("application/json"),
+                );
+            }
+            Ok::<_, std::convert::Infallible>(r)
+        });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .serve_connection(hyper_util::rt::TokioIo::new(tls), service);
+    match tokio::time::timeout(ATTEST_CONN_LIMIT, conn).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::debug!("attestation connection: {e}"),
+        Err(_) => tracing::debug!("attestation connection closed after {ATTEST_CONN_LIMIT:?}"),
+    }
+    Ok(())
+}
+
+/// How long one attestation connection may stay open.
+const ATTEST_CONN_LIMIT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// A connection whose hello is buffered and whose route is known. Each mode continues in its
 /// own function, so the task of a connection is sized for its mode only (benches, M1).

@@ -7,14 +7,16 @@
 //! ([`upstream`]) → byte relay with half-close and timeouts ([`relay`]).
 //!
 //! ACME certificates come from the `certbot` crate ([`acme`] wires it in); TLS-ALPN-01
-//! validations are answered in [`conn`] before routing. It does not (yet) speak HTTP to apps
-//! or attest: those come with the `http` mode and the `attest` crate.
+//! validations are answered in [`conn`] before routing, and so are verifiers fetching the
+//! attestation bundle ([`attestation`], quotes from the `attest` crate). It does not (yet)
+//! speak HTTP to apps: that comes with the `http` mode.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod acme;
 pub mod admin;
 pub mod app;
+pub mod attestation;
 pub mod conn;
 pub mod demo;
 pub mod devca;
@@ -29,3 +31,4 @@ pub mod route;
 pub mod shutdown;
 pub mod terminate;
 pub mod upstream;
+pub mod verifier;

@@ -6,6 +6,7 @@ use gatehouse::app::Gateway;
 use gatehouse::devca::DevCa;
 use gatehouse::route::AppSpec;
 use gatehouse::terminate::certs::CertSet;
+use gatehouse_attest::policy::Policy;
 use gatehouse_caa::{lookup::Checker, Verdict};
 use gatehouse_config::{AdminConfig, Config};
 use std::net::SocketAddr;
@@ -50,6 +51,76 @@ enum Command {
     /// CAA records: who may obtain certificates for a domain.
     #[command(subcommand)]
     Caa(CaaCommand),
+    /// Check an attested gateway from the outside.
+    ///
+    /// One TLS connection (normal WebPKI validation, or --cacert) records the certificate
+    /// the gateway serves for the name and fetches the attestation bundle over that same
+    /// connection (ALPN gatehouse-attest/1). Then, in order: quote (dcap-qvl, with the
+    /// bundle's collateral) → policy (TCB status, debug, measurements, RTMR3 events) →
+    /// binding (report data = SHA-512("gatehouse-bundle-v1:" ‖ JCS(claims))) → certificate
+    /// (the served key is in the claims) → CAA (locked to the claimed ACME account). One line
+    /// per step. Exit codes: 0 verified, 1 could not fetch, 2 bad usage, 10 quote, 11 policy,
+    /// 12 binding, 13 certificate, 14 CAA.
+    Verify {
+        /// `https://host[:port]` of a name the gateway terminates.
+        #[arg(required_unless_present = "offline")]
+        url: Option<String>,
+        /// A policy file (TOML: tcb_statuses, mrtd, rtmr0-3, [events], allow_* flags).
+        #[arg(long)]
+        policy: Option<PathBuf>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Trust this CA for the TLS connection (e.g. .gatehouse/dev-ca.pem).
+        #[arg(long)]
+        cacert: Option<PathBuf>,
+        /// Accept quotes from the simulator's public mock root: proves nothing (development).
+        #[arg(long)]
+        insecure_trust_simulator_root: bool,
+        /// Check a saved bundle (see --save) instead of connecting.
+        #[arg(long)]
+        offline: Option<PathBuf>,
+        /// With --offline: the served certificate (PEM) to check against the claims.
+        #[arg(long)]
+        cert: Option<PathBuf>,
+        /// Verification time, unix seconds (default: now); for reproducible checks.
+        #[arg(long)]
+        now: Option<u64>,
+        /// DNS server(s) for the CAA check (`IP:PORT`; default: the system's).
+        #[arg(long = "dns-server")]
+        dns_servers: Vec<SocketAddr>,
+        /// The CA that CAA records must name.
+        #[arg(long, default_value = "letsencrypt.org")]
+        caa_issuer: String,
+        /// Save the fetched bundle to this file.
+        #[arg(long)]
+        save: Option<PathBuf>,
+        /// Connect to this IP:PORT instead of resolving the URL's host (SNI and certificate
+        /// checks still use the host).
+        #[arg(long)]
+        connect: Option<SocketAddr>,
+    },
+    /// Check a signed statement (from the admin API's POST /v1/sign) offline.
+    ///
+    /// Checks, each with its own error: the payload (if given) matches the digest, the key is
+    /// listed in the attested claims, the Ed25519 signature, the claims binding, and the quote
+    /// at the signing time under the policy. Exit 0 when valid, 1 when not, 2 bad usage.
+    VerifyStatement {
+        /// The statement JSON.
+        proof: PathBuf,
+        /// The payload that was signed (else only its digest is checked).
+        #[arg(long)]
+        payload: Option<PathBuf>,
+        /// A policy file.
+        #[arg(long)]
+        policy: Option<PathBuf>,
+        /// Accept simulator quotes (development).
+        #[arg(long)]
+        insecure_trust_simulator_root: bool,
+        /// Verification time (default: the statement's signing time).
+        #[arg(long)]
+        now: Option<u64>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -157,6 +228,58 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         },
+        Command::Verify {
+            url,
+            policy,
+            json,
+            cacert,
+            insecure_trust_simulator_root,
+            offline,
+            cert,
+            now,
+            dns_servers,
+            caa_issuer,
+            save,
+            connect,
+        } => {
+            let mut policy = match policy.as_deref().map(Policy::load).transpose() {
+                Ok(p) => p.unwrap_or_default(),
+                Err(e) => {
+                    eprintln!("gatehouse: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            policy.insecure_trust_simulator_root |= insecure_trust_simulator_root;
+            let options = gatehouse::verifier::Options {
+                url: url.unwrap_or_default(),
+                policy,
+                cacert,
+                offline,
+                cert,
+                now,
+                dns_servers,
+                caa_issuer,
+                save,
+                connect,
+            };
+            verify(&options, json)
+        }
+        Command::VerifyStatement {
+            proof,
+            payload,
+            policy,
+            insecure_trust_simulator_root,
+            now,
+        } => match verify_statement(&proof, payload, policy, insecure_trust_simulator_root, now) {
+            Ok(summary) => {
+                println!("✓ statement: {summary}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                println!("✗ statement: {e:#}");
+                ExitCode::from(1)
+            }
+        },
         Command::Run { config, state_dir } => {
             let config = match config.as_deref().map(Config::from_file).transpose() {
                 Ok(c) => c,
@@ -190,12 +313,17 @@ fn run(config: Option<Config>, state_dir: &Path) -> anyhow::Result<()> {
             Some(c) => (c, Vec::new(), CertSet::default()),
             None => development(state_dir).await?,
         };
+        let tee = gatehouse::attestation::open(&config, state_dir).await?;
         let gateway = Gateway::build(&config, apps, certs)?;
+        if let Some(attestor) = tee.attestor {
+            let _ = gateway.shared.attest.set(attestor);
+        }
         let acme = gatehouse::acme::prepare(
             &config,
             state_dir,
             &gateway.shared,
             gateway.static_certs.clone(),
+            tee.sealer,
         )?;
         for addr in gateway.local_addrs() {
             println!("gatehouse: listening on {addr} (TLS)");
@@ -270,13 +398,14 @@ fn caa_check(
 /// The embedded development defaults: a local CA, a demo app, loopback listeners.
 async fn development(state_dir: &Path) -> anyhow::Result<(Config, Vec<AppSpec>, CertSet)> {
     tracing::warn!(
-        "DEVELOPMENT DEFAULTS: certificates from a local CA in {}, no TEE attestation. \
+        "DEVELOPMENT DEFAULTS: certificates from a local CA in {}, simulated TEE. \
          Never expose this to a network.",
         state_dir.display()
     );
     let mut config = Config::from_toml("", Path::new("."))?;
     config.proxy.listen = vec![SocketAddr::from(([127, 0, 0, 1], 8443))];
     config.proxy.base_domains = vec!["localhost".into()];
+    config.tee.provider = gatehouse_config::TeeProvider::Simulator;
     config.admin = Some(AdminConfig {
         listen: SocketAddr::from(([127, 0, 0, 1], 8001)),
         token_file: None,
@@ -331,7 +460,11 @@ fn caa_set(
         None => {
             let acme =
                 acme.context("pass --account, or a config with [acme] whose account exists")?;
-            let state = gatehouse::acme::open_state(&config, state_dir).context(
+            let sealer = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?
+                .block_on(gatehouse::attestation::sealer(&config, state_dir))?;
+            let state = gatehouse::acme::open_state(&config, state_dir, sealer).context(
                 "reading the stored account (a running gateway holds the store: pass --account)",
             )?;
             gatehouse_certbot::account::stored_uri(&acme.directory, &*state.store, &*state.sealer)?
@@ -369,4 +502,70 @@ fn caa_set(
         }
         Ok(all_locked)
     })
+}
+
+/// Runs `gatehouse verify` and prints the report; the exit code is the failed step's.
+fn verify(options: &gatehouse::verifier::Options, json: bool) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("gatehouse: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(gatehouse::verifier::run(options)) {
+        Ok(report) => {
+            match json {
+                true => println!(
+                    "{}",
+                    serde_json::to_string_pretty(&report).unwrap_or_default()
+                ),
+                false => print!("{}", report.human()),
+            }
+            ExitCode::from(report.exit_code)
+        }
+        Err(e) => {
+            eprintln!("gatehouse verify: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Checks a signed statement; the summary names the key, context and TCB status.
+fn verify_statement(
+    proof: &Path,
+    payload: Option<PathBuf>,
+    policy: Option<PathBuf>,
+    insecure_trust_simulator_root: bool,
+    now: Option<u64>,
+) -> anyhow::Result<String> {
+    let text = std::fs::read(proof).with_context(|| proof.display().to_string())?;
+    let statement: gatehouse_attest::statement::Statement = serde_json::from_slice(&text)
+        .with_context(|| format!("{}: not a statement", proof.display()))?;
+    let payload = payload
+        .map(|p| std::fs::read(&p).with_context(|| p.display().to_string()))
+        .transpose()?;
+    let mut policy = policy
+        .as_deref()
+        .map(Policy::load)
+        .transpose()?
+        .unwrap_or_default();
+    policy.insecure_trust_simulator_root |= insecure_trust_simulator_root;
+    let q = gatehouse_attest::statement::verify_statement(
+        &statement,
+        payload.as_deref(),
+        &policy,
+        now,
+    )?;
+    Ok(format!(
+        "signed by {} for {:?} at {}; {} quote, TCB {}",
+        statement.public_key,
+        statement.context,
+        statement.signed_at,
+        statement.attestation.evidence.tee,
+        q.tcb_status()
+    ))
 }

@@ -84,6 +84,7 @@ pub struct Metrics {
     handshakes_full: AtomicU64,
     handshakes_resumed: AtomicU64,
     acme_challenges: AtomicU64,
+    attestations: AtomicU64,
     /// ACME certificate counters, once the manager runs.
     pub acme: std::sync::OnceLock<std::sync::Arc<gatehouse_certbot::manager::CertStats>>,
     rejected: [AtomicU64; Reject::ALL.len()],
@@ -117,6 +118,11 @@ impl Metrics {
             &self.handshakes_full
         };
         c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A verifier connected for the attestation bundle.
+    pub fn attestation_served(&self) {
+        self.attestations.fetch_add(1, Ordering::Relaxed);
     }
 
     /// A TLS-ALPN-01 validation handshake was answered.
@@ -173,6 +179,12 @@ impl Metrics {
             "Bytes relayed instance to client.",
             "counter",
             get(&self.bytes_down),
+        );
+        counter(
+            "gatehouse_attestation_connections_total",
+            "Connections that fetched the attestation bundle (ALPN gatehouse-attest/1).",
+            "counter",
+            get(&self.attestations),
         );
         counter(
             "gatehouse_acme_tls_alpn_answered_total",

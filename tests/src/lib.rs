@@ -235,6 +235,10 @@ enabled = false
 [admin]
 listen = "127.0.0.1:0"
 insecure_no_auth = true
-"#
+{SIMULATED_TEE}"#
     )
 }
+
+/// The `[tee]` section of test gateways: this machine has no TEE, and `auto` (the default)
+/// refuses to start without one.
+pub const SIMULATED_TEE: &str = "\n[tee]\nprovider = \"simulator\"\n";

@@ -5,6 +5,7 @@ use gatehouse_tests::knot::{free_port, Knot, TsigSecret};
 use gatehouse_tests::pebble::{Pebble, PebbleOptions};
 use gatehouse_tests::pki::peer_names;
 use gatehouse_tests::Gateway;
+use gatehouse_tests::SIMULATED_TEE;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use std::io::{Read, Write};
@@ -108,7 +109,7 @@ enabled = false
 [admin]
 listen = "127.0.0.1:0"
 insecure_no_auth = true
-"#
+{SIMULATED_TEE}"#
     )
 }
 
@@ -213,8 +214,8 @@ fn wildcard_by_dns01_is_served_locked_by_caa_and_reused_after_a_restart() {
         "{uri}"
     );
     assert!(
-        log.contains("DEVELOPMENT SEALER"),
-        "the development sealer says so loudly"
+        log.contains("SIMULATED SEALING"),
+        "the simulated TEE's sealer says so loudly"
     );
 
     // curl, trusting only Pebble's issuing root, through the gateway to the app
@@ -262,6 +263,46 @@ fn wildcard_by_dns01_is_served_locked_by_caa_and_reused_after_a_restart() {
         let v = rt.block_on(checker.check(name, &policy));
         assert_eq!(v, gatehouse_caa::Verdict::Locked, "{name}");
     }
+    // `gatehouse verify` from the outside: the bundle claims this account, and CAA (read from
+    // Knot) locks the base domain and its wildcard to it; a verifier expecting another CA
+    // fails at the CAA step (exit 14).
+    let verify = |issuer: &str| {
+        std::process::Command::new(gatehouse_tests::binary())
+            .arg("verify")
+            .arg(format!("https://web.gw.test:{port}"))
+            .args(["--connect", &gw.addr.to_string()])
+            .args(["--cacert", root_file.to_str().unwrap()])
+            .args([
+                "--dns-server",
+                &knot.addr.to_string(),
+                "--caa-issuer",
+                issuer,
+            ])
+            .arg("--insecure-trust-simulator-root")
+            .output()
+            .unwrap()
+    };
+    let ok = verify("letsencrypt.org");
+    let report = String::from_utf8_lossy(&ok.stdout);
+    assert_eq!(
+        ok.status.code(),
+        Some(0),
+        "{report}{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert!(
+        report.contains("✓ certificate")
+            && report.contains(&format!("✓ caa: 1 domain(s) locked to {uri}")),
+        "{report}"
+    );
+    let other = verify("other-ca.example");
+    assert_eq!(
+        other.status.code(),
+        Some(14),
+        "{}",
+        String::from_utf8_lossy(&other.stdout)
+    );
+
     // the challenge record was cleaned up
     let txt = std::process::Command::new("kdig")
         .args([

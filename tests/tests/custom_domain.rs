@@ -4,6 +4,7 @@ use gatehouse_tests::knot::Knot;
 use gatehouse_tests::pki::{tls_connect, TestCa};
 use gatehouse_tests::servers::{bind, echo, read_line, tls_sni_echo};
 use gatehouse_tests::Gateway;
+use gatehouse_tests::SIMULATED_TEE;
 
 #[tokio::test]
 async fn txt_record_routes_a_custom_domain() {
@@ -48,6 +49,7 @@ address = "127.0.0.1"
 [admin]
 listen = "127.0.0.1:0"
 insecure_no_auth = true
+{SIMULATED_TEE}
 [tls]
 certificates = [{cert}]
 "#,

@@ -3,6 +3,7 @@
 use gatehouse_tests::pki::{tls_connect, TestCa};
 use gatehouse_tests::servers::{bind, echo, read_line};
 use gatehouse_tests::Gateway;
+use gatehouse_tests::SIMULATED_TEE;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -25,7 +26,7 @@ id = "echo"
 default_port = {port}
 [[apps.instances]]
 address = "127.0.0.1"
-"#
+{SIMULATED_TEE}"#
     );
     (Gateway::start(&config), port)
 }
@@ -92,7 +93,7 @@ async fn large_transfer_through_termination_is_intact() {
     let dir = tempfile::tempdir().unwrap();
     let cert = ca.write(dir.path(), "c", &["*.gw.test"]);
     let config = format!(
-        "[proxy]\nlisten = [\"127.0.0.1:0\"]\nbase_domains = [\"gw.test\"]\n[proxy.custom_domains]\nenabled = false\n[[apps]]\nid = \"echo\"\ndefault_port = {port}\n[[apps.instances]]\naddress = \"127.0.0.1\"\n[tls]\ncertificates = [{cert}]\n"
+        "[proxy]\nlisten = [\"127.0.0.1:0\"]\nbase_domains = [\"gw.test\"]\n[proxy.custom_domains]\nenabled = false\n[[apps]]\nid = \"echo\"\ndefault_port = {port}\n[[apps.instances]]\naddress = \"127.0.0.1\"\n[tls]\ncertificates = [{cert}]\n{SIMULATED_TEE}"
     );
     let gw = Gateway::start_in(dir, &config);
     let tls = tls_connect(gw.addr, "echo.gw.test", ca.client(&[]))

@@ -141,6 +141,23 @@ impl CertResolver {
     pub fn has(&self, sni: &str) -> bool {
         self.0.load().find(sni).is_some()
     }
+
+    /// The end-entity certificates served now, each once.
+    pub fn leaves(&self) -> Vec<CertificateDer<'static>> {
+        let set = self.0.load();
+        let mut seen: Vec<*const CertifiedKey> = Vec::new();
+        let mut out = Vec::new();
+        for key in set.exact.values().chain(set.wildcard.values()) {
+            if seen.contains(&Arc::as_ptr(key)) {
+                continue;
+            }
+            seen.push(Arc::as_ptr(key));
+            if let Some(leaf) = key.cert.first() {
+                out.push(leaf.clone().into_owned());
+            }
+        }
+        out
+    }
 }
 
 impl ResolvesServerCert for CertResolver {

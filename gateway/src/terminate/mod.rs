@@ -27,6 +27,8 @@ pub struct TlsConfigs {
     h1: Arc<ServerConfig>,
     /// `h2`, `http/1.1`.
     h2: Arc<ServerConfig>,
+    /// `gatehouse-attest/1`: the attestation bundle over the name's own certificate.
+    pub attest: Arc<ServerConfig>,
     /// The live certificates.
     pub resolver: Arc<CertResolver>,
 }
@@ -59,6 +61,7 @@ impl TlsConfigs {
             none: build(&[])?,
             h1: build(&[b"http/1.1"])?,
             h2: build(&[b"h2", b"http/1.1"])?,
+            attest: build(&[crate::attestation::ATTEST_ALPN])?,
             resolver,
         })
     }

@@ -1,0 +1,381 @@
+//! Attestation in the gateway: the quote provider and sealer `[tee]` chooses, and the
+//! attestation bundle served on terminating listeners.
+//!
+//! The bundle is served to clients that offer ALPN [`ATTEST_ALPN`] on any name whose
+//! certificate the gateway holds: they get the same certificate as every other client of that
+//! name, then an HTTP/1.1 exchange with the gateway itself (`GET
+//! /.well-known/gatehouse/attestation`), so the key they saw and the bundle come over one
+//! connection. The apps' traffic is never inspected for it (see ARCHITECTURE.md).
+
+use crate::app::StartError;
+use crate::conn::Shared;
+use bytes::Bytes;
+use gatehouse_attest::bundle::{self, Bundle, Claims, SpkiHashes};
+use gatehouse_attest::collateral::Collateral;
+use gatehouse_attest::provider::{self, Probe, ProviderChoice};
+use gatehouse_attest::simulator::SimulatorConfig;
+use gatehouse_attest::statement::{Signer, Statement};
+use gatehouse_attest::{eventlog::Event, AttestError, QuoteProvider};
+use gatehouse_config::{Config, Sealing, TeeConfig, TeeProvider};
+use gatehouse_store::{AesGcmSealer, Sealer};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// The ALPN protocol a verifier offers to fetch the bundle over the connection it checks.
+pub const ATTEST_ALPN: &[u8] = b"gatehouse-attest/1";
+/// Fresh (nonce) quotes allowed per second, process-wide.
+const FRESH_PER_SECOND: u32 = 4;
+
+/// What `[tee]` gave: the attestor (absent with `provider = "none"`) and the sealer.
+pub struct Tee {
+    /// Quotes, bundles, signatures.
+    pub attestor: Option<Arc<Attestor>>,
+    /// Seals keys before they reach the store.
+    pub sealer: Arc<dyn Sealer>,
+}
+
+fn fail(e: impl std::fmt::Display) -> StartError {
+    StartError::Tee(e.to_string())
+}
+
+/// The simulated TD of this build: configured measurements, and one runtime event naming
+/// the Gatehouse version (so RTMR3 replay is exercised end to end).
+fn simulator_config(tee: &TeeConfig) -> SimulatorConfig {
+    let mut c = SimulatorConfig::default();
+    let s = &tee.simulator;
+    let hex48 = |v: &Option<String>| v.as_deref().and_then(gatehouse_attest::hex::decode_array);
+    if let Some(m) = hex48(&s.mrtd) {
+        c.mrtd = m;
+    }
+    for (i, v) in [&s.rtmr0, &s.rtmr1, &s.rtmr2].into_iter().enumerate() {
+        if let Some(m) = hex48(v) {
+            c.rtmrs[i] = m;
+        }
+    }
+    c.debug = s.debug;
+    c.events = vec![Event::runtime(
+        "gatehouse-version",
+        env!("CARGO_PKG_VERSION").as_bytes(),
+    )];
+    c
+}
+
+/// The provider choice `[tee]` names.
+fn choice(tee: &TeeConfig) -> (Option<ProviderChoice>, Probe) {
+    let mut probe = Probe::default();
+    if let Some(s) = &tee.dstack_socket {
+        probe.dstack_sockets = vec![s.clone()];
+    }
+    let c = match tee.provider {
+        TeeProvider::None => None,
+        TeeProvider::Auto => Some(ProviderChoice::Auto),
+        TeeProvider::ConfigfsTsm => Some(ProviderChoice::ConfigfsTsm(tee.configfs_path.clone())),
+        TeeProvider::Dstack => Some(ProviderChoice::Dstack(
+            probe
+                .dstack_sockets
+                .iter()
+                .find(|p| p.exists())
+                .or(probe.dstack_sockets.first())
+                .cloned()
+                .unwrap_or_default(),
+        )),
+        TeeProvider::Simulator => Some(ProviderChoice::Simulator(Box::new(simulator_config(tee)))),
+    };
+    (c, probe)
+}
+
+/// The sealer `[tee] sealing` asks for (also used by commands that read the store).
+pub async fn sealer(config: &Config, state_dir: &Path) -> Result<Arc<dyn Sealer>, StartError> {
+    let tee = &config.tee;
+    if tee.sealing == Sealing::Development {
+        let dir = config.store.path.as_deref().unwrap_or(state_dir);
+        std::fs::create_dir_all(dir).map_err(fail)?;
+        let path = dir.join("seal.key");
+        let s = AesGcmSealer::load_or_create(&path).map_err(fail)?;
+        tracing::warn!(
+            "DEVELOPMENT SEALER: keys are sealed with the key in {} (anyone who can read it \
+             can unseal them)",
+            path.display()
+        );
+        return Ok(Arc::new(s));
+    }
+    let (choice, probe) = choice(tee);
+    let resolved = match choice {
+        Some(ProviderChoice::Auto) => probe.real_tee(),
+        other => other,
+    };
+    match resolved {
+        Some(ProviderChoice::Simulator(c)) => {
+            let s = gatehouse_attest::seal::from_simulator(&c).map_err(fail)?;
+            tracing::warn!(
+                "SIMULATED SEALING: the sealing key is derived from the simulator's public seed \
+                 and measurements; it protects nothing"
+            );
+            Ok(Arc::new(s))
+        }
+        Some(ProviderChoice::Dstack(socket)) => {
+            let agent = gatehouse_attest::dstack::DstackAgent::new(socket);
+            Ok(Arc::new(
+                gatehouse_attest::seal::from_dstack(&agent)
+                    .await
+                    .map_err(fail)?,
+            ))
+        }
+        Some(ProviderChoice::ConfigfsTsm(_)) => Err(fail(
+            "tee.sealing = \"tee\": bare TDX (configfs-tsm) has no sealing key source; run under \
+             dstack, or set sealing = \"development\" and protect the state directory",
+        )),
+        Some(ProviderChoice::Auto) | None => Err(fail(
+            "tee.sealing = \"tee\" needs a TEE (tee.provider found none)",
+        )),
+    }
+}
+
+/// Opens `[tee]`: the provider (failing when `auto` finds no TEE), signer and sealer.
+pub async fn open(config: &Config, state_dir: &Path) -> Result<Tee, StartError> {
+    let (choice, probe) = choice(&config.tee);
+    let sealer = sealer(config, state_dir).await?;
+    let Some(choice) = choice else {
+        tracing::warn!("NO ATTESTATION: tee.provider = \"none\"; no bundle is served");
+        return Ok(Tee {
+            attestor: None,
+            sealer,
+        });
+    };
+    let provider = provider::open(&choice, &probe).map_err(fail)?;
+    tracing::info!(provider = %provider.describe(), sealing = sealer.kind(), "attestation on");
+    let mut domains = config.proxy.base_domains.clone();
+    if let Some(acme) = &config.acme {
+        domains.extend(acme.domains.iter().cloned());
+    }
+    let attestor = Attestor {
+        collateral: provider.collateral(),
+        provider,
+        signer: Signer::generate().map_err(fail)?,
+        domains,
+        sealing: sealer.kind(),
+        dstack_acme_info: config.tee.dstack_acme_info,
+        cached: tokio::sync::Mutex::new(None),
+        fresh: Mutex::new((Instant::now(), 0)),
+        seen_spki: Mutex::new(Vec::new()),
+    };
+    Ok(Tee {
+        attestor: Some(Arc::new(attestor)),
+        sealer,
+    })
+}
+
+/// Quotes the claims, caches the bundle, signs statements.
+pub struct Attestor {
+    provider: Arc<dyn QuoteProvider>,
+    collateral: Option<Collateral>,
+    signer: Signer,
+    domains: Vec<String>,
+    sealing: &'static str,
+    /// Whether `/.dstack/acme-info` is served too.
+    pub dstack_acme_info: bool,
+    /// The last static bundle and the claims it was made for (issued_at aside); its lock
+    /// also serialises quoting: one quote at a time.
+    cached: tokio::sync::Mutex<Option<(serde_json::Value, Bundle)>>,
+    /// Fresh-quote rate: window start, count in it.
+    fresh: Mutex<(Instant, u32)>,
+    /// Every SPKI hash served since start, oldest first.
+    seen_spki: Mutex<Vec<String>>,
+}
+
+impl std::fmt::Debug for Attestor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Attestor({})", self.provider.describe())
+    }
+}
+
+/// Why a bundle request was not answered.
+#[derive(Debug, thiserror::Error)]
+pub enum BundleError {
+    /// Too many nonce requests.
+    #[error("too many fresh quotes requested; retry in a second")]
+    RateLimited,
+    /// The nonce is not 1-64 bytes of hex.
+    #[error("nonce must be 2-128 hex digits")]
+    BadNonce,
+    /// Quoting failed.
+    #[error("{0}")]
+    Attest(#[from] AttestError),
+}
+
+impl Attestor {
+    /// The claims as of now (issued_at and nonce left for the caller).
+    fn claims(&self, shared: &Shared) -> Result<Claims, AttestError> {
+        let mut current = Vec::new();
+        for leaf in shared.tls.resolver.leaves() {
+            current.push(bundle::cert_spki_sha256(&leaf)?);
+        }
+        current.sort();
+        current.dedup();
+        let previous = {
+            let mut seen = self.seen_spki.lock().unwrap_or_else(|p| p.into_inner());
+            for h in &current {
+                if !seen.contains(h) {
+                    seen.push(h.clone());
+                }
+            }
+            seen.iter()
+                .filter(|h| !current.contains(h))
+                .cloned()
+                .collect()
+        };
+        let account = shared
+            .metrics
+            .acme
+            .get()
+            .and_then(|s| s.account_uri.get().cloned());
+        Ok(Claims {
+            domains: self.domains.clone(),
+            spki_sha256: SpkiHashes {
+                current,
+                next: Vec::new(),
+                previous,
+            },
+            acme_account_uri: account,
+            signing_keys: vec![self.signer.claim()],
+            caa: Vec::new(),
+            sealing: self.sealing.into(),
+            nonce: None,
+            issued_at: 0,
+        })
+    }
+
+    async fn quote(&self, claims: &Claims) -> Result<Bundle, AttestError> {
+        let value = serde_json::to_value(claims).map_err(|e| AttestError::Claims(e.to_string()))?;
+        let report_data = bundle::report_data(&value)?;
+        let evidence = self.provider.quote(report_data).await?;
+        Ok(Bundle {
+            version: 1,
+            evidence,
+            report_data: gatehouse_attest::hex::encode(&report_data),
+            claims: value,
+            collateral: self.collateral.clone(),
+        })
+    }
+
+    /// The bundle: the cached one while the claims are unchanged (re-quoted when keys or the
+    /// account change), or a fresh one binding `nonce` (rate-limited).
+    pub async fn bundle(
+        &self,
+        shared: &Shared,
+        nonce: Option<&str>,
+    ) -> Result<Bundle, BundleError> {
+        let mut claims = self.claims(shared)?;
+        let mut cached = self.cached.lock().await; // one quote at a time
+        if let Some(n) = nonce {
+            let ok = !n.is_empty() && n.len() <= 128 && gatehouse_attest::hex::decode(n).is_some();
+            if !ok {
+                return Err(BundleError::BadNonce);
+            }
+            self.take_fresh_slot()?;
+            claims.nonce = Some(n.to_ascii_lowercase());
+            claims.issued_at = gatehouse_attest::unix_now();
+            return Ok(self.quote(&claims).await?);
+        }
+        let key = serde_json::to_value(&claims).map_err(|e| AttestError::Claims(e.to_string()))?;
+        if let Some((k, b)) = cached.as_ref() {
+            if *k == key {
+                return Ok(b.clone());
+            }
+        }
+        claims.issued_at = gatehouse_attest::unix_now();
+        let b = self.quote(&claims).await?;
+        tracing::info!(
+            keys = claims.spki_sha256.current.len(),
+            account = claims.acme_account_uri.as_deref().unwrap_or("-"),
+            "attestation bundle re-quoted"
+        );
+        *cached = Some((key, b.clone()));
+        Ok(b)
+    }
+
+    fn take_fresh_slot(&self) -> Result<(), BundleError> {
+        let mut w = self.fresh.lock().unwrap_or_else(|p| p.into_inner());
+        if w.0.elapsed() >= Duration::from_secs(1) {
+            *w = (Instant::now(), 0);
+        }
+        if w.1 >= FRESH_PER_SECOND {
+            return Err(BundleError::RateLimited);
+        }
+        w.1 += 1;
+        Ok(())
+    }
+
+    /// Signs `payload` under `context` with the attested key.
+    pub async fn sign(
+        &self,
+        shared: &Shared,
+        context: &str,
+        payload: &[u8],
+    ) -> Result<Statement, BundleError> {
+        let attestation = self.bundle(shared, None).await?;
+        Ok(self
+            .signer
+            .sign(context, payload, gatehouse_attest::unix_now(), attestation)?)
+    }
+
+    /// The response body for a bundle path; `None` for other paths.
+    pub async fn answer(
+        &self,
+        shared: &Shared,
+        path: &str,
+        query: Option<&str>,
+    ) -> Option<(u16, Bytes)> {
+        let nonce = query.and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("nonce=")));
+        let dstack = path == "/.dstack/acme-info" && self.dstack_acme_info;
+        if path != bundle::WELL_KNOWN_PATH && !dstack {
+            return None;
+        }
+        let result = self.bundle(shared, nonce).await;
+        Some(match result {
+            Ok(b) if dstack => (200, Bytes::from(acme_info(&b).to_string())),
+            Ok(b) => match serde_json::to_vec_pretty(&b) {
+                Ok(json) => (200, Bytes::from(json)),
+                Err(e) => (500, Bytes::from(format!("{e}\n"))),
+            },
+            Err(BundleError::RateLimited) => (429, Bytes::from("429 too many fresh quotes\n")),
+            Err(BundleError::BadNonce) => {
+                (400, Bytes::from("400 nonce must be 2-128 hex digits\n"))
+            }
+            Err(e) => {
+                tracing::error!("attestation bundle: {e}");
+                (
+                    503,
+                    Bytes::from(format!("503 attestation unavailable: {e}\n")),
+                )
+            }
+        })
+    }
+}
+
+/// dstack's `/.dstack/acme-info` shape, filled from the bundle: one quote binds the account
+/// and keys here (the claims), so `account_quote` and every `quoted_hist_keys` entry carry
+/// the bundle's quote and a verifier checks the claims binding instead of per-key tags.
+fn acme_info(b: &Bundle) -> serde_json::Value {
+    let claims = &b.claims;
+    let quote = gatehouse_attest::hex::encode(&b.evidence.quote);
+    let keys: Vec<serde_json::Value> = claims["spki_sha256"]["current"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .chain(
+            claims["spki_sha256"]["previous"]
+                .as_array()
+                .into_iter()
+                .flatten(),
+        )
+        .map(|h| serde_json::json!({"spki_sha256": h, "quote": quote}))
+        .collect();
+    serde_json::json!({
+        "account_uri": claims["acme_account_uri"],
+        "account_quote": quote,
+        "quoted_hist_keys": keys,
+        "gatehouse_bundle": b,
+    })
+}

@@ -1,0 +1,369 @@
+//! `gatehouse verify`: checks an attested gateway from the outside, in order: the quote
+//! (dcap-qvl), the policy, the report-data binding of the claims, the served leaf key in the
+//! claims, and CAA locked to the claimed ACME account. Each step has its own exit code.
+
+use gatehouse_attest::bundle::{self, Bundle};
+use gatehouse_attest::policy::Policy;
+use gatehouse_attest::verify;
+use http_body_util::{BodyExt, Empty};
+use rustls_pki_types::CertificateDer;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// Exit codes of the steps (0 = all passed, 1 = could not fetch, 2 = bad usage).
+pub const EXIT_QUOTE: u8 = 10;
+/// The policy refused the verified quote.
+pub const EXIT_POLICY: u8 = 11;
+/// The claims are not what the quote binds.
+pub const EXIT_BINDING: u8 = 12;
+/// The served certificate's key is not in the claims.
+pub const EXIT_CERTIFICATE: u8 = 13;
+/// CAA does not lock the domains to the claimed account.
+pub const EXIT_CAA: u8 = 14;
+
+/// What to check and how.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// `https://host[:port]` (ignored with `offline`).
+    pub url: String,
+    /// The policy.
+    pub policy: Policy,
+    /// A private CA to trust for the TLS connection (else the system's roots).
+    pub cacert: Option<PathBuf>,
+    /// Check a saved bundle instead of connecting.
+    pub offline: Option<PathBuf>,
+    /// Offline: the served certificate to check against the claims.
+    pub cert: Option<PathBuf>,
+    /// Verification time (unix); default now.
+    pub now: Option<u64>,
+    /// DNS servers for the CAA check (default: the system's).
+    pub dns_servers: Vec<SocketAddr>,
+    /// The CA the CAA records must name.
+    pub caa_issuer: String,
+    /// Save the fetched bundle here.
+    pub save: Option<PathBuf>,
+    /// Connect to this address instead of resolving the URL's host (the name still goes in
+    /// SNI and is checked against the certificate), like curl's `--connect-to`.
+    pub connect: Option<SocketAddr>,
+}
+
+/// One step's outcome: passed, failed (with its exit code) or skipped.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Step {
+    /// `quote`, `policy`, `binding`, `certificate`, `caa`.
+    pub step: &'static str,
+    /// `pass`, `fail`, `skip`.
+    pub result: &'static str,
+    /// The reason, in one line.
+    pub detail: String,
+}
+
+/// The report: steps in order and the exit code.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Report {
+    /// What was checked.
+    pub target: String,
+    /// The steps run (stops at the first failure).
+    pub steps: Vec<Step>,
+    /// 0 when all passed.
+    pub exit_code: u8,
+}
+
+impl Report {
+    fn push(&mut self, step: &'static str, r: Result<String, String>, code: u8) -> bool {
+        let (result, detail, ok) = match r {
+            Ok(d) => ("pass", d, true),
+            Err(d) => ("fail", d, false),
+        };
+        self.steps.push(Step {
+            step,
+            result,
+            detail,
+        });
+        if !ok {
+            self.exit_code = code;
+        }
+        ok
+    }
+
+    fn skip(&mut self, step: &'static str, detail: String) {
+        self.steps.push(Step {
+            step,
+            result: "skip",
+            detail,
+        });
+    }
+
+    /// One line per step: ✓/✗/– and the reason.
+    pub fn human(&self) -> String {
+        let mut out = format!("verifying {}\n", self.target);
+        for s in &self.steps {
+            let mark = match s.result {
+                "pass" => "✓",
+                "fail" => "✗",
+                _ => "–",
+            };
+            out.push_str(&format!("{mark} {}: {}\n", s.step, s.detail));
+        }
+        out.push_str(match self.exit_code {
+            0 => "verified\n",
+            _ => "NOT verified\n",
+        });
+        out
+    }
+}
+
+/// Connects (or reads the saved bundle) and runs every step.
+pub async fn run(o: &Options) -> Result<Report, String> {
+    let (bundle, leaf, target) = match &o.offline {
+        Some(path) => {
+            let text = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+            let bundle: Bundle = serde_json::from_slice(&text)
+                .map_err(|e| format!("{}: not a bundle: {e}", path.display()))?;
+            let leaf = match &o.cert {
+                None => None,
+                Some(p) => Some(read_leaf(p)?),
+            };
+            (bundle, leaf, path.display().to_string())
+        }
+        None => {
+            let (bundle, leaf) = fetch(o).await?;
+            (bundle, Some(leaf), o.url.clone())
+        }
+    };
+    if let Some(path) = &o.save {
+        let json = serde_json::to_vec_pretty(&bundle).map_err(|e| e.to_string())?;
+        std::fs::write(path, json).map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    Ok(check(o, &bundle, leaf.as_ref(), target).await)
+}
+
+/// The steps over a bundle and (when known) the served leaf certificate.
+pub async fn check(
+    o: &Options,
+    b: &Bundle,
+    leaf: Option<&CertificateDer<'static>>,
+    target: String,
+) -> Report {
+    let mut r = Report {
+        target,
+        steps: Vec::new(),
+        exit_code: 0,
+    };
+    let now = o.now.unwrap_or_else(gatehouse_attest::unix_now);
+    let Some(collateral) = &b.collateral else {
+        r.push(
+            "quote",
+            Err("the bundle carries no collateral".into()),
+            EXIT_QUOTE,
+        );
+        return r;
+    };
+    let trust_sim = o.policy.insecure_trust_simulator_root;
+    let q = match verify::verify_quote(&b.evidence, collateral, now, trust_sim) {
+        Ok(q) => q,
+        Err(e) => {
+            r.push("quote", Err(e.to_string()), EXIT_QUOTE);
+            return r;
+        }
+    };
+    let until = collateral.window().map(|w| w.expires.0).unwrap_or(0);
+    r.push(
+        "quote",
+        Ok(format!(
+            "{} quote under {}, TCB {}, collateral valid until {} (unix)",
+            b.evidence.tee,
+            q.root.name(),
+            q.tcb_status(),
+            until
+        )),
+        0,
+    );
+    let policy = o.policy.check(&q, &b.evidence.event_log, now).map(|()| {
+        let pins = match o.policy.pins_measurements() {
+            true => "measurements pinned",
+            false => "no measurements pinned (any software accepted; pass --policy)",
+        };
+        format!(
+            "MRTD {}…, {} runtime events replayed, {pins}",
+            &gatehouse_attest::hex::encode(&q.td.mr_td)[..16],
+            b.evidence.event_log.iter().filter(|e| e.imr == 3).count()
+        )
+    });
+    if !r.push("policy", policy.map_err(|e| e.to_string()), EXIT_POLICY) {
+        return r;
+    }
+    let binding = b
+        .expected_report_data()
+        .and_then(|rd| verify::expect_report_data(&q, &rd))
+        .map(|()| "the quote binds SHA-512(gatehouse-bundle-v1 ‖ JCS(claims))".to_owned());
+    if !r.push("binding", binding.map_err(|e| e.to_string()), EXIT_BINDING) {
+        return r;
+    }
+    let claims = match b.claims() {
+        Ok(c) => c,
+        Err(e) => {
+            r.push("binding", Err(e.to_string()), EXIT_BINDING);
+            return r;
+        }
+    };
+    match leaf {
+        None => r.skip("certificate", "offline without --cert".into()),
+        Some(leaf) => {
+            let spki = bundle::cert_spki_sha256(leaf).map_err(|e| e.to_string());
+            let result = spki.and_then(|h| match claims.spki_sha256.covers(&h) {
+                true => Ok(format!("the served key {}… is attested", &h[..16])),
+                false => Err(format!(
+                    "the served key {h} is not among the {} attested keys",
+                    claims.spki_sha256.current.len() + claims.spki_sha256.next.len()
+                )),
+            });
+            if !r.push("certificate", result, EXIT_CERTIFICATE) {
+                return r;
+            }
+        }
+    }
+    match &claims.acme_account_uri {
+        None => r.skip(
+            "caa",
+            "the claims name no ACME account (certificates from a private CA)".into(),
+        ),
+        Some(account) => {
+            let result = caa(o, &claims.domains, account).await;
+            r.push("caa", result, EXIT_CAA);
+        }
+    }
+    r
+}
+
+async fn caa(o: &Options, domains: &[String], account: &str) -> Result<String, String> {
+    let timeout = std::time::Duration::from_secs(5);
+    let checker = match o.dns_servers.as_slice() {
+        [] => gatehouse_caa::lookup::Checker::system(timeout),
+        s => gatehouse_caa::lookup::Checker::new(s, timeout),
+    }
+    .map_err(|e| format!("DNS resolver: {e}"))?;
+    let policy = gatehouse_caa::Policy {
+        issuers: vec![o.caa_issuer.clone()],
+        accounts: vec![account.to_owned()],
+        methods: vec!["dns-01".into(), "tls-alpn-01".into()],
+    };
+    for d in domains {
+        for name in [d.clone(), format!("*.{d}")] {
+            let v = checker.check(&name, &policy).await;
+            if v != gatehouse_caa::Verdict::Locked {
+                return Err(format!("{name}: {v}"));
+            }
+        }
+    }
+    Ok(format!(
+        "{} domain(s) locked to {account} at {}",
+        domains.len(),
+        o.caa_issuer
+    ))
+}
+
+fn read_leaf(path: &std::path::Path) -> Result<CertificateDer<'static>, String> {
+    use rustls_pki_types::pem::PemObject;
+    CertificateDer::pem_file_iter(path)
+        .map_err(|e| format!("{}: {e}", path.display()))?
+        .next()
+        .ok_or_else(|| format!("{}: no certificate", path.display()))?
+        .map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// One TLS connection (WebPKI validation on), ALPN `gatehouse-attest/1`: the leaf it served
+/// and the bundle fetched over it.
+async fn fetch(o: &Options) -> Result<(Bundle, CertificateDer<'static>), String> {
+    let uri: hyper::Uri = o.url.parse().map_err(|e| format!("{}: {e}", o.url))?;
+    if uri.scheme_str() != Some("https") {
+        return Err(format!("{}: only https:// URLs can be verified", o.url));
+    }
+    let host = uri
+        .host()
+        .ok_or_else(|| format!("{}: no host", o.url))?
+        .to_owned();
+    let port = uri.port_u16().unwrap_or(443);
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?;
+    let mut config = match &o.cacert {
+        Some(path) => {
+            use rustls_pki_types::pem::PemObject;
+            let mut roots = rustls::RootCertStore::empty();
+            for c in CertificateDer::pem_file_iter(path)
+                .map_err(|e| format!("{}: {e}", path.display()))?
+            {
+                let c = c.map_err(|e| format!("{}: {e}", path.display()))?;
+                roots
+                    .add(c)
+                    .map_err(|e| format!("{}: {e}", path.display()))?;
+            }
+            builder.with_root_certificates(roots).with_no_client_auth()
+        }
+        None => {
+            let v = rustls_platform_verifier::Verifier::new(provider).map_err(|e| e.to_string())?;
+            builder
+                .dangerous() // not dangerous: the platform verifier does full WebPKI validation
+                .with_custom_certificate_verifier(Arc::new(v))
+                .with_no_client_auth()
+        }
+    };
+    config.alpn_protocols = vec![crate::attestation::ATTEST_ALPN.to_vec()];
+    // RFC 6761: `localhost` and its subdomains are loopback (curl and browsers agree; the
+    // system resolver often knows only `localhost` itself).
+    let connect_host = match host == "localhost" || host.ends_with(".localhost") {
+        true => "127.0.0.1",
+        false => host.as_str(),
+    };
+    let tcp = match o.connect {
+        Some(addr) => tokio::net::TcpStream::connect(addr).await,
+        None => tokio::net::TcpStream::connect((connect_host, port)).await,
+    }
+    .map_err(|e| format!("connect {host}:{port}: {e}"))?;
+    let name = rustls_pki_types::ServerName::try_from(host.clone()).map_err(|e| e.to_string())?;
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .map_err(|e| format!("TLS with {host}:{port}: {e}"))?;
+    let (_, session) = tls.get_ref();
+    if session.alpn_protocol() != Some(crate::attestation::ATTEST_ALPN) {
+        return Err(format!(
+            "{host}:{port} did not accept ALPN gatehouse-attest/1 (not a Gatehouse, attestation \
+             off, or a passthrough name whose key the gateway does not hold)"
+        ));
+    }
+    let leaf = session
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .ok_or("no server certificate")?
+        .clone()
+        .into_owned();
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+            .await
+            .map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    let req = hyper::Request::get(bundle::WELL_KNOWN_PATH)
+        .header(hyper::header::HOST, host.as_str())
+        .body(Empty::<bytes::Bytes>::new())
+        .map_err(|e| e.to_string())?;
+    let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+    let status = resp.status();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    if !status.is_success() {
+        return Err(format!(
+            "bundle: HTTP {status}: {}",
+            String::from_utf8_lossy(&body).trim()
+        ));
+    }
+    let bundle = serde_json::from_slice(&body).map_err(|e| format!("bundle: {e}"))?;
+    Ok((bundle, leaf))
+}

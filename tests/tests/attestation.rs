@@ -1,0 +1,198 @@
+//! Attestation end to end through the real binary: `gatehouse run` on the development
+//! defaults (simulated TEE), then `gatehouse verify` passing, and failing at the right step
+//! with its exit code for each way a bundle can be wrong; signed statements from the admin
+//! API checked by `gatehouse verify-statement`.
+
+use gatehouse_tests::pki::TestCa;
+use gatehouse_tests::{binary, Gateway};
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn gatehouse(dir: &Path, args: &[&str]) -> Output {
+    Command::new(binary())
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap()
+}
+
+fn stdout(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// Runs `gatehouse verify` offline on `bundle` with extra args; returns (exit code, output).
+fn offline(dir: &Path, bundle: &Path, extra: &[&str]) -> (i32, String) {
+    let mut args = vec!["verify", "--offline", bundle.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    let o = gatehouse(dir, &args);
+    (o.status.code().unwrap_or(-1), stdout(&o))
+}
+
+/// The README's command against the development defaults passes; each tampering fails at
+/// its step. One test: the defaults listen on the fixed port 8443.
+#[test]
+fn development_defaults_verify_and_each_tampering_fails_at_its_step() {
+    let gw = Gateway::spawn(tempfile::tempdir().unwrap(), &["run"]);
+    let dir = gw.path().to_owned();
+    let url = "https://demo.localhost:8443";
+    let ca = ".gatehouse/dev-ca.pem";
+
+    let ok = gatehouse(
+        &dir,
+        &[
+            "verify",
+            url,
+            "--cacert",
+            ca,
+            "--insecure-trust-simulator-root",
+            "--save",
+            "bundle.json",
+        ],
+    );
+    let out = stdout(&ok);
+    assert_eq!(ok.status.code(), Some(0), "{out}");
+    for step in ["✓ quote", "✓ policy", "✓ binding", "✓ certificate", "– caa"] {
+        assert!(out.contains(step), "{step} missing:\n{out}");
+    }
+    assert!(out.contains("1 runtime events replayed"), "{out}");
+    assert!(gw.metric("gatehouse_attestation_connections_total") >= 1);
+
+    // The attestation connection did not disturb the app path.
+    let demo = Command::new("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "10",
+            "--cacert",
+            ca,
+            &format!("{url}/x"),
+        ])
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&demo.stdout).contains("Gatehouse demo app"));
+
+    // Simulated quotes are refused unless the flag says otherwise: quote step, exit 10.
+    let strict = gatehouse(&dir, &["verify", url, "--cacert", ca]);
+    assert_eq!(strict.status.code(), Some(10), "{}", stdout(&strict));
+    assert!(stdout(&strict).contains("✗ quote"), "{}", stdout(&strict));
+
+    // Reproducible offline: passes at a fixed time inside the collateral window...
+    let bundle = dir.join("bundle.json");
+    let sim = "--insecure-trust-simulator-root";
+    let (code, out) = offline(&dir, &bundle, &[sim, "--now", "1800000000"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("– certificate: offline without --cert"),
+        "{out}"
+    );
+    // ...and fails at the quote once the collateral expired (2090-01-01).
+    let (code, out) = offline(&dir, &bundle, &[sim, "--now", "3786912000"]);
+    assert_eq!(code, 10, "{out}");
+    assert!(out.contains("collateral expired"), "{out}");
+
+    // A policy pinning another MRTD: policy step, exit 11; the right one passes.
+    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(&bundle).unwrap()).unwrap();
+    // MRTD sits at bytes 184..232 of a v4 TDX quote.
+    let mrtd: String = json["quote"].as_str().unwrap()[2 * 184..2 * 232].to_owned();
+    std::fs::write(
+        dir.join("other.toml"),
+        format!("mrtd = [\"{}\"]\n", "ab".repeat(48)),
+    )
+    .unwrap();
+    let (code, out) = offline(&dir, &bundle, &[sim, "--policy", "other.toml"]);
+    assert_eq!(code, 11, "{out}");
+    assert!(out.contains("✗ policy: policy: mrtd"), "{out}");
+    let version = hex_encode(env!("CARGO_PKG_VERSION").as_bytes());
+    std::fs::write(
+        dir.join("pinned.toml"),
+        format!("mrtd = [\"{mrtd}\"]\n[events]\ngatehouse-version = \"{version}\"\n"),
+    )
+    .unwrap();
+    let (code, out) = offline(&dir, &bundle, &[sim, "--policy", "pinned.toml"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("measurements pinned"), "{out}");
+
+    // Tampered claims (a domain added): binding step, exit 12.
+    let mut tampered = json.clone();
+    tampered["claims"]["domains"]
+        .as_array_mut()
+        .unwrap()
+        .push("evil.example".into());
+    std::fs::write(dir.join("tampered.json"), tampered.to_string()).unwrap();
+    let (code, out) = offline(&dir, &dir.join("tampered.json"), &[sim]);
+    assert_eq!(code, 12, "{out}");
+    assert!(out.contains("✗ binding: report data mismatch"), "{out}");
+
+    // A certificate whose key is not attested: certificate step, exit 13.
+    let other = TestCa::new();
+    let cert = other.write(&dir, "other", &["demo.localhost"]);
+    let cert_path = cert.split('"').nth(1).unwrap().to_owned();
+    let (code, out) = offline(&dir, &bundle, &[sim, "--cert", &cert_path]);
+    assert_eq!(code, 13, "{out}");
+    assert!(out.contains("✗ certificate"), "{out}");
+
+    // One flipped quote byte: quote step.
+    let mut flipped = json.clone();
+    let mut q = json["quote"].as_str().unwrap().to_owned();
+    let i = 2 * 200;
+    let c = if &q[i..i + 1] == "0" { "1" } else { "0" };
+    q.replace_range(i..i + 1, c);
+    flipped["quote"] = q.into();
+    std::fs::write(dir.join("flipped.json"), flipped.to_string()).unwrap();
+    let (code, out) = offline(&dir, &dir.join("flipped.json"), &[sim]);
+    assert_eq!(code, 10, "{out}");
+    assert!(out.contains("bad signature"), "{out}");
+
+    // Signed statement from the admin API, checked offline.
+    let sign = Command::new("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "10",
+            "-X",
+            "POST",
+            "http://127.0.0.1:8001/v1/sign",
+            "-d",
+            r#"{"context":"chat-reply","payload_b64":"aGVsbG8="}"#,
+        ])
+        .output()
+        .unwrap();
+    std::fs::write(dir.join("proof.json"), &sign.stdout).unwrap();
+    std::fs::write(dir.join("payload"), b"hello").unwrap();
+    std::fs::write(dir.join("wrong"), b"hellO").unwrap();
+    let good = gatehouse(
+        &dir,
+        &[
+            "verify-statement",
+            "proof.json",
+            "--payload",
+            "payload",
+            sim,
+        ],
+    );
+    assert_eq!(good.status.code(), Some(0), "{}", stdout(&good));
+    assert!(
+        stdout(&good).contains("\"chat-reply\""),
+        "{}",
+        stdout(&good)
+    );
+    let bad = gatehouse(
+        &dir,
+        &["verify-statement", "proof.json", "--payload", "wrong", sim],
+    );
+    assert_eq!(bad.status.code(), Some(1), "{}", stdout(&bad));
+    assert!(
+        stdout(&bad).contains("payload does not match"),
+        "{}",
+        stdout(&bad)
+    );
+}
+
+fn hex_encode(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
