@@ -23,6 +23,7 @@ mod error;
 pub mod eventlog;
 pub mod hex;
 pub mod jcs;
+pub mod pccs;
 pub mod policy;
 pub mod provider;
 pub mod ratls;

@@ -27,6 +27,9 @@ pub struct TeeConfig {
     /// Also serve dstack's `/.dstack/acme-info` shape.
     #[serde(default)]
     pub dstack_acme_info: bool,
+    /// Where collateral for real quotes comes from (PCCS API v4).
+    #[serde(default = "default_pccs")]
+    pub pccs_url: String,
     /// The simulated TD's measurements (`provider = "simulator"`).
     #[serde(default)]
     pub simulator: SimulatorSettings,
@@ -40,9 +43,14 @@ impl Default for TeeConfig {
             dstack_socket: None,
             sealing: Sealing::default(),
             dstack_acme_info: false,
+            pccs_url: default_pccs(),
             simulator: SimulatorSettings::default(),
         }
     }
+}
+
+fn default_pccs() -> String {
+    "https://pccs.phala.network".into()
 }
 
 fn default_configfs() -> PathBuf {
@@ -129,6 +137,15 @@ impl TeeConfig {
                     ));
                 }
             }
+        }
+        let loopback = ["http://127.0.0.1", "http://localhost", "http://[::1]"];
+        if !self.pccs_url.starts_with("https://")
+            && !loopback.iter().any(|p| self.pccs_url.starts_with(p))
+        {
+            problems.push(Problem::new(
+                "tee.pccs_url",
+                format!("{:?} must be an https:// URL", self.pccs_url),
+            ));
         }
         if self.provider == TeeProvider::None && self.sealing == Sealing::Tee {
             problems.push(Problem::new(

@@ -89,6 +89,7 @@ fn each_problem_names_its_key() {
         ("[tee.simulator]\nmrtd = \"abcd\"", "tee.simulator.mrtd: must be 48 bytes as 96 hex digits"),
         ("[tee]\nquote = \"x\"", "tee.quote: unknown field `quote`"),
         ("[tea]\nprovider = \"x\"", "tea: unknown section"),
+        ("[tee]\npccs_url = \"http://pccs.example\"", "tee.pccs_url: \"http://pccs.example\" must be an https:// URL"),
         ("[acme]\ndirectory = \"x\"", "acme.directory: \"x\" must be an https:// URL"),
         ("[[apps]]\nid = \"Demo\"", "apps[0].id: \"Demo\" contains 'D'"),
         ("[[apps]]\nid = \"app-1\"", "apps[0].id: \"app-1\" ends in '-1', which names would read as a port"),

@@ -149,8 +149,11 @@ pub async fn open(config: &Config, state_dir: &Path) -> Result<Tee, StartError> 
     if let Some(acme) = &config.acme {
         domains.extend(acme.domains.iter().cloned());
     }
+    let pccs = gatehouse_attest::pccs::Pccs::new(&config.tee.pccs_url, Duration::from_secs(30))
+        .map_err(fail)?;
     let attestor = Attestor {
         collateral: provider.collateral(),
+        pccs,
         provider,
         signer: Signer::generate().map_err(fail)?,
         domains,
@@ -169,7 +172,9 @@ pub async fn open(config: &Config, state_dir: &Path) -> Result<Tee, StartError> 
 /// Quotes the claims, caches the bundle, signs statements.
 pub struct Attestor {
     provider: Arc<dyn QuoteProvider>,
+    /// The provider's own collateral (the simulator's); else fetched from `pccs`.
     collateral: Option<Collateral>,
+    pccs: gatehouse_attest::pccs::Pccs,
     signer: Signer,
     domains: Vec<String>,
     sealing: &'static str,
@@ -250,12 +255,28 @@ impl Attestor {
         let value = serde_json::to_value(claims).map_err(|e| AttestError::Claims(e.to_string()))?;
         let report_data = bundle::report_data(&value)?;
         let evidence = self.provider.quote(report_data).await?;
+        let collateral = match &self.collateral {
+            Some(c) => Some(c.clone()),
+            // Verifiers can fetch their own (`gatehouse verify --pccs`): serve the quote
+            // even when the PCCS is down.
+            None => match self
+                .pccs
+                .collateral(&evidence.quote, gatehouse_attest::unix_now())
+                .await
+            {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    tracing::warn!("collateral for the bundle: {e}");
+                    None
+                }
+            },
+        };
         Ok(Bundle {
             version: 1,
             evidence,
             report_data: gatehouse_attest::hex::encode(&report_data),
             claims: value,
-            collateral: self.collateral.clone(),
+            collateral,
         })
     }
 

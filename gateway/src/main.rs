@@ -99,6 +99,9 @@ enum Command {
         /// checks still use the host).
         #[arg(long)]
         connect: Option<SocketAddr>,
+        /// PCCS to fetch collateral from when the bundle carries none.
+        #[arg(long, default_value = gatehouse_attest::pccs::DEFAULT_PCCS)]
+        pccs: String,
     },
     /// Check a signed statement (from the admin API's POST /v1/sign) offline.
     ///
@@ -241,6 +244,7 @@ fn main() -> ExitCode {
             caa_issuer,
             save,
             connect,
+            pccs,
         } => {
             let mut policy = match policy.as_deref().map(Policy::load).transpose() {
                 Ok(p) => p.unwrap_or_default(),
@@ -261,6 +265,7 @@ fn main() -> ExitCode {
                 caa_issuer,
                 save,
                 connect,
+                pccs,
             };
             verify(&options, json)
         }

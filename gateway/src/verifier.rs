@@ -46,6 +46,8 @@ pub struct Options {
     /// Connect to this address instead of resolving the URL's host (the name still goes in
     /// SNI and is checked against the certificate), like curl's `--connect-to`.
     pub connect: Option<SocketAddr>,
+    /// Where to fetch collateral when the bundle carries none.
+    pub pccs: String,
 }
 
 /// One step's outcome: passed, failed (with its exit code) or skipped.
@@ -152,13 +154,20 @@ pub async fn check(
         exit_code: 0,
     };
     let now = o.now.unwrap_or_else(gatehouse_attest::unix_now);
-    let Some(collateral) = &b.collateral else {
-        r.push(
-            "quote",
-            Err("the bundle carries no collateral".into()),
-            EXIT_QUOTE,
-        );
-        return r;
+    let fetched;
+    let collateral = match &b.collateral {
+        Some(c) => c,
+        None => match fetch_collateral(o, b, now).await {
+            Ok(c) => {
+                fetched = c;
+                &fetched
+            }
+            Err(e) => {
+                let e = format!("the bundle carries no collateral; {e}");
+                r.push("quote", Err(e), EXIT_QUOTE);
+                return r;
+            }
+        },
     };
     let trust_sim = o.policy.insecure_trust_simulator_root;
     let q = match verify::verify_quote(&b.evidence, collateral, now, trust_sim) {
@@ -235,6 +244,15 @@ pub async fn check(
         }
     }
     r
+}
+
+async fn fetch_collateral(
+    o: &Options,
+    b: &Bundle,
+    now: u64,
+) -> Result<gatehouse_attest::collateral::Collateral, gatehouse_attest::AttestError> {
+    let pccs = gatehouse_attest::pccs::Pccs::new(&o.pccs, std::time::Duration::from_secs(30))?;
+    pccs.collateral(&b.evidence.quote, now).await
 }
 
 async fn caa(o: &Options, domains: &[String], account: &str) -> Result<String, String> {

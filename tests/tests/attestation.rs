@@ -136,6 +136,21 @@ fn development_defaults_verify_and_each_tampering_fails_at_its_step() {
     assert_eq!(code, 13, "{out}");
     assert!(out.contains("✗ certificate"), "{out}");
 
+    // No collateral in the bundle and an unreachable PCCS: quote step, naming both.
+    let mut bare = json.clone();
+    bare.as_object_mut().unwrap().remove("collateral");
+    std::fs::write(dir.join("bare.json"), bare.to_string()).unwrap();
+    let (code, out) = offline(
+        &dir,
+        &dir.join("bare.json"),
+        &[sim, "--pccs", "http://127.0.0.1:9"],
+    );
+    assert_eq!(code, 10, "{out}");
+    assert!(
+        out.contains("carries no collateral") && out.contains("127.0.0.1:9"),
+        "{out}"
+    );
+
     // One flipped quote byte: quote step.
     let mut flipped = json.clone();
     let mut q = json["quote"].as_str().unwrap().to_owned();
@@ -147,6 +162,26 @@ fn development_defaults_verify_and_each_tampering_fails_at_its_step() {
     let (code, out) = offline(&dir, &dir.join("flipped.json"), &[sim]);
     assert_eq!(code, 10, "{out}");
     assert!(out.contains("bad signature"), "{out}");
+
+    // A fresh bundle for a client's nonce, over a raw TLS connection with the ALPN (openssl);
+    // a malformed nonce is refused; a burst of fresh quotes is rate-limited.
+    let fresh = fetch_raw(&dir, "?nonce=00c0ffee");
+    assert!(fresh.starts_with("HTTP/1.1 200"), "{fresh}");
+    let body = &fresh[fresh.find("\r\n\r\n").unwrap() + 4..];
+    let fresh_json: serde_json::Value = serde_json::from_str(body).unwrap();
+    assert_eq!(fresh_json["claims"]["nonce"], "00c0ffee");
+    std::fs::write(dir.join("fresh.json"), body).unwrap();
+    let (code, out) = offline(&dir, &dir.join("fresh.json"), &[sim]);
+    assert_eq!(code, 0, "the fresh bundle verifies: {out}");
+    assert!(fetch_raw(&dir, "?nonce=xyz").starts_with("HTTP/1.1 400"));
+    let burst: Vec<String> = (0..12)
+        .map(|i| fetch_raw(&dir, &format!("?nonce={i:02x}")))
+        .collect();
+    assert!(
+        burst.iter().any(|r| r.starts_with("HTTP/1.1 429")),
+        "no 429 in a burst of 12: {:?}",
+        burst.iter().map(|r| &r[..12]).collect::<Vec<_>>()
+    );
 
     // Signed statement from the admin API, checked offline.
     let sign = Command::new("curl")
@@ -195,4 +230,34 @@ fn development_defaults_verify_and_each_tampering_fails_at_its_step() {
 
 fn hex_encode(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// One bundle request over TLS with ALPN `gatehouse-attest/1` (openssl s_client), raw response.
+fn fetch_raw(dir: &Path, query: &str) -> String {
+    use std::io::Write;
+    let mut child = Command::new("openssl")
+        .args(["s_client", "-quiet", "-alpn", "gatehouse-attest/1"])
+        .args([
+            "-connect",
+            "127.0.0.1:8443",
+            "-servername",
+            "demo.localhost",
+        ])
+        .args(["-CAfile", ".gatehouse/dev-ca.pem", "-verify_return_error"])
+        .current_dir(dir)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let request = format!(
+        "GET /.well-known/gatehouse/attestation{query} HTTP/1.1\r\nHost: demo.localhost\r\nConnection: close\r\n\r\n"
+    );
+    // Written, then stdin stays open until the server closes (`Connection: close`): s_client
+    // would otherwise end the connection on stdin's EOF before the answer arrives.
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(request.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    drop(stdin);
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
