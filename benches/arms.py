@@ -121,6 +121,9 @@ address = "127.0.0.1"
 [tls]
 resumption = {str(resumption).lower()}
 certificates = [{{ cert = "{e.work}/chain.pem", key = "{e.work}/leaf.key" }}]
+
+[tee]
+provider = "simulator"
 """
 
     config_file = "gatehouse.toml"

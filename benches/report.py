@@ -69,6 +69,7 @@ def write(out_dir, meta, results, env):
             "advantage_vs_best_peer": round(r["advantage"], 3),
         } for r in rows],
     }
+    os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, "results.json"), "w") as f:
         json.dump(js, f, indent=2)
         f.write("\n")

@@ -27,6 +27,18 @@ pub struct Event {
     /// The measured payload (runtime events).
     #[serde(default, with = "crate::hex::serde")]
     pub event_payload: Vec<u8>,
+    /// The runtime-event digest format: 1 (binary, the default) or 2 (JCS JSON), as dstack
+    /// writes it.
+    #[serde(default = "v1", skip_serializing_if = "is_v1")]
+    pub version: u32,
+}
+
+fn v1() -> u32 {
+    1
+}
+
+fn is_v1(v: &u32) -> bool {
+    *v == 1
 }
 
 impl Event {
@@ -35,9 +47,10 @@ impl Event {
         Event {
             imr: 3,
             event_type: RUNTIME_EVENT_TYPE,
-            digest: runtime_digest(RUNTIME_EVENT_TYPE, name, payload).to_vec(),
+            digest: runtime_digest(1, RUNTIME_EVENT_TYPE, name, payload).to_vec(),
             event: name.to_owned(),
             event_payload: payload.to_vec(),
+            version: 1,
         }
     }
 
@@ -46,27 +59,53 @@ impl Event {
     pub fn digest_matches_payload(&self) -> bool {
         self.event_type != RUNTIME_EVENT_TYPE
             || self.digest.is_empty()
-            || self.digest == runtime_digest(self.event_type, &self.event, &self.event_payload)
+            || self.digest
+                == runtime_digest(
+                    self.version,
+                    self.event_type,
+                    &self.event,
+                    &self.event_payload,
+                )
     }
 
     /// The digest extended into the RTMR.
     fn extended_digest(&self) -> Vec<u8> {
         if self.digest.is_empty() && self.event_type == RUNTIME_EVENT_TYPE {
-            runtime_digest(self.event_type, &self.event, &self.event_payload).to_vec()
+            runtime_digest(
+                self.version,
+                self.event_type,
+                &self.event,
+                &self.event_payload,
+            )
+            .to_vec()
         } else {
             self.digest.clone()
         }
     }
 }
 
-fn runtime_digest(event_type: u32, name: &str, payload: &[u8]) -> [u8; 48] {
-    crate::sha384(&[
-        &event_type.to_le_bytes(),
-        b":",
-        name.as_bytes(),
-        b":",
-        payload,
-    ])
+/// v1: `SHA-384(type LE ‖ ":" ‖ name ‖ ":" ‖ payload)`; v2: `SHA-384(JCS({"name", "payload":
+/// hex, "type"}))`. An unknown version gets a digest nothing matches.
+fn runtime_digest(version: u32, event_type: u32, name: &str, payload: &[u8]) -> [u8; 48] {
+    match version {
+        2 => {
+            let v = serde_json::json!({
+                "name": name,
+                "payload": crate::hex::encode(payload),
+                "type": event_type,
+            });
+            let canonical = crate::jcs::canonical(&v).unwrap_or_default();
+            crate::sha384(&[&canonical])
+        }
+        1 => crate::sha384(&[
+            &event_type.to_le_bytes(),
+            b":",
+            name.as_bytes(),
+            b":",
+            payload,
+        ]),
+        _ => [0xff; 48],
+    }
 }
 
 /// Folds the events of `imr` into an RTMR value.
@@ -153,6 +192,23 @@ mod tests {
             .unwrap();
         tampered[i].event_payload[0] ^= 1;
         assert!(check_rtmr3(&tampered, &rtmr3).is_err());
+    }
+
+    #[test]
+    fn v2_digests_are_over_canonical_json() {
+        let mut e = Event::runtime("app-id", b"\x01");
+        e.version = 2;
+        e.digest.clear(); // stripped, as dstack sends runtime events
+        let rtmr = replay(std::slice::from_ref(&e), 3).unwrap();
+        let canonical = br#"{"name":"app-id","payload":"01","type":134217729}"#;
+        let want = crate::sha384(&[&[0u8; 48], &crate::sha384(&[canonical])]);
+        assert_eq!(rtmr, want);
+        let json = serde_json::to_value(&e).unwrap();
+        assert_eq!(json["version"], 2, "written only when not 1");
+        assert!(serde_json::to_value(Event::runtime("a", b""))
+            .unwrap()
+            .get("version")
+            .is_none());
     }
 
     #[test]

@@ -4,8 +4,9 @@
 //! Emitted format: the interoperable TCG DICE "tagged evidence" extension (OID
 //! `2.23.133.5.4.9`, used by Gramine, Intel's `sgx_ttls` and rats-tls): CBOR tag 60000
 //! `[quote, claims]`, `claims` a CBOR map `{"pubkey-hash": bstr(CBOR [1, SHA-256(SPKI)])}`,
-//! and the quote's `report_data = SHA-256(claims) ‖ 0³²`. Parsed also: dstack's legacy
-//! extensions (`1.3.6.1.4.1.62397.1.1` raw quote, `.1.2` event log) whose report data is
+//! and the quote's `report_data = SHA-256(claims) ‖ 0³²`. Parsed also: dstack's versioned
+//! attestation (`1.3.6.1.4.1.62397.1.8`, msgpack V1 with a TDX platform) and its legacy
+//! extensions (`.1.1` raw quote, `.1.2` event log), whose report data is
 //! `SHA-512("ratls-cert:" ‖ SPKI)`.
 
 use crate::collateral::Collateral;
@@ -27,6 +28,8 @@ pub const OID_TCG_EVIDENCE: &[u64] = &[2, 23, 133, 5, 4, 9];
 pub const OID_DSTACK_QUOTE: &[u64] = &[1, 3, 6, 1, 4, 1, 62397, 1, 1];
 /// dstack's legacy event-log extension.
 pub const OID_DSTACK_EVENT_LOG: &[u64] = &[1, 3, 6, 1, 4, 1, 62397, 1, 2];
+/// dstack's versioned attestation extension.
+pub const OID_DSTACK_ATTESTATION: &[u64] = &[1, 3, 6, 1, 4, 1, 62397, 1, 8];
 /// CBOR tag of an Intel TEE quote (IANA).
 const CBOR_TAG_INTEL_QUOTE: u64 = 60000;
 /// IANA named-information hash ids accepted in `pubkey-hash`.
@@ -129,6 +132,16 @@ pub fn evidence_of(cert_der: &[u8]) -> Result<CertEvidence, AttestError> {
             format: "tcg-dice",
         });
     }
+    if let Some(value) = ext(OID_DSTACK_ATTESTATION) {
+        let expected = crate::sha512(&[b"ratls-cert:", spki]);
+        let (quote, event_log) = dstack::decode_v1(&der_octets(value)?, &expected)?;
+        return Ok(CertEvidence {
+            quote,
+            event_log,
+            expected_report_data: expected,
+            format: "dstack-v1",
+        });
+    }
     if let Some(value) = ext(OID_DSTACK_QUOTE) {
         let quote = der_octets(value)?;
         let event_log = match ext(OID_DSTACK_EVENT_LOG) {
@@ -154,6 +167,161 @@ pub fn evidence_of(cert_der: &[u8]) -> Result<CertEvidence, AttestError> {
     Err(err(
         "the certificate carries no attestation evidence (no 2.23.133.5.4.9 or dstack extension)",
     ))
+}
+
+/// dstack's versioned attestation, V1: msgpack with named fields,
+/// `{version: 1, platform: {kind, data: {quote, event_log}}, stack: {kind, data: {report_data,
+/// runtime_events, config}}}` (dstack-attest `v1.rs`). Byte fields come as msgpack bin or as
+/// arrays of integers (serde's default for `Vec<u8>`); both are read.
+mod dstack {
+    use super::{err, AttestError, Event};
+    use serde::Deserialize;
+
+    /// Largest input accepted (dstack's own cap).
+    const MAX: usize = 10 << 20;
+
+    #[derive(Deserialize)]
+    struct V1 {
+        version: u64,
+        platform: Tagged<Platform>,
+        stack: Tagged<Stack>,
+    }
+
+    #[derive(Deserialize)]
+    struct Tagged<T> {
+        kind: String,
+        data: T,
+    }
+
+    #[derive(Deserialize)]
+    struct Platform {
+        #[serde(default)]
+        quote: Option<Bytes>,
+        #[serde(default)]
+        event_log: Vec<TdxEvent>,
+    }
+
+    #[derive(Deserialize)]
+    struct Stack {
+        report_data: Bytes,
+    }
+
+    #[derive(Deserialize)]
+    struct TdxEvent {
+        imr: u32,
+        event_type: u32,
+        #[serde(default)]
+        digest: Bytes,
+        #[serde(default)]
+        event: String,
+        #[serde(default)]
+        event_payload: Bytes,
+        #[serde(default)]
+        version: Option<u32>,
+    }
+
+    /// Bytes as msgpack bin, an array of integers, or a hex string.
+    #[derive(Default)]
+    struct Bytes(Vec<u8>);
+
+    impl<'de> Deserialize<'de> for Bytes {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Bytes, D::Error> {
+            struct V;
+            impl<'de> serde::de::Visitor<'de> for V {
+                type Value = Bytes;
+                fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                    f.write_str("bytes")
+                }
+                fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Bytes, E> {
+                    Ok(Bytes(v.to_vec()))
+                }
+                fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Bytes, E> {
+                    crate::hex::decode(v)
+                        .map(Bytes)
+                        .ok_or_else(|| E::custom("not hex"))
+                }
+                fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                    self,
+                    mut a: A,
+                ) -> Result<Bytes, A::Error> {
+                    let mut out = Vec::with_capacity(a.size_hint().unwrap_or(0).min(1 << 16));
+                    while let Some(b) = a.next_element::<u8>()? {
+                        out.push(b);
+                    }
+                    Ok(Bytes(out))
+                }
+            }
+            d.deserialize_any(V)
+        }
+    }
+
+    /// The quote and event log, after checking the stack's report data is `expected`.
+    pub(super) fn decode_v1(
+        bytes: &[u8],
+        expected: &[u8; 64],
+    ) -> Result<(Vec<u8>, Vec<Event>), AttestError> {
+        if bytes.len() > MAX {
+            return Err(err("dstack attestation larger than 10 MiB"));
+        }
+        match bytes.first() {
+            Some(0x80..=0x8f | 0xde | 0xdf) => {}
+            Some(0) => {
+                return Err(err(
+                    "dstack's SCALE-encoded V0 attestation is not supported",
+                ))
+            }
+            _ => {
+                return Err(AttestError::malformed(
+                    "dstack attestation",
+                    "not a msgpack map",
+                ))
+            }
+        }
+        let v: V1 = rmp_serde::from_slice(bytes)
+            .map_err(|e| AttestError::malformed("dstack attestation", e))?;
+        if v.version != 1 {
+            return Err(err(format!(
+                "dstack attestation version {} is not supported",
+                v.version
+            )));
+        }
+        if v.platform.kind != "tdx" {
+            return Err(err(format!(
+                "dstack platform {:?} is not supported (tdx only)",
+                v.platform.kind
+            )));
+        }
+        if !v.stack.kind.starts_with("dstack") {
+            return Err(err(format!(
+                "dstack stack kind {:?} is not supported",
+                v.stack.kind
+            )));
+        }
+        if v.stack.data.report_data.0 != expected {
+            return Err(err("the evidence binds another key than the certificate's"));
+        }
+        let quote = v
+            .platform
+            .data
+            .quote
+            .ok_or_else(|| AttestError::malformed("dstack attestation", "no quote"))?
+            .0;
+        let events = v
+            .platform
+            .data
+            .event_log
+            .into_iter()
+            .map(|e| Event {
+                imr: e.imr,
+                event_type: e.event_type,
+                digest: e.digest.0,
+                event: e.event,
+                event_payload: e.event_payload.0,
+                version: e.version.unwrap_or(1),
+            })
+            .collect();
+        Ok((quote, events))
+    }
 }
 
 /// dstack wraps each value in a DER OCTET STRING inside the extension's own.
@@ -477,6 +645,116 @@ mod tests {
         let ext = CustomExtension::from_oid_content(OID_DSTACK_QUOTE, wrapped);
         let e = trusting().check(&cert_with(&other, Some(ext))).unwrap_err();
         assert!(matches!(e, AttestError::ReportData { .. }), "{e}");
+    }
+
+    /// dstack's V1 attestation as dstack-attest writes it (`rmp_serde::to_vec_named` of its
+    /// `Attestation`: quote as an integer array, event digests as bin, the stack's report data).
+    #[tokio::test]
+    async fn dstack_v1_extension_verifies() {
+        #[derive(serde::Serialize)]
+        struct Ev<'a> {
+            imr: u32,
+            event_type: u32,
+            #[serde(with = "serde_bytes_like")]
+            digest: &'a [u8],
+            event: &'a str,
+            #[serde(with = "serde_bytes_like")]
+            event_payload: &'a [u8],
+        }
+        mod serde_bytes_like {
+            pub fn serialize<S: serde::Serializer>(b: &&[u8], s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_bytes(b)
+            }
+        }
+        let events = [
+            Event::runtime("app-id", b"shop"),
+            Event::runtime("compose-hash", b"c"),
+        ];
+        let config = SimulatorConfig {
+            events: events.to_vec(),
+            ..Default::default()
+        };
+        let sim = Simulator::new(config).unwrap();
+        let key = KeyPair::generate().unwrap();
+        let spki = rcgen::PublicKeyData::subject_public_key_info(&key);
+        let rd = crate::sha512(&[b"ratls-cert:", &spki]);
+        let quote = sim.quote(rd).await.unwrap().quote;
+        let stripped: Vec<Ev<'_>> = events
+            .iter()
+            .map(|e| Ev {
+                imr: 3,
+                event_type: e.event_type,
+                digest: &[],
+                event: &e.event,
+                event_payload: &e.event_payload,
+            })
+            .collect();
+        #[derive(serde::Serialize)]
+        struct Tagged<T> {
+            kind: &'static str,
+            data: T,
+        }
+        #[derive(serde::Serialize)]
+        struct Platform<'a> {
+            quote: Vec<u8>,
+            event_log: Vec<Ev<'a>>,
+        }
+        #[derive(serde::Serialize)]
+        struct Stack {
+            report_data: Vec<u8>,
+            runtime_events: Vec<u8>,
+            config: &'static str,
+        }
+        #[derive(serde::Serialize)]
+        struct V1<'a> {
+            version: u64,
+            platform: Tagged<Platform<'a>>,
+            stack: Tagged<Stack>,
+        }
+        let v1 = V1 {
+            version: 1,
+            platform: Tagged {
+                kind: "tdx",
+                data: Platform {
+                    quote,
+                    event_log: stripped,
+                },
+            },
+            stack: Tagged {
+                kind: "dstack",
+                data: Stack {
+                    report_data: rd.to_vec(),
+                    runtime_events: vec![],
+                    config: "{}",
+                },
+            },
+        };
+        let msgpack = rmp_serde::to_vec_named(&v1).unwrap();
+        let wrapped = yasna::construct_der(|w| w.write_bytes(&msgpack));
+        let ext = CustomExtension::from_oid_content(OID_DSTACK_ATTESTATION, wrapped.clone());
+        let cert = cert_with(&key, Some(ext));
+        let ev = evidence_of(&cert).unwrap();
+        assert_eq!(ev.format, "dstack-v1");
+        assert_eq!(ev.event_log.len(), 2);
+        let pinned = Policy::parse(&format!(
+            "insecure_trust_simulator_root = true\n[events]\napp-id = \"{}\"",
+            crate::hex::encode(b"shop")
+        ))
+        .unwrap();
+        AttestedPeer::new(pinned, sim.collateral().unwrap())
+            .check(&cert)
+            .unwrap();
+
+        // The same attestation in another key's certificate: refused before the quote.
+        let other = KeyPair::generate().unwrap();
+        let ext = CustomExtension::from_oid_content(OID_DSTACK_ATTESTATION, wrapped);
+        let e = trusting().check(&cert_with(&other, Some(ext))).unwrap_err();
+        assert!(e.to_string().contains("binds another key"), "{e}");
+        // SCALE V0 is named, not misparsed.
+        let v0 = yasna::construct_der(|w| w.write_bytes(&[0, 1, 2]));
+        let ext = CustomExtension::from_oid_content(OID_DSTACK_ATTESTATION, v0);
+        let e = trusting().check(&cert_with(&key, Some(ext))).unwrap_err();
+        assert!(e.to_string().contains("V0"), "{e}");
     }
 
     /// Mutual RA-TLS over loopback with rustls on both sides: the attested pair talks; a

@@ -72,6 +72,8 @@ pub struct CertStats {
     pub caa_drift: AtomicU64,
     /// The ACME account URI, once the account is known (the attestation bundle claims it).
     pub account_uri: std::sync::OnceLock<String>,
+    /// The last CAA verdict per name (`name: verdict`), from the periodic re-check.
+    pub caa_verdicts: Mutex<BTreeMap<String, String>>,
 }
 
 /// A certificate being served: its names, key, and end of validity.
@@ -373,6 +375,11 @@ impl CertManager {
             self.stats
                 .caa_not_locked
                 .store(not_locked, Ordering::Relaxed);
+            *self
+                .stats
+                .caa_verdicts
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()) = last.clone();
             tracing::debug!(names = last.len(), not_locked, "CAA re-checked");
             tokio::time::sleep(gate.interval).await;
         }

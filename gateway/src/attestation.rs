@@ -230,11 +230,14 @@ impl Attestor {
                 .cloned()
                 .collect()
         };
-        let account = shared
-            .metrics
-            .acme
-            .get()
-            .and_then(|s| s.account_uri.get().cloned());
+        let acme = shared.metrics.acme.get();
+        let account = acme.and_then(|s| s.account_uri.get().cloned());
+        let caa = acme
+            .map(|s| {
+                let verdicts = s.caa_verdicts.lock().unwrap_or_else(|p| p.into_inner());
+                verdicts.iter().map(|(n, v)| format!("{n}: {v}")).collect()
+            })
+            .unwrap_or_default();
         Ok(Claims {
             domains: self.domains.clone(),
             spki_sha256: SpkiHashes {
@@ -244,7 +247,7 @@ impl Attestor {
             },
             acme_account_uri: account,
             signing_keys: vec![self.signer.claim()],
-            caa: Vec::new(),
+            caa,
             sealing: self.sealing.into(),
             nonce: None,
             issued_at: 0,
@@ -399,4 +402,42 @@ fn acme_info(b: &Bundle) -> serde_json::Value {
         "quoted_hist_keys": keys,
         "gatehouse_bundle": b,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gatehouse_attest::provider::{Evidence, TeeKind};
+
+    #[test]
+    fn acme_info_carries_the_account_every_key_and_the_bundle() {
+        let claims = serde_json::json!({
+            "domains": ["gw.test"],
+            "spki_sha256": {"current": ["aa"], "next": [], "previous": ["bb"]},
+            "acme_account_uri": "https://ca.test/acct/1",
+            "issued_at": 1
+        });
+        let b = Bundle {
+            version: 1,
+            evidence: Evidence {
+                tee: TeeKind::Simulated,
+                quote: vec![1, 2],
+                event_log: Vec::new(),
+            },
+            report_data: String::new(),
+            claims,
+            collateral: None,
+        };
+        let info = acme_info(&b);
+        assert_eq!(info["account_uri"], "https://ca.test/acct/1");
+        assert_eq!(info["account_quote"], "0102");
+        let keys: Vec<_> = info["quoted_hist_keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| k["spki_sha256"].as_str().unwrap())
+            .collect();
+        assert_eq!(keys, ["aa", "bb"]);
+        assert_eq!(info["gatehouse_bundle"]["claims"], b.claims);
+    }
 }

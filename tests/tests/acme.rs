@@ -295,6 +295,26 @@ fn wildcard_by_dns01_is_served_locked_by_caa_and_reused_after_a_restart() {
             && report.contains(&format!("✓ caa: 1 domain(s) locked to {uri}")),
         "{report}"
     );
+    let bundle_file = gw.path().join("bundle.json");
+    let saved = std::process::Command::new(gatehouse_tests::binary())
+        .arg("verify")
+        .arg(format!("https://web.gw.test:{port}"))
+        .args(["--connect", &gw.addr.to_string()])
+        .args(["--cacert", root_file.to_str().unwrap()])
+        .args(["--dns-server", &knot.addr.to_string()])
+        .args(["--insecure-trust-simulator-root", "--save"])
+        .arg(&bundle_file)
+        .output()
+        .unwrap();
+    assert_eq!(saved.status.code(), Some(0));
+    let bundle: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&bundle_file).unwrap()).unwrap();
+    assert_eq!(bundle["claims"]["acme_account_uri"], uri.as_str());
+    let caa = bundle["claims"]["caa"].to_string();
+    assert!(
+        caa.contains("gw.test: locked"),
+        "the gateway's own CAA verdicts: {caa}"
+    );
     let other = verify("other-ca.example");
     assert_eq!(
         other.status.code(),
