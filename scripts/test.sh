@@ -12,6 +12,9 @@ command -v ssh >/dev/null || need+=(openssh-client)
 command -v knotd >/dev/null || need+=(knot)
 command -v kdig >/dev/null || need+=(knot-dnsutils)
 command -v pebble >/dev/null || need+=(pebble)
+command -v wireguard-go >/dev/null || need+=(wireguard-go)
+command -v wg >/dev/null || need+=(wireguard-tools)
+command -v ip >/dev/null || need+=(iproute2)
 if [ ${#need[@]} -gt 0 ]; then
   echo "== installing: ${need[*]}"
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"

@@ -20,6 +20,7 @@ mod proxy;
 mod tee;
 mod tls;
 mod validate;
+mod vpc;
 
 pub use acme::{
     AcmeConfig, CloudflareConfig, DnsConfig, DnsProviderKind, KeyType, Rfc2136Config, StoreConfig,
@@ -30,6 +31,7 @@ pub use error::{ConfigError, Problem};
 pub use proxy::{CustomDomainsConfig, ProxyConfig, Timeouts};
 pub use tee::{Sealing, SimulatorSettings, TeeConfig, TeeProvider};
 pub use tls::{CertificatePair, TlsConfig};
+pub use vpc::{Ipv4Prefix, VpcApp, VpcConfig, WireGuardKind};
 
 use serde::de::DeserializeOwned;
 use std::path::Path;
@@ -53,11 +55,13 @@ pub struct Config {
     pub store: StoreConfig,
     /// `[tee]`: the quote source and the sealer.
     pub tee: TeeConfig,
+    /// `[vpc]`: the WireGuard network to app CVMs, absent when not configured.
+    pub vpc: Option<VpcConfig>,
 }
 
 /// Top-level sections this build understands, in the order they are documented.
 const SECTIONS: &[&str] = &[
-    "proxy", "apps", "tls", "acme", "dns", "store", "tee", "admin",
+    "proxy", "apps", "tls", "acme", "dns", "store", "tee", "vpc", "admin",
 ];
 
 impl Config {
@@ -97,6 +101,7 @@ impl Config {
         let mut dns: Option<Option<DnsConfig>> = optional(&table, "dns", &mut problems);
         let mut store: Option<StoreConfig> = section(&table, "store", &mut problems);
         let mut tee: Option<TeeConfig> = section(&table, "tee", &mut problems);
+        let mut vpc: Option<Option<VpcConfig>> = optional(&table, "vpc", &mut problems);
         let (mut apps, apps_complete) = apps::decode_all(table.get("apps"), &mut problems);
 
         // Check whatever decoded, so one bad section does not hide the problems of another.
@@ -119,6 +124,11 @@ impl Config {
             t.resolve_paths(base_dir);
             t.check(&mut problems);
         }
+        if let Some(Some(v)) = &mut vpc {
+            v.resolve_paths(base_dir);
+            let ids: Vec<&str> = apps.iter().map(|(_, a)| a.id.as_str()).collect();
+            v.check(&ids, &mut problems);
+        }
         validate::check(
             validate::Parts {
                 proxy: proxy.as_ref(),
@@ -139,6 +149,7 @@ impl Config {
             dns.take(),
             store.take(),
             tee.take(),
+            vpc.take(),
         ) {
             (
                 Some(mut proxy),
@@ -148,6 +159,7 @@ impl Config {
                 Some(dns),
                 Some(store),
                 Some(tee),
+                Some(vpc),
             ) if problems.is_empty() && apps_complete => {
                 proxy.normalize();
                 Ok(Config {
@@ -159,6 +171,7 @@ impl Config {
                     dns,
                     store,
                     tee,
+                    vpc,
                 })
             }
             _ => Err(ConfigError::Invalid(problems)),

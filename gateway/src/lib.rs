@@ -32,3 +32,4 @@ pub mod shutdown;
 pub mod terminate;
 pub mod upstream;
 pub mod verifier;
+pub mod vpc;

@@ -1,0 +1,214 @@
+//! Instance addresses, leased from the VPC prefix and kept in the [`Store`]: one key per
+//! address (`vpc/leases/<ip>`), created by compare-and-swap from "absent", so two
+//! registrations racing for an address cannot both win, on one node or on several sharing a
+//! store. A key that registers again keeps its address.
+
+use super::VpcError;
+use gatehouse_config::Ipv4Prefix;
+use gatehouse_store::Store;
+use serde::{Deserialize, Serialize};
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+
+const PREFIX: &str = "vpc/leases/";
+
+/// One lease: an address held by an instance's WireGuard key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    /// The instance's VPC address.
+    pub address: Ipv4Addr,
+    /// The app it registered as.
+    pub app_id: String,
+    /// Its WireGuard public key (base64).
+    pub public_key: String,
+    /// When it last registered (unix seconds).
+    pub registered_at: u64,
+}
+
+/// The lease table.
+#[derive(Debug, Clone)]
+pub struct Leases {
+    store: Arc<dyn Store>,
+    prefix: Ipv4Prefix,
+    reserved: Vec<Ipv4Addr>,
+}
+
+impl Leases {
+    /// Leases from `prefix`, never handing out `reserved` (the gateway's own address).
+    pub fn new(store: Arc<dyn Store>, prefix: Ipv4Prefix, reserved: Vec<Ipv4Addr>) -> Leases {
+        Leases {
+            store,
+            prefix,
+            reserved,
+        }
+    }
+
+    /// Every lease, in address order.
+    pub fn all(&self) -> Result<Vec<Lease>, VpcError> {
+        let mut out = Vec::new();
+        for (key, v) in self.store.list(PREFIX)? {
+            let lease: Lease = serde_json::from_slice(&v.value).map_err(|e| VpcError::Lease {
+                key: key.clone(),
+                reason: e.to_string(),
+            })?;
+            out.push(lease);
+        }
+        out.sort_by_key(|l| u32::from(l.address));
+        Ok(out)
+    }
+
+    fn key(address: Ipv4Addr) -> String {
+        format!("{PREFIX}{address}")
+    }
+
+    fn encode(lease: &Lease) -> Vec<u8> {
+        serde_json::to_vec(lease).expect("a lease serializes")
+    }
+
+    /// The address for `public_key` registering as `app_id`: its existing lease (kept, app and
+    /// time updated), or the lowest free address. `Ok((lease, true))` when newly allocated.
+    pub fn acquire(
+        &self,
+        app_id: &str,
+        public_key: &[u8; 32],
+        now: u64,
+    ) -> Result<(Lease, bool), VpcError> {
+        let key_b64 = super::wireguard::base64(public_key);
+        let existing = self.all()?;
+        if let Some(mut lease) = existing.iter().find(|l| l.public_key == key_b64).cloned() {
+            lease.app_id = app_id.to_owned();
+            lease.registered_at = now;
+            self.store
+                .put(&Leases::key(lease.address), &Leases::encode(&lease))?;
+            return Ok((lease, false));
+        }
+        let taken: std::collections::HashSet<Ipv4Addr> =
+            existing.iter().map(|l| l.address).collect();
+        for address in self.prefix.hosts() {
+            if taken.contains(&address) || self.reserved.contains(&address) {
+                continue;
+            }
+            let lease = Lease {
+                address,
+                app_id: app_id.to_owned(),
+                public_key: key_b64.clone(),
+                registered_at: now,
+            };
+            match self
+                .store
+                .compare_and_swap(&Leases::key(address), 0, &Leases::encode(&lease))?
+            {
+                Ok(_) => return self.settle(lease),
+                Err(_) => continue, // another registration took it first: try the next
+            }
+        }
+        Err(VpcError::PoolExhausted {
+            prefix: self.prefix.to_string(),
+            leased: taken.len(),
+        })
+    }
+
+    /// If the same key won two addresses in a race with itself, keeps the lowest.
+    fn settle(&self, ours: Lease) -> Result<(Lease, bool), VpcError> {
+        let same: Vec<Lease> = self
+            .all()?
+            .into_iter()
+            .filter(|l| l.public_key == ours.public_key)
+            .collect();
+        match same.first() {
+            Some(first) if first.address != ours.address => {
+                self.store.delete(&Leases::key(ours.address))?;
+                Ok((first.clone(), false))
+            }
+            _ => Ok((ours, true)),
+        }
+    }
+
+    /// Gives `address` back; whether it was leased.
+    pub fn release(&self, address: Ipv4Addr) -> Result<bool, VpcError> {
+        Ok(self.store.delete(&Leases::key(address))?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gatehouse_store::Embedded;
+
+    fn leases(dir: &std::path::Path, prefix: &str) -> Leases {
+        let store = Arc::new(Embedded::open(&dir.join("state.redb")).unwrap());
+        let prefix: Ipv4Prefix = prefix.parse().unwrap();
+        let gw = prefix.hosts().next().unwrap();
+        Leases::new(store, prefix, vec![gw])
+    }
+
+    fn key(i: u8) -> [u8; 32] {
+        [i; 32]
+    }
+
+    #[test]
+    fn a_key_keeps_its_address_and_the_gateway_address_is_never_leased() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = leases(dir.path(), "10.88.0.0/24");
+        let (a, new) = l.acquire("shop", &key(1), 1).unwrap();
+        assert!(new);
+        assert_eq!(
+            a.address,
+            Ipv4Addr::new(10, 88, 0, 2),
+            "10.88.0.1 is the gateway's"
+        );
+        let (again, new) = l.acquire("shop", &key(1), 2).unwrap();
+        assert!(!new);
+        assert_eq!(again.address, a.address);
+        assert_eq!(again.registered_at, 2);
+        let (b, _) = l.acquire("shop", &key(2), 3).unwrap();
+        assert_eq!(b.address, Ipv4Addr::new(10, 88, 0, 3));
+        assert!(l.release(a.address).unwrap());
+        let (c, _) = l.acquire("bank", &key(3), 4).unwrap();
+        assert_eq!(c.address, a.address, "a released address is reused");
+    }
+
+    #[test]
+    fn leases_survive_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = leases(dir.path(), "10.88.0.0/24")
+            .acquire("shop", &key(7), 1)
+            .unwrap()
+            .0;
+        let again = leases(dir.path(), "10.88.0.0/24")
+            .acquire("shop", &key(7), 2)
+            .unwrap()
+            .0;
+        assert_eq!(first.address, again.address);
+    }
+
+    #[test]
+    fn an_exhausted_pool_says_so_and_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = leases(dir.path(), "10.88.0.0/30"); // hosts .1 (gateway) and .2
+        l.acquire("shop", &key(1), 1).unwrap();
+        let e = l.acquire("shop", &key(2), 1).unwrap_err();
+        assert!(
+            matches!(e, VpcError::PoolExhausted { leased: 1, .. }),
+            "{e}"
+        );
+        assert_eq!(l.all().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn fifty_concurrent_registrations_get_fifty_distinct_addresses() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = leases(dir.path(), "10.88.0.0/24");
+        let threads: Vec<_> = (0..50u8)
+            .map(|i| {
+                let l = l.clone();
+                std::thread::spawn(move || l.acquire("shop", &key(i), 1).unwrap().0.address)
+            })
+            .collect();
+        let mut got: Vec<Ipv4Addr> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+        got.sort();
+        got.dedup();
+        assert_eq!(got.len(), 50);
+        assert_eq!(l.all().unwrap().len(), 50, "no stray leases");
+    }
+}

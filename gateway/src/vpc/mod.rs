@@ -1,0 +1,44 @@
+//! The VPC: a WireGuard network between the gateway and the app CVMs.
+//!
+//! - [`wireguard`]: the interface behind one narrow trait: a userspace daemon through its UAPI
+//!   socket, or the kernel module through the `wg` tool; keys made in-process.
+//! - [`leases`]: instance addresses from the configured prefix, kept in the `Store` (one key
+//!   per address, taken by compare-and-swap: no two peers ever share one).
+
+pub mod leases;
+pub mod wireguard;
+
+/// Why a VPC operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum VpcError {
+    /// The WireGuard interface refused or could not be reached.
+    #[error("wireguard {interface}: {reason}")]
+    WireGuard {
+        /// The interface.
+        interface: String,
+        /// Why.
+        reason: String,
+    },
+    /// Every address of the prefix is leased.
+    #[error("address pool {prefix} exhausted ({leased} leases)")]
+    PoolExhausted {
+        /// The prefix.
+        prefix: String,
+        /// How many leases exist.
+        leased: usize,
+    },
+    /// The store failed.
+    #[error("store: {0}")]
+    Store(#[from] gatehouse_store::StoreError),
+    /// A stored lease could not be read.
+    #[error("lease {key}: {reason}")]
+    Lease {
+        /// The store key.
+        key: String,
+        /// Why.
+        reason: String,
+    },
+    /// Key generation or encoding failed.
+    #[error("key: {0}")]
+    Key(String),
+}
