@@ -2,6 +2,7 @@
 //! TLS/TCP servers on loopback (ephemeral ports, a temp dir per test, kill on drop).
 
 pub mod knot;
+pub mod netns;
 pub mod pebble;
 pub mod pki;
 pub mod servers;

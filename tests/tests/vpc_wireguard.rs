@@ -5,66 +5,21 @@
 //! a message otherwise. Namespaces and daemons are removed by PID on every exit path.
 
 use gatehouse::vpc::wireguard::{KeyPair, PeerConfig, Uapi, WgTool, WireGuard};
+use gatehouse_tests::netns::{ip, wireguard_ready, Net};
 use std::net::Ipv4Addr;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-/// Namespaces and daemons of one test, torn down on drop.
-struct Net {
-    namespaces: Vec<String>,
-    daemons: Vec<Child>,
-}
-
-impl Drop for Net {
-    fn drop(&mut self) {
-        for d in &mut self.daemons {
-            let _ = d.kill();
-            let _ = d.wait();
-        }
-        for ns in &self.namespaces {
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
-        }
-    }
-}
-
-fn ip(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "ip {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| o.stdout == b"0\n")
-        .unwrap_or(false)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_userspace_peers_handshake_and_report_counters() {
-    if !is_root()
-        || Command::new("wireguard-go")
-            .arg("--version")
-            .output()
-            .is_err()
-    {
-        eprintln!("SKIPPED: needs root and wireguard-go (scripts/test.sh installs it)");
+    if !wireguard_ready() {
         return;
     }
     let tag = std::process::id() % 100_000;
     let (a, b) = (format!("ghwa{tag}"), format!("ghwb{tag}"));
-    let mut net = Net {
-        namespaces: vec![a.clone(), b.clone()],
-        daemons: Vec::new(),
-    };
-    for ns in [&a, &b] {
-        ip(&["netns", "add", ns]);
-        ip(&["-n", ns, "link", "set", "lo", "up"]);
-    }
+    let mut net = Net::default();
+    net.namespace(&a);
+    net.namespace(&b);
     let (va, vb) = (format!("va{tag}"), format!("vb{tag}"));
     ip(&["link", "add", &va, "type", "veth", "peer", "name", &vb]);
     ip(&["link", "set", &va, "netns", &a]);
@@ -73,28 +28,10 @@ async fn two_userspace_peers_handshake_and_report_counters() {
     ip(&["-n", &b, "addr", "add", "192.168.77.2/24", "dev", &vb]);
     ip(&["-n", &a, "link", "set", &va, "up"]);
     ip(&["-n", &b, "link", "set", &vb, "up"]);
-    // Interface names are unique: the UAPI socket directory is shared by all namespaces.
     let (wa, wb) = (format!("wga{tag}"), format!("wgb{tag}"));
-    for (ns, ifname) in [(&a, &wa), (&b, &wb)] {
-        let log =
-            std::fs::File::create(std::env::temp_dir().join(format!("{ifname}.log"))).unwrap();
-        let child = Command::new("ip")
-            .args(["netns", "exec", ns, "wireguard-go", "-f", ifname])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        net.daemons.push(child);
-    }
+    net.wireguard(&a, &wa);
+    net.wireguard(&b, &wb);
     let deadline = Instant::now() + Duration::from_secs(10);
-    for ifname in [&wa, &wb] {
-        let sock = format!("/var/run/wireguard/{ifname}.sock");
-        while !std::path::Path::new(&sock).exists() {
-            assert!(Instant::now() < deadline, "{sock} never appeared");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
 
     let (ka, kb) = (KeyPair::generate().unwrap(), KeyPair::generate().unwrap());
     let (ua, ub) = (Uapi::new(&wa), Uapi::new(&wb));
@@ -147,7 +84,7 @@ async fn two_userspace_peers_handshake_and_report_counters() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    net.daemons.push(server);
+    net.keep(server);
     let mut body = String::new();
     while Instant::now() < deadline + Duration::from_secs(10) {
         let out = Command::new("ip")

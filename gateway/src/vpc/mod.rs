@@ -6,6 +6,7 @@
 //!   per address, taken by compare-and-swap: no two peers ever share one).
 
 pub mod leases;
+pub mod register;
 pub mod wireguard;
 
 /// Why a VPC operation failed.

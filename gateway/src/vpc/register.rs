@@ -1,0 +1,205 @@
+//! Registration: an app CVM proves what it runs and gets a VPC address and a WireGuard peer.
+//!
+//! The CVM asks for a nonce, then sends its quote whose report data is
+//! `SHA-512("gatehouse-register-v1:" ‖ app_id ‖ wg_public_key(32) ‖ nonce(32))` (the two
+//! fixed-length tails make the split unambiguous). Checks, in order, each refusal naming
+//! itself and changing no state: app known → nonce fresh and unused → quote → policy →
+//! binding → address lease → WireGuard peer (the lease is given back if the peer cannot be set).
+
+use super::leases::{Lease, Leases};
+use super::wireguard::{base64, parse_key, KeyPair, PeerConfig, WireGuard};
+use super::VpcError;
+use gatehouse_attest::collateral::Collateral;
+use gatehouse_attest::policy::Policy;
+use gatehouse_attest::provider::Evidence;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Domain separation for registration report data.
+pub const REGISTER_TAG: &[u8] = b"gatehouse-register-v1:";
+/// How long a nonce may be used.
+const NONCE_LIFETIME: Duration = Duration::from_secs(60);
+/// Most nonces outstanding at once (older ones are dropped first).
+const MAX_NONCES: usize = 4096;
+
+/// The report data a registration's quote must carry.
+pub fn report_data(app_id: &str, wg_public_key: &[u8; 32], nonce: &[u8; 32]) -> [u8; 64] {
+    gatehouse_attest::sha512(&[REGISTER_TAG, app_id.as_bytes(), wg_public_key, nonce])
+}
+
+/// What a CVM sends.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RegisterRequest {
+    /// The app it registers as.
+    pub app_id: String,
+    /// Its WireGuard public key (base64).
+    pub wg_public_key: String,
+    /// The nonce from `/v1/challenge` (hex).
+    pub nonce: String,
+    /// Its quote and event log.
+    pub evidence: Evidence,
+}
+
+/// What a registered CVM gets.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegisterResponse {
+    /// Its VPC address.
+    pub address: Ipv4Addr,
+    /// The VPC prefix length.
+    pub prefix_len: u8,
+    /// The VPC network address.
+    pub network: Ipv4Addr,
+    /// The gateway's VPC address.
+    pub gateway_address: Ipv4Addr,
+    /// The gateway's WireGuard public key (base64).
+    pub gateway_public_key: String,
+    /// Where to reach the gateway's WireGuard, if configured (else: the registration host).
+    pub endpoint: Option<SocketAddr>,
+    /// The gateway's WireGuard port.
+    pub listen_port: u16,
+}
+
+/// Why a registration was refused: the check, and the reason.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("registration refused: {check}: {reason}")]
+pub struct Refusal {
+    /// `app`, `nonce`, `quote`, `policy`, `binding`, `pool`, `wireguard`, `request`.
+    pub check: &'static str,
+    /// Why.
+    pub reason: String,
+}
+
+fn refuse(check: &'static str, reason: impl std::fmt::Display) -> Refusal {
+    Refusal {
+        check,
+        reason: reason.to_string(),
+    }
+}
+
+/// The gateway's side of registration.
+pub struct Registrar {
+    /// Address leases.
+    pub leases: Leases,
+    wg: Arc<dyn WireGuard>,
+    key: KeyPair,
+    policies: HashMap<String, Policy>,
+    collateral: Collateral,
+    config: gatehouse_config::VpcConfig,
+    nonces: Mutex<HashMap<[u8; 32], Instant>>,
+}
+
+impl std::fmt::Debug for Registrar {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Registrar({})", self.wg.interface())
+    }
+}
+
+impl Registrar {
+    /// A registrar over the interface `wg` (whose key is `key`), checking quotes with
+    /// `collateral` against each app's policy.
+    pub fn new(
+        config: gatehouse_config::VpcConfig,
+        leases: Leases,
+        wg: Arc<dyn WireGuard>,
+        key: KeyPair,
+        policies: HashMap<String, Policy>,
+        collateral: Collateral,
+    ) -> Registrar {
+        Registrar {
+            leases,
+            wg,
+            key,
+            policies,
+            collateral,
+            config,
+            nonces: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// A fresh single-use nonce.
+    pub fn challenge(&self) -> Result<[u8; 32], VpcError> {
+        let mut nonce = [0u8; 32];
+        aws_lc_rs::rand::fill(&mut nonce).map_err(|_| VpcError::Key("random".into()))?;
+        let mut n = self.nonces.lock().unwrap_or_else(|p| p.into_inner());
+        n.retain(|_, t| t.elapsed() < NONCE_LIFETIME);
+        if n.len() >= MAX_NONCES {
+            if let Some(oldest) = n.iter().min_by_key(|(_, t)| **t).map(|(k, _)| *k) {
+                n.remove(&oldest);
+            }
+        }
+        n.insert(nonce, Instant::now());
+        Ok(nonce)
+    }
+
+    fn take_nonce(&self, nonce: &[u8; 32]) -> bool {
+        let mut n = self.nonces.lock().unwrap_or_else(|p| p.into_inner());
+        matches!(n.remove(nonce), Some(t) if t.elapsed() < NONCE_LIFETIME)
+    }
+
+    /// Runs every check; on success the CVM holds a lease and is a WireGuard peer.
+    pub async fn register(
+        &self,
+        req: &RegisterRequest,
+        now: u64,
+    ) -> Result<RegisterResponse, Refusal> {
+        let policy = self
+            .policies
+            .get(&req.app_id)
+            .ok_or_else(|| refuse("app", format!("{:?} may not register here", req.app_id)))?;
+        let wg_key = parse_key(&req.wg_public_key)
+            .ok_or_else(|| refuse("request", "wg_public_key is not a base64 32-byte key"))?;
+        let nonce: [u8; 32] = gatehouse_attest::hex::decode_array(&req.nonce)
+            .ok_or_else(|| refuse("request", "nonce is not 32 bytes of hex"))?;
+        if !self.take_nonce(&nonce) {
+            return Err(refuse(
+                "nonce",
+                "unknown, used or expired: ask /v1/challenge again",
+            ));
+        }
+        let trust_sim = policy.insecure_trust_simulator_root;
+        let q =
+            gatehouse_attest::verify::verify_quote(&req.evidence, &self.collateral, now, trust_sim)
+                .map_err(|e| refuse("quote", e))?;
+        policy
+            .check(&q, &req.evidence.event_log, now)
+            .map_err(|e| refuse("policy", e))?;
+        gatehouse_attest::verify::expect_report_data(
+            &q,
+            &report_data(&req.app_id, &wg_key, &nonce),
+        )
+        .map_err(|e| refuse("binding", e))?;
+        let (lease, new) = self
+            .leases
+            .acquire(&req.app_id, &wg_key, now)
+            .map_err(|e| refuse("pool", e))?;
+        let peer = PeerConfig {
+            public_key: wg_key,
+            allowed_ips: vec![(lease.address, 32)],
+            endpoint: None,
+            keepalive: 0,
+        };
+        if let Err(e) = self.wg.set_peer(&peer).await {
+            if new {
+                let _ = self.leases.release(lease.address);
+            }
+            return Err(refuse("wireguard", e));
+        }
+        tracing::info!(app = %req.app_id, address = %lease.address, key = %req.wg_public_key, new, "instance registered");
+        Ok(self.response(&lease))
+    }
+
+    fn response(&self, lease: &Lease) -> RegisterResponse {
+        RegisterResponse {
+            address: lease.address,
+            prefix_len: self.config.prefix.len,
+            network: self.config.prefix.network,
+            gateway_address: self.config.gateway_address,
+            gateway_public_key: base64(&self.key.public),
+            endpoint: self.config.endpoint,
+            listen_port: self.config.listen_port,
+        }
+    }
+}

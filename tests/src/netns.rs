@@ -1,0 +1,91 @@
+//! Network namespaces and userspace WireGuard daemons made by a test, removed (daemons killed
+//! by PID, namespaces deleted) when the [`Net`] is dropped, also on failure.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Whether this process may create namespaces and TUN devices.
+pub fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout == b"0\n")
+        .unwrap_or(false)
+}
+
+/// Whether WireGuard tests can run here; prints why not.
+pub fn wireguard_ready() -> bool {
+    let ok = is_root()
+        && Command::new("wireguard-go")
+            .arg("--version")
+            .output()
+            .is_ok();
+    if !ok {
+        eprintln!("SKIPPED: needs root and wireguard-go (scripts/test.sh installs it)");
+    }
+    ok
+}
+
+/// Runs `ip` with `args`, panicking with its stderr on failure.
+pub fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "ip {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Namespaces and processes of one test.
+#[derive(Default)]
+pub struct Net {
+    namespaces: Vec<String>,
+    processes: Vec<Child>,
+}
+
+impl Net {
+    /// A new namespace (loopback up).
+    pub fn namespace(&mut self, name: &str) {
+        ip(&["netns", "add", name]);
+        self.namespaces.push(name.to_owned());
+        ip(&["-n", name, "link", "set", "lo", "up"]);
+    }
+
+    /// Starts `wireguard-go -f <ifname>` inside `ns` and waits for its UAPI socket (interface
+    /// names must be unique: the socket directory is shared by all namespaces).
+    pub fn wireguard(&mut self, ns: &str, ifname: &str) {
+        let log =
+            std::fs::File::create(std::env::temp_dir().join(format!("{ifname}.log"))).unwrap();
+        let child = Command::new("ip")
+            .args(["netns", "exec", ns, "wireguard-go", "-f", ifname])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.processes.push(child);
+        let sock = format!("/var/run/wireguard/{ifname}.sock");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !std::path::Path::new(&sock).exists() {
+            assert!(Instant::now() < deadline, "{sock} never appeared");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Keeps `child` to be killed on drop.
+    pub fn keep(&mut self, child: Child) {
+        self.processes.push(child);
+    }
+}
+
+impl Drop for Net {
+    fn drop(&mut self) {
+        for p in &mut self.processes {
+            let _ = p.kill();
+            let _ = p.wait();
+        }
+        for ns in &self.namespaces {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}

@@ -1,0 +1,133 @@
+//! Registration checks against a real WireGuard daemon (wireguard-go in a namespace this test
+//! makes) and the embedded store: a simulated CVM whose quote binds its key and nonce gets an
+//! address and a peer; each refusal (unknown app, reused nonce, measurement outside the
+//! policy, quote binding another key) names its check and leaves no lease and no peer.
+
+use gatehouse::vpc::leases::Leases;
+use gatehouse::vpc::register::{report_data, RegisterRequest, Registrar};
+use gatehouse::vpc::wireguard::{base64, KeyPair, Uapi, WireGuard};
+use gatehouse_attest::policy::Policy;
+use gatehouse_attest::simulator::{Simulator, SimulatorConfig};
+use gatehouse_attest::QuoteProvider;
+use gatehouse_tests::netns::{wireguard_ready, Net};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+fn vpc_config() -> gatehouse_config::VpcConfig {
+    let text = "[vpc]\nprefix = \"10.88.0.0/24\"\ngateway_address = \"10.88.0.1\"\nregister_listen = \"127.0.0.1:0\"\n";
+    gatehouse_config::Config::from_toml(text, std::path::Path::new("."))
+        .unwrap()
+        .vpc
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registration_checks_change_nothing_until_all_pass() {
+    if !wireguard_ready() {
+        return;
+    }
+    let tag = std::process::id() % 100_000;
+    let (ns, ifname) = (format!("ghrg{tag}"), format!("wgr{tag}"));
+    let mut net = Net::default();
+    net.namespace(&ns);
+    net.wireguard(&ns, &ifname);
+    let wg: Arc<dyn WireGuard> = Arc::new(Uapi::new(&ifname));
+    let gw_key = KeyPair::generate().unwrap();
+    wg.configure(&gw_key, Some(51820)).await.unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(gatehouse_store::Embedded::open(&dir.path().join("state.redb")).unwrap());
+    let config = vpc_config();
+    let leases = Leases::new(store, config.prefix, vec![config.gateway_address]);
+    let good = SimulatorConfig::default();
+    let policy = Policy::parse(&format!(
+        "insecure_trust_simulator_root = true\nmrtd = [\"{}\"]",
+        gatehouse_attest::hex::encode(&good.mrtd)
+    ))
+    .unwrap();
+    let sim = Simulator::new(good.clone()).unwrap();
+    let policies = HashMap::from([("shop".to_owned(), policy)]);
+    let registrar = Registrar::new(
+        config,
+        leases.clone(),
+        wg.clone(),
+        gw_key.clone(),
+        policies,
+        sim.collateral().unwrap(),
+    );
+    let now = gatehouse_attest::unix_now();
+
+    let nothing_changed = |what: &str| {
+        let wg = wg.clone();
+        let leases = leases.clone();
+        let what = what.to_owned();
+        async move {
+            assert!(leases.all().unwrap().is_empty(), "{what}: no lease");
+            assert!(wg.state().await.unwrap().1.is_empty(), "{what}: no peer");
+        }
+    };
+    let cvm = KeyPair::generate().unwrap();
+    let other = KeyPair::generate().unwrap();
+    let rogue = Simulator::new(SimulatorConfig {
+        mrtd: [0xee; 48],
+        ..good.clone()
+    })
+    .unwrap();
+    let attempt = |sim: &Simulator, app: &str, nonce: Option<[u8; 32]>, bound: &KeyPair| {
+        let nonce = nonce.unwrap_or_else(|| registrar.challenge().unwrap());
+        let evidence = futures_lite(sim.quote(report_data(app, &bound.public, &nonce)));
+        let req = RegisterRequest {
+            app_id: app.into(),
+            wg_public_key: base64(&cvm.public),
+            nonce: gatehouse_attest::hex::encode(&nonce),
+            evidence,
+        };
+        futures_lite(async { Ok::<_, ()>(registrar.register(&req, now).await) })
+    };
+
+    // Each refusal names its check and leaves nothing behind.
+    for (what, result, check) in [
+        ("unknown app", attempt(&sim, "bank", None, &cvm), "app"),
+        (
+            "foreign nonce",
+            attempt(&sim, "shop", Some([9; 32]), &cvm),
+            "nonce",
+        ),
+        (
+            "measurement outside the policy",
+            attempt(&rogue, "shop", None, &cvm),
+            "policy",
+        ),
+        (
+            "quote binding another key",
+            attempt(&sim, "shop", None, &other),
+            "binding",
+        ),
+    ] {
+        let e = result.unwrap_err();
+        assert_eq!(e.check, check, "{what}: {e}");
+        nothing_changed(what).await;
+    }
+
+    // All checks pass: a lease and a peer with exactly that /32.
+    let nonce = registrar.challenge().unwrap();
+    let ok = attempt(&sim, "shop", Some(nonce), &cvm).unwrap();
+    assert_eq!(ok.address.to_string(), "10.88.0.2");
+    assert_eq!(ok.gateway_public_key, base64(&gw_key.public));
+    let peers = wg.state().await.unwrap().1;
+    assert_eq!(peers.len(), 1);
+    assert_eq!(peers[0].public_key, cvm.public);
+    // A nonce is single-use; registering again with a fresh one keeps the address.
+    let e = attempt(&sim, "shop", Some(nonce), &cvm).unwrap_err();
+    assert_eq!(e.check, "nonce", "{e}");
+    let again = attempt(&sim, "shop", None, &cvm).unwrap();
+    assert_eq!(again.address, ok.address);
+    assert_eq!(leases.all().unwrap().len(), 1);
+    drop(net);
+}
+
+/// Runs a ready future to completion on this thread (the simulator's quote never waits).
+fn futures_lite<T, E: std::fmt::Debug>(f: impl std::future::Future<Output = Result<T, E>>) -> T {
+    tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(f))
+        .expect("the simulator quotes")
+}
