@@ -107,7 +107,7 @@ fn development_defaults_verify_and_each_tampering_fails_at_its_step() {
     let (code, out) = offline(&dir, &bundle, &[sim, "--policy", "other.toml"]);
     assert_eq!(code, 11, "{out}");
     assert!(out.contains("✗ policy: policy: mrtd"), "{out}");
-    let version = hex_encode(env!("CARGO_PKG_VERSION").as_bytes());
+    let version = gatehouse_attest::hex::encode(env!("CARGO_PKG_VERSION").as_bytes());
     std::fs::write(
         dir.join("pinned.toml"),
         format!("mrtd = [\"{mrtd}\"]\n[events]\ngatehouse-version = \"{version}\"\n"),
@@ -226,10 +226,6 @@ fn development_defaults_verify_and_each_tampering_fails_at_its_step() {
         "{}",
         stdout(&bad)
     );
-}
-
-fn hex_encode(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 /// One bundle request over TLS with ALPN `gatehouse-attest/1` (openssl s_client), raw response.
