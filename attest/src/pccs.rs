@@ -23,6 +23,29 @@ const REFRESH_MARGIN: u64 = 3600;
 
 type Https = hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>;
 
+/// Where collateral for a quote comes from: the quote provider's own (the simulator vouches
+/// for its mock PKI), else a PCCS.
+#[derive(Debug)]
+pub struct CollateralSource {
+    own: Option<Collateral>,
+    pccs: Pccs,
+}
+
+impl CollateralSource {
+    /// `own` when the local provider has collateral of its own, else `pccs`.
+    pub fn new(own: Option<Collateral>, pccs: Pccs) -> CollateralSource {
+        CollateralSource { own, pccs }
+    }
+
+    /// Collateral to verify `quote` with at `now`.
+    pub async fn for_quote(&self, quote: &[u8], now: u64) -> Result<Collateral, AttestError> {
+        match &self.own {
+            Some(c) => Ok(c.clone()),
+            None => self.pccs.collateral(quote, now).await,
+        }
+    }
+}
+
 /// A PCCS client with a per-(FMSPC, CA) cache.
 pub struct Pccs {
     base: String,

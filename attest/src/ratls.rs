@@ -518,6 +518,57 @@ impl ServerCertVerifier for AttestedPeer {
     }
 }
 
+/// A server-certificate verifier for RA-TLS clients that need the peer's quote before they
+/// can check it (collateral fetched from a PCCS for that quote's platform): it checks the
+/// handshake signature (the peer holds the certificate's key) and defers everything else.
+/// The caller MUST run [`AttestedPeer::check`] on the peer's certificate after the handshake
+/// and before sending any byte.
+#[derive(Debug)]
+pub struct CheckAfterHandshake(Arc<rustls::crypto::CryptoProvider>);
+
+impl Default for CheckAfterHandshake {
+    fn default() -> CheckAfterHandshake {
+        CheckAfterHandshake(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+    }
+}
+
+impl ServerCertVerifier for CheckAfterHandshake {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        let algs = &self.0.signature_verification_algorithms;
+        rustls::crypto::verify_tls12_signature(message, cert, dss, algs)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        let algs = &self.0.signature_verification_algorithms;
+        rustls::crypto::verify_tls13_signature(message, cert, dss, algs)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
 impl ClientCertVerifier for AttestedPeer {
     fn root_hint_subjects(&self) -> &[DistinguishedName] {
         &[]

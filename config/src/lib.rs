@@ -128,6 +128,16 @@ impl Config {
             v.resolve_paths(base_dir);
             let ids: Vec<&str> = apps.iter().map(|(_, a)| a.id.as_str()).collect();
             v.check(&ids, &mut problems);
+            if tee
+                .as_ref()
+                .is_some_and(|t| t.provider == TeeProvider::None)
+            {
+                problems.push(Problem::new(
+                    "vpc",
+                    "needs attestation: app CVMs only register with an attested gateway \
+                     (tee.provider = \"none\")",
+                ));
+            }
         }
         validate::check(
             validate::Parts {

@@ -95,6 +95,7 @@ fn each_problem_names_its_key() {
         ("[vpc]\nprefix = \"10.88.0.0/16\"\ngateway_address = \"10.88.0.1\"\nregister_listen = \"127.0.0.1:8444\"\ninterface = \"a-very-long-interface\"", "vpc.interface: \"a-very-long-interface\" must be 1-15"),
         ("[vpc]\nprefix = \"10.88.0.0/16\"\ngateway_address = \"10.88.0.1\"\nregister_listen = \"127.0.0.1:8444\"\nhandshake_stale = \"2h\"", "vpc.lease_reclaim: 1h is less than handshake_stale 2h"),
         ("[vpc]\nprefix = \"10.88.0.0/16\"\ngateway_address = \"10.88.0.1\"\nregister_listen = \"127.0.0.1:8444\"\nkind = \"tun\"", "vpc.kind: unknown variant `tun`"),
+        ("[tee]\nprovider = \"none\"\n[vpc]\nprefix = \"10.88.0.0/16\"\ngateway_address = \"10.88.0.1\"\nregister_listen = \"127.0.0.1:8444\"", "vpc: needs attestation"),
         ("[vpc]\nprefix = \"10.88.0.0/16\"\ngateway_address = \"10.88.0.1\"\nregister_listen = \"127.0.0.1:8444\"\n[vpc.apps.shop]\npolicy = \"p.toml\"", "vpc.apps.shop: no [[apps]] entry has id \"shop\""),
         ("[tee]\npccs_url = \"http://pccs.example\"", "tee.pccs_url: \"http://pccs.example\" must be an https:// URL"),
         ("[acme]\ndirectory = \"x\"", "acme.directory: \"x\" must be an https:// URL"),

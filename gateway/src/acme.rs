@@ -119,15 +119,14 @@ pub fn dns_provider(dns: &DnsConfig) -> Result<Arc<dyn DnsProvider>, StartError>
 /// certificates. `None` when `[acme]` is absent.
 pub fn prepare(
     config: &Config,
-    state_dir: &Path,
+    state: &State,
     shared: &Arc<Shared>,
     static_certs: CertSet,
-    sealer: Arc<dyn Sealer>,
 ) -> Result<Option<Acme>, StartError> {
     let Some(acme) = &config.acme else {
         return Ok(None);
     };
-    let State { store, sealer, .. } = open_state(config, state_dir, sealer)?;
+    let (store, sealer) = (state.store.clone(), state.sealer.clone());
     let dns = config.dns.as_ref().map(dns_provider).transpose()?;
     let resolvers = config
         .dns

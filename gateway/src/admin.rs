@@ -3,7 +3,7 @@
 //! validation enforces that pairing).
 
 use crate::conn::Shared;
-use crate::http_server::{serve, text};
+use crate::http_server::{json, read_json, serve, text};
 use gatehouse_config::AdminConfig;
 use std::sync::Arc;
 use tokio::net::TcpListener;
@@ -69,40 +69,20 @@ async fn sign(
     req: hyper::Request<hyper::body::Incoming>,
 ) -> hyper::Response<http_body_util::Full<bytes::Bytes>> {
     use base64::Engine as _;
-    use http_body_util::BodyExt;
     let Some(attestor) = shared.attest.get() else {
         return text(503, "503 attestation is off ([tee] provider = \"none\")\n");
     };
-    let limited = http_body_util::Limited::new(req.into_body(), SIGN_BODY_LIMIT);
-    let body = match limited.collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(e) => return text(413, format!("413 body: {e}\n")),
-    };
-    let r: SignRequest = match serde_json::from_slice(&body) {
-        Ok(r) => r,
-        Err(e) => {
-            return text(
-                400,
-                format!("400 expected {{\"context\", \"payload_b64\"}}: {e}\n"),
-            )
-        }
-    };
+    let r: SignRequest =
+        match read_json(req, SIGN_BODY_LIMIT, "{\"context\", \"payload_b64\"}").await {
+            Ok(r) => r,
+            Err(resp) => return resp,
+        };
     let payload = match base64::engine::general_purpose::STANDARD.decode(r.payload_b64.trim()) {
         Ok(p) => p,
         Err(e) => return text(400, format!("400 payload_b64: {e}\n")),
     };
     match attestor.sign(shared, &r.context, &payload).await {
-        Ok(statement) => {
-            let mut resp = text(
-                200,
-                serde_json::to_vec_pretty(&statement).unwrap_or_default(),
-            );
-            resp.headers_mut().insert(
-                hyper::header::CONTENT_TYPE,
-                hyper::header::HeaderValue::from_static("application/json"),
-            );
-            resp
-        }
+        Ok(statement) => json(200, &statement),
         Err(e) => text(400, format!("400 {e}\n")),
     }
 }

@@ -8,7 +8,7 @@ use crate::conn::{self, Shared};
 use crate::listener;
 use crate::metrics::Metrics;
 use crate::route::custom_domain::{CustomDomains, HickoryTxt};
-use crate::route::{AppSpec, RouteTable, Routes};
+use crate::route::{AppSpec, Routes};
 use crate::terminate::certs::{CertResolver, CertSet};
 use crate::terminate::TlsConfigs;
 use gatehouse_config::Config;
@@ -77,7 +77,6 @@ impl Gateway {
         }
         let mut specs: Vec<AppSpec> = config.apps.iter().map(AppSpec::from).collect();
         specs.extend(extra_apps);
-        let table = RouteTable::build(&config.proxy.base_domains, specs, None)?;
         let custom = &config.proxy.custom_domains;
         let lookup = HickoryTxt::new(custom).map_err(StartError::Resolver)?;
         let custom = CustomDomains::new(
@@ -86,7 +85,7 @@ impl Gateway {
             tokio::runtime::Handle::current(),
         );
         let shared = Arc::new(Shared {
-            routes: Routes::new(table, custom),
+            routes: Routes::new(config.proxy.base_domains.clone(), specs, custom)?,
             tls: TlsConfigs::new(
                 Arc::new(CertResolver::new(certs.clone())),
                 config.tls.resumption,

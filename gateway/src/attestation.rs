@@ -11,7 +11,7 @@ use crate::app::StartError;
 use crate::conn::Shared;
 use bytes::Bytes;
 use gatehouse_attest::bundle::{self, Bundle, Claims, SpkiHashes};
-use gatehouse_attest::collateral::Collateral;
+use gatehouse_attest::pccs::CollateralSource;
 use gatehouse_attest::provider::{self, Probe, ProviderChoice};
 use gatehouse_attest::simulator::SimulatorConfig;
 use gatehouse_attest::statement::{Signer, Statement};
@@ -132,28 +132,40 @@ pub async fn sealer(config: &Config, state_dir: &Path) -> Result<Arc<dyn Sealer>
     }
 }
 
+/// A quote provider and the collateral source for quotes.
+pub type Quoting = (Arc<dyn QuoteProvider>, Arc<CollateralSource>);
+
+/// The quote provider `[tee]` names (`None` for `provider = "none"`; an error when `auto`
+/// finds no TEE), and where collateral for quotes comes from.
+pub fn quote_provider(tee: &TeeConfig) -> Result<Option<Quoting>, StartError> {
+    let (choice, probe) = choice(tee);
+    let Some(choice) = choice else {
+        return Ok(None);
+    };
+    let provider = provider::open(&choice, &probe).map_err(fail)?;
+    let pccs =
+        gatehouse_attest::pccs::Pccs::new(&tee.pccs_url, Duration::from_secs(30)).map_err(fail)?;
+    let collateral = Arc::new(CollateralSource::new(provider.collateral(), pccs));
+    Ok(Some((provider, collateral)))
+}
+
 /// Opens `[tee]`: the provider (failing when `auto` finds no TEE), signer and sealer.
 pub async fn open(config: &Config, state_dir: &Path) -> Result<Tee, StartError> {
-    let (choice, probe) = choice(&config.tee);
     let sealer = sealer(config, state_dir).await?;
-    let Some(choice) = choice else {
+    let Some((provider, collateral)) = quote_provider(&config.tee)? else {
         tracing::warn!("NO ATTESTATION: tee.provider = \"none\"; no bundle is served");
         return Ok(Tee {
             attestor: None,
             sealer,
         });
     };
-    let provider = provider::open(&choice, &probe).map_err(fail)?;
     tracing::info!(provider = %provider.describe(), sealing = sealer.kind(), "attestation on");
     let mut domains = config.proxy.base_domains.clone();
     if let Some(acme) = &config.acme {
         domains.extend(acme.domains.iter().cloned());
     }
-    let pccs = gatehouse_attest::pccs::Pccs::new(&config.tee.pccs_url, Duration::from_secs(30))
-        .map_err(fail)?;
     let attestor = Attestor {
-        collateral: provider.collateral(),
-        pccs,
+        collateral,
         provider,
         signer: Signer::generate().map_err(fail)?,
         domains,
@@ -172,9 +184,8 @@ pub async fn open(config: &Config, state_dir: &Path) -> Result<Tee, StartError> 
 /// Quotes the claims, caches the bundle, signs statements.
 pub struct Attestor {
     provider: Arc<dyn QuoteProvider>,
-    /// The provider's own collateral (the simulator's); else fetched from `pccs`.
-    collateral: Option<Collateral>,
-    pccs: gatehouse_attest::pccs::Pccs,
+    /// The provider's own collateral (the simulator's), else a PCCS.
+    collateral: Arc<CollateralSource>,
     signer: Signer,
     domains: Vec<String>,
     sealing: &'static str,
@@ -192,6 +203,18 @@ pub struct Attestor {
 impl std::fmt::Debug for Attestor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "Attestor({})", self.provider.describe())
+    }
+}
+
+impl Attestor {
+    /// The quote provider (the VPC's RA-TLS certificate is quoted by it too).
+    pub fn provider(&self) -> &Arc<dyn QuoteProvider> {
+        &self.provider
+    }
+
+    /// Where collateral for quotes comes from (the provider's own, else the PCCS).
+    pub fn collateral_source(&self) -> &Arc<CollateralSource> {
+        &self.collateral
     }
 }
 
@@ -258,21 +281,18 @@ impl Attestor {
         let value = serde_json::to_value(claims).map_err(|e| AttestError::Claims(e.to_string()))?;
         let report_data = bundle::report_data(&value)?;
         let evidence = self.provider.quote(report_data).await?;
-        let collateral = match &self.collateral {
-            Some(c) => Some(c.clone()),
-            // Verifiers can fetch their own (`gatehouse verify --pccs`): serve the quote
-            // even when the PCCS is down.
-            None => match self
-                .pccs
-                .collateral(&evidence.quote, gatehouse_attest::unix_now())
-                .await
-            {
-                Ok(c) => Some(c),
-                Err(e) => {
-                    tracing::warn!("collateral for the bundle: {e}");
-                    None
-                }
-            },
+        // Verifiers can fetch their own (`gatehouse verify --pccs`): serve the quote even
+        // when the PCCS is down.
+        let collateral = match self
+            .collateral
+            .for_quote(&evidence.quote, gatehouse_attest::unix_now())
+            .await
+        {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::warn!("collateral for the bundle: {e}");
+                None
+            }
         };
         Ok(Bundle {
             version: 1,

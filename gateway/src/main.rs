@@ -103,6 +103,15 @@ enum Command {
         #[arg(long, default_value = gatehouse_attest::pccs::DEFAULT_PCCS)]
         pccs: String,
     },
+    /// Join the VPC from an app CVM: register with the gateway and keep the tunnel up.
+    ///
+    /// Checks the gateway's RA-TLS certificate against --gateway-policy before sending
+    /// anything, then sends a quote binding this CVM's WireGuard key and the gateway's nonce.
+    /// On success configures the interface (address, the gateway as peer) and prints
+    /// "registered <app> at <address>/<len>"; a refusal prints the check that failed. Without
+    /// --once it stays: registers again (backing off 1-60 s) when the interface loses its
+    /// configuration or the gateway stops answering.
+    Agent(AgentArgs),
     /// Check a signed statement (from the admin API's POST /v1/sign) offline.
     ///
     /// Checks, each with its own error: the payload (if given) matches the digest, the key is
@@ -124,6 +133,39 @@ enum Command {
         #[arg(long)]
         now: Option<u64>,
     },
+}
+
+/// `gatehouse agent` options.
+#[derive(clap::Args, Debug)]
+struct AgentArgs {
+    /// The gateway's registration listener, `https://HOST:PORT` (its `[vpc] register_listen`).
+    #[arg(long)]
+    register: String,
+    /// The app id to register as (the gateway's `[vpc.apps.<id>]`).
+    #[arg(long)]
+    app_id: String,
+    /// The policy the gateway's RA-TLS quote must meet (TOML, as for `gatehouse verify`).
+    /// Required: the agent never sends its quote to an unattested gateway.
+    #[arg(long)]
+    gateway_policy: PathBuf,
+    /// This CVM's WireGuard interface (it must exist: `wireguard-go NAME`, or
+    /// `ip link add NAME type wireguard`).
+    #[arg(long, default_value = "gatehouse0")]
+    interface: String,
+    /// How the interface is driven: `userspace` (UAPI socket) or `kernel` (the `wg` tool).
+    #[arg(long, default_value = "userspace")]
+    kind: String,
+    /// A gatehouse config file whose `[tee]` section picks the quote provider and sealing
+    /// (default: `[tee]` defaults, i.e. a real TEE or nothing).
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Where the sealed WireGuard key is kept (and the development sealing key, if any).
+    #[arg(long, default_value = ".gatehouse-agent")]
+    state_dir: PathBuf,
+    /// Register once, configure the interface, print the address and exit (0 registered,
+    /// 1 refused or failed).
+    #[arg(long)]
+    once: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -285,6 +327,13 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         },
+        Command::Agent(args) => match agent(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("gatehouse agent: {e:#}");
+                ExitCode::from(1)
+            }
+        },
         Command::Run { config, state_dir } => {
             let config = match config.as_deref().map(Config::from_file).transpose() {
                 Ok(c) => c,
@@ -323,13 +372,44 @@ fn run(config: Option<Config>, state_dir: &Path) -> anyhow::Result<()> {
         if let Some(attestor) = tee.attestor {
             let _ = gateway.shared.attest.set(attestor);
         }
-        let acme = gatehouse::acme::prepare(
-            &config,
-            state_dir,
-            &gateway.shared,
-            gateway.static_certs.clone(),
-            tee.sealer,
-        )?;
+        let state = (config.acme.is_some() || config.vpc.is_some())
+            .then(|| gatehouse::acme::open_state(&config, state_dir, tee.sealer.clone()))
+            .transpose()?;
+        let acme = match &state {
+            Some(state) => gatehouse::acme::prepare(
+                &config,
+                state,
+                &gateway.shared,
+                gateway.static_certs.clone(),
+            )?,
+            None => None,
+        };
+        if let (Some(vpc), Some(state)) = (&config.vpc, &state) {
+            let attestor = gateway.shared.attest.get().context(
+                "[vpc] needs attestation ([tee] provider): app CVMs only register with an \
+                 attested gateway",
+            )?;
+            let node = gatehouse::vpc::node::VpcNode::start(
+                vpc,
+                state.store.clone(),
+                state.sealer.as_ref(),
+                attestor,
+            )
+            .await
+            .context("vpc")?;
+            let node = Arc::new(node);
+            let listener = tokio::net::TcpListener::bind(vpc.register_listen)
+                .await
+                .with_context(|| format!("vpc.register_listen {}", vpc.register_listen))?;
+            println!(
+                "gatehouse: VPC registration on {} (RA-TLS), WireGuard {} at {}",
+                listener.local_addr()?,
+                vpc.interface,
+                vpc.gateway_address
+            );
+            tokio::spawn(node.clone().serve(listener));
+            tokio::spawn(node.watch(gateway.shared.clone()));
+        }
         for addr in gateway.local_addrs() {
             println!("gatehouse: listening on {addr} (TLS)");
         }
@@ -371,6 +451,40 @@ fn run(config: Option<Config>, state_dir: &Path) -> anyhow::Result<()> {
         });
         gateway.run(stop_rx).await;
         tracing::info!("stopped");
+        Ok(())
+    })
+}
+
+fn agent(a: AgentArgs) -> anyhow::Result<()> {
+    let config = match &a.config {
+        Some(path) => Config::from_file(path)
+            .map_err(|e| anyhow::anyhow!("{}: {}", path.display(), e.problems().join("; ")))?,
+        None => Config::from_toml("", Path::new(".")).map_err(|e| anyhow::anyhow!("{e}"))?,
+    };
+    let kind = match a.kind.as_str() {
+        "userspace" => gatehouse_config::WireGuardKind::Userspace,
+        "kernel" => gatehouse_config::WireGuardKind::Kernel,
+        k => anyhow::bail!("--kind {k:?}: expected userspace or kernel"),
+    };
+    let gateway_policy = Policy::load(&a.gateway_policy)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let sealer = gatehouse::attestation::sealer(&config, &a.state_dir).await?;
+        let (provider, collateral) = gatehouse::attestation::quote_provider(&config.tee)?
+            .context("[tee] provider = \"none\": the agent has no quote to register with")?;
+        let key = gatehouse::vpc::agent::load_or_create_key(&a.state_dir, sealer.as_ref())?;
+        let agent = gatehouse::vpc::agent::Agent {
+            register_url: a.register,
+            app_id: a.app_id,
+            gateway_policy,
+            provider,
+            collateral,
+            wg: gatehouse::vpc::node::wireguard_for(kind, &a.interface),
+            key,
+        };
+        agent.run(a.once).await?;
         Ok(())
     })
 }

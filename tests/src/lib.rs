@@ -42,6 +42,8 @@ pub struct Gateway {
     pub admin: Option<SocketAddr>,
     /// The temp dir holding config and log.
     pub dir: tempfile::TempDir,
+    /// `program args` run before the binary (e.g. `ip netns exec NS`).
+    wrapper: Vec<String>,
     args: Vec<String>,
 }
 
@@ -61,8 +63,23 @@ impl Gateway {
 
     /// Starts `gatehouse` with `args` in `dir` (the working directory).
     pub fn spawn(dir: tempfile::TempDir, args: &[&str]) -> Gateway {
+        Gateway::spawn_wrapped(dir, &[], args)
+    }
+
+    /// Like [`Gateway::spawn`], through `wrapper` (e.g. `["ip", "netns", "exec", "gw"]`,
+    /// which execs: the child's PID stays the gateway's).
+    pub fn spawn_wrapped(dir: tempfile::TempDir, wrapper: &[&str], args: &[&str]) -> Gateway {
         let log = std::fs::File::create(dir.path().join("gatehouse.log")).unwrap();
-        let mut child = Command::new(binary())
+        let bin = binary();
+        let mut command = match wrapper.split_first() {
+            Some((program, rest)) => {
+                let mut c = Command::new(program);
+                c.args(rest).arg(&bin);
+                c
+            }
+            None => Command::new(&bin),
+        };
+        let mut child = command
             .args(args)
             .current_dir(dir.path())
             .env("RUST_LOG", "gatehouse=debug,info")
@@ -85,6 +102,7 @@ impl Gateway {
             addr: "0.0.0.0:0".parse().unwrap(),
             admin: None,
             dir,
+            wrapper: wrapper.iter().map(|a| a.to_string()).collect(),
             args: args.iter().map(|a| a.to_string()).collect(),
         };
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -119,9 +137,11 @@ impl Gateway {
             .unwrap();
         std::fs::rename(&log, self.dir.path().join(format!("gatehouse.log.{n}"))).unwrap();
         let args = std::mem::take(&mut self.args);
+        let wrapper = std::mem::take(&mut self.wrapper);
         let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        Gateway::spawn(dir, &args)
+        let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
+        Gateway::spawn_wrapped(dir, &wrapper, &args)
     }
 
     /// Polls the log until it contains `needle` (bounded by `limit`); returns the log.

@@ -41,6 +41,7 @@ pub fn ip(args: &[&str]) {
 pub struct Net {
     namespaces: Vec<String>,
     processes: Vec<Child>,
+    daemons: Vec<(String, Child)>,
 }
 
 impl Net {
@@ -63,13 +64,28 @@ impl Net {
             .stderr(log)
             .spawn()
             .unwrap();
-        self.processes.push(child);
+        self.daemons.push((ifname.to_owned(), child));
         let sock = format!("/var/run/wireguard/{ifname}.sock");
         let deadline = Instant::now() + Duration::from_secs(10);
         while !std::path::Path::new(&sock).exists() {
             assert!(Instant::now() < deadline, "{sock} never appeared");
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Stops the WireGuard daemon of `ifname` (SIGTERM, so it removes its socket and
+    /// interface) and waits for it.
+    pub fn stop_wireguard(&mut self, ifname: &str) {
+        let i = self
+            .daemons
+            .iter()
+            .position(|(n, _)| n == ifname)
+            .expect("a daemon this Net started");
+        let (_, mut child) = self.daemons.remove(i);
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let _ = child.wait();
     }
 
     /// Keeps `child` to be killed on drop.
@@ -80,7 +96,8 @@ impl Net {
 
 impl Drop for Net {
     fn drop(&mut self) {
-        for p in &mut self.processes {
+        let daemons = self.daemons.iter_mut().map(|(_, c)| c);
+        for p in self.processes.iter_mut().chain(daemons) {
             let _ = p.kill();
             let _ = p.wait();
         }

@@ -6,6 +6,7 @@
 use gatehouse::vpc::leases::Leases;
 use gatehouse::vpc::register::{report_data, RegisterRequest, Registrar};
 use gatehouse::vpc::wireguard::{base64, KeyPair, Uapi, WireGuard};
+use gatehouse_attest::pccs::{CollateralSource, Pccs, DEFAULT_PCCS};
 use gatehouse_attest::policy::Policy;
 use gatehouse_attest::simulator::{Simulator, SimulatorConfig};
 use gatehouse_attest::QuoteProvider;
@@ -53,7 +54,10 @@ async fn registration_checks_change_nothing_until_all_pass() {
         wg.clone(),
         gw_key.clone(),
         policies,
-        sim.collateral().unwrap(),
+        Arc::new(CollateralSource::new(
+            Some(sim.collateral().unwrap()),
+            Pccs::new(DEFAULT_PCCS, std::time::Duration::from_secs(1)).unwrap(),
+        )),
     );
     let now = gatehouse_attest::unix_now();
 

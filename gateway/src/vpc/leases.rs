@@ -124,6 +124,16 @@ impl Leases {
         }
     }
 
+    /// Gives `lease`'s address back if it is still exactly `lease` (not re-registered or
+    /// re-leased meanwhile); whether it was released.
+    pub fn release_if_unchanged(&self, lease: &Lease) -> Result<bool, VpcError> {
+        let key = Leases::key(lease.address);
+        match self.store.get(&key)? {
+            Some(v) if v.value == Leases::encode(lease) => Ok(self.store.delete(&key)?),
+            _ => Ok(false),
+        }
+    }
+
     /// Gives `address` back; whether it was leased.
     pub fn release(&self, address: Ipv4Addr) -> Result<bool, VpcError> {
         Ok(self.store.delete(&Leases::key(address))?)

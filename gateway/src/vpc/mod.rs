@@ -4,8 +4,14 @@
 //!   socket, or the kernel module through the `wg` tool; keys made in-process.
 //! - [`leases`]: instance addresses from the configured prefix, kept in the `Store` (one key
 //!   per address, taken by compare-and-swap: no two peers ever share one).
+//! - [`register`]: the checks an app CVM's registration passes (quote, policy, binding).
+//! - [`node`]: the gateway at run time: interface, RA-TLS registration listener, liveness
+//!   into the route table, lease reclaim.
+//! - [`agent`]: `gatehouse agent`, the app CVM's side.
 
+pub mod agent;
 pub mod leases;
+pub mod node;
 pub mod register;
 pub mod wireguard;
 
@@ -39,6 +45,9 @@ pub enum VpcError {
         /// Why.
         reason: String,
     },
+    /// The VPC could not be set up (policy files, the registration certificate).
+    #[error("{0}")]
+    Config(String),
     /// Key generation or encoding failed.
     #[error("key: {0}")]
     Key(String),

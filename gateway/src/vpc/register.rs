@@ -9,7 +9,7 @@
 use super::leases::{Lease, Leases};
 use super::wireguard::{base64, parse_key, KeyPair, PeerConfig, WireGuard};
 use super::VpcError;
-use gatehouse_attest::collateral::Collateral;
+use gatehouse_attest::pccs::CollateralSource;
 use gatehouse_attest::policy::Policy;
 use gatehouse_attest::provider::Evidence;
 use serde::{Deserialize, Serialize};
@@ -60,21 +60,29 @@ pub struct RegisterResponse {
     pub endpoint: Option<SocketAddr>,
     /// The gateway's WireGuard port.
     pub listen_port: u16,
+    /// The persistent-keepalive interval the instance must use (seconds): the gateway takes
+    /// an instance whose packets stop for `handshake_stale` out of rotation.
+    pub keepalive: u16,
+}
+
+/// The keepalive that keeps a live instance well inside `stale`: a third of it, 1-25 s.
+pub fn keepalive_for(stale: Duration) -> u16 {
+    (stale.as_secs() / 3).clamp(1, 25) as u16
 }
 
 /// Why a registration was refused: the check, and the reason.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 #[error("registration refused: {check}: {reason}")]
 pub struct Refusal {
     /// `app`, `nonce`, `quote`, `policy`, `binding`, `pool`, `wireguard`, `request`.
-    pub check: &'static str,
+    pub check: String,
     /// Why.
     pub reason: String,
 }
 
-fn refuse(check: &'static str, reason: impl std::fmt::Display) -> Refusal {
+fn refuse(check: &str, reason: impl std::fmt::Display) -> Refusal {
     Refusal {
-        check,
+        check: check.to_owned(),
         reason: reason.to_string(),
     }
 }
@@ -86,7 +94,7 @@ pub struct Registrar {
     wg: Arc<dyn WireGuard>,
     key: KeyPair,
     policies: HashMap<String, Policy>,
-    collateral: Collateral,
+    collateral: Arc<CollateralSource>,
     config: gatehouse_config::VpcConfig,
     nonces: Mutex<HashMap<[u8; 32], Instant>>,
 }
@@ -106,7 +114,7 @@ impl Registrar {
         wg: Arc<dyn WireGuard>,
         key: KeyPair,
         policies: HashMap<String, Policy>,
-        collateral: Collateral,
+        collateral: Arc<CollateralSource>,
     ) -> Registrar {
         Registrar {
             leases,
@@ -117,6 +125,11 @@ impl Registrar {
             config,
             nonces: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The VPC settings.
+    pub fn config(&self) -> &gatehouse_config::VpcConfig {
+        &self.config
     }
 
     /// A fresh single-use nonce.
@@ -160,9 +173,13 @@ impl Registrar {
             ));
         }
         let trust_sim = policy.insecure_trust_simulator_root;
-        let q =
-            gatehouse_attest::verify::verify_quote(&req.evidence, &self.collateral, now, trust_sim)
-                .map_err(|e| refuse("quote", e))?;
+        let collateral = self
+            .collateral
+            .for_quote(&req.evidence.quote, now)
+            .await
+            .map_err(|e| refuse("quote", e))?;
+        let q = gatehouse_attest::verify::verify_quote(&req.evidence, &collateral, now, trust_sim)
+            .map_err(|e| refuse("quote", e))?;
         policy
             .check(&q, &req.evidence.event_log, now)
             .map_err(|e| refuse("policy", e))?;
@@ -200,6 +217,7 @@ impl Registrar {
             gateway_public_key: base64(&self.key.public),
             endpoint: self.config.endpoint,
             listen_port: self.config.listen_port,
+            keepalive: keepalive_for(self.config.handshake_stale),
         }
     }
 }

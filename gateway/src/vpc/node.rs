@@ -1,0 +1,321 @@
+//! The gateway's side of the VPC at run time: its WireGuard interface (key sealed in the
+//! store), the RA-TLS registration listener, and the liveness loop that feeds the route
+//! table and reclaims abandoned leases.
+//!
+//! Liveness: an instance is in rotation while its peer showed life within `handshake_stale`:
+//! a completed handshake, or received bytes (the agent's persistent keepalive, a third of the
+//! threshold, moves the counter even when no request flows). WireGuard re-handshakes only
+//! every two minutes, so the counter is what makes a short threshold usable.
+
+use super::leases::{Lease, Leases};
+use super::register::{RegisterRequest, Registrar};
+use super::wireguard::{parse_key, set_address, KeyPair, PeerConfig, Uapi, WgTool, WireGuard};
+use super::VpcError;
+use crate::attestation::Attestor;
+use crate::http_server::{json, read_json, serve_tls, text};
+use crate::route::SourceInstances;
+use gatehouse_attest::policy::Policy;
+use gatehouse_config::{VpcConfig, WireGuardKind};
+use gatehouse_store::{Sealer, Store};
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+/// The store key of the gateway's sealed WireGuard private key.
+const KEY_NAME: &str = "vpc/wireguard-key";
+/// The route source name of VPC instances.
+const SOURCE: &str = "vpc";
+/// The largest registration body (a quote is ~5 KB; event logs add a few KB).
+const REGISTER_BODY_LIMIT: usize = 256 * 1024;
+
+/// The WireGuard control `kind` names.
+pub fn wireguard_for(kind: WireGuardKind, interface: &str) -> Arc<dyn WireGuard> {
+    match kind {
+        WireGuardKind::Userspace => Arc::new(Uapi::new(interface)),
+        WireGuardKind::Kernel => Arc::new(WgTool::new(interface)),
+    }
+}
+
+/// The gateway's key: unsealed from the store, or made and stored sealed.
+fn load_or_create_key(store: &dyn Store, sealer: &dyn Sealer) -> Result<KeyPair, VpcError> {
+    let seal_err = |e: gatehouse_store::SealError| VpcError::Key(format!("{KEY_NAME}: {e}"));
+    if let Some(v) = store.get(KEY_NAME)? {
+        let private = sealer.unseal(KEY_NAME, &v.value).map_err(seal_err)?;
+        return KeyPair::from_private(&private);
+    }
+    let key = KeyPair::generate()?;
+    let sealed = sealer.seal(KEY_NAME, key.private()).map_err(seal_err)?;
+    // Created only if absent: a concurrent start on a shared store keeps the first key.
+    match store.compare_and_swap(KEY_NAME, 0, &sealed)? {
+        Ok(_) => Ok(key),
+        Err(_) => load_or_create_key(store, sealer),
+    }
+}
+
+/// The running VPC of a gateway.
+pub struct VpcNode {
+    registrar: Arc<Registrar>,
+    wg: Arc<dyn WireGuard>,
+    key: KeyPair,
+    /// The registration listener's TLS, under an RA-TLS certificate.
+    tls: tokio_rustls::TlsAcceptor,
+}
+
+impl std::fmt::Debug for VpcNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "VpcNode({})", self.wg.interface())
+    }
+}
+
+impl VpcNode {
+    /// Sets up the interface (key, port, address, every leased peer) and the registrar.
+    /// Registration needs attestation: without an attestor the VPC does not start (agents
+    /// never send their quotes to an unattested gateway, and we never admit unverified ones).
+    pub async fn start(
+        config: &VpcConfig,
+        store: Arc<dyn Store>,
+        sealer: &dyn Sealer,
+        attestor: &Attestor,
+    ) -> Result<VpcNode, VpcError> {
+        let key = load_or_create_key(store.as_ref(), sealer)?;
+        let wg = wireguard_for(config.kind, &config.interface);
+        let mut policies = HashMap::new();
+        for (id, app) in &config.apps {
+            let policy = Policy::load(&app.policy)
+                .map_err(|e| VpcError::Config(format!("vpc.apps.{id}.policy: {e}")))?;
+            policies.insert(id.clone(), policy);
+        }
+        let leases = Leases::new(store, config.prefix, vec![config.gateway_address]);
+        let registrar = Registrar::new(
+            config.clone(),
+            leases,
+            wg.clone(),
+            key.clone(),
+            policies,
+            attestor.collateral_source().clone(),
+        );
+        let node = VpcNode {
+            registrar: Arc::new(registrar),
+            wg,
+            key,
+            tls: registration_tls(attestor).await?,
+        };
+        node.configure().await?;
+        Ok(node)
+    }
+
+    /// (Re)applies the interface: key, port, address, and a peer per lease (after a gateway
+    /// or daemon restart the peers come back from the store).
+    async fn configure(&self) -> Result<(), VpcError> {
+        let c = self.registrar.config();
+        self.wg.configure(&self.key, Some(c.listen_port)).await?;
+        set_address(&c.interface, c.gateway_address, c.prefix.len).await?;
+        let leases = self.registrar.leases.all()?;
+        for lease in &leases {
+            match parse_key(&lease.public_key) {
+                Some(public_key) => {
+                    self.wg
+                        .set_peer(&PeerConfig {
+                            public_key,
+                            allowed_ips: vec![(lease.address, 32)],
+                            endpoint: None,
+                            keepalive: 0,
+                        })
+                        .await?
+                }
+                None => {
+                    tracing::warn!(address = %lease.address, "lease with a malformed key skipped")
+                }
+            }
+        }
+        tracing::info!(
+            interface = %c.interface,
+            address = %c.gateway_address,
+            peers = leases.len(),
+            "VPC interface configured"
+        );
+        Ok(())
+    }
+
+    /// Serves registration on `listener` until dropped.
+    pub async fn serve(self: Arc<Self>, listener: tokio::net::TcpListener) {
+        if let Ok(addr) = listener.local_addr() {
+            tracing::info!(listen = %addr, "VPC registration on (RA-TLS)");
+        }
+        let registrar = self.registrar.clone();
+        serve_tls(listener, self.tls.clone(), move |req, peer| {
+            let registrar = registrar.clone();
+            async move { handle(&registrar, req, peer).await }
+        })
+        .await;
+    }
+
+    /// Every third of `handshake_stale` (0.5-10 s): reads the peers, publishes the live
+    /// instances into `routes`, reclaims leases idle for `lease_reclaim`, and re-applies the
+    /// interface when its daemon lost the configuration. Runs until dropped.
+    pub async fn watch(self: Arc<Self>, shared: Arc<crate::conn::Shared>) {
+        let c = self.registrar.config().clone();
+        let interval =
+            (c.handshake_stale / 3).clamp(Duration::from_millis(500), Duration::from_secs(10));
+        let mut rx_moved: HashMap<[u8; 32], (u64, Option<Instant>)> = HashMap::new();
+        let mut in_rotation = SourceInstances::new();
+        loop {
+            match self.tick(&c, &mut rx_moved).await {
+                Ok(now) => {
+                    log_changes(&in_rotation, &now, c.handshake_stale);
+                    shared.routes.set_instances(SOURCE, now.clone());
+                    in_rotation = now;
+                }
+                Err(e) => tracing::warn!("VPC liveness: {e}"),
+            }
+            tokio::time::sleep(interval).await;
+        }
+    }
+
+    /// One pass: the instances in rotation. `rx_moved`: per peer, its receive counter and
+    /// when it last grew (`None`: not since this process saw it, or never).
+    async fn tick(
+        &self,
+        c: &VpcConfig,
+        rx_moved: &mut HashMap<[u8; 32], (u64, Option<Instant>)>,
+    ) -> Result<SourceInstances, VpcError> {
+        let (own, peers) = self.wg.state().await?;
+        if own != Some(self.key.public) {
+            tracing::warn!(interface = %c.interface, "WireGuard lost its configuration (daemon restarted?); re-applying");
+            self.configure().await?;
+        }
+        let now = Instant::now();
+        rx_moved.retain(|k, _| peers.iter().any(|p| p.public_key == *k));
+        // Per peer: the latest sign of life (handshake or received bytes) as a wall time.
+        let mut last_sign: HashMap<[u8; 32], SystemTime> = HashMap::new();
+        for p in &peers {
+            let e = rx_moved.entry(p.public_key).or_insert((p.rx_bytes, None));
+            if e.0 != p.rx_bytes {
+                *e = (p.rx_bytes, Some(now));
+            }
+            let rx = e.1.map(|at| SystemTime::now() - now.duration_since(at));
+            if let Some(t) = rx.max(p.last_handshake) {
+                last_sign.insert(p.public_key, t);
+            }
+        }
+        let is_live = |key: &[u8; 32]| {
+            last_sign
+                .get(key)
+                .is_some_and(|t| t.elapsed().unwrap_or_default() < c.handshake_stale)
+        };
+        let mut by_app = SourceInstances::new();
+        for lease in self.registrar.leases.all()? {
+            let Some(key) = parse_key(&lease.public_key) else {
+                continue;
+            };
+            if is_live(&key) {
+                by_app
+                    .entry(lease.app_id.clone())
+                    .or_default()
+                    .push(IpAddr::V4(lease.address));
+            } else {
+                self.reclaim_if_idle(c, &lease, key, last_sign.get(&key).copied())
+                    .await?;
+            }
+        }
+        Ok(by_app)
+    }
+
+    /// Gives back a lease whose instance showed no life (and did not register) for
+    /// `lease_reclaim`: its peer is removed first, then the address.
+    async fn reclaim_if_idle(
+        &self,
+        c: &VpcConfig,
+        lease: &Lease,
+        key: [u8; 32],
+        last_sign: Option<SystemTime>,
+    ) -> Result<(), VpcError> {
+        let registered = SystemTime::UNIX_EPOCH + Duration::from_secs(lease.registered_at);
+        let latest = last_sign.map_or(registered, |t| t.max(registered));
+        if latest.elapsed().unwrap_or_default() < c.lease_reclaim {
+            return Ok(());
+        }
+        self.wg.remove_peer(&key).await?;
+        if self.registrar.leases.release_if_unchanged(lease)? {
+            tracing::info!(app = %lease.app_id, address = %lease.address, "lease reclaimed (no sign of life)");
+        }
+        Ok(())
+    }
+}
+
+/// One line per instance entering or leaving rotation.
+fn log_changes(before: &SourceInstances, now: &SourceInstances, stale: Duration) {
+    let has =
+        |m: &SourceInstances, app: &str, ip: &IpAddr| m.get(app).is_some_and(|v| v.contains(ip));
+    for (app, ips) in now {
+        for ip in ips.iter().filter(|ip| !has(before, app, ip)) {
+            tracing::info!(app = %app, address = %ip, "VPC instance in rotation");
+        }
+    }
+    for (app, ips) in before {
+        for ip in ips.iter().filter(|ip| !has(now, app, ip)) {
+            tracing::warn!(app = %app, address = %ip, "VPC instance out of rotation: no sign of life for {stale:?}");
+        }
+    }
+}
+
+/// TLS for the registration listener: a fresh P-256 key in an RA-TLS certificate quoted by
+/// the attestor's provider (agents check it against their gateway policy).
+async fn registration_tls(attestor: &Attestor) -> Result<tokio_rustls::TlsAcceptor, VpcError> {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+        .map_err(|e| VpcError::Key(e.to_string()))?;
+    let names = vec!["gatehouse-vpc-register".to_owned()];
+    let cert = gatehouse_attest::ratls::certificate(attestor.provider().as_ref(), &key, &names)
+        .await
+        .map_err(|e| VpcError::Config(format!("RA-TLS certificate: {e}")))?;
+    let der = rustls_pki_types::PrivatePkcs8KeyDer::from(key.serialize_der());
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .and_then(|b| {
+            b.with_no_client_auth()
+                .with_single_cert(vec![cert], der.into())
+        })
+        .map_err(|e| VpcError::Config(format!("registration TLS: {e}")))?;
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(tls)))
+}
+
+async fn handle(
+    registrar: &Registrar,
+    req: hyper::Request<hyper::body::Incoming>,
+    peer: SocketAddr,
+) -> hyper::Response<http_body_util::Full<bytes::Bytes>> {
+    match (req.method().as_str(), req.uri().path()) {
+        ("POST", "/v1/challenge") => match registrar.challenge() {
+            Ok(n) => json(
+                200,
+                &serde_json::json!({ "nonce": gatehouse_attest::hex::encode(&n) }),
+            ),
+            Err(e) => text(500, format!("500 {e}\n")),
+        },
+        ("POST", "/v1/register") => {
+            let r: RegisterRequest = match read_json(
+                req,
+                REGISTER_BODY_LIMIT,
+                "{\"app_id\", \"wg_public_key\", \"nonce\", \"evidence\"}",
+            )
+            .await
+            {
+                Ok(r) => r,
+                Err(resp) => return resp,
+            };
+            match registrar.register(&r, gatehouse_attest::unix_now()).await {
+                Ok(resp) => json(200, &resp),
+                Err(refusal) => {
+                    tracing::warn!(app = %r.app_id, %peer, "{refusal}");
+                    json(403, &refusal)
+                }
+            }
+        }
+        _ => text(
+            404,
+            "404 not found (POST /v1/challenge, POST /v1/register)\n",
+        ),
+    }
+}

@@ -1,0 +1,454 @@
+//! The VPC end to end, in network namespaces this test makes: the real `gatehouse run` in
+//! `gw` with a userspace WireGuard daemon, `gatehouse agent` (simulated TEE) in `app1` and
+//! `app2`, each next to a small HTTP app bound to its VPC address only; `curl` in `gw`
+//! reaches both replicas through the tunnel. Then: an agent measured outside the app's
+//! policy is refused (no peer, no address); an agent whose gateway policy the gateway does
+//! not meet sends nothing; a gateway restart keeps leases and routes; an agent restart keeps
+//! its address; a stopped WireGuard daemon takes its replica out of rotation and back; 50
+//! concurrent registrations get 50 distinct addresses. Needs root; skipped otherwise.
+//! Namespaces and processes are removed by PID on every exit path.
+
+use gatehouse::vpc::agent::Agent;
+use gatehouse::vpc::wireguard::{KeyPair, Uapi, WireGuard};
+use gatehouse_attest::pccs::{CollateralSource, Pccs, DEFAULT_PCCS};
+use gatehouse_attest::policy::Policy;
+use gatehouse_attest::simulator::{Simulator, SimulatorConfig};
+use gatehouse_attest::QuoteProvider;
+use gatehouse_tests::netns::{ip, wireguard_ready, Net};
+use gatehouse_tests::pki::TestCa;
+use gatehouse_tests::{binary, Gateway};
+use std::collections::HashSet;
+use std::io::{BufRead, BufReader};
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+/// A `gatehouse agent` in a namespace, its stdout lines collected; killed on drop.
+struct AgentProc {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl AgentProc {
+    fn start(ns: &str, args: &[&str]) -> AgentProc {
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", ns])
+            .arg(binary())
+            .arg("agent")
+            .args(args)
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        AgentProc {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits for the `n`-th line containing `needle` (1-based); returns it.
+    fn wait_line(&mut self, needle: &str, n: usize, limit: Duration) -> String {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(l) = self.seen.iter().filter(|l| l.contains(needle)).nth(n - 1) {
+                return l.clone();
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(l) => self.seen.push(l),
+                Err(_) => panic!(
+                    "agent never printed {needle:?} ×{n}:\n{}",
+                    self.seen.join("\n")
+                ),
+            }
+        }
+    }
+}
+
+impl Drop for AgentProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `gatehouse agent --once ARGS` in `ns`: its exit code and output.
+fn agent_once(ns: &str, args: &[String]) -> (Option<i32>, String) {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns])
+        .arg(binary())
+        .args(["agent", "--once"])
+        .args(args)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    (out.status.code(), text)
+}
+
+/// The address in "registered shop at 10.88.0.2/24 ...".
+fn address_of(line: &str) -> Ipv4Addr {
+    let rest = line.split(" at ").nth(1).unwrap();
+    rest.split('/').next().unwrap().parse().unwrap()
+}
+
+/// One HTTPS request from `ns` to the app through the gateway: the replica's name.
+fn curl(ns: &str, ca: &Path) -> Option<String> {
+    let out = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            ns,
+            "curl",
+            "-sS",
+            "--max-time",
+            "5",
+            "--cacert",
+        ])
+        .arg(ca)
+        .args([
+            "--resolve",
+            "shop.gw.test:8443:127.0.0.1",
+            "https://shop.gw.test:8443/who",
+        ])
+        .output()
+        .unwrap();
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+/// Requests until every name in `want` answered (bounded); the names seen.
+fn until_seen(ns: &str, ca: &Path, want: &[&str], limit: Duration) -> HashSet<String> {
+    let deadline = Instant::now() + limit;
+    let mut seen = HashSet::new();
+    while Instant::now() < deadline {
+        if let Some(who) = curl(ns, ca) {
+            seen.insert(who);
+        }
+        if want.iter().all(|w| seen.contains(*w)) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    seen
+}
+
+/// A log line containing both `a` and `b`, after the first `skip` such lines.
+fn log_has(log: &str, a: &str, b: &str, skip: usize) -> bool {
+    log.lines()
+        .filter(|l| l.contains(a) && l.contains(b))
+        .nth(skip)
+        .is_some()
+}
+
+fn wait_gateway_log(gw: &Gateway, a: &str, b: &str, skip: usize, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    while !log_has(&gw.log(), a, b, skip) {
+        assert!(
+            Instant::now() < deadline,
+            "gateway never logged {a:?} with {b:?} (×{}):\n{}",
+            skip + 1,
+            gw.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A python HTTP server in `ns` on `addr:8080` serving `who` = `name`; its log (client
+/// addresses) goes to `<dir>/<name>.log`.
+fn http_app(net: &mut Net, ns: &str, addr: Ipv4Addr, name: &str, dir: &Path) -> PathBuf {
+    let root = dir.join(name);
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::write(root.join("who"), format!("{name}\n")).unwrap();
+    let log = dir.join(format!("{name}.log"));
+    let child = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            ns,
+            "python3",
+            "-u",
+            "-m",
+            "http.server",
+            "8080",
+        ])
+        .args(["--bind", &addr.to_string(), "--directory"])
+        .arg(&root)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    net.keep(child);
+    log
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apps_join_the_vpc_with_attestation_and_receive_traffic() {
+    if !wireguard_ready() {
+        return;
+    }
+    let tag = std::process::id() % 100_000;
+    let (gw_ns, a1, a2) = (
+        format!("ghvg{tag}"),
+        format!("ghva{tag}"),
+        format!("ghvb{tag}"),
+    );
+    let (wg_gw, wg_a1, wg_a2) = (
+        format!("wgg{tag}"),
+        format!("wga{tag}"),
+        format!("wgb{tag}"),
+    );
+    let mut net = Net::default();
+    for ns in [&gw_ns, &a1, &a2] {
+        net.namespace(ns);
+    }
+    // Links: root ↔ gw (the test's own registrations), gw ↔ app1, gw ↔ app2.
+    for (i, peer_ns) in [(80, None), (81, Some(&a1)), (82, Some(&a2))] {
+        let (g, p) = (format!("v{i}g{tag}"), format!("v{i}p{tag}"));
+        ip(&["link", "add", &g, "type", "veth", "peer", "name", &p]);
+        ip(&["link", "set", &g, "netns", &gw_ns]);
+        ip(&[
+            "-n",
+            &gw_ns,
+            "addr",
+            "add",
+            &format!("198.18.{i}.1/24"),
+            "dev",
+            &g,
+        ]);
+        ip(&["-n", &gw_ns, "link", "set", &g, "up"]);
+        let on = |args: &[&str]| match peer_ns {
+            Some(ns) => ip(&[&["-n", ns.as_str()], args].concat()),
+            None => ip(args),
+        };
+        if let Some(ns) = peer_ns {
+            ip(&["link", "set", &p, "netns", ns]);
+        }
+        on(&["addr", "add", &format!("198.18.{i}.2/24"), "dev", &p]);
+        on(&["link", "set", &p, "up"]);
+    }
+    net.wireguard(&gw_ns, &wg_gw);
+    net.wireguard(&a1, &wg_a1);
+    net.wireguard(&a2, &wg_a2);
+
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_owned();
+    let ca = TestCa::new();
+    let cert = ca.write(&d, "wild", &["*.gw.test"]);
+    std::fs::write(d.join("ca.pem"), &ca.pem).unwrap();
+    let good = SimulatorConfig::default();
+    let mrtd = gatehouse_attest::hex::encode(&good.mrtd);
+    // The app's policy (what an instance must run) and the agents' gateway policy: both pin
+    // the simulator's default MRTD.
+    let pinned = format!("insecure_trust_simulator_root = true\nmrtd = [\"{mrtd}\"]\n");
+    std::fs::write(d.join("shop-policy.toml"), &pinned).unwrap();
+    std::fs::write(d.join("gateway-policy.toml"), &pinned).unwrap();
+    std::fs::write(
+        d.join("other-gateway-policy.toml"),
+        format!(
+            "insecure_trust_simulator_root = true\nmrtd = [\"{}\"]\n",
+            "ab".repeat(48)
+        ),
+    )
+    .unwrap();
+    std::fs::write(d.join("agent.toml"), "[tee]\nprovider = \"simulator\"\n").unwrap();
+    std::fs::write(
+        d.join("rogue.toml"),
+        format!(
+            "[tee]\nprovider = \"simulator\"\n[tee.simulator]\nmrtd = \"{}\"\n",
+            "ee".repeat(48)
+        ),
+    )
+    .unwrap();
+    let config = format!(
+        r#"
+[proxy]
+listen = ["127.0.0.1:8443"]
+base_domains = ["gw.test"]
+workers = 1
+[proxy.timeouts]
+connect = "1s"
+[proxy.custom_domains]
+enabled = false
+
+[[apps]]
+id = "shop"
+default_port = 8080
+
+[tls]
+certificates = [{cert}]
+
+[tee]
+provider = "simulator"
+
+[vpc]
+prefix = "10.88.0.0/24"
+gateway_address = "10.88.0.1"
+interface = "{wg_gw}"
+kind = "userspace"
+handshake_stale = "6s"
+register_listen = "0.0.0.0:8444"
+[vpc.apps.shop]
+policy = "shop-policy.toml"
+"#
+    );
+    std::fs::write(d.join("gatehouse.toml"), config).unwrap();
+    let gw_dir = tempfile::tempdir_in(&d).unwrap();
+    let config_path = d.join("gatehouse.toml");
+    let mut gw = Gateway::spawn_wrapped(
+        gw_dir,
+        &["ip", "netns", "exec", &gw_ns],
+        &["run", "--config", config_path.to_str().unwrap()],
+    );
+    gw.wait_log("VPC interface configured", Duration::from_secs(10));
+
+    let agent_args = |ns: &str, wg: &str, state: &str, config: &str, policy: &str| {
+        let (agent, state, policy) = (d.join(config), d.join(state), d.join(policy));
+        let register = if ns == a1 {
+            "198.18.81.1"
+        } else {
+            "198.18.82.1"
+        };
+        vec![
+            format!("--register=https://{register}:8444"),
+            "--app-id=shop".into(),
+            format!("--gateway-policy={}", policy.display()),
+            format!("--interface={wg}"),
+            format!("--config={}", agent.display()),
+            format!("--state-dir={}", state.display()),
+        ]
+    };
+    let start = |ns: &str, wg: &str, state: &str| {
+        let args = agent_args(ns, wg, state, "agent.toml", "gateway-policy.toml");
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        AgentProc::start(ns, &args)
+    };
+    let limit = Duration::from_secs(30);
+
+    // Both agents register and get distinct addresses; their apps listen on them only.
+    let mut agent1 = start(&a1, &wg_a1, "state1");
+    let mut agent2 = start(&a2, &wg_a2, "state2");
+    let addr1 = address_of(&agent1.wait_line("registered shop at", 1, limit));
+    let addr2 = address_of(&agent2.wait_line("registered shop at", 1, limit));
+    assert_ne!(addr1, addr2);
+    let prefix: gatehouse_config::Ipv4Prefix = "10.88.0.0/24".parse().unwrap();
+    assert!(prefix.contains(addr1) && prefix.contains(addr2));
+    let log1 = http_app(&mut net, &a1, addr1, "app1", &d);
+    let _log2 = http_app(&mut net, &a2, addr2, "app2", &d);
+
+    // curl in gw reaches both replicas, through the tunnel.
+    let ca_pem = d.join("ca.pem");
+    let seen = until_seen(&gw_ns, &ca_pem, &["app1", "app2"], limit);
+    assert!(
+        seen.contains("app1") && seen.contains("app2"),
+        "both replicas answer: {seen:?}\n{}",
+        gw.log()
+    );
+    let app_log = std::fs::read_to_string(&log1).unwrap();
+    assert!(
+        app_log.contains("10.88.0.1 - - ") && app_log.contains("GET /who"),
+        "the app sees the gateway's VPC address: {app_log}"
+    );
+
+    // An instance measured outside the app's policy: refused by name, no peer, no address.
+    let rogue = agent_args(&a2, "wgnone", "rogue", "rogue.toml", "gateway-policy.toml");
+    let (code, text) = agent_once(&a2, &rogue);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains("registration refused: policy:") && text.contains("mrtd"),
+        "{text}"
+    );
+    let gw_wg = Uapi::new(&wg_gw);
+    assert_eq!(gw_wg.state().await.unwrap().1.len(), 2, "no peer for it");
+
+    // A gateway that does not meet the agent's gateway policy gets nothing.
+    let registrations = gw.log().matches("instance registered").count();
+    let picky = agent_args(
+        &a2,
+        "wgnone",
+        "picky",
+        "agent.toml",
+        "other-gateway-policy.toml",
+    );
+    let (code, text) = agent_once(&a2, &picky);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains("gateway not trusted (nothing sent)"),
+        "{text}"
+    );
+    assert_eq!(
+        gw.log().matches("instance registered").count(),
+        registrations
+    );
+    assert!(!gw.log().contains("registration refused: nonce"));
+
+    // A gateway restart keeps both leases and both routes.
+    gw = gw.restart();
+    gw.wait_log("VPC interface configured", Duration::from_secs(10));
+    assert!(gw.log().contains("peers=2"), "{}", gw.log());
+    let seen = until_seen(&gw_ns, &ca_pem, &["app1", "app2"], limit);
+    assert_eq!(seen.len(), 2, "both routes after a restart: {seen:?}");
+
+    // An agent restart keeps its address.
+    drop(agent1);
+    let mut agent1 = start(&a1, &wg_a1, "state1");
+    let again = address_of(&agent1.wait_line("registered shop at", 1, limit));
+    assert_eq!(again, addr1);
+
+    // app1's WireGuard daemon stops: out of rotation after the threshold; app2 serves all.
+    net.stop_wireguard(&wg_a1);
+    let a1_field = format!("address={addr1}");
+    wait_gateway_log(&gw, "out of rotation", &a1_field, 0, limit);
+    for _ in 0..6 {
+        assert_eq!(curl(&gw_ns, &ca_pem).as_deref(), Some("app2"));
+    }
+    // Started again: the agent configures it again and app1 is back.
+    net.wireguard(&a1, &wg_a1);
+    agent1.wait_line("registered shop at", 2, Duration::from_secs(90));
+    wait_gateway_log(&gw, "VPC instance in rotation", &a1_field, 1, limit);
+    let seen = until_seen(&gw_ns, &ca_pem, &["app1"], limit);
+    assert!(seen.contains("app1"), "app1 back in rotation: {seen:?}");
+    drop(agent2);
+
+    // 50 concurrent registrations (over the root ↔ gw link): 50 distinct addresses.
+    let sim = Arc::new(Simulator::new(good).unwrap());
+    let pccs = Pccs::new(DEFAULT_PCCS, Duration::from_secs(1)).unwrap();
+    let collateral = Arc::new(CollateralSource::new(Some(sim.collateral().unwrap()), pccs));
+    let policy = Policy::parse(&pinned).unwrap();
+    let tasks: Vec<_> = (0..50)
+        .map(|_| {
+            let agent = Agent {
+                register_url: "https://198.18.80.1:8444".into(),
+                app_id: "shop".into(),
+                gateway_policy: policy.clone(),
+                provider: sim.clone(),
+                collateral: collateral.clone(),
+                wg: Arc::new(Uapi::new("unused")),
+                key: KeyPair::generate().unwrap(),
+            };
+            tokio::spawn(async move { agent.register().await.map(|(r, _)| r.address) })
+        })
+        .collect();
+    let mut addresses = HashSet::new();
+    for t in tasks {
+        addresses.insert(t.await.unwrap().expect("registered"));
+    }
+    assert_eq!(addresses.len(), 50);
+    assert!(!addresses.contains(&addr1) && !addresses.contains(&addr2));
+    assert!(!addresses.contains(&Ipv4Addr::new(10, 88, 0, 1)));
+    assert_eq!(gw_wg.state().await.unwrap().1.len(), 52);
+}
