@@ -5,7 +5,8 @@
 //! policy is refused (no peer, no address); an agent whose gateway policy the gateway does
 //! not meet sends nothing; a gateway restart keeps leases and routes; an agent restart keeps
 //! its address; a stopped WireGuard daemon takes its replica out of rotation and back; 50
-//! concurrent registrations get 50 distinct addresses. Needs root; skipped otherwise.
+//! concurrent registrations get 50 distinct addresses, reclaimed when they never send a
+//! packet. Needs root; skipped otherwise.
 //! Namespaces and processes are removed by PID on every exit path.
 
 use gatehouse::vpc::agent::Agent;
@@ -147,10 +148,11 @@ fn until_seen(ns: &str, ca: &Path, want: &[&str], limit: Duration) -> HashSet<St
     seen
 }
 
-/// A log line containing both `a` and `b`, after the first `skip` such lines.
+/// A log line containing `a` and the whole field `b` (`address=10.88.0.3` is not
+/// `address=10.88.0.30`), after the first `skip` such lines.
 fn log_has(log: &str, a: &str, b: &str, skip: usize) -> bool {
     log.lines()
-        .filter(|l| l.contains(a) && l.contains(b))
+        .filter(|l| l.contains(a) && l.split_whitespace().any(|f| f == b))
         .nth(skip)
         .is_some()
 }
@@ -301,6 +303,7 @@ gateway_address = "10.88.0.1"
 interface = "{wg_gw}"
 kind = "userspace"
 handshake_stale = "6s"
+lease_reclaim = "40s"
 register_listen = "0.0.0.0:8444"
 [vpc.apps.shop]
 policy = "shop-policy.toml"
@@ -451,4 +454,20 @@ policy = "shop-policy.toml"
     assert!(!addresses.contains(&addr1) && !addresses.contains(&addr2));
     assert!(!addresses.contains(&Ipv4Addr::new(10, 88, 0, 1)));
     assert_eq!(gw_wg.state().await.unwrap().1.len(), 52);
+
+    // None of the 50 ever sends a packet: after lease_reclaim their peers and addresses are
+    // given back; app1 and app2 (their daemons keep sending keepalives) keep theirs.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while gw_wg.state().await.unwrap().1.len() > 2 {
+        assert!(
+            Instant::now() < deadline,
+            "idle leases reclaimed:\n{}",
+            gw.log()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    wait_gateway_log(&gw, "lease reclaimed", "app=shop", 49, limit);
+    assert!(!log_has(&gw.log(), "lease reclaimed", &a1_field, 0));
+    let seen = until_seen(&gw_ns, &ca_pem, &["app1", "app2"], limit);
+    assert_eq!(seen.len(), 2, "both replicas still served: {seen:?}");
 }
