@@ -39,7 +39,7 @@ pub enum AppMode {
     /// Relay the plaintext bytes to the instance (SSH, databases, any TCP protocol).
     #[default]
     Tcp,
-    /// L7 HTTP reverse proxy (not in this build yet).
+    /// L7 HTTP reverse proxy on Pingora (HTTP/1.1 and h2 from clients, per-request balancing).
     Http,
 }
 

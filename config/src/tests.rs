@@ -14,6 +14,12 @@ fn problems(text: &str) -> Vec<String> {
 }
 
 #[test]
+fn http_mode_parses() {
+    let c = parse("[[apps]]\nid = \"a\"\nmode = \"http\"").unwrap();
+    assert_eq!(c.apps[0].mode, AppMode::Http);
+}
+
+#[test]
 fn empty_document_gives_defaults() {
     let c = parse("").unwrap();
     assert_eq!(c.proxy.listen, vec!["0.0.0.0:443".parse().unwrap()]);
@@ -95,6 +101,7 @@ fn each_problem_names_its_key() {
         ("[vpc]\nprefix = \"10.88.0.0/16\"\ngateway_address = \"10.88.0.1\"\nregister_listen = \"127.0.0.1:8444\"\ninterface = \"a-very-long-interface\"", "vpc.interface: \"a-very-long-interface\" must be 1-15"),
         ("[vpc]\nprefix = \"10.88.0.0/16\"\ngateway_address = \"10.88.0.1\"\nregister_listen = \"127.0.0.1:8444\"\nhandshake_stale = \"2h\"", "vpc.lease_reclaim: 1h is less than handshake_stale 2h"),
         ("[vpc]\nprefix = \"10.88.0.0/16\"\ngateway_address = \"10.88.0.1\"\nregister_listen = \"127.0.0.1:8444\"\nkind = \"tun\"", "vpc.kind: unknown variant `tun`"),
+        ("[[apps]]\nid = \"web\"\nmode = \"http\"\nproxy_protocol = \"v2\"", "apps[0].proxy_protocol: not sent in mode \"http\""),
         ("[tee]\nprovider = \"none\"\n[vpc]\nprefix = \"10.88.0.0/16\"\ngateway_address = \"10.88.0.1\"\nregister_listen = \"127.0.0.1:8444\"", "vpc: needs attestation"),
         ("[vpc]\nprefix = \"10.88.0.0/16\"\ngateway_address = \"10.88.0.1\"\nregister_listen = \"127.0.0.1:8444\"\n[vpc.apps.shop]\npolicy = \"p.toml\"", "vpc.apps.shop: no [[apps]] entry has id \"shop\""),
         ("[tee]\npccs_url = \"http://pccs.example\"", "tee.pccs_url: \"http://pccs.example\" must be an https:// URL"),
@@ -106,7 +113,6 @@ fn each_problem_names_its_key() {
         ("[[apps]]\nid = \"a\"\n[[apps]]\nid = \"a\"", "apps[1].id: \"a\" is already apps[0].id"),
         ("[[apps]]\nid = \"demo\"\n[[apps]]\nid = \"demos\"", "apps[1].id: \"demos\" is ambiguous: it also reads as app \"demo\" (apps[0]) with the 's' flag"),
         ("[[apps]]\nid = \"a\"\nmode = \"udp\"", "apps[0].mode: unknown variant `udp`"),
-        ("[[apps]]\nid = \"a\"\nmode = \"http\"", "apps[0].mode: \"http\" is not available"),
         ("[[apps]]\nid = \"a\"\ndefault_port = 0", "apps[0].default_port: must be 1-65535"),
         ("[[apps]]\nid = \"a\"\ndefault_port = 70000", "apps[0].default_port: "),
         ("[[apps]]\nid = \"a\"\nports = [22]", "apps[0].default_port: 80 is not in apps[0].ports"),

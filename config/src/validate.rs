@@ -166,10 +166,10 @@ fn check_apps(apps: &[(usize, AppConfig)], push: &mut impl FnMut(String, String)
                 format!("{:?} is already apps[{first}].id", app.id),
             );
         }
-        if app.mode == AppMode::Http {
+        if app.mode == AppMode::Http && app.proxy_protocol.is_some() {
             push(
-                format!("apps[{i}].mode"),
-                "\"http\" is not available in this build yet; use \"tcp\"".into(),
+                format!("apps[{i}].proxy_protocol"),
+                "not sent in mode \"http\" (instances get X-Forwarded-For and Forwarded)".into(),
             );
         }
         if app.default_port == 0 {

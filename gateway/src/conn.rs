@@ -35,6 +35,8 @@ pub struct Shared {
     pub acme: AcmeTls,
     /// The attestation bundle's source (absent with `[tee] provider = "none"`).
     pub attest: std::sync::OnceLock<Arc<crate::attestation::Attestor>>,
+    /// The L7 proxy of `mode = "http"` apps.
+    pub http: crate::http::HttpEngine,
 }
 
 /// The TLS-ALPN-01 responder: the pending challenges and the rustls config over them.
@@ -190,6 +192,7 @@ async fn route(
         };
         return Err(refuse(&mut stream, e).await);
     };
+    let client = client_addrs.map_or(peer, |(c, _)| c);
     let proxy_header = match route.app.spec.proxy_protocol {
         None => None,
         Some(version) => {
@@ -207,6 +210,7 @@ async fn route(
         route,
         proxy_header,
         deadline,
+        client,
     };
     Ok(Next::App(routed, hello, slot))
 }
@@ -273,6 +277,8 @@ struct Routed {
     route: Route,
     proxy_header: Option<Vec<u8>>,
     deadline: Instant,
+    /// The client (the PROXY header's source, else the peer).
+    client: SocketAddr,
 }
 
 /// `s`: connect, send [PROXY header +] the buffered hello, relay.
@@ -315,12 +321,21 @@ async fn terminate(
         route,
         proxy_header,
         deadline,
+        client,
     } = c;
     let t = &shared.timeouts;
     if !shared.tls.resolver.has(&hello.sni) {
         return Err(refuse(&mut stream, ConnError::NoCertificate(hello.sni)).await);
     }
-    let config = shared.tls.for_hello(route.mode, &hello);
+    let http = route.app.spec.mode == gatehouse_config::AppMode::Http;
+    let config = match http {
+        true => shared.tls.for_hello(Mode::TerminateH2, &hello),
+        false => shared.tls.for_hello(route.mode, &hello),
+    };
+    let sni: Arc<str> = match http {
+        true => hello.sni.as_str().into(),
+        false => Arc::from(""),
+    };
     drop(hello);
     let mut tls = accept(
         config,
@@ -331,6 +346,11 @@ async fn terminate(
     .await?;
     let resumed = tls.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
     shared.metrics.handshake(resumed);
+    if http {
+        let info = crate::http::ConnInfo { route, sni };
+        Box::pin(shared.http.serve(tls, client, info)).await;
+        return Ok(());
+    }
     let (mut up, _load) = match upstream::connect(&route, t.connect).await {
         Ok(u) => u,
         Err(e) => {

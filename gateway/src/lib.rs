@@ -22,6 +22,7 @@ pub mod demo;
 pub mod devca;
 pub mod error;
 pub mod hello;
+pub mod http;
 pub mod http_server;
 pub mod listener;
 pub mod metrics;

@@ -129,3 +129,41 @@ pub async fn read_line<R: tokio::io::AsyncRead + Unpin>(r: &mut R) -> String {
     }
     String::from_utf8_lossy(&out).into_owned()
 }
+
+/// An HTTP/1.1 server answering every request with `<name>` and the forwarding headers it
+/// received, one per line: `xff=…`, `xfp=…`, `xfh=…`, `forwarded=…`, `via=…`, `host=…`.
+pub fn http_whoami(listener: TcpListener, name: &'static str) {
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(
+                    move |req: hyper::Request<hyper::body::Incoming>| async move {
+                        let h = |k: &str| {
+                            req.headers()
+                                .get_all(k)
+                                .iter()
+                                .filter_map(|v| v.to_str().ok())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        };
+                        let body = format!(
+                            "{name}\nxff={}\nxfp={}\nxfh={}\nforwarded={}\nvia={}\nhost={}\n",
+                            h("x-forwarded-for"),
+                            h("x-forwarded-proto"),
+                            h("x-forwarded-host"),
+                            h("forwarded"),
+                            h("via"),
+                            h("host"),
+                        );
+                        Ok::<_, std::convert::Infallible>(hyper::Response::new(
+                            http_body_util::Full::new(hyper::body::Bytes::from(body)),
+                        ))
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+}

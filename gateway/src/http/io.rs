@@ -1,0 +1,142 @@
+//! Our terminated TLS stream as a Pingora transport (`pingora_core::protocols::IO`): rustls
+//! stays in our terminate path; Pingora sees a plaintext-speaking stream that reports the
+//! negotiated ALPN, TLS version and cipher, and the real client address (after the PROXY
+//! header, if the listener takes one) through its socket digest.
+
+use crate::hello::replay::Prefixed;
+use pingora_core::protocols::l4::socket::SocketAddr as PingoraAddr;
+use pingora_core::protocols::raw_connect::ProxyDigest;
+use pingora_core::protocols::tls::{SslDigest, ALPN};
+use pingora_core::protocols::{
+    GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, Ssl, UniqueID, UniqueIDType,
+};
+use pingora_core::protocols::{SocketDigest, TimingDigest};
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+
+type Tls = tokio_rustls::server::TlsStream<Prefixed<TcpStream>>;
+
+static NEXT_ID: AtomicI32 = AtomicI32::new(1);
+
+/// A terminated client connection handed to Pingora.
+#[derive(Debug)]
+pub struct TlsIo {
+    inner: Tls,
+    id: UniqueIDType,
+    socket: Arc<SocketDigest>,
+    ssl: Arc<SslDigest>,
+    alpn: Option<ALPN>,
+}
+
+impl TlsIo {
+    /// Wraps `inner`, whose client is `client` (the PROXY header's source, or the peer).
+    pub fn new(inner: Tls, client: SocketAddr) -> TlsIo {
+        let (tcp, session) = inner.get_ref();
+        let socket = SocketDigest::from_raw_fd(tcp.get_ref().as_raw_fd());
+        let _ = socket.peer_addr.set(Some(PingoraAddr::Inet(client)));
+        let version = match session.protocol_version() {
+            Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3",
+            Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",
+            _ => "TLS",
+        };
+        let cipher = session
+            .negotiated_cipher_suite()
+            .and_then(|s| s.suite().as_str())
+            .unwrap_or("unknown");
+        let alpn = match session.alpn_protocol() {
+            Some(b"h2") => Some(ALPN::H2),
+            Some(b"http/1.1") => Some(ALPN::H1),
+            _ => None,
+        };
+        TlsIo {
+            inner,
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            socket: Arc::new(socket),
+            ssl: Arc::new(SslDigest::new(cipher, version, None, None, Vec::new())),
+            alpn,
+        }
+    }
+
+    /// The socket digest: unique per live connection (its address keys [`super::Conns`]).
+    pub fn socket_digest(&self) -> &Arc<SocketDigest> {
+        &self.socket
+    }
+}
+
+impl AsyncRead for TlsIo {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for TlsIo {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[async_trait::async_trait]
+impl Shutdown for TlsIo {
+    async fn shutdown(&mut self) {
+        let _ = AsyncWriteExt::shutdown(&mut self.inner).await;
+    }
+}
+
+impl UniqueID for TlsIo {
+    fn id(&self) -> UniqueIDType {
+        self.id
+    }
+}
+
+impl Ssl for TlsIo {
+    fn get_ssl_digest(&self) -> Option<Arc<SslDigest>> {
+        Some(self.ssl.clone())
+    }
+
+    fn selected_alpn_proto(&self) -> Option<ALPN> {
+        self.alpn.clone()
+    }
+}
+
+impl GetTimingDigest for TlsIo {
+    fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
+        Vec::new()
+    }
+}
+
+impl GetProxyDigest for TlsIo {
+    fn get_proxy_digest(&self) -> Option<Arc<ProxyDigest>> {
+        None
+    }
+}
+
+impl GetSocketDigest for TlsIo {
+    fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
+        Some(self.socket.clone())
+    }
+}
+
+#[async_trait::async_trait]
+impl Peek for TlsIo {}

@@ -1,0 +1,108 @@
+//! `mode = "http"`: an L7 reverse proxy on Pingora behind our terminate path.
+//!
+//! One [`HttpEngine`] per process holds one `HttpProxy` (one upstream connection pool shared
+//! by every worker). The terminate path hands it each TLS stream of an `http` app, wrapped as
+//! a Pingora transport ([`io::TlsIo`]); Pingora speaks HTTP/1.1 or h2 (the client's ALPN) and
+//! calls [`proxy::Gatehouse`] for each request. The connection's route and SNI reach those
+//! per-request hooks through [`Conns`], keyed by the connection's socket digest (the one
+//! per-connection object Pingora hands back to every request, h1 and h2 alike).
+
+pub mod io;
+pub mod proxy;
+
+use crate::route::Route;
+use pingora_core::apps::ServerApp;
+use pingora_core::server::configuration::ServerConf;
+use pingora_proxy::HttpProxy;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use tokio::sync::watch;
+
+/// What the per-request hooks need to know about a connection.
+#[derive(Debug, Clone)]
+pub struct ConnInfo {
+    /// The route its SNI chose.
+    pub route: Route,
+    /// The SNI (lower case).
+    pub sni: Arc<str>,
+}
+
+/// Live `http` connections by socket-digest address.
+#[derive(Debug, Default)]
+pub struct Conns(Mutex<HashMap<usize, ConnInfo>>);
+
+impl Conns {
+    fn key(d: &Arc<pingora_core::protocols::SocketDigest>) -> usize {
+        Arc::as_ptr(d) as usize
+    }
+
+    /// The connection a request came on.
+    pub fn get(&self, d: &Arc<pingora_core::protocols::SocketDigest>) -> Option<ConnInfo> {
+        let m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        m.get(&Conns::key(d)).cloned()
+    }
+}
+
+/// Removes a connection from [`Conns`] when its processing ends.
+struct Registered<'a>(&'a Conns, usize);
+
+impl Drop for Registered<'_> {
+    fn drop(&mut self) {
+        let mut m = self.0 .0.lock().unwrap_or_else(|p| p.into_inner());
+        m.remove(&self.1);
+    }
+}
+
+/// The process's HTTP proxy.
+pub struct HttpEngine {
+    proxy: Arc<HttpProxy<proxy::Gatehouse>>,
+    conns: Arc<Conns>,
+    /// Pingora's shutdown flag (never set: our workers drain and drop connections themselves).
+    shutdown: watch::Receiver<bool>,
+    _shutdown_tx: watch::Sender<bool>,
+}
+
+impl std::fmt::Debug for HttpEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HttpEngine")
+    }
+}
+
+impl HttpEngine {
+    /// The engine, with upstream connect timeout `connect`.
+    pub fn new(connect: std::time::Duration) -> HttpEngine {
+        let conns = Arc::new(Conns::default());
+        let conf = Arc::new(ServerConf::default());
+        let app = proxy::Gatehouse::new(conns.clone(), connect);
+        let (tx, rx) = watch::channel(false);
+        HttpEngine {
+            proxy: Arc::new(pingora_proxy::http_proxy(&conf, app)),
+            conns,
+            shutdown: rx,
+            _shutdown_tx: tx,
+        }
+    }
+
+    /// Serves one terminated connection to its end.
+    pub async fn serve(
+        &self,
+        tls: tokio_rustls::server::TlsStream<crate::hello::replay::Prefixed<tokio::net::TcpStream>>,
+        client: SocketAddr,
+        info: ConnInfo,
+    ) {
+        let io = io::TlsIo::new(tls, client);
+        let key = Conns::key(io.socket_digest());
+        self.conns
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key, info);
+        let _registered = Registered(&self.conns, key);
+        let mut stream: pingora_core::protocols::Stream = Box::new(io);
+        // h1 keep-alive: Pingora hands the stream back after each request it can reuse.
+        while let Some(s) = self.proxy.process_new(stream, &self.shutdown).await {
+            stream = s;
+        }
+    }
+}
