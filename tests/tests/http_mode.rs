@@ -15,11 +15,28 @@ struct Setup {
 }
 
 async fn setup(extra_apps: &str) -> Setup {
+    setup_with(
+        &[([127, 0, 0, 1], Some("one")), ([127, 0, 0, 2], Some("two"))],
+        extra_apps,
+    )
+    .await
+}
+
+/// App `web` (mode http) with an instance per address, each answering as its name (`None`:
+/// nothing listens there), plus `extra_apps`.
+async fn setup_with(instances: &[([u8; 4], Option<&'static str>)], extra_apps: &str) -> Setup {
     let ca = TestCa::new();
-    let (port, listeners) = bind_same_port(&[[127, 0, 0, 1], [127, 0, 0, 2]]).await;
-    let mut it = listeners.into_iter();
-    http_whoami(it.next().unwrap(), "one");
-    http_whoami(it.next().unwrap(), "two");
+    let ips: Vec<[u8; 4]> = instances.iter().map(|(ip, _)| *ip).collect();
+    let (port, listeners) = bind_same_port(&ips).await;
+    let mut listed = String::new();
+    for ((ip, name), listener) in instances.iter().zip(listeners) {
+        match name {
+            Some(name) => http_whoami(listener, name),
+            None => drop(listener),
+        }
+        let [a, b, c, d] = ip;
+        listed += &format!("[[apps.instances]]\naddress = \"{a}.{b}.{c}.{d}\"\n");
+    }
     let dir = tempfile::tempdir().unwrap();
     let wild = ca.write(dir.path(), "wild", &["*.gw.test"]);
     std::fs::write(dir.path().join("ca.pem"), &ca.pem).unwrap();
@@ -29,10 +46,7 @@ async fn setup(extra_apps: &str) -> Setup {
 id = "web"
 mode = "http"
 default_port = {port}
-[[apps.instances]]
-address = "127.0.0.1"
-[[apps.instances]]
-address = "127.0.0.2"
+{listed}
 {extra_apps}
 [tls]
 certificates = [{wild}]
@@ -137,34 +151,12 @@ mode = "http"
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_instance_is_retried_elsewhere() {
-    let ca = TestCa::new();
-    let (port, listeners) = bind_same_port(&[[127, 0, 0, 1], [127, 0, 0, 3]]).await;
-    let mut it = listeners.into_iter();
-    http_whoami(it.next().unwrap(), "alive");
-    drop(it.next()); // 127.0.0.3: nothing listens there
-    let dir = tempfile::tempdir().unwrap();
-    let wild = ca.write(dir.path(), "wild", &["*.gw.test"]);
-    std::fs::write(dir.path().join("ca.pem"), &ca.pem).unwrap();
-    let config = format!(
-        r#"{}
-[[apps]]
-id = "web"
-mode = "http"
-default_port = {port}
-[[apps.instances]]
-address = "127.0.0.1"
-[[apps.instances]]
-address = "127.0.0.3"
-[tls]
-certificates = [{wild}]
-"#,
-        base_config("")
-    );
-    let ca_path = dir.path().join("ca.pem");
-    let s = Setup {
-        gw: Gateway::start_in(dir, &config),
-        ca: ca_path,
-    };
+    // 127.0.0.3: nothing listens there.
+    let s = setup_with(
+        &[([127, 0, 0, 1], Some("alive")), ([127, 0, 0, 3], None)],
+        "",
+    )
+    .await;
     let url = format!("https://web.gw.test:{}/", s.gw.addr.port());
     for _ in 0..8 {
         let out = curl(&s, "web.gw.test", &["-w", "%{http_code}", &url]);
