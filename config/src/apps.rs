@@ -26,6 +26,9 @@ pub struct AppConfig {
     /// The app's instances (the VPC adds more at run time).
     #[serde(default)]
     pub instances: Vec<InstanceConfig>,
+    /// Active health checks of every instance (static and VPC), beside the passive ones.
+    #[serde(default)]
+    pub health_check: Option<crate::HealthCheckConfig>,
 }
 
 fn default_port() -> u16 {

@@ -37,3 +37,9 @@ fn parse_socket_addr(s: &str) -> Result<SocketAddr, String> {
         }
     })
 }
+
+pub(crate) fn opt_socket_addr<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Option<SocketAddr>, D::Error> {
+    socket_addr(d).map(Some)
+}

@@ -16,6 +16,7 @@ mod admin;
 mod apps;
 mod de;
 mod error;
+mod http;
 mod proxy;
 mod tee;
 mod tls;
@@ -28,6 +29,7 @@ pub use acme::{
 pub use admin::AdminConfig;
 pub use apps::{app_id_problem, AppConfig, AppMode, InstanceConfig, ProxyProtocolVersion};
 pub use error::{ConfigError, Problem};
+pub use http::{ForwardedMode, HealthCheckConfig, HttpConfig};
 pub use proxy::{CustomDomainsConfig, ProxyConfig, Timeouts};
 pub use tee::{Sealing, SimulatorSettings, TeeConfig, TeeProvider};
 pub use tls::{CertificatePair, TlsConfig};

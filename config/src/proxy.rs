@@ -1,3 +1,4 @@
+use crate::HttpConfig;
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -19,6 +20,8 @@ pub struct ProxyConfig {
     pub timeouts: Timeouts,
     /// Custom domains mapped to apps by DNS TXT records.
     pub custom_domains: CustomDomainsConfig,
+    /// The L7 mode (`mode = "http"` apps): limits, forwarding headers, port-80 redirect.
+    pub http: HttpConfig,
 }
 
 impl Default for ProxyConfig {
@@ -30,6 +33,7 @@ impl Default for ProxyConfig {
             proxy_protocol_inbound: false,
             timeouts: Timeouts::default(),
             custom_domains: CustomDomainsConfig::default(),
+            http: HttpConfig::default(),
         }
     }
 }

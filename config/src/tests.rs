@@ -20,6 +20,28 @@ fn http_mode_parses() {
 }
 
 #[test]
+fn http_section_and_health_check_parse() {
+    let c = parse(
+        "[proxy.http]\nforwarded = \"append\"\nredirect_listen = \"127.0.0.1:8080\"\nmax_request_body = 10\n\
+         [[apps]]\nid = \"a\"\nmode = \"http\"\n[apps.health_check]\npath = \"/healthz\"\ninterval = \"1s\"\ntimeout = \"500ms\"",
+    )
+    .unwrap();
+    assert_eq!(c.proxy.http.forwarded, ForwardedMode::Append);
+    assert_eq!(
+        c.proxy.http.redirect_listen,
+        Some("127.0.0.1:8080".parse().unwrap())
+    );
+    assert_eq!(c.proxy.http.max_request_body, 10);
+    assert_eq!(c.proxy.http.max_header_bytes, 64 * 1024);
+    let hc = c.apps[0].health_check.as_ref().unwrap();
+    assert_eq!(
+        (hc.path.as_str(), hc.interval, hc.fall, hc.rise),
+        ("/healthz", Duration::from_secs(1), 3, 2)
+    );
+    assert_eq!(hc.timeout, Duration::from_millis(500));
+}
+
+#[test]
 fn empty_document_gives_defaults() {
     let c = parse("").unwrap();
     assert_eq!(c.proxy.listen, vec!["0.0.0.0:443".parse().unwrap()]);
@@ -90,6 +112,13 @@ fn each_problem_names_its_key() {
         ("[proxy.timeouts]\nidle = \"soon\"", "proxy.timeouts.idle: "),
         ("[proxy.custom_domains]\ntxt_prefix = \"app\"", "proxy.custom_domains.txt_prefix: \"app\" must be one DNS label"),
         ("[proxy.custom_domains]\nmin_ttl = \"2h\"", "proxy.custom_domains.min_ttl: 2h is more than max_ttl 1h"),
+        ("[proxy.http]\nmax_headers = 300", "proxy.http.max_headers: 300 is not in 1..=256"),
+        ("[proxy.http]\nforwarded = \"keep\"", "proxy.http.forwarded: unknown variant `keep`"),
+        ("[proxy.http]\nredirect_listen = \"80\"", "proxy.http.redirect_listen: \"80\" is not a socket address"),
+        ("[proxy.http]\nheader_read_timeout = \"0s\"", "proxy.http.header_read_timeout: must be more than 0s"),
+        ("[[apps]]\nid = \"a\"\n[apps.health_check]\npath = \"healthz\"", "apps[0].health_check.path: \"healthz\" must start with '/'"),
+        ("[[apps]]\nid = \"a\"\n[apps.health_check]\npath = \"/h\"\ninterval = \"1s\"\ntimeout = \"2s\"", "apps[0].health_check.timeout: 2s is longer than interval 1s"),
+        ("[[apps]]\nid = \"a\"\n[apps.health_check]\npath = \"/h\"\nfall = 0", "apps[0].health_check.fall: must be at least 1"),
         ("[tee]\nprovider = \"x\"", "tee.provider: unknown variant `x`"),
         ("[tee]\nprovider = \"none\"", "tee.sealing: provider = \"none\" has no TEE to seal with"),
         ("[tee.simulator]\nmrtd = \"abcd\"", "tee.simulator.mrtd: must be 48 bytes as 96 hex digits"),

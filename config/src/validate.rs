@@ -115,6 +115,7 @@ fn check_proxy(p: &ProxyConfig, push: &mut impl FnMut(String, String)) {
             );
         }
     }
+    check_http(&p.http, push);
     let cd = &p.custom_domains;
     let prefix_ok = cd.txt_prefix.starts_with('_')
         && cd.txt_prefix.len() <= 63
@@ -186,6 +187,9 @@ fn check_apps(apps: &[(usize, AppConfig)], push: &mut impl FnMut(String, String)
                 format!("{} is not in apps[{i}].ports", app.default_port),
             );
         }
+        if let Some(hc) = &app.health_check {
+            check_health_check(hc, &format!("apps[{i}].health_check"), push);
+        }
         let mut addrs = HashSet::new();
         for (j, inst) in app.instances.iter().enumerate() {
             if !addrs.insert(inst.address) {
@@ -209,6 +213,69 @@ fn check_apps(apps: &[(usize, AppConfig)], push: &mut impl FnMut(String, String)
                     ),
                 );
             }
+        }
+    }
+}
+
+fn check_http(h: &crate::HttpConfig, push: &mut impl FnMut(String, String)) {
+    if h.max_header_bytes < 1024 {
+        push(
+            "proxy.http.max_header_bytes".into(),
+            format!("{} is less than 1024", h.max_header_bytes),
+        );
+    }
+    if h.max_headers == 0 || h.max_headers > 256 {
+        push(
+            "proxy.http.max_headers".into(),
+            format!("{} is not in 1..=256 (the parser's bound)", h.max_headers),
+        );
+    }
+    for (name, d) in [
+        ("header_read_timeout", h.header_read_timeout),
+        ("upstream_read_timeout", h.upstream_read_timeout),
+        ("upstream_idle_timeout", h.upstream_idle_timeout),
+    ] {
+        if d.is_zero() {
+            push(format!("proxy.http.{name}"), "must be more than 0s".into());
+        }
+    }
+}
+
+fn check_health_check(
+    hc: &crate::HealthCheckConfig,
+    at: &str,
+    push: &mut impl FnMut(String, String),
+) {
+    if !hc.path.starts_with('/') || hc.path.bytes().any(|b| b <= b' ' || b == 0x7f) {
+        push(
+            format!("{at}.path"),
+            format!(
+                "{:?} must start with '/' and hold no space or control byte",
+                hc.path
+            ),
+        );
+    }
+    if hc.port == Some(0) {
+        push(format!("{at}.port"), "must be 1-65535".into());
+    }
+    if hc.interval.is_zero() || hc.timeout.is_zero() {
+        push(
+            format!("{at}.interval"),
+            "interval and timeout must be more than 0s".into(),
+        );
+    } else if hc.timeout > hc.interval {
+        push(
+            format!("{at}.timeout"),
+            format!(
+                "{} is longer than interval {}",
+                show(hc.timeout),
+                show(hc.interval)
+            ),
+        );
+    }
+    for (name, n) in [("fall", hc.fall), ("rise", hc.rise)] {
+        if n == 0 {
+            push(format!("{at}.{name}"), "must be at least 1".into());
         }
     }
 }

@@ -44,7 +44,16 @@ pub async fn run(listener: TcpListener, token: Option<Arc<str>>, shared: Arc<Sha
                 }
             }
             match (req.method().as_str(), req.uri().path()) {
-                ("GET", "/metrics") => text(200, shared.metrics.render()),
+                ("GET", "/metrics") => {
+                    let mut out = shared.metrics.render();
+                    let table = shared.routes.table();
+                    let apps = table
+                        .apps()
+                        .filter(|a| a.spec.mode == gatehouse_config::AppMode::Http);
+                    let apps = apps.map(|a| (a.spec.id.as_str(), &*a.http_stats));
+                    crate::http::stats::render(&mut out, apps);
+                    text(200, out)
+                }
                 ("GET", "/healthz") => text(200, "ok\n"),
                 ("POST", "/v1/sign") => sign(&shared, req).await,
                 _ => text(404, "404 not found\n"),

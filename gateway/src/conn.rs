@@ -347,8 +347,7 @@ async fn terminate(
     let resumed = tls.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
     shared.metrics.handshake(resumed);
     if http {
-        let info = crate::http::ConnInfo { route, sni };
-        Box::pin(shared.http.serve(tls, client, info)).await;
+        Box::pin(shared.http.serve(tls, client, route, sni)).await;
         return Ok(());
     }
     let (mut up, _load) = match upstream::connect(&route, t.connect).await {

@@ -413,6 +413,20 @@ fn run(config: Option<Config>, state_dir: &Path) -> anyhow::Result<()> {
         for addr in gateway.local_addrs() {
             println!("gatehouse: listening on {addr} (TLS)");
         }
+        if let Some(addr) = config.proxy.http.redirect_listen {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("proxy.http.redirect_listen {addr}"))?;
+            println!(
+                "gatehouse: redirecting http://{} to https (308)",
+                listener.local_addr()?
+            );
+            tokio::spawn(gatehouse::http::redirect::run(
+                listener,
+                gateway.shared.clone(),
+            ));
+        }
+        gatehouse::upstream::active::spawn(&gateway.shared);
         if let Some(admin) = &config.admin {
             let token = gatehouse::admin::load_token(admin).context("admin.token_file")?;
             let listener = tokio::net::TcpListener::bind(admin.listen)

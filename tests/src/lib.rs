@@ -1,8 +1,10 @@
 //! Harness for end-to-end tests: the real `gatehouse` binary with a generated config, and real
 //! TLS/TCP servers on loopback (ephemeral ports, a temp dir per test, kill on drop).
 
+pub mod http;
 pub mod knot;
 pub mod netns;
+pub mod origins;
 pub mod pebble;
 pub mod pki;
 pub mod servers;
@@ -40,6 +42,8 @@ pub struct Gateway {
     pub addr: SocketAddr,
     /// The admin listener, if configured.
     pub admin: Option<SocketAddr>,
+    /// The plain-HTTP redirect listener, if configured.
+    pub redirect: Option<SocketAddr>,
     /// The temp dir holding config and log.
     pub dir: tempfile::TempDir,
     /// `program args` run before the binary (e.g. `ip netns exec NS`).
@@ -101,6 +105,7 @@ impl Gateway {
             child: Some(child),
             addr: "0.0.0.0:0".parse().unwrap(),
             admin: None,
+            redirect: None,
             dir,
             wrapper: wrapper.iter().map(|a| a.to_string()).collect(),
             args: args.iter().map(|a| a.to_string()).collect(),
@@ -116,6 +121,8 @@ impl Gateway {
                 gw.addr = rest.split(' ').next().unwrap().parse().unwrap();
             } else if let Some(rest) = line.strip_prefix("gatehouse: admin on http://") {
                 gw.admin = Some(rest.trim_end_matches("/metrics").parse().unwrap());
+            } else if let Some(rest) = line.strip_prefix("gatehouse: redirecting http://") {
+                gw.redirect = Some(rest.split(' ').next().unwrap().parse().unwrap());
             } else if line.starts_with("gatehouse: ready") || line.starts_with("gatehouse: try it")
             {
                 break;

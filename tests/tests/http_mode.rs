@@ -1,31 +1,28 @@
 //! `mode = "http"` through the real binary and real curl: keep-alive HTTP/1.1 and h2
-//! connections whose requests spread over two instances, forwarding headers replaced (not
-//! appended) with the real client, 421 on a Host that is not the SNI, retry on another
-//! instance when one is down, 503 when the app has no instance and 502 when every instance
-//! refuses.
+//! connections whose requests spread over two instances, forwarding headers replaced (or
+//! appended, when configured) with the real client, 421 on a Host that is not the SNI, retry
+//! on another instance when one is down, 503 when the app has no instance and 502 when every
+//! instance refuses, the access log and the per-app request metrics.
 
-use gatehouse_tests::pki::TestCa;
+use gatehouse_tests::http::HttpGateway;
 use gatehouse_tests::servers::{bind_same_port, http_whoami};
-use gatehouse_tests::{base_config, Gateway};
-use std::process::Command;
 
-struct Setup {
-    gw: Gateway,
-    ca: std::path::PathBuf,
-}
-
-async fn setup(extra_apps: &str) -> Setup {
+async fn setup(extra_apps: &str) -> HttpGateway {
     setup_with(
         &[([127, 0, 0, 1], Some("one")), ([127, 0, 0, 2], Some("two"))],
+        "",
         extra_apps,
     )
     .await
 }
 
 /// App `web` (mode http) with an instance per address, each answering as its name (`None`:
-/// nothing listens there), plus `extra_apps`.
-async fn setup_with(instances: &[([u8; 4], Option<&'static str>)], extra_apps: &str) -> Setup {
-    let ca = TestCa::new();
+/// nothing listens there), plus `proxy_extra` in `[proxy]` and `extra_apps`.
+async fn setup_with(
+    instances: &[([u8; 4], Option<&'static str>)],
+    proxy_extra: &str,
+    extra_apps: &str,
+) -> HttpGateway {
     let ips: Vec<[u8; 4]> = instances.iter().map(|(ip, _)| *ip).collect();
     let (port, listeners) = bind_same_port(&ips).await;
     let mut listed = String::new();
@@ -37,58 +34,22 @@ async fn setup_with(instances: &[([u8; 4], Option<&'static str>)], extra_apps: &
         let [a, b, c, d] = ip;
         listed += &format!("[[apps.instances]]\naddress = \"{a}.{b}.{c}.{d}\"\n");
     }
-    let dir = tempfile::tempdir().unwrap();
-    let wild = ca.write(dir.path(), "wild", &["*.gw.test"]);
-    std::fs::write(dir.path().join("ca.pem"), &ca.pem).unwrap();
-    let config = format!(
-        r#"{}
-[[apps]]
-id = "web"
-mode = "http"
-default_port = {port}
-{listed}
-{extra_apps}
-[tls]
-certificates = [{wild}]
-"#,
-        base_config("")
+    let apps = format!(
+        "[[apps]]\nid = \"web\"\nmode = \"http\"\ndefault_port = {port}\n{listed}\n{extra_apps}"
     );
-    let ca = dir.path().join("ca.pem");
-    Setup {
-        gw: Gateway::start_in(dir, &config),
-        ca,
-    }
-}
-
-/// curl with `args`, resolving every `*.gw.test` name used to the gateway; stdout, and the
-/// HTTP codes (`-w`) on the last line.
-fn curl(s: &Setup, host: &str, args: &[&str]) -> String {
-    let port = s.gw.addr.port();
-    let out = Command::new("curl")
-        .args(["-sS", "--cacert"])
-        .arg(&s.ca)
-        .args(["--resolve", &format!("{host}:{port}:127.0.0.1")])
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "curl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    HttpGateway::start(proxy_extra, &apps)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keep_alive_requests_spread_and_carry_forwarding_headers() {
     let s = setup("").await;
-    let url = format!("https://web.gw.test:{}/", s.gw.addr.port());
+    let url = s.url("web.gw.test", "/");
     for version in ["--http1.1", "--http2"] {
         // 12 requests on one connection (curl reuses it for the same host).
         let urls: Vec<&str> = std::iter::repeat_n(url.as_str(), 12).collect();
         let mut args = vec![version, "-H", "X-Forwarded-For: 6.6.6.6"];
         args.extend(urls);
-        let body = curl(&s, "web.gw.test", &args);
+        let body = s.curl("web.gw.test", &args);
         let ones = body.matches("one\n").count();
         let twos = body.matches("two\n").count();
         assert_eq!(ones + twos, 12, "{version}: {body}");
@@ -129,23 +90,21 @@ mode = "http"
 "#,
     )
     .await;
-    let port = s.gw.addr.port();
-    let web = format!("https://web.gw.test:{port}/");
-    let out = curl(
-        &s,
+    let web = s.url("web.gw.test", "/");
+    let out = s.curl(
         "web.gw.test",
         &["-H", "Host: other.gw.test", "-w", "%{http_code}", &web],
     );
     assert!(out.starts_with("421 misdirected request"), "{out}");
     assert!(out.ends_with("421"), "{out}");
 
-    let down = format!("https://down.gw.test:{port}/");
-    let out = curl(&s, "down.gw.test", &["-w", "%{http_code}", &down]);
+    let down = s.url("down.gw.test", "/");
+    let out = s.curl("down.gw.test", &["-w", "%{http_code}", &down]);
     assert!(out.starts_with("502 "), "{out}");
     assert!(out.ends_with("502"), "{out}");
 
-    let none = format!("https://none.gw.test:{port}/");
-    let out = curl(&s, "none.gw.test", &["-w", "%{http_code}", &none]);
+    let none = s.url("none.gw.test", "/");
+    let out = s.curl("none.gw.test", &["-w", "%{http_code}", &none]);
     assert!(out.starts_with("503 no instance"), "{out}");
 }
 
@@ -155,11 +114,73 @@ async fn a_dead_instance_is_retried_elsewhere() {
     let s = setup_with(
         &[([127, 0, 0, 1], Some("alive")), ([127, 0, 0, 3], None)],
         "",
+        "",
     )
     .await;
-    let url = format!("https://web.gw.test:{}/", s.gw.addr.port());
+    let url = s.url("web.gw.test", "/");
     for _ in 0..8 {
-        let out = curl(&s, "web.gw.test", &["-w", "%{http_code}", &url]);
+        let out = s.curl("web.gw.test", &["-w", "%{http_code}", &url]);
         assert!(out.starts_with("alive\n") && out.ends_with("200"), "{out}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn append_mode_access_log_and_per_app_metrics() {
+    let http = "[proxy.http]\nforwarded = \"append\"\naccess_log = true\n";
+    let s = setup_with(&[([127, 0, 0, 1], Some("one"))], http, "").await;
+    let url = s.url("web.gw.test", "/some/path?secret=1");
+    let body = s.curl(
+        "web.gw.test",
+        &[
+            "-H",
+            "X-Forwarded-For: 6.6.6.6",
+            "-H",
+            "Forwarded: for=6.6.6.6",
+            &url,
+        ],
+    );
+    assert!(
+        body.contains("xff=6.6.6.6, 127.0.0.1\n"),
+        "appended: {body}"
+    );
+    assert!(
+        body.contains("forwarded=for=6.6.6.6, for=127.0.0.1;host=web.gw.test;proto=https\n"),
+        "{body}"
+    );
+    let foreign = s.curl("web.gw.test", &["-H", "Host: x.gw.test", &url]);
+    assert!(foreign.starts_with("421 "), "{foreign}");
+
+    let log =
+        s.gw.wait_log("gatehouse::access", std::time::Duration::from_secs(5));
+    let line = log
+        .lines()
+        .find(|l| l.contains("gatehouse::access"))
+        .unwrap();
+    for field in [
+        "app=web",
+        "method=GET",
+        "path=/some/path",
+        "status=200",
+        "instance=127.0.0.1",
+        "attempts=1",
+    ] {
+        assert!(line.contains(field), "{field} in {line}");
+    }
+    assert!(
+        !s.gw.log().contains("secret=1"),
+        "the query string is never logged"
+    );
+    let m = s.gw.metrics();
+    assert!(
+        m.contains("gatehouse_http_requests_total{app=\"web\",class=\"2xx\"} 1\n"),
+        "{m}"
+    );
+    assert!(
+        m.contains("gatehouse_http_requests_total{app=\"web\",class=\"4xx\"} 1\n"),
+        "{m}"
+    );
+    assert!(
+        m.contains("gatehouse_http_request_duration_seconds_count{app=\"web\"} 2\n"),
+        "{m}"
+    );
 }

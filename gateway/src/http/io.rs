@@ -2,8 +2,14 @@
 //! stays in our terminate path; Pingora sees a plaintext-speaking stream that reports the
 //! negotiated ALPN, TLS version and cipher, and the real client address (after the PROXY
 //! header, if the listener takes one) through its socket digest.
+//!
+//! HTTP/1.1 connections also carry a [`HeaderDeadline`]: while it is armed (from the start of
+//! the connection or the end of a response until the next request header is parsed), a read
+//! past it fails with `TimedOut`, so a client that trickles a header byte by byte is closed.
+//! Pingora's own read timeout is per read, which such a client never trips.
 
 use crate::hello::replay::Prefixed;
+use crate::upstream::health::now_ms;
 use pingora_core::protocols::l4::socket::SocketAddr as PingoraAddr;
 use pingora_core::protocols::raw_connect::ProxyDigest;
 use pingora_core::protocols::tls::{SslDigest, ALPN};
@@ -11,10 +17,11 @@ use pingora_core::protocols::{
     GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, Ssl, UniqueID, UniqueIDType,
 };
 use pingora_core::protocols::{SocketDigest, TimingDigest};
+use std::future::Future;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
@@ -24,6 +31,55 @@ type Tls = tokio_rustls::server::TlsStream<Prefixed<TcpStream>>;
 
 static NEXT_ID: AtomicI32 = AtomicI32::new(1);
 
+/// When the next request header must be complete ([`now_ms`] clock), or disarmed.
+#[derive(Debug, Default)]
+pub struct HeaderDeadline(AtomicU64);
+
+impl HeaderDeadline {
+    /// Arms it `limit` from now.
+    pub fn arm(&self, limit: std::time::Duration) {
+        let at = now_ms() + limit.as_millis() as u64;
+        self.0.store(at.max(1), Ordering::Relaxed);
+    }
+
+    /// Disarms it (a header was parsed; the body and upgrades are not bounded by it).
+    pub fn disarm(&self) {
+        self.0.store(0, Ordering::Relaxed);
+    }
+
+    fn get(&self) -> Option<u64> {
+        Some(self.0.load(Ordering::Relaxed)).filter(|&at| at != 0)
+    }
+}
+
+/// The deadline of one connection and the timer that wakes its reader at it.
+#[derive(Debug)]
+struct Timer {
+    deadline: Arc<HeaderDeadline>,
+    /// The deadline `sleep` is set for.
+    armed_at: u64,
+    sleep: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl Timer {
+    /// `Ready` once the armed deadline has passed; registers a wake-up at it otherwise.
+    fn poll_expired(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let Some(at) = self.deadline.get() else {
+            return Poll::Pending;
+        };
+        let now = now_ms();
+        if now >= at {
+            return Poll::Ready(());
+        }
+        if self.armed_at != at {
+            let when = tokio::time::Instant::now() + std::time::Duration::from_millis(at - now);
+            self.sleep.as_mut().reset(when);
+            self.armed_at = at;
+        }
+        self.sleep.as_mut().poll(cx)
+    }
+}
+
 /// A terminated client connection handed to Pingora.
 #[derive(Debug)]
 pub struct TlsIo {
@@ -32,6 +88,7 @@ pub struct TlsIo {
     socket: Arc<SocketDigest>,
     ssl: Arc<SslDigest>,
     alpn: Option<ALPN>,
+    header_timer: Option<Timer>,
 }
 
 impl TlsIo {
@@ -60,7 +117,22 @@ impl TlsIo {
             socket: Arc::new(socket),
             ssl: Arc::new(SslDigest::new(cipher, version, None, None, Vec::new())),
             alpn,
+            header_timer: None,
         }
+    }
+
+    /// Whether the client chose h2 by ALPN.
+    pub fn is_h2(&self) -> bool {
+        self.alpn == Some(ALPN::H2)
+    }
+
+    /// Bounds header reads by `deadline` (HTTP/1.1 only: h2 multiplexes requests).
+    pub fn set_header_deadline(&mut self, deadline: Arc<HeaderDeadline>) {
+        self.header_timer = Some(Timer {
+            deadline,
+            armed_at: 0,
+            sleep: Box::pin(tokio::time::sleep(std::time::Duration::ZERO)),
+        });
     }
 
     /// The socket digest: unique per live connection (its address keys [`super::Conns`]).
@@ -75,6 +147,14 @@ impl AsyncRead for TlsIo {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
+        if let Some(timer) = &mut self.header_timer {
+            if timer.poll_expired(cx).is_ready() {
+                return Poll::Ready(Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "request header not complete within proxy.http.header_read_timeout",
+                )));
+            }
+        }
         Pin::new(&mut self.inner).poll_read(cx, buf)
     }
 }

@@ -9,8 +9,12 @@
 
 pub mod io;
 pub mod proxy;
+pub mod redirect;
+pub mod stats;
 
 use crate::route::Route;
+use gatehouse_config::HttpConfig;
+use io::HeaderDeadline;
 use pingora_core::apps::ServerApp;
 use pingora_core::server::configuration::ServerConf;
 use pingora_proxy::HttpProxy;
@@ -26,6 +30,8 @@ pub struct ConnInfo {
     pub route: Route,
     /// The SNI (lower case).
     pub sni: Arc<str>,
+    /// The HTTP/1.1 header deadline (`None` on h2).
+    pub header_deadline: Option<Arc<HeaderDeadline>>,
 }
 
 /// Live `http` connections by socket-digest address.
@@ -58,6 +64,7 @@ impl Drop for Registered<'_> {
 pub struct HttpEngine {
     proxy: Arc<HttpProxy<proxy::Gatehouse>>,
     conns: Arc<Conns>,
+    header_read_timeout: std::time::Duration,
     /// Pingora's shutdown flag (never set: our workers drain and drop connections themselves).
     shutdown: watch::Receiver<bool>,
     _shutdown_tx: watch::Sender<bool>,
@@ -70,15 +77,19 @@ impl std::fmt::Debug for HttpEngine {
 }
 
 impl HttpEngine {
-    /// The engine, with upstream connect timeout `connect`.
-    pub fn new(connect: std::time::Duration) -> HttpEngine {
+    /// The engine, with upstream connect timeout `connect` and the `[proxy.http]` settings.
+    pub fn new(connect: std::time::Duration, config: &HttpConfig) -> HttpEngine {
         let conns = Arc::new(Conns::default());
-        let conf = Arc::new(ServerConf::default());
-        let app = proxy::Gatehouse::new(conns.clone(), connect);
+        let conf = Arc::new(ServerConf {
+            upstream_keepalive_pool_size: config.upstream_pool_size,
+            ..ServerConf::default()
+        });
+        let app = proxy::Gatehouse::new(conns.clone(), connect, config.clone());
         let (tx, rx) = watch::channel(false);
         HttpEngine {
             proxy: Arc::new(pingora_proxy::http_proxy(&conf, app)),
             conns,
+            header_read_timeout: config.header_read_timeout,
             shutdown: rx,
             _shutdown_tx: tx,
         }
@@ -89,9 +100,21 @@ impl HttpEngine {
         &self,
         tls: tokio_rustls::server::TlsStream<crate::hello::replay::Prefixed<tokio::net::TcpStream>>,
         client: SocketAddr,
-        info: ConnInfo,
+        route: Route,
+        sni: Arc<str>,
     ) {
-        let io = io::TlsIo::new(tls, client);
+        let mut io = io::TlsIo::new(tls, client);
+        let header_deadline = (!io.is_h2()).then(|| {
+            let d = Arc::new(HeaderDeadline::default());
+            d.arm(self.header_read_timeout);
+            io.set_header_deadline(d.clone());
+            d
+        });
+        let info = ConnInfo {
+            route,
+            sni,
+            header_deadline,
+        };
         let key = Conns::key(io.socket_digest());
         self.conns
             .0

@@ -1,31 +1,42 @@
 //! The per-request hooks: the connection's app, `Host` must be the SNI (421 otherwise: no
-//! domain fronting across apps), instance choice by the shared balancer (power of two choices
-//! on in-flight requests among healthy instances), retry on another instance when the connect
-//! fails, forwarding headers, and short plain error bodies.
+//! domain fronting across apps), header and body limits (431, 413), instance choice by the
+//! shared balancer (power of two choices on in-flight requests among healthy instances), h2
+//! to instances of `g` names, retry on another instance when the connect fails or an
+//! idempotent request got no byte of answer, forwarding headers, short plain error bodies,
+//! per-app statistics and the access log.
 
-use super::{ConnInfo, Conns};
+use super::ConnInfo;
+use super::Conns;
+use crate::route::Mode;
 use crate::upstream::balancer::{self, Load};
 use crate::upstream::{health, MAX_ATTEMPTS};
 use async_trait::async_trait;
 use bytes::Bytes;
+use gatehouse_config::{ForwardedMode, HttpConfig};
+use pingora_core::protocols::ALPN;
 use pingora_core::upstreams::peer::HttpPeer;
-use pingora_error::{Error, ErrorType, Result};
+use pingora_error::{Error, ErrorSource, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// The `ProxyHttp` of the gateway.
 pub struct Gatehouse {
     conns: Arc<Conns>,
     connect: Duration,
+    config: HttpConfig,
 }
 
 impl Gatehouse {
     /// Hooks reading connections from `conns`, connecting within `connect`.
-    pub fn new(conns: Arc<Conns>, connect: Duration) -> Gatehouse {
-        Gatehouse { conns, connect }
+    pub fn new(conns: Arc<Conns>, connect: Duration, config: HttpConfig) -> Gatehouse {
+        Gatehouse {
+            conns,
+            connect,
+            config,
+        }
     }
 }
 
@@ -34,10 +45,14 @@ impl Gatehouse {
 pub struct Ctx {
     conn: Option<ConnInfo>,
     client: Option<SocketAddr>,
+    /// When the request header was parsed.
+    started: Option<Instant>,
     /// Instance indexes tried, in order.
     tried: Vec<usize>,
     /// The load unit held on the current instance.
     load: Option<Load>,
+    /// Request body bytes seen so far.
+    body_bytes: u64,
 }
 
 /// The host part of a `Host` / `:authority` value, lower case.
@@ -47,6 +62,17 @@ fn host_of(authority: &str) -> String {
         None => authority.split(':').next().unwrap_or(""),
     };
     host.trim_end_matches('.').to_ascii_lowercase()
+}
+
+/// The size of a request header as sent in HTTP/1.1 (request line, fields, line ends).
+fn header_bytes(req: &RequestHeader) -> usize {
+    let line = req.method.as_str().len() + req.raw_path().len() + 12;
+    let fields: usize = req
+        .headers
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 4)
+        .sum();
+    line + fields + 2
 }
 
 async fn respond(session: &mut Session, code: u16, body: &'static str) -> Result<bool> {
@@ -60,6 +86,125 @@ async fn respond(session: &mut Session, code: u16, body: &'static str) -> Result
     Ok(true)
 }
 
+const TOO_LARGE: &str = "413 request body larger than proxy.http.max_request_body\n";
+
+impl Gatehouse {
+    /// The answer to a request that must not reach an instance, if any.
+    fn refusal(&self, session: &Session, conn: &ConnInfo) -> Option<(u16, &'static str)> {
+        let req = session.req_header();
+        if req.headers.len() > self.config.max_headers {
+            return Some((431, "431 too many request header fields\n"));
+        }
+        if header_bytes(req) > self.config.max_header_bytes {
+            return Some((431, "431 request header too large\n"));
+        }
+        let authority = req
+            .uri
+            .authority()
+            .map(|a| a.as_str())
+            .or_else(|| {
+                req.headers
+                    .get(http::header::HOST)
+                    .and_then(|h| h.to_str().ok())
+            })
+            .unwrap_or_default();
+        if host_of(authority) != *conn.sni {
+            return Some((
+                421,
+                "421 misdirected request: Host is not this connection's name\n",
+            ));
+        }
+        let limit = self.config.max_request_body;
+        let declared = req
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        if limit > 0 && declared.is_some_and(|n| n > limit) {
+            return Some((413, TOO_LARGE));
+        }
+        if conn.route.app.instances.is_empty() {
+            return Some((503, "503 no instance of this app\n"));
+        }
+        None
+    }
+
+    /// Sets the forwarding headers for this hop (replacing or appending to the client's).
+    fn forwarding(&self, session: &Session, up: &mut RequestHeader, ctx: &Ctx) -> Result<()> {
+        let Some(conn) = &ctx.conn else {
+            return Ok(());
+        };
+        let client = ctx.client.map(|a| a.ip().to_string()).unwrap_or_default();
+        let host = conn.sni.to_string();
+        let for_ = match ctx.client {
+            Some(SocketAddr::V6(a)) => format!("\"[{}]\"", a.ip()),
+            _ => client.clone(),
+        };
+        let forwarded = format!("for={for_};host={host};proto=https");
+        let earlier = |name: &str| {
+            let values: Vec<&str> = up
+                .headers
+                .get_all(name)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .collect();
+            (!values.is_empty()).then(|| values.join(", "))
+        };
+        match self.config.forwarded {
+            ForwardedMode::Replace => {
+                up.insert_header("x-forwarded-for", &client)?;
+                up.insert_header("x-forwarded-proto", "https")?;
+                up.insert_header("x-forwarded-host", &host)?;
+                up.insert_header("forwarded", forwarded)?;
+            }
+            ForwardedMode::Append => {
+                let xff = match earlier("x-forwarded-for") {
+                    Some(e) => format!("{e}, {client}"),
+                    None => client,
+                };
+                let fwd = match earlier("forwarded") {
+                    Some(e) => format!("{e}, {forwarded}"),
+                    None => forwarded,
+                };
+                up.insert_header("x-forwarded-for", xff)?;
+                up.insert_header("forwarded", fwd)?;
+                if up.headers.get("x-forwarded-proto").is_none() {
+                    up.insert_header("x-forwarded-proto", "https")?;
+                }
+                if up.headers.get("x-forwarded-host").is_none() {
+                    up.insert_header("x-forwarded-host", &host)?;
+                }
+            }
+        }
+        let version = match session.req_header().version {
+            http::Version::HTTP_2 => "2",
+            http::Version::HTTP_10 => "1.0",
+            _ => "1.1",
+        };
+        up.append_header("via", format!("{version} gatehouse"))?;
+        if up.uri.authority().is_none() || up.headers.get(http::header::HOST).is_none() {
+            up.insert_header(http::header::HOST, &host)?;
+        }
+        Ok(())
+    }
+
+    /// Whether another instance may still be tried.
+    fn may_retry(ctx: &Ctx) -> bool {
+        let n = ctx.conn.as_ref().map_or(0, |c| c.route.app.instances.len());
+        n > ctx.tried.len() && ctx.tried.len() < MAX_ATTEMPTS
+    }
+
+    /// Counts the current instance's failure in its passive health.
+    fn instance_failed(ctx: &mut Ctx, peer: &HttpPeer, what: &str) {
+        if let (Some(conn), Some(&i)) = (&ctx.conn, ctx.tried.last()) {
+            let backoff = conn.route.app.instances[i]
+                .health
+                .record_failure(health::now_ms());
+            tracing::warn!(app = %conn.route.app.spec.id, peer = %peer, ?backoff, "instance {what}; marked unhealthy");
+        }
+        ctx.load = None;
+    }
+}
+
 #[async_trait]
 impl ProxyHttp for Gatehouse {
     type CTX = Ctx;
@@ -69,6 +214,7 @@ impl ProxyHttp for Gatehouse {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        ctx.started = Some(Instant::now());
         let conn = session
             .digest()
             .and_then(|d| d.socket_digest.as_ref())
@@ -76,32 +222,31 @@ impl ProxyHttp for Gatehouse {
         let Some(conn) = conn else {
             return respond(session, 500, "500 connection state lost\n").await;
         };
+        if let Some(d) = &conn.header_deadline {
+            d.disarm(); // the header is in: the body and upgrades run unbounded by it
+        }
         ctx.client = session.client_addr().and_then(|a| a.as_inet()).copied();
-        let req = session.req_header();
-        let authority = req
-            .uri
-            .authority()
-            .map(|a| a.as_str().to_owned())
-            .or_else(|| {
-                req.headers
-                    .get(http::header::HOST)
-                    .and_then(|h| h.to_str().ok())
-                    .map(str::to_owned)
-            })
-            .unwrap_or_default();
-        if host_of(&authority) != *conn.sni {
-            return respond(
-                session,
-                421,
-                "421 misdirected request: Host is not this connection's name\n",
-            )
-            .await;
-        }
-        if conn.route.app.instances.is_empty() {
-            return respond(session, 503, "503 no instance of this app\n").await;
-        }
+        let refusal = self.refusal(session, &conn);
         ctx.conn = Some(conn);
-        Ok(false)
+        match refusal {
+            Some((code, body)) => respond(session, code, body).await,
+            None => Ok(false),
+        }
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        ctx.body_bytes += body.as_ref().map_or(0, |b| b.len() as u64);
+        let limit = self.config.max_request_body;
+        if limit > 0 && ctx.body_bytes > limit {
+            return Error::e_explain(ErrorType::HTTPStatus(413), "request body over the limit");
+        }
+        Ok(())
     }
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
@@ -118,7 +263,12 @@ impl ProxyHttp for Gatehouse {
         let addr = SocketAddr::new(instance.addr, conn.route.port);
         let mut peer = HttpPeer::new(addr, false, String::new());
         peer.options.connection_timeout = Some(self.connect);
-        peer.options.idle_timeout = Some(Duration::from_secs(60));
+        peer.options.read_timeout = Some(self.config.upstream_read_timeout);
+        peer.options.idle_timeout = Some(self.config.upstream_idle_timeout);
+        if conn.route.mode == Mode::TerminateH2 {
+            // `g` names: h2 with prior knowledge to the instance (plaintext on the VPC).
+            peer.options.alpn = ALPN::H2;
+        }
         Ok(Box::new(peer))
     }
 
@@ -129,17 +279,32 @@ impl ProxyHttp for Gatehouse {
         ctx: &mut Ctx,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        if let (Some(conn), Some(&i)) = (&ctx.conn, ctx.tried.last()) {
-            let backoff = conn.route.app.instances[i]
-                .health
-                .record_failure(health::now_ms());
-            tracing::warn!(app = %conn.route.app.spec.id, peer = %peer, ?backoff, "instance connect failed; marked unhealthy");
-        }
-        ctx.load = None;
-        let left = ctx.conn.as_ref().map_or(0, |c| c.route.app.instances.len()) > ctx.tried.len();
-        if left && ctx.tried.len() < MAX_ATTEMPTS {
+        Gatehouse::instance_failed(ctx, peer, "connect failed");
+        if Gatehouse::may_retry(ctx) {
             e.set_retry(true); // nothing reached the instance: any method may go elsewhere
         }
+        e
+    }
+
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut Ctx,
+        _client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("instance {peer}"));
+        // Only a request that may be sent twice, whose whole body is still held, and of whose
+        // answer nothing has reached the client, goes to another instance.
+        let again = session.req_header().method.is_idempotent()
+            && !session.as_ref().retry_buffer_truncated()
+            && session.response_written().is_none()
+            && e.esource() == &ErrorSource::Upstream;
+        if again {
+            Gatehouse::instance_failed(ctx, peer, "failed before answering");
+        }
+        e.set_retry(again && Gatehouse::may_retry(ctx));
         e
     }
 
@@ -164,46 +329,23 @@ impl ProxyHttp for Gatehouse {
         up: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        let Some(conn) = &ctx.conn else {
-            return Ok(());
-        };
-        let client = ctx.client.map(|a| a.ip().to_string()).unwrap_or_default();
-        let host = conn.sni.to_string();
-        // Client-supplied forwarding headers are replaced: only this hop is trusted.
-        up.insert_header("x-forwarded-for", &client)?;
-        up.insert_header("x-forwarded-proto", "https")?;
-        up.insert_header("x-forwarded-host", &host)?;
-        let for_ = match ctx.client {
-            Some(SocketAddr::V6(a)) => format!("\"[{}]\"", a.ip()),
-            _ => client.clone(),
-        };
-        up.insert_header("forwarded", format!("for={for_};host={host};proto=https"))?;
-        let version = match session.req_header().version {
-            http::Version::HTTP_2 => "2",
-            http::Version::HTTP_10 => "1.0",
-            _ => "1.1",
-        };
-        up.append_header("via", format!("{version} gatehouse"))?;
-        if up.uri.authority().is_none() || up.headers.get(http::header::HOST).is_none() {
-            up.insert_header(http::header::HOST, &host)?;
-        }
-        Ok(())
+        self.forwarding(session, up, ctx)
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, _ctx: &mut Ctx) -> FailToProxy
     where
         Ctx: Send + Sync,
     {
-        let (code, body): (u16, &'static str) = match e.etype() {
-            ErrorType::HTTPStatus(503) => (503, "503 no healthy instance\n"),
-            ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => {
-                (504, "504 the instance did not answer in time\n")
-            }
-            _ => match e.esource() {
-                pingora_error::ErrorSource::Upstream => (502, "502 the instance failed\n"),
-                pingora_error::ErrorSource::Downstream => (0, ""),
-                _ => (500, "500 internal error\n"),
-            },
+        let (code, body): (u16, &'static str) = match (e.etype(), e.esource()) {
+            (ErrorType::HTTPStatus(503), _) => (503, "503 no healthy instance\n"),
+            (ErrorType::HTTPStatus(413), _) => (413, TOO_LARGE),
+            (_, ErrorSource::Downstream) => (0, ""),
+            (
+                ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout,
+                _,
+            ) => (504, "504 the instance did not answer in time\n"),
+            (_, ErrorSource::Upstream) => (502, "502 the instance failed\n"),
+            _ => (500, "500 internal error\n"),
         };
         if code > 0 && session.response_written().is_none() {
             let _ = respond(session, code, body).await;
@@ -212,5 +354,61 @@ impl ProxyHttp for Gatehouse {
             error_code: code,
             can_reuse_downstream: false,
         }
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx)
+    where
+        Ctx: Send + Sync,
+    {
+        let Some(conn) = &ctx.conn else {
+            return;
+        };
+        if let Some(d) = &conn.header_deadline {
+            d.arm(self.config.header_read_timeout); // until the next request's header
+        }
+        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        let took = ctx.started.map_or(Duration::ZERO, |t| t.elapsed());
+        conn.route.app.http_stats.record(status, took);
+        if self.config.access_log {
+            let req = session.req_header();
+            let instance = ctx
+                .tried
+                .last()
+                .map(|&i| conn.route.app.instances[i].addr.to_string());
+            tracing::info!(
+                target: "gatehouse::access",
+                app = %conn.route.app.spec.id,
+                client = %ctx.client.map(|c| c.ip().to_string()).unwrap_or_default(),
+                method = %req.method,
+                path = %req.uri.path(),
+                version = ?req.version,
+                status,
+                ms = took.as_millis() as u64,
+                instance = %instance.as_deref().unwrap_or("-"),
+                attempts = ctx.tried.len(),
+                error = %e.map(|e| e.etype().as_str()).unwrap_or("-"),
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_of_strips_port_brackets_dot_and_case() {
+        assert_eq!(host_of("Web.GW.test:8443"), "web.gw.test");
+        assert_eq!(host_of("web.gw.test."), "web.gw.test");
+        assert_eq!(host_of("[::1]:443"), "::1");
+        assert_eq!(host_of(""), "");
+    }
+
+    #[test]
+    fn header_bytes_counts_the_wire_form() {
+        let mut h = RequestHeader::build("GET", b"/abc", None).unwrap();
+        h.insert_header("host", "a.b").unwrap();
+        // "GET /abc HTTP/1.1\r\n" + "host: a.b\r\n" + "\r\n"
+        assert_eq!(header_bytes(&h), 19 + 11 + 2);
     }
 }

@@ -2,8 +2,9 @@
 //! published through `ArcSwap` so the hot path reads it without a lock.
 
 use super::name::{self, Mode, NameError, Readings};
+use crate::http::stats::AppStats;
 use crate::upstream::balancer::Instance;
-use gatehouse_config::{AppConfig, AppMode, ProxyProtocolVersion};
+use gatehouse_config::{AppConfig, AppMode, HealthCheckConfig, ProxyProtocolVersion};
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -26,6 +27,8 @@ pub struct AppSpec {
     pub mode: AppMode,
     /// Instance addresses.
     pub instances: Vec<IpAddr>,
+    /// Active health checks.
+    pub health_check: Option<HealthCheckConfig>,
 }
 
 impl AppSpec {
@@ -39,6 +42,7 @@ impl AppSpec {
             proxy_protocol: None,
             mode: AppMode::Tcp,
             instances,
+            health_check: None,
         }
     }
 }
@@ -52,6 +56,7 @@ impl From<&AppConfig> for AppSpec {
             max_connections: c.max_connections,
             proxy_protocol: c.proxy_protocol,
             mode: c.mode,
+            health_check: c.health_check.clone(),
             instances: c.instances.iter().map(|i| i.address).collect(),
         }
     }
@@ -66,6 +71,8 @@ pub struct App {
     pub instances: Box<[Arc<Instance>]>,
     /// Live connections, shared across table rebuilds.
     active: Arc<AtomicU32>,
+    /// Request statistics of the `http` mode, shared across table rebuilds.
+    pub http_stats: Arc<AppStats>,
 }
 
 impl App {
@@ -173,11 +180,13 @@ impl RouteTable {
                 })
                 .collect();
             let active = old.map(|o| o.active.clone()).unwrap_or_default();
+            let http_stats = old.map(|o| o.http_stats.clone()).unwrap_or_default();
             let id: Box<str> = spec.id.as_str().into();
             let app = Arc::new(App {
                 spec,
                 instances,
                 active,
+                http_stats,
             });
             if apps.insert(id.clone(), app).is_some() {
                 return Err(BuildError::Duplicate(id.into()));
@@ -236,6 +245,11 @@ impl RouteTable {
     /// The app with this id.
     pub fn app(&self, id: &str) -> Option<&Arc<App>> {
         self.apps.get(id)
+    }
+
+    /// Every app, in no particular order.
+    pub fn apps(&self) -> impl Iterator<Item = &Arc<App>> {
+        self.apps.values()
     }
 
     /// Number of apps.

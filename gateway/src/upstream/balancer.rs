@@ -3,7 +3,7 @@
 //! One [`Instance`] value per (app, address) lives as long as the address stays in the route
 //! table, so every mode (tcp relay today, HTTP requests later) shares its load and health.
 
-use super::health::{now_ms, PassiveHealth};
+use super::health::{now_ms, ActiveHealth, PassiveHealth};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
@@ -16,6 +16,8 @@ pub struct Instance {
     active: AtomicU32,
     /// Passive health from connect outcomes.
     pub health: PassiveHealth,
+    /// The active checks' verdict (always up for apps without `health_check`).
+    pub checked: ActiveHealth,
 }
 
 impl Instance {
@@ -25,6 +27,7 @@ impl Instance {
             addr,
             active: AtomicU32::new(0),
             health: PassiveHealth::default(),
+            checked: ActiveHealth::default(),
         }
     }
 
@@ -58,11 +61,12 @@ impl Drop for Load {
 }
 
 /// Picks an instance index not in `tried`: two random candidates among the healthy ones, the
-/// less loaded wins. When none is healthy, all untried instances are candidates (health data
-/// may be stale, and refusing every connection is worse than one more try).
+/// less loaded wins. When none is healthy, the untried instances that pass their active checks
+/// are candidates (passive data may be stale, and refusing every connection is worse than one
+/// more try); an instance that fails its active checks is never chosen.
 pub fn pick(instances: &[Arc<Instance>], tried: &[usize]) -> Option<usize> {
     let now = now_ms();
-    let eligible = |i: usize| !tried.contains(&i);
+    let eligible = |i: usize| !tried.contains(&i) && instances[i].checked.is_up();
     let healthy = |i: usize| eligible(i) && instances[i].health.is_healthy(now);
     choose(instances, &healthy).or_else(|| choose(instances, &eligible))
 }
@@ -138,5 +142,19 @@ mod tests {
         }
         // all unhealthy: still answers with an untried one
         assert_eq!(pick(&v, &[2]).map(|i| i < 2), Some(true));
+    }
+
+    #[test]
+    fn actively_down_instances_are_never_chosen() {
+        let v = instances(2);
+        for _ in 0..3 {
+            v[0].checked.record(false, 1, 3);
+        }
+        for _ in 0..50 {
+            assert_eq!(pick(&v, &[]), Some(1));
+        }
+        assert_eq!(pick(&v, &[1]), None, "no fallback to a failed active check");
+        v[0].checked.record(true, 1, 3);
+        assert_eq!(pick(&v, &[1]), Some(0));
     }
 }

@@ -1,7 +1,9 @@
 //! Passive health: an instance that refused or timed out a connect is skipped for a backoff
 //! that doubles with each consecutive failure (1 s .. 60 s) and resets on the first success.
+//! Active health: the verdict of `[apps.health_check]` probes (see `active.rs`), with
+//! HAProxy's rise/fall hysteresis.
 
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -56,6 +58,45 @@ impl PassiveHealth {
     }
 }
 
+/// The active-check verdict of one instance: up until `fall` failed probes in a row, then
+/// down until `rise` good ones in a row. Up by default (no check configured, or none run yet).
+#[derive(Debug, Default)]
+pub struct ActiveHealth {
+    down: AtomicBool,
+    /// Good probes in a row (> 0) or failed ones (< 0). One prober writes it.
+    streak: AtomicI32,
+}
+
+impl ActiveHealth {
+    /// Whether the last verdict lets the instance be chosen.
+    pub fn is_up(&self) -> bool {
+        !self.down.load(Ordering::Relaxed)
+    }
+
+    /// Records one probe; returns the new verdict when it changed (`Some(true)` = back up).
+    pub fn record(&self, ok: bool, rise: u32, fall: u32) -> Option<bool> {
+        let prev = self.streak.load(Ordering::Relaxed);
+        let streak = match (ok, prev) {
+            (true, p) if p > 0 => p.saturating_add(1),
+            (true, _) => 1,
+            (false, p) if p < 0 => p.saturating_sub(1),
+            (false, _) => -1,
+        };
+        self.streak.store(streak, Ordering::Relaxed);
+        let down = self.down.load(Ordering::Relaxed);
+        let flip = if down {
+            ok && streak >= rise as i32
+        } else {
+            !ok && -streak >= fall as i32
+        };
+        if !flip {
+            return None;
+        }
+        self.down.store(!down, Ordering::Relaxed);
+        Some(down)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -76,5 +117,27 @@ mod tests {
         h.record_success();
         assert!(h.is_healthy(2000));
         assert_eq!(h.failures(), 0);
+    }
+
+    #[test]
+    fn active_verdict_needs_fall_failures_and_rise_successes_in_a_row() {
+        let a = ActiveHealth::default();
+        assert!(a.is_up());
+        assert_eq!(a.record(false, 2, 3), None);
+        assert_eq!(a.record(false, 2, 3), None);
+        assert_eq!(
+            a.record(true, 2, 3),
+            None,
+            "a good probe resets the failure streak"
+        );
+        assert_eq!(a.record(false, 2, 3), None);
+        assert_eq!(a.record(false, 2, 3), None);
+        assert_eq!(a.record(false, 2, 3), Some(false));
+        assert!(!a.is_up());
+        assert_eq!(a.record(false, 2, 3), None);
+        assert_eq!(a.record(true, 2, 3), None);
+        assert!(!a.is_up());
+        assert_eq!(a.record(true, 2, 3), Some(true));
+        assert!(a.is_up());
     }
 }

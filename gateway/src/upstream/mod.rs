@@ -1,6 +1,7 @@
-//! Upstream instances: choice ([`balancer`]), passive health ([`health`]) and connecting with
-//! bounded failover.
+//! Upstream instances: choice ([`balancer`]), passive and active health ([`health`],
+//! [`active`]) and connecting with bounded failover.
 
+pub mod active;
 pub mod balancer;
 pub mod health;
 
