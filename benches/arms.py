@@ -3,6 +3,8 @@ proxy CPU, TLS 1.3, the same ECDSA P-256 chain, access logs off. One config per 
 
   terminate    TLS terminated, plaintext relayed to the origin (L4, like gatehouse's tcp mode)
   passthrough  SNI read without terminating, TLS relayed to the origin's TLS port
+  http         TLS terminated, HTTP reverse-proxied (L7, like gatehouse's http mode): pooled
+               keep-alive upstream connections, X-Forwarded-For / -Proto set on each request
 
 `resumption` switches session tickets and caches on or off (full vs resumed handshakes).
 """
@@ -16,6 +18,7 @@ ORIGIN_HTTP = 18080
 ORIGIN_TLS = 18443
 TERM_HOST = "origin.bench.test"
 PASS_HOST = "tlsorigins.bench.test"
+HTTP_HOST = "web.bench.test"
 
 
 class Arm:
@@ -118,6 +121,13 @@ default_port = {ORIGIN_TLS}
 [[apps.instances]]
 address = "127.0.0.1"
 
+[[apps]]
+id = "web"
+mode = "http"
+default_port = {ORIGIN_HTTP}
+[[apps.instances]]
+address = "127.0.0.1"
+
 [tls]
 resumption = {str(resumption).lower()}
 certificates = [{{ cert = "{e.work}/chain.pem", key = "{e.work}/leaf.key" }}]
@@ -139,15 +149,39 @@ class Nginx(Arm):
         e = self.env
         tickets = "on" if resumption else "off"
         cache = "shared:S:10m" if resumption else "off"
-        if role == "terminate":
-            server = f"""
-    server {{
-        listen 127.0.0.1:{PROXY_PORT} ssl;
-        ssl_certificate {e.work}/chain.pem;
+        tls = f"""ssl_certificate {e.work}/chain.pem;
         ssl_certificate_key {e.work}/leaf.key;
         ssl_protocols TLSv1.3;
         ssl_session_tickets {tickets};
-        ssl_session_cache {cache};
+        ssl_session_cache {cache};"""
+        if role == "http":
+            block = f"""
+http {{
+    access_log off;
+    keepalive_requests 100000000;
+    keepalive_timeout 600s;
+    upstream origin {{
+        server 127.0.0.1:{ORIGIN_HTTP};
+        keepalive 64;
+    }}
+    server {{
+        listen 127.0.0.1:{PROXY_PORT} ssl;
+        {tls}
+        location / {{
+            proxy_pass http://origin;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host $host;
+            proxy_set_header X-Forwarded-For $remote_addr;
+            proxy_set_header X-Forwarded-Proto https;
+        }}
+    }}
+}}"""
+        elif role == "terminate":
+            server = f"""
+    server {{
+        listen 127.0.0.1:{PROXY_PORT} ssl;
+        {tls}
         proxy_pass 127.0.0.1:{ORIGIN_HTTP};
     }}"""
         else:
@@ -161,6 +195,12 @@ class Nginx(Arm):
         ssl_preread on;
         proxy_pass $upstream;
     }}"""
+        if role != "http":
+            block = f"""
+stream {{
+    proxy_timeout 600s;
+{server}
+}}"""
         return f"""
 load_module /usr/lib/nginx/modules/ngx_stream_module.so;
 daemon off;
@@ -171,10 +211,7 @@ worker_rlimit_nofile 20000;
 pid {e.work}/nginx-proxy.pid;
 error_log {e.work}/nginx-proxy.err error;
 events {{ worker_connections 20000; }}
-stream {{
-    proxy_timeout 600s;
-{server}
-}}
+{block}
 """
 
     config_file = "nginx-proxy.conf"
@@ -193,7 +230,19 @@ class Haproxy(Arm):
         e = self.env
         cache = "" if resumption else "    tune.ssl.cachesize 0\n"
         tickets = "" if resumption else " no-tls-tickets"
-        if role == "terminate":
+        mode = "http" if role == "http" else "tcp"
+        if role == "http":
+            front = f"""
+frontend fe
+    bind 127.0.0.1:{PROXY_PORT} ssl crt {e.work}/haproxy.pem ssl-min-ver TLSv1.3{tickets}
+    option forwardfor
+    http-request set-header X-Forwarded-Proto https
+    default_backend be
+backend be
+    http-reuse safe
+    server origin 127.0.0.1:{ORIGIN_HTTP}
+"""
+        elif role == "terminate":
             front = f"""
 frontend fe
     bind 127.0.0.1:{PROXY_PORT} ssl crt {e.work}/haproxy.pem ssl-min-ver TLSv1.3{tickets}
@@ -219,10 +268,11 @@ global
     maxconn 9400
 {cache}
 defaults
-    mode tcp
+    mode {mode}
     timeout connect 5s
     timeout client 600s
     timeout server 600s
+    timeout http-keep-alive 600s
 {front}
 """
 

@@ -63,7 +63,7 @@ def setup(env):
     # wrk takes SNI from the URL's host, so the names must resolve to loopback
     with open("/etc/hosts") as f:
         hosts = f.read()
-    line = f"127.0.0.1 {arms.TERM_HOST} {arms.PASS_HOST}\n"
+    line = f"127.0.0.1 {arms.TERM_HOST} {arms.PASS_HOST} {arms.HTTP_HOST}\n"
     if line not in hosts:
         with open("/etc/hosts", "a") as f:
             f.write(line)
@@ -74,6 +74,7 @@ def workloads(quick):
     d = 2 if quick else 8
     term = f"https://{arms.TERM_HOST}:{arms.PROXY_PORT}"
     pas = f"https://{arms.PASS_HOST}:{arms.PROXY_PORT}"
+    web = f"https://{arms.HTTP_HOST}:{arms.PROXY_PORT}"
 
     def per_request(url, conns, close=False, unit="req"):
         def run(env, arm, d=d):
@@ -99,6 +100,8 @@ def workloads(quick):
     w = [
         ("K1-0B", "terminate", True, per_request(f"{term}/0", 32)),
         ("K1-1KiB", "terminate", True, per_request(f"{term}/f/1k", 32)),
+        ("K1-http-0B", "http", True, per_request(f"{web}/0", 32)),
+        ("K1-http-1KiB", "http", True, per_request(f"{web}/f/1k", 32)),
         ("H1-full-handshake", "terminate", False, per_request(f"{term}/0", 32, close=True, unit="conn")),
         ("H2-resumed", "terminate", True, per_request(f"{term}/0", 32, close=True, unit="conn")),
         ("B1-terminate-1MiB", "terminate", True, per_gb(f"{term}/f/1m", 4)),

@@ -89,6 +89,21 @@ pub struct HealthCheckConfig {
     /// Good checks in a row that bring it back.
     #[serde(default = "default_rise")]
     pub rise: u32,
+    /// `http1`, or `h2c` (HTTP/2 with prior knowledge) for instances that speak only h2,
+    /// as gRPC servers often do.
+    #[serde(default)]
+    pub protocol: HealthProtocol,
+}
+
+/// How a health check talks to an instance.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HealthProtocol {
+    /// HTTP/1.1.
+    #[default]
+    Http1,
+    /// HTTP/2 over plaintext, with prior knowledge.
+    H2c,
 }
 
 fn default_interval() -> Duration {

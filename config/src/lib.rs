@@ -29,7 +29,7 @@ pub use acme::{
 pub use admin::AdminConfig;
 pub use apps::{app_id_problem, AppConfig, AppMode, InstanceConfig, ProxyProtocolVersion};
 pub use error::{ConfigError, Problem};
-pub use http::{ForwardedMode, HealthCheckConfig, HttpConfig};
+pub use http::{ForwardedMode, HealthCheckConfig, HealthProtocol, HttpConfig};
 pub use proxy::{CustomDomainsConfig, ProxyConfig, Timeouts};
 pub use tee::{Sealing, SimulatorSettings, TeeConfig, TeeProvider};
 pub use tls::{CertificatePair, TlsConfig};

@@ -39,6 +39,13 @@ fn http_section_and_health_check_parse() {
         ("/healthz", Duration::from_secs(1), 3, 2)
     );
     assert_eq!(hc.timeout, Duration::from_millis(500));
+    assert_eq!(hc.protocol, HealthProtocol::Http1);
+    let c = parse("[[apps]]\nid = \"a\"\n[apps.health_check]\npath = \"/\"\nprotocol = \"h2c\"")
+        .unwrap();
+    assert_eq!(
+        c.apps[0].health_check.as_ref().unwrap().protocol,
+        HealthProtocol::H2c
+    );
 }
 
 #[test]

@@ -32,6 +32,8 @@ pub struct ConnInfo {
     pub sni: Arc<str>,
     /// The HTTP/1.1 header deadline (`None` on h2).
     pub header_deadline: Option<Arc<HeaderDeadline>>,
+    /// This hop's forwarding values, made once per connection.
+    pub forwarded: Arc<proxy::Forwarded>,
 }
 
 /// Live `http` connections by socket-digest address.
@@ -110,10 +112,12 @@ impl HttpEngine {
             io.set_header_deadline(d.clone());
             d
         });
+        let forwarded = Arc::new(proxy::Forwarded::new(client, &sni));
         let info = ConnInfo {
             route,
             sni,
             header_deadline,
+            forwarded,
         };
         let key = Conns::key(io.socket_digest());
         self.conns

@@ -13,6 +13,7 @@ use crate::upstream::{health, MAX_ATTEMPTS};
 use async_trait::async_trait;
 use bytes::Bytes;
 use gatehouse_config::{ForwardedMode, HttpConfig};
+use http::HeaderValue;
 use pingora_core::protocols::ALPN;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorSource, ErrorType, Result};
@@ -86,6 +87,40 @@ async fn respond(session: &mut Session, code: u16, body: &'static str) -> Result
     Ok(true)
 }
 
+static HTTPS: HeaderValue = HeaderValue::from_static("https");
+
+/// This hop's forwarding header values for one connection (its client and name), made once
+/// so that a request pays header-map inserts of shared values, not formatting.
+#[derive(Debug)]
+pub struct Forwarded {
+    client: HeaderValue,
+    client_text: String,
+    host: HeaderValue,
+    forwarded: HeaderValue,
+    forwarded_text: String,
+}
+
+impl Forwarded {
+    /// The values for a connection from `client` to `sni`.
+    pub fn new(client: SocketAddr, sni: &str) -> Forwarded {
+        let client_text = client.ip().to_string();
+        let for_ = match client {
+            SocketAddr::V6(a) => format!("\"[{}]\"", a.ip()),
+            SocketAddr::V4(_) => client_text.clone(),
+        };
+        let forwarded_text = format!("for={for_};host={sni};proto=https");
+        // An IP, a routed name (LDH) and their combination are always valid header values.
+        let value = |s: &str| HeaderValue::from_str(s).unwrap_or(HeaderValue::from_static(""));
+        Forwarded {
+            client: value(&client_text),
+            host: value(sni),
+            forwarded: value(&forwarded_text),
+            client_text,
+            forwarded_text,
+        }
+    }
+}
+
 const TOO_LARGE: &str = "413 request body larger than proxy.http.max_request_body\n";
 
 impl Gatehouse {
@@ -133,14 +168,8 @@ impl Gatehouse {
         let Some(conn) = &ctx.conn else {
             return Ok(());
         };
-        let client = ctx.client.map(|a| a.ip().to_string()).unwrap_or_default();
-        let host = conn.sni.to_string();
-        let for_ = match ctx.client {
-            Some(SocketAddr::V6(a)) => format!("\"[{}]\"", a.ip()),
-            _ => client.clone(),
-        };
-        let forwarded = format!("for={for_};host={host};proto=https");
-        let earlier = |name: &str| {
+        let f = &conn.forwarded;
+        let earlier = |up: &RequestHeader, name: &str| {
             let values: Vec<&str> = up
                 .headers
                 .get_all(name)
@@ -151,38 +180,38 @@ impl Gatehouse {
         };
         match self.config.forwarded {
             ForwardedMode::Replace => {
-                up.insert_header("x-forwarded-for", &client)?;
-                up.insert_header("x-forwarded-proto", "https")?;
-                up.insert_header("x-forwarded-host", &host)?;
-                up.insert_header("forwarded", forwarded)?;
+                up.insert_header("x-forwarded-for", f.client.clone())?;
+                up.insert_header("x-forwarded-proto", HTTPS.clone())?;
+                up.insert_header("x-forwarded-host", f.host.clone())?;
+                up.insert_header("forwarded", f.forwarded.clone())?;
             }
             ForwardedMode::Append => {
-                let xff = match earlier("x-forwarded-for") {
-                    Some(e) => format!("{e}, {client}"),
-                    None => client,
+                let xff = match earlier(up, "x-forwarded-for") {
+                    Some(e) => format!("{e}, {}", f.client_text),
+                    None => f.client_text.clone(),
                 };
-                let fwd = match earlier("forwarded") {
-                    Some(e) => format!("{e}, {forwarded}"),
-                    None => forwarded,
+                let fwd = match earlier(up, "forwarded") {
+                    Some(e) => format!("{e}, {}", f.forwarded_text),
+                    None => f.forwarded_text.clone(),
                 };
                 up.insert_header("x-forwarded-for", xff)?;
                 up.insert_header("forwarded", fwd)?;
                 if up.headers.get("x-forwarded-proto").is_none() {
-                    up.insert_header("x-forwarded-proto", "https")?;
+                    up.insert_header("x-forwarded-proto", HTTPS.clone())?;
                 }
                 if up.headers.get("x-forwarded-host").is_none() {
-                    up.insert_header("x-forwarded-host", &host)?;
+                    up.insert_header("x-forwarded-host", f.host.clone())?;
                 }
             }
         }
-        let version = match session.req_header().version {
-            http::Version::HTTP_2 => "2",
-            http::Version::HTTP_10 => "1.0",
-            _ => "1.1",
+        let via = match session.req_header().version {
+            http::Version::HTTP_2 => "2 gatehouse",
+            http::Version::HTTP_10 => "1.0 gatehouse",
+            _ => "1.1 gatehouse",
         };
-        up.append_header("via", format!("{version} gatehouse"))?;
+        up.append_header("via", HeaderValue::from_static(via))?;
         if up.uri.authority().is_none() || up.headers.get(http::header::HOST).is_none() {
-            up.insert_header(http::header::HOST, &host)?;
+            up.insert_header(http::header::HOST, f.host.clone())?;
         }
         Ok(())
     }
@@ -402,6 +431,21 @@ mod tests {
         assert_eq!(host_of("web.gw.test."), "web.gw.test");
         assert_eq!(host_of("[::1]:443"), "::1");
         assert_eq!(host_of(""), "");
+    }
+
+    #[test]
+    fn forwarded_values_quote_v6_clients() {
+        let f = Forwarded::new("[2001:db8::1]:5000".parse().unwrap(), "web.gw.test");
+        assert_eq!(f.client, "2001:db8::1");
+        assert_eq!(
+            f.forwarded,
+            "for=\"[2001:db8::1]\";host=web.gw.test;proto=https"
+        );
+        let f = Forwarded::new("10.0.0.7:1".parse().unwrap(), "web.gw.test");
+        assert_eq!(
+            f.forwarded_text,
+            "for=10.0.0.7;host=web.gw.test;proto=https"
+        );
     }
 
     #[test]

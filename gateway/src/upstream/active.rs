@@ -7,7 +7,7 @@
 
 use crate::conn::Shared;
 use crate::upstream::balancer::Instance;
-use gatehouse_config::HealthCheckConfig;
+use gatehouse_config::{HealthCheckConfig, HealthProtocol};
 use http_body_util::Empty;
 use hyper::body::Bytes;
 use std::net::SocketAddr;
@@ -42,7 +42,7 @@ async fn probe_app(shared: Arc<Shared>, id: String, hc: HealthCheckConfig, defau
             let id = id.clone();
             round.spawn(async move {
                 let addr = SocketAddr::new(instance.addr, port);
-                let outcome = probe(addr, &hc.path, hc.timeout).await;
+                let outcome = probe(addr, &hc.path, hc.protocol, hc.timeout).await;
                 record(&id, &instance, addr, &hc, outcome);
             });
         }
@@ -73,27 +73,49 @@ fn record(
     }
 }
 
-/// One `GET path` to `addr`: the status code, or why there was none.
-pub async fn probe(addr: SocketAddr, path: &str, timeout: Duration) -> Result<u16, String> {
+/// One `GET path` to `addr` over `protocol`: the status code, or why there was none.
+pub async fn probe(
+    addr: SocketAddr,
+    path: &str,
+    protocol: HealthProtocol,
+    timeout: Duration,
+) -> Result<u16, String> {
     let attempt = async {
         let tcp = TcpStream::connect(addr)
             .await
             .map_err(|e| format!("connect: {e}"))?;
-        let (mut send, conn) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
-                .await
-                .map_err(|e| format!("http: {e}"))?;
-        tokio::spawn(conn);
-        let req = hyper::Request::get(path)
-            .header(hyper::header::HOST, addr.to_string())
+        let io = hyper_util::rt::TokioIo::new(tcp);
+        let http = |e: hyper::Error| format!("http: {e}");
+        let req = hyper::Request::get(format!("http://{addr}{path}"))
             .header(hyper::header::USER_AGENT, "gatehouse-health-check")
-            .header(hyper::header::CONNECTION, "close")
             .body(Empty::<Bytes>::new())
             .map_err(|e| format!("request: {e}"))?;
-        let resp = send
-            .send_request(req)
-            .await
-            .map_err(|e| format!("http: {e}"))?;
+        let resp = match protocol {
+            HealthProtocol::Http1 => {
+                let (mut send, conn) = hyper::client::conn::http1::handshake(io)
+                    .await
+                    .map_err(http)?;
+                tokio::spawn(conn);
+                let (mut parts, body) = req.into_parts();
+                parts.uri = path.parse().map_err(|e| format!("path: {e}"))?;
+                let host = hyper::header::HeaderValue::from_str(&addr.to_string())
+                    .map_err(|e| format!("host: {e}"))?;
+                parts.headers.insert(hyper::header::HOST, host);
+                let close = hyper::header::HeaderValue::from_static("close");
+                parts.headers.insert(hyper::header::CONNECTION, close);
+                send.send_request(hyper::Request::from_parts(parts, body))
+                    .await
+                    .map_err(http)?
+            }
+            HealthProtocol::H2c => {
+                let exec = hyper_util::rt::TokioExecutor::new();
+                let (mut send, conn) = hyper::client::conn::http2::handshake(exec, io)
+                    .await
+                    .map_err(http)?;
+                tokio::spawn(conn);
+                send.send_request(req).await.map_err(http)?
+            }
+        };
         Ok(resp.status().as_u16())
     };
     match tokio::time::timeout(timeout, attempt).await {
@@ -125,14 +147,44 @@ mod tests {
     #[tokio::test]
     async fn probe_reports_the_status_and_sends_the_path() {
         let (addr, req) = answer_once("204 No Content").await;
-        assert_eq!(
-            probe(addr, "/healthz?deep=1", Duration::from_secs(2)).await,
-            Ok(204)
-        );
+        let (h1, two) = (HealthProtocol::Http1, Duration::from_secs(2));
+        assert_eq!(probe(addr, "/healthz?deep=1", h1, two).await, Ok(204));
         let req = req.await.unwrap();
         assert!(req.starts_with("GET /healthz?deep=1 HTTP/1.1\r\n"), "{req}");
         let (addr, _req) = answer_once("503 Service Unavailable").await;
-        assert_eq!(probe(addr, "/", Duration::from_secs(2)).await, Ok(503));
+        assert_eq!(probe(addr, "/", h1, two).await, Ok(503));
+    }
+
+    #[tokio::test]
+    async fn probe_speaks_h2c_to_an_h2_only_instance() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (s, _) = l.accept().await.unwrap();
+            let service = hyper::service::service_fn(
+                |req: hyper::Request<hyper::body::Incoming>| async move {
+                    let code = if req.uri().path() == "/grpc.health"
+                        && req.version() == hyper::Version::HTTP_2
+                    {
+                        200
+                    } else {
+                        404
+                    };
+                    let mut r = hyper::Response::new(Empty::<Bytes>::new());
+                    *r.status_mut() = hyper::StatusCode::from_u16(code).unwrap();
+                    Ok::<_, std::convert::Infallible>(r)
+                },
+            );
+            let exec = hyper_util::rt::TokioExecutor::new();
+            let _ = hyper::server::conn::http2::Builder::new(exec)
+                .serve_connection(hyper_util::rt::TokioIo::new(s), service)
+                .await;
+        });
+        let two = Duration::from_secs(2);
+        assert_eq!(
+            probe(addr, "/grpc.health", HealthProtocol::H2c, two).await,
+            Ok(200)
+        );
     }
 
     #[tokio::test]
@@ -140,7 +192,10 @@ mod tests {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
         drop(l);
-        let e = probe(addr, "/", Duration::from_secs(2)).await.unwrap_err();
+        let h1 = HealthProtocol::Http1;
+        let e = probe(addr, "/", h1, Duration::from_secs(2))
+            .await
+            .unwrap_err();
         assert!(e.starts_with("connect: "), "{e}");
         // Accepts, never answers.
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -149,7 +204,7 @@ mod tests {
             let (_s, _) = l.accept().await.unwrap();
             tokio::time::sleep(Duration::from_secs(30)).await;
         });
-        let e = probe(addr, "/", Duration::from_millis(200))
+        let e = probe(addr, "/", h1, Duration::from_millis(200))
             .await
             .unwrap_err();
         assert!(e.starts_with("no answer within"), "{e}");
