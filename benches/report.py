@@ -128,7 +128,7 @@ def write(out_dir, meta, results, env):
     md += ["## Peer configurations", ""]
     for cls in arms.ARMS:
         a = cls(env)
-        for role in ("terminate", "passthrough"):
+        for role in ("terminate", "passthrough", "http"):
             md += [f"### {a.name}, {role} (resumption on; off removes tickets and caches)", "", "```", a.config(role, True).strip(), "```", ""]
     md += ["Origin (nginx on the load CPU):", "", "```", "location = /0 { return 200 \"\"; }  # plus static /f/1k, /f/1m, /f/100m; HTTP :18080, HTTPS :18443", "```", ""]
     with open(os.path.join(out_dir, "RESULTS.md"), "w") as f:
