@@ -238,7 +238,8 @@ pub fn sse_paced(listener: TcpListener, events: usize, acks: mpsc::UnboundedRece
     });
 }
 
-struct ReceiverStream<T>(mpsc::Receiver<T>);
+/// An mpsc receiver as a `Stream` (of body frames, here).
+pub struct ReceiverStream<T>(pub mpsc::Receiver<T>);
 
 impl<T> futures_core::Stream for ReceiverStream<T> {
     type Item = T;
@@ -299,6 +300,43 @@ pub fn never_answer(listener: TcpListener) {
                     }
                 }
             });
+        }
+    });
+}
+
+/// An instance answering `ok` to every request, counting the TCP connections it accepted
+/// (so a test sees whether the gateway pools upstream connections).
+pub fn counting_accepts(listener: TcpListener, accepted: Arc<AtomicUsize>) {
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            accepted.fetch_add(1, Ordering::Relaxed);
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(|_req: Request<Incoming>| async {
+                    Ok::<_, Infallible>(Response::new(full("ok\n")))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+}
+
+/// An upload sink: reports the size of every request-body chunk as it arrives (through
+/// `chunks`), and answers with the total once the body ends.
+pub fn upload_sink(listener: TcpListener, chunks: mpsc::UnboundedSender<usize>) {
+    serve_h1(listener, move |req: Request<Incoming>| {
+        let chunks = chunks.clone();
+        async move {
+            let mut body = req.into_body();
+            let mut total = 0;
+            while let Some(Ok(frame)) = body.frame().await {
+                if let Some(data) = frame.data_ref() {
+                    total += data.len();
+                    let _ = chunks.send(data.len());
+                }
+            }
+            Response::new(full(format!("got {total}\n")))
         }
     });
 }

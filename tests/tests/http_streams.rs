@@ -1,11 +1,13 @@
 //! `mode = "http"` streams through the real binary: a WebSocket upgrade whose frames flow both
 //! ways after the 101, gRPC over h2 end to end (client h2 → gateway → h2c instance, `g` name)
-//! with unary and server-streaming calls and their trailers, and a server-sent-events stream
-//! whose events reach the client one at a time.
+//! with unary and server-streaming calls and their trailers, a server-sent-events stream
+//! whose events reach the client one at a time, an upload whose chunks reach the instance
+//! one at a time, and upstream connections reused across requests and client connections.
 
 use gatehouse_tests::http::{body, request, request_h2, HttpGateway};
 use gatehouse_tests::origins::{
-    grpc_frame, grpc_h2c, grpc_messages, sse_paced, websocket_accept, websocket_echo,
+    counting_accepts, grpc_frame, grpc_h2c, grpc_messages, sse_paced, upload_sink,
+    websocket_accept, websocket_echo, ReceiverStream,
 };
 use gatehouse_tests::servers::bind_same_port;
 use http_body_util::BodyExt;
@@ -197,4 +199,61 @@ async fn server_sent_events_arrive_one_at_a_time() {
         );
         assert!(text.contains("data: token 5\n\n"));
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_stream_to_the_instance_chunk_by_chunk() {
+    let (port, mut ls) = bind_same_port(&[[127, 0, 0, 1]]).await;
+    let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
+    upload_sink(ls.remove(0), seen_tx);
+    let g = HttpGateway::start("", &app("up", port, &["127.0.0.1"]));
+    let (tx, rx) = tokio::sync::mpsc::channel::<
+        Result<hyper::body::Frame<hyper::body::Bytes>, std::convert::Infallible>,
+    >(1);
+    let stream = http_body_util::StreamBody::new(ReceiverStream(rx));
+    let req = request("POST", "up.gw.test", "/upload")
+        .header("transfer-encoding", "chunked")
+        .body(http_body_util::BodyExt::boxed(stream))
+        .unwrap();
+    let mut h1 = g.h1("up.gw.test").await;
+    let answer = tokio::spawn(async move { h1.send_request(req).await.map(|r| r.status()) });
+    // The next chunk is sent only once the instance has the previous one: a gateway that
+    // collected the body before forwarding it would stall here (bounded by the timeout).
+    let mut got = 0;
+    for n in [1000usize, 2000, 3000] {
+        tx.send(Ok(hyper::body::Frame::data(vec![b'u'; n].into())))
+            .await
+            .unwrap();
+        let mut arrived = 0;
+        while arrived < n {
+            arrived += tokio::time::timeout(Duration::from_secs(10), seen.recv())
+                .await
+                .unwrap_or_else(|_| panic!("chunk of {n} never reached the instance"))
+                .unwrap();
+        }
+        got += arrived;
+    }
+    drop(tx);
+    assert_eq!(got, 6000);
+    assert_eq!(answer.await.unwrap().unwrap(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_connections_are_pooled_across_requests_and_clients() {
+    let (port, mut ls) = bind_same_port(&[[127, 0, 0, 1]]).await;
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    counting_accepts(ls.remove(0), accepted.clone());
+    let g = HttpGateway::start("", &app("pool", port, &["127.0.0.1"]));
+    let url = g.url("pool.gw.test", "/");
+    // Three client processes (three downstream connections), 10 sequential requests each.
+    for _ in 0..3 {
+        let urls: Vec<&str> = std::iter::repeat_n(url.as_str(), 10).collect();
+        let out = g.curl("pool.gw.test", &[&["--http1.1"][..], &urls].concat());
+        assert_eq!(out.matches("ok\n").count(), 10, "{out}");
+    }
+    let n = accepted.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        (1..=3).contains(&n),
+        "30 requests took {n} upstream connections"
+    );
 }

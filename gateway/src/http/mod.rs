@@ -6,6 +6,7 @@
 //! calls [`proxy::Gatehouse`] for each request. The connection's route and SNI reach those
 //! per-request hooks through [`Conns`], keyed by the connection's socket digest (the one
 //! per-connection object Pingora hands back to every request, h1 and h2 alike).
+//! [`stats`] holds the per-app request statistics, [`redirect`] the port-80 listener.
 
 pub mod io;
 pub mod proxy;

@@ -5,8 +5,7 @@
 //! idempotent request got no byte of answer, forwarding headers, short plain error bodies,
 //! per-app statistics and the access log.
 
-use super::ConnInfo;
-use super::Conns;
+use super::{ConnInfo, Conns};
 use crate::route::Mode;
 use crate::upstream::balancer::{self, Load};
 use crate::upstream::{health, MAX_ATTEMPTS};
