@@ -24,7 +24,7 @@ oha=()
 # oha is only for L1, which --quick skips and --only runs only when it names L1.
 only=""; prev=""
 for a in "$@"; do [ "$prev" = "--only" ] && only="$a"; prev="$a"; done
-if [[ " $* " != *" --quick "* ]] && { [ -z "$only" ] || [[ "$only" == *L1* ]]; }; then
+if [[ " $* " != *" --quick "* && " $* " != *" --oha "* ]] && { [ -z "$only" ] || [[ "$only" == *L1* ]]; }; then
   if ! command -v oha >/dev/null; then
     echo "== cargo install oha (open-loop latency client, once)"
     cargo install --locked oha >/dev/null 2>&1 || echo "oha unavailable: L1 will be skipped"
