@@ -111,6 +111,16 @@ impl HttpGateway {
     }
 }
 
+/// `[[apps]]` TOML for a `mode = "http"` app `id` on `port` with instances at `ips`, plus
+/// `extra` keys or tables (e.g. `[apps.health_check]`).
+pub fn http_app(id: &str, port: u16, ips: &[&str], extra: &str) -> String {
+    let mut s = format!("[[apps]]\nid = \"{id}\"\nmode = \"http\"\ndefault_port = {port}\n");
+    for ip in ips {
+        s += &format!("[[apps.instances]]\naddress = \"{ip}\"\n");
+    }
+    s + extra
+}
+
 /// An HTTP/1.1 request to `host` (origin-form target, `Host` header).
 pub fn request(method: &str, host: &str, path: &str) -> hyper::http::request::Builder {
     hyper::Request::builder()

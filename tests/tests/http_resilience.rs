@@ -2,7 +2,7 @@
 //! idempotent requests only, active health checks taking an instance out and back, 504 from a
 //! silent instance, 431 / 413 limits, slow-header clients closed, and the port-80 redirect.
 
-use gatehouse_tests::http::{body, request, request_h2, text, HttpGateway};
+use gatehouse_tests::http::{body, http_app as app, request, request_h2, text, HttpGateway};
 use gatehouse_tests::origins::{never_answer, reset_before_answer, with_health};
 use gatehouse_tests::servers::{bind_same_port, http_whoami};
 use std::collections::HashSet;
@@ -10,15 +10,6 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-/// `[[apps]]` for an http app `id` on `port` with instances at `ips`, plus `extra` keys.
-fn app(id: &str, port: u16, ips: &[&str], extra: &str) -> String {
-    let mut s = format!("[[apps]]\nid = \"{id}\"\nmode = \"http\"\ndefault_port = {port}\n");
-    for ip in ips {
-        s += &format!("[[apps.instances]]\naddress = \"{ip}\"\n");
-    }
-    s + extra
-}
 
 /// The status code of each curl run (`-w %{http_code}` on its own last line).
 fn code(out: &str) -> &str {

@@ -4,7 +4,7 @@
 //! whose events reach the client one at a time, an upload whose chunks reach the instance
 //! one at a time, and upstream connections reused across requests and client connections.
 
-use gatehouse_tests::http::{body, request, request_h2, HttpGateway};
+use gatehouse_tests::http::{body, http_app as app, request, request_h2, HttpGateway};
 use gatehouse_tests::origins::{
     counting_accepts, grpc_frame, grpc_h2c, grpc_messages, sse_paced, upload_sink,
     websocket_accept, websocket_echo, ReceiverStream,
@@ -14,15 +14,6 @@ use http_body_util::BodyExt;
 use std::collections::HashSet;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-/// `[[apps]]` for an http app `id` on `port` with instances at `ips`.
-fn app(id: &str, port: u16, ips: &[&str]) -> String {
-    let mut s = format!("[[apps]]\nid = \"{id}\"\nmode = \"http\"\ndefault_port = {port}\n");
-    for ip in ips {
-        s += &format!("[[apps.instances]]\naddress = \"{ip}\"\n");
-    }
-    s
-}
 
 /// A masked client frame (RFC 6455 §5.2) with `opcode` and `payload`.
 fn ws_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
@@ -48,7 +39,7 @@ fn ws_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
 async fn websocket_upgrades_and_frames_flow_both_ways() {
     let (port, mut ls) = bind_same_port(&[[127, 0, 0, 1]]).await;
     websocket_echo(ls.remove(0));
-    let g = HttpGateway::start("", &app("chat", port, &["127.0.0.1"]));
+    let g = HttpGateway::start("", &app("chat", port, &["127.0.0.1"], ""));
     let mut tls = g.tls("chat.gw.test", &["http/1.1"]).await;
     let key = "dGhlIHNhbXBsZSBub25jZQ==";
     let upgrade = format!(
@@ -93,7 +84,7 @@ async fn grpc_over_h2_keeps_trailers_and_streams() {
     for (l, name) in ls.into_iter().zip(["one", "two"]) {
         grpc_h2c(l, name);
     }
-    let g = HttpGateway::start("", &app("rpc", port, &["127.0.0.1", "127.0.0.2"]));
+    let g = HttpGateway::start("", &app("rpc", port, &["127.0.0.1", "127.0.0.2"], ""));
     // `rpcg`: app `rpc` with the `g` flag: h2 from the client and h2 (prior knowledge) to
     // the instance, which speaks nothing else.
     let mut h2 = g.h2("rpcg.gw.test").await;
@@ -154,7 +145,7 @@ async fn server_sent_events_arrive_one_at_a_time() {
     let (ack, acks) = tokio::sync::mpsc::unbounded_channel();
     const EVENTS: usize = 5;
     sse_paced(ls.remove(0), EVENTS, acks);
-    let g = HttpGateway::start("", &app("llm", port, &["127.0.0.1"]));
+    let g = HttpGateway::start("", &app("llm", port, &["127.0.0.1"], ""));
     for h2 in [false, true] {
         let req = match h2 {
             false => request("GET", "llm.gw.test", "/events"),
@@ -206,7 +197,7 @@ async fn uploads_stream_to_the_instance_chunk_by_chunk() {
     let (port, mut ls) = bind_same_port(&[[127, 0, 0, 1]]).await;
     let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
     upload_sink(ls.remove(0), seen_tx);
-    let g = HttpGateway::start("", &app("up", port, &["127.0.0.1"]));
+    let g = HttpGateway::start("", &app("up", port, &["127.0.0.1"], ""));
     let (tx, rx) = tokio::sync::mpsc::channel::<
         Result<hyper::body::Frame<hyper::body::Bytes>, std::convert::Infallible>,
     >(1);
@@ -243,7 +234,7 @@ async fn upstream_connections_are_pooled_across_requests_and_clients() {
     let (port, mut ls) = bind_same_port(&[[127, 0, 0, 1]]).await;
     let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     counting_accepts(ls.remove(0), accepted.clone());
-    let g = HttpGateway::start("", &app("pool", port, &["127.0.0.1"]));
+    let g = HttpGateway::start("", &app("pool", port, &["127.0.0.1"], ""));
     let url = g.url("pool.gw.test", "/");
     // Three client processes (three downstream connections), 10 sequential requests each.
     for _ in 0..3 {
