@@ -190,21 +190,13 @@ async fn grpc_answer(req: Request<Incoming>, name: &'static str) -> Response<Bod
         .unwrap()
 }
 
-/// A stream of ready frames (no extra crate for one `iter` adapter).
-fn futures_stream(
-    frames: Vec<Frame<Bytes>>,
-) -> impl futures_core::Stream<Item = Result<Frame<Bytes>, Infallible>> + Send {
-    struct Iter(std::vec::IntoIter<Frame<Bytes>>);
-    impl futures_core::Stream for Iter {
-        type Item = Result<Frame<Bytes>, Infallible>;
-        fn poll_next(
-            mut self: std::pin::Pin<&mut Self>,
-            _cx: &mut std::task::Context<'_>,
-        ) -> std::task::Poll<Option<Self::Item>> {
-            std::task::Poll::Ready(self.0.next().map(Ok))
-        }
+/// A stream of ready frames.
+fn futures_stream(frames: Vec<Frame<Bytes>>) -> ReceiverStream<Result<Frame<Bytes>, Infallible>> {
+    let (tx, rx) = mpsc::channel(frames.len().max(1));
+    for f in frames {
+        let _ = tx.try_send(Ok(f)); // capacity is the frame count: never full
     }
-    Iter(frames.into_iter())
+    ReceiverStream(rx)
 }
 
 /// A server-sent-events endpoint that sends event `n` only after the test says the client

@@ -93,29 +93,24 @@ static HTTPS: HeaderValue = HeaderValue::from_static("https");
 #[derive(Debug)]
 pub struct Forwarded {
     client: HeaderValue,
-    client_text: String,
     host: HeaderValue,
     forwarded: HeaderValue,
-    forwarded_text: String,
 }
 
 impl Forwarded {
     /// The values for a connection from `client` to `sni`.
     pub fn new(client: SocketAddr, sni: &str) -> Forwarded {
-        let client_text = client.ip().to_string();
+        let ip = client.ip().to_string();
         let for_ = match client {
-            SocketAddr::V6(a) => format!("\"[{}]\"", a.ip()),
-            SocketAddr::V4(_) => client_text.clone(),
+            SocketAddr::V6(_) => format!("\"[{ip}]\""),
+            SocketAddr::V4(_) => ip.clone(),
         };
-        let forwarded_text = format!("for={for_};host={sni};proto=https");
         // An IP, a routed name (LDH) and their combination are always valid header values.
         let value = |s: &str| HeaderValue::from_str(s).unwrap_or(HeaderValue::from_static(""));
         Forwarded {
-            client: value(&client_text),
+            client: value(&ip),
             host: value(sni),
-            forwarded: value(&forwarded_text),
-            client_text,
-            forwarded_text,
+            forwarded: value(&format!("for={for_};host={sni};proto=https")),
         }
     }
 }
@@ -185,13 +180,15 @@ impl Gatehouse {
                 up.insert_header("forwarded", f.forwarded.clone())?;
             }
             ForwardedMode::Append => {
+                // Ours are built from an IP and a routed name: always visible ASCII.
+                let ours = |v: &HeaderValue| v.to_str().unwrap_or_default().to_owned();
                 let xff = match earlier(up, "x-forwarded-for") {
-                    Some(e) => format!("{e}, {}", f.client_text),
-                    None => f.client_text.clone(),
+                    Some(e) => format!("{e}, {}", ours(&f.client)),
+                    None => ours(&f.client),
                 };
                 let fwd = match earlier(up, "forwarded") {
-                    Some(e) => format!("{e}, {}", f.forwarded_text),
-                    None => f.forwarded_text.clone(),
+                    Some(e) => format!("{e}, {}", ours(&f.forwarded)),
+                    None => ours(&f.forwarded),
                 };
                 up.insert_header("x-forwarded-for", xff)?;
                 up.insert_header("forwarded", fwd)?;
@@ -441,10 +438,7 @@ mod tests {
             "for=\"[2001:db8::1]\";host=web.gw.test;proto=https"
         );
         let f = Forwarded::new("10.0.0.7:1".parse().unwrap(), "web.gw.test");
-        assert_eq!(
-            f.forwarded_text,
-            "for=10.0.0.7;host=web.gw.test;proto=https"
-        );
+        assert_eq!(f.forwarded, "for=10.0.0.7;host=web.gw.test;proto=https");
     }
 
     #[test]

@@ -86,26 +86,26 @@ pub async fn probe(
             .map_err(|e| format!("connect: {e}"))?;
         let io = hyper_util::rt::TokioIo::new(tcp);
         let http = |e: hyper::Error| format!("http: {e}");
-        let req = hyper::Request::get(format!("http://{addr}{path}"))
-            .header(hyper::header::USER_AGENT, "gatehouse-health-check")
-            .body(Empty::<Bytes>::new())
-            .map_err(|e| format!("request: {e}"))?;
+        // HTTP/1.1 sends the path with a Host header; h2 needs the whole URI (:authority).
+        let request = |uri: String, h1: bool| {
+            let mut b = hyper::Request::get(uri)
+                .header(hyper::header::USER_AGENT, "gatehouse-health-check");
+            if h1 {
+                b = b
+                    .header(hyper::header::HOST, addr.to_string())
+                    .header(hyper::header::CONNECTION, "close");
+            }
+            b.body(Empty::<Bytes>::new())
+                .map_err(|e| format!("request: {e}"))
+        };
         let resp = match protocol {
             HealthProtocol::Http1 => {
                 let (mut send, conn) = hyper::client::conn::http1::handshake(io)
                     .await
                     .map_err(http)?;
                 tokio::spawn(conn);
-                let (mut parts, body) = req.into_parts();
-                parts.uri = path.parse().map_err(|e| format!("path: {e}"))?;
-                let host = hyper::header::HeaderValue::from_str(&addr.to_string())
-                    .map_err(|e| format!("host: {e}"))?;
-                parts.headers.insert(hyper::header::HOST, host);
-                let close = hyper::header::HeaderValue::from_static("close");
-                parts.headers.insert(hyper::header::CONNECTION, close);
-                send.send_request(hyper::Request::from_parts(parts, body))
-                    .await
-                    .map_err(http)?
+                let req = request(path.to_owned(), true)?;
+                send.send_request(req).await.map_err(http)?
             }
             HealthProtocol::H2c => {
                 let exec = hyper_util::rt::TokioExecutor::new();
@@ -113,6 +113,7 @@ pub async fn probe(
                     .await
                     .map_err(http)?;
                 tokio::spawn(conn);
+                let req = request(format!("http://{addr}{path}"), false)?;
                 send.send_request(req).await.map_err(http)?
             }
         };
