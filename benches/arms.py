@@ -103,6 +103,7 @@ class Gatehouse(Arm):
 [proxy]
 listen = ["127.0.0.1:{PROXY_PORT}"]
 base_domains = ["bench.test"]
+allow_local_instances = true
 workers = 1
 [proxy.timeouts]
 idle = "10m"

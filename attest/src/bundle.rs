@@ -38,6 +38,24 @@ impl SpkiHashes {
     }
 }
 
+/// Where one served key came from and what protects it at rest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyClaim {
+    /// SHA-256 (hex) of the key's SubjectPublicKeyInfo.
+    pub spki_sha256: String,
+    /// `tee`: generated inside the TEE; `imported`: loaded from a file, so whoever wrote the
+    /// file holds it.
+    pub origin: String,
+    /// What protects it at rest: `memory` (never stored), or the sealing of the store
+    /// (`tee`, `simulator`, `development`); `file` for an imported key.
+    pub sealing: String,
+}
+
+/// The origin of a key made inside the TEE.
+pub const ORIGIN_TEE: &str = "tee";
+/// The origin of a key loaded from a file.
+pub const ORIGIN_IMPORTED: &str = "imported";
+
 /// A key the gateway signs statements with.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SigningKey {
@@ -54,6 +72,9 @@ pub struct Claims {
     pub domains: Vec<String>,
     /// Served certificate keys.
     pub spki_sha256: SpkiHashes,
+    /// Where each current key came from (a key missing here is not vouched for).
+    #[serde(default)]
+    pub keys: Vec<KeyClaim>,
     /// The ACME account URI (the CAA `accounturi`), if certificates come from ACME.
     #[serde(default)]
     pub acme_account_uri: Option<String>,
@@ -134,6 +155,7 @@ mod tests {
                 current: vec!["aa".into()],
                 ..Default::default()
             },
+            keys: vec![],
             acme_account_uri: Some("https://ca/acct/1".into()),
             signing_keys: vec![],
             caa: vec![],

@@ -113,7 +113,8 @@ impl AttestError {
         }
     }
 
-    pub(crate) fn policy(check: impl Into<String>, reason: impl Into<String>) -> AttestError {
+    /// A policy refusal naming its check.
+    pub fn policy(check: impl Into<String>, reason: impl Into<String>) -> AttestError {
         AttestError::Policy {
             check: check.into(),
             reason: reason.into(),

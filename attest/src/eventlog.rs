@@ -47,55 +47,59 @@ impl Event {
         Event {
             imr: 3,
             event_type: RUNTIME_EVENT_TYPE,
-            digest: runtime_digest(1, RUNTIME_EVENT_TYPE, name, payload).to_vec(),
+            digest: runtime_digest(1, name, payload)
+                .expect("version 1")
+                .to_vec(),
             event: name.to_owned(),
             event_payload: payload.to_vec(),
             version: 1,
         }
     }
 
-    /// Whether the digest is what name and payload give (runtime events only; a stripped,
-    /// empty digest is recomputed from the payload, as dstack's agent sends them).
-    pub fn digest_matches_payload(&self) -> bool {
-        self.event_type != RUNTIME_EVENT_TYPE
-            || self.digest.is_empty()
-            || self.digest
-                == runtime_digest(
-                    self.version,
-                    self.event_type,
-                    &self.event,
-                    &self.event_payload,
-                )
+    /// Whether this is a runtime event: the only kind whose name and payload are measured
+    /// (its digest is recomputed from them), so the only kind a policy's name pin can match.
+    pub fn is_runtime(&self) -> bool {
+        self.imr == 3 && self.event_type == RUNTIME_EVENT_TYPE
     }
 
-    /// The digest extended into the RTMR.
-    fn extended_digest(&self) -> Vec<u8> {
-        if self.digest.is_empty() && self.event_type == RUNTIME_EVENT_TYPE {
-            runtime_digest(
-                self.version,
-                self.event_type,
-                &self.event,
-                &self.event_payload,
-            )
-            .to_vec()
-        } else {
-            self.digest.clone()
+    /// The digest extended into the RTMR. A runtime event's digest is always recomputed from
+    /// its name and payload (a digest sent beside them must be that one; dstack's agent sends
+    /// it stripped); its version must be one we know. Other events are extended as given:
+    /// their name and payload mean nothing to the replay.
+    fn extended_digest(&self) -> Result<Vec<u8>, AttestError> {
+        if self.event_type != RUNTIME_EVENT_TYPE {
+            return Ok(self.digest.clone());
         }
+        let label = || format!("event:{}", self.event);
+        let computed =
+            runtime_digest(self.version, &self.event, &self.event_payload).ok_or_else(|| {
+                AttestError::policy(
+                    label(),
+                    format!("unknown runtime-event version {}", self.version),
+                )
+            })?;
+        if !self.digest.is_empty() && self.digest != computed {
+            return Err(AttestError::policy(
+                label(),
+                "the event's digest is not the digest of its payload",
+            ));
+        }
+        Ok(computed.to_vec())
     }
 }
 
 /// v1: `SHA-384(type LE ‖ ":" ‖ name ‖ ":" ‖ payload)`; v2: `SHA-384(JCS({"name", "payload":
-/// hex, "type"}))`. An unknown version gets a digest nothing matches.
-fn runtime_digest(version: u32, event_type: u32, name: &str, payload: &[u8]) -> [u8; 48] {
-    match version {
+/// hex, "type"}))`; `None` for a version we do not know.
+fn runtime_digest(version: u32, name: &str, payload: &[u8]) -> Option<[u8; 48]> {
+    let event_type = RUNTIME_EVENT_TYPE;
+    Some(match version {
         2 => {
             let v = serde_json::json!({
                 "name": name,
                 "payload": crate::hex::encode(payload),
                 "type": event_type,
             });
-            let canonical = crate::jcs::canonical(&v).unwrap_or_default();
-            crate::sha384(&[&canonical])
+            crate::sha384(&[&crate::jcs::canonical(&v)?])
         }
         1 => crate::sha384(&[
             &event_type.to_le_bytes(),
@@ -104,15 +108,15 @@ fn runtime_digest(version: u32, event_type: u32, name: &str, payload: &[u8]) -> 
             b":",
             payload,
         ]),
-        _ => [0xff; 48],
-    }
+        _ => return None,
+    })
 }
 
 /// Folds the events of `imr` into an RTMR value.
 pub fn replay(events: &[Event], imr: u32) -> Result<[u8; 48], AttestError> {
     let mut rtmr = [0u8; 48];
     for e in events.iter().filter(|e| e.imr == imr) {
-        let digest = e.extended_digest();
+        let digest = e.extended_digest()?;
         if digest.len() != 48 {
             return Err(AttestError::malformed(
                 "event log",
@@ -124,18 +128,9 @@ pub fn replay(events: &[Event], imr: u32) -> Result<[u8; 48], AttestError> {
     Ok(rtmr)
 }
 
-/// Checks that the runtime events replay to `rtmr3` and that each runtime event's digest is
-/// its payload's: then each payload is as measured as the quote itself.
+/// Checks that the IMR-3 events replay to `rtmr3`, each runtime event's digest recomputed
+/// from its name and payload: then each runtime payload is as measured as the quote itself.
 pub fn check_rtmr3(events: &[Event], rtmr3: &[u8; 48]) -> Result<(), AttestError> {
-    if let Some(e) = events
-        .iter()
-        .find(|e| e.imr == 3 && !e.digest_matches_payload())
-    {
-        return Err(AttestError::policy(
-            format!("event:{}", e.event),
-            "the event's digest is not the digest of its payload",
-        ));
-    }
     let replayed = replay(events, 3)?;
     if &replayed != rtmr3 {
         return Err(AttestError::policy(
@@ -148,6 +143,21 @@ pub fn check_rtmr3(events: &[Event], rtmr3: &[u8; 48]) -> Result<(), AttestError
         ));
     }
     Ok(())
+}
+
+/// The one runtime event named `name`, for a policy pin: events of other types never match
+/// (their names are not measured), and a name that appears twice is ambiguous and refused.
+pub fn pinned_event<'a>(events: &'a [Event], name: &str) -> Result<&'a Event, AttestError> {
+    let label = || format!("event:{name}");
+    let mut found = events.iter().filter(|e| e.is_runtime() && e.event == name);
+    match (found.next(), found.next()) {
+        (None, _) => Err(AttestError::policy(label(), "not in the event log")),
+        (Some(_), Some(_)) => Err(AttestError::policy(
+            label(),
+            "ambiguous: the event log has this runtime event more than once",
+        )),
+        (Some(e), None) => Ok(e),
+    }
 }
 
 #[cfg(test)]
@@ -192,6 +202,55 @@ mod tests {
             .unwrap();
         tampered[i].event_payload[0] ^= 1;
         assert!(check_rtmr3(&tampered, &rtmr3).is_err());
+    }
+
+    /// Issue 16 §1: an event really extended (digest kept, RTMR3 replays) but relabelled to
+    /// another type with a pinned name and payload must not satisfy the pin.
+    #[test]
+    fn security_relabelled_event_cannot_satisfy_a_pin() {
+        let real = vec![Event::runtime("app-id", b"evil"), Event::runtime("x", b"1")];
+        let rtmr3 = replay(&real, 3).unwrap();
+        let mut relabelled = real.clone();
+        relabelled[0].event_type = 0;
+        relabelled[0].event_payload = b"good".to_vec();
+        check_rtmr3(&relabelled, &rtmr3).expect("the digest as given still replays");
+        let e = pinned_event(&relabelled, "app-id").unwrap_err();
+        assert!(e.to_string().contains("not in the event log"), "{e}");
+        // Relabelled with the runtime type, the digest is recomputed: replay fails.
+        relabelled[0].event_type = RUNTIME_EVENT_TYPE;
+        let e = check_rtmr3(&relabelled, &rtmr3).unwrap_err();
+        assert!(e.to_string().contains("event:app-id"), "{e}");
+        // A stripped digest is recomputed too, so the payload must be the measured one.
+        relabelled[0].digest.clear();
+        assert!(check_rtmr3(&relabelled, &rtmr3).is_err());
+    }
+
+    #[test]
+    fn security_duplicate_pinned_name_is_ambiguous() {
+        let events = vec![
+            Event::runtime("app-id", b"a"),
+            Event::runtime("app-id", b"b"),
+        ];
+        check_rtmr3(&events, &replay(&events, 3).unwrap()).unwrap();
+        let e = pinned_event(&events, "app-id").unwrap_err();
+        assert!(e.to_string().contains("ambiguous"), "{e}");
+        assert_eq!(
+            pinned_event(&events[..1], "app-id").unwrap().event_payload,
+            b"a"
+        );
+    }
+
+    #[test]
+    fn security_unknown_event_version_is_refused() {
+        let mut e = Event::runtime("app-id", b"a");
+        e.version = 3;
+        let err = replay(std::slice::from_ref(&e), 3).unwrap_err();
+        assert!(
+            err.to_string().contains("unknown runtime-event version 3"),
+            "{err}"
+        );
+        e.digest.clear();
+        assert!(replay(std::slice::from_ref(&e), 3).is_err());
     }
 
     #[test]

@@ -168,28 +168,57 @@ impl Policy {
         }
         for (name, payload) in &self.events {
             let want = crate::hex::decode(payload).unwrap_or_default();
-            let found = events.iter().find(|e| e.imr == 3 && &e.event == name);
-            match found {
-                None => {
-                    return Err(AttestError::policy(
-                        format!("event:{name}"),
-                        "not in the event log",
-                    ))
-                }
-                Some(e) if e.event_payload != want => {
-                    return Err(AttestError::policy(
-                        format!("event:{name}"),
-                        format!(
-                            "payload {} is not the allowed {payload}",
-                            crate::hex::encode(&e.event_payload)
-                        ),
-                    ))
-                }
-                Some(_) => {}
+            let e = eventlog::pinned_event(events, name)?;
+            if e.event_payload != want {
+                return Err(AttestError::policy(
+                    format!("event:{name}"),
+                    format!(
+                        "payload {} is not the allowed {payload}",
+                        crate::hex::encode(&e.event_payload)
+                    ),
+                ));
             }
         }
         Ok(())
     }
+}
+
+/// A policy pinning what `evidence` measured: MRTD, RTMR0-2 and every runtime event whose name
+/// appears once (RTMR3 itself changes with any event; the events say what it means), as TOML
+/// with a comment per line. For `gatehouse policy-from-bundle`: pin a gateway you trust once.
+pub fn pinning(evidence: &crate::provider::Evidence) -> Result<String, AttestError> {
+    let quote = dcap_qvl::quote::Quote::parse(&evidence.quote)
+        .map_err(|e| AttestError::malformed("quote", format!("{e:#}")))?;
+    let td = quote
+        .report
+        .as_td10()
+        .ok_or_else(|| AttestError::malformed("quote", "not a TDX quote"))?;
+    let hex = crate::hex::encode;
+    let mut out = String::from(
+        "# Pinned from an attestation bundle: the measurements of the TD that served it.\n",
+    );
+    for (key, value, what) in [
+        ("mrtd", &td.mr_td, "the TD's initial image (firmware)"),
+        ("rtmr0", &td.rt_mr0, "firmware configuration"),
+        ("rtmr1", &td.rt_mr1, "the OS loader and kernel"),
+        ("rtmr2", &td.rt_mr2, "the kernel command line and initrd"),
+    ] {
+        out.push_str(&format!("{key} = [\"{}\"]  # {what}\n", hex(value)));
+    }
+    out.push_str("\n[events]  # RTMR3 runtime events that must be present with these payloads\n");
+    let runtime: Vec<&Event> = evidence
+        .event_log
+        .iter()
+        .filter(|e| e.is_runtime())
+        .collect();
+    for e in &runtime {
+        if runtime.iter().filter(|o| o.event == e.event).count() == 1 {
+            let name = toml::Value::String(e.event.clone());
+            out.push_str(&format!("{name} = \"{}\"\n", hex(&e.event_payload)));
+        }
+    }
+    Policy::parse(&out).map_err(|e| AttestError::malformed("pinned policy", e))?;
+    Ok(out)
 }
 
 fn status(name: &str) -> Result<TcbStatus, serde_json::Error> {

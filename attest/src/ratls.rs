@@ -698,10 +698,10 @@ mod tests {
         assert!(matches!(e, AttestError::ReportData { .. }), "{e}");
     }
 
-    /// dstack's V1 attestation as dstack-attest writes it (`rmp_serde::to_vec_named` of its
-    /// `Attestation`: quote as an integer array, event digests as bin, the stack's report data).
-    #[tokio::test]
-    async fn dstack_v1_extension_verifies() {
+    /// dstack's V1 attestation extension as dstack-attest writes it (`rmp_serde::to_vec_named`
+    /// of its `Attestation`: quote as an integer array, event digests as bin, the stack's
+    /// report data), carrying `events` as given.
+    fn dstack_v1_extension(quote: Vec<u8>, rd: [u8; 64], events: &[Event]) -> Vec<u8> {
         #[derive(serde::Serialize)]
         struct Ev<'a> {
             imr: u32,
@@ -717,25 +717,12 @@ mod tests {
                 s.serialize_bytes(b)
             }
         }
-        let events = [
-            Event::runtime("app-id", b"shop"),
-            Event::runtime("compose-hash", b"c"),
-        ];
-        let config = SimulatorConfig {
-            events: events.to_vec(),
-            ..Default::default()
-        };
-        let sim = Simulator::new(config).unwrap();
-        let key = KeyPair::generate().unwrap();
-        let spki = rcgen::PublicKeyData::subject_public_key_info(&key);
-        let rd = crate::sha512(&[b"ratls-cert:", &spki]);
-        let quote = sim.quote(rd).await.unwrap().quote;
-        let stripped: Vec<Ev<'_>> = events
+        let event_log: Vec<Ev<'_>> = events
             .iter()
             .map(|e| Ev {
-                imr: 3,
+                imr: e.imr,
                 event_type: e.event_type,
-                digest: &[],
+                digest: &e.digest,
                 event: &e.event,
                 event_payload: &e.event_payload,
             })
@@ -766,10 +753,7 @@ mod tests {
             version: 1,
             platform: Tagged {
                 kind: "tdx",
-                data: Platform {
-                    quote,
-                    event_log: stripped,
-                },
+                data: Platform { quote, event_log },
             },
             stack: Tagged {
                 kind: "dstack",
@@ -781,7 +765,40 @@ mod tests {
             },
         };
         let msgpack = rmp_serde::to_vec_named(&v1).unwrap();
-        let wrapped = yasna::construct_der(|w| w.write_bytes(&msgpack));
+        yasna::construct_der(|w| w.write_bytes(&msgpack))
+    }
+
+    /// A simulated TD that measured `events`, its dstack V1 certificate for `key` sending
+    /// `sent` as its event log (the measured events, stripped, unless a test edits them).
+    async fn dstack_v1_cert(
+        events: &[Event],
+        key: &KeyPair,
+        edit: impl FnOnce(&mut Vec<Event>),
+    ) -> (Simulator, Vec<u8>) {
+        let config = SimulatorConfig {
+            events: events.to_vec(),
+            ..Default::default()
+        };
+        let sim = Simulator::new(config).unwrap();
+        let spki = rcgen::PublicKeyData::subject_public_key_info(key);
+        let rd = crate::sha512(&[b"ratls-cert:", &spki]);
+        let quote = sim.quote(rd).await.unwrap().quote;
+        let mut sent: Vec<Event> = events.to_vec();
+        for e in &mut sent {
+            e.digest.clear(); // dstack sends runtime events stripped
+        }
+        edit(&mut sent);
+        (sim, dstack_v1_extension(quote, rd, &sent))
+    }
+
+    #[tokio::test]
+    async fn dstack_v1_extension_verifies() {
+        let events = [
+            Event::runtime("app-id", b"shop"),
+            Event::runtime("compose-hash", b"c"),
+        ];
+        let key = KeyPair::generate().unwrap();
+        let (sim, wrapped) = dstack_v1_cert(&events, &key, |_| {}).await;
         let ext = CustomExtension::from_oid_content(OID_DSTACK_ATTESTATION, wrapped.clone());
         let cert = cert_with(&key, Some(ext));
         let ev = evidence_of(&cert).unwrap();
@@ -806,6 +823,31 @@ mod tests {
         let ext = CustomExtension::from_oid_content(OID_DSTACK_ATTESTATION, v0);
         let e = trusting().check(&cert_with(&key, Some(ext))).unwrap_err();
         assert!(e.to_string().contains("V0"), "{e}");
+    }
+
+    /// Issue 16 §1, as the agent checks a gateway: a TD that measured `app-id = evil` relabels
+    /// that event (its real digest kept, so RTMR3 replays) as another type named `app-id`
+    /// with payload `shop`; a policy pinning `shop` refuses it.
+    #[tokio::test]
+    async fn security_relabelled_event_fails_the_attested_peer_check() {
+        let events = [Event::runtime("app-id", b"evil")];
+        let pinned = Policy::parse(&format!(
+            "insecure_trust_simulator_root = true\n[events]\napp-id = \"{}\"",
+            crate::hex::encode(b"shop")
+        ))
+        .unwrap();
+        let key = KeyPair::generate().unwrap();
+        let real_digest = events[0].digest.clone();
+        let relabel = |sent: &mut Vec<Event>| {
+            sent[0].event_type = 0;
+            sent[0].digest = real_digest;
+            sent[0].event_payload = b"shop".to_vec();
+        };
+        let (sim, wrapped) = dstack_v1_cert(&events, &key, relabel).await;
+        let ext = CustomExtension::from_oid_content(OID_DSTACK_ATTESTATION, wrapped);
+        let peer = AttestedPeer::new(pinned, sim.collateral().unwrap());
+        let e = peer.check(&cert_with(&key, Some(ext))).unwrap_err();
+        assert!(e.to_string().contains("event:app-id"), "{e}");
     }
 
     /// Mutual RA-TLS over loopback with rustls on both sides: the attested pair talks; a

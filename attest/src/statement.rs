@@ -1,7 +1,9 @@
 //! Verifiable message signing: an Ed25519 key made at start-up (listed in the bundle claims,
 //! so the bundle's quote covers it) signs
-//! `"gatehouse-msg-v1\0" ‖ context ‖ "\0" ‖ SHA-512(payload)`, a message no other protocol
-//! uses (no caller can make it sign a TLS transcript). A [`Statement`] carries the signature
+//! `"gatehouse-msg-v2\0" ‖ signed_at (u64 BE) ‖ context ‖ "\0" ‖ SHA-512(payload)`, a message
+//! no other protocol uses (no caller can make it sign a TLS transcript). The time is signed
+//! because it is also the default verification time: an unsigned one could be moved back into
+//! an old collateral window. Version 1 statements did not sign it and are refused by name. A [`Statement`] carries the signature
 //! with the whole attestation (bundle with collateral), so it verifies offline.
 
 use crate::bundle::{Bundle, SigningKey};
@@ -11,8 +13,10 @@ use crate::AttestError;
 use aws_lc_rs::signature::{Ed25519KeyPair, KeyPair, UnparsedPublicKey, ED25519};
 use serde::{Deserialize, Serialize};
 
-/// Domain separation for signed messages.
-pub const MSG_TAG: &[u8] = b"gatehouse-msg-v1\0";
+/// Domain separation for signed messages (v2: the signing time is signed).
+pub const MSG_TAG: &[u8] = b"gatehouse-msg-v2\0";
+/// The statement format that signs [`MSG_TAG`] messages.
+pub const STATEMENT_VERSION: u32 = 2;
 
 /// The signing key (never leaves the process).
 pub struct Signer {
@@ -28,7 +32,7 @@ impl std::fmt::Debug for Signer {
 /// A portable signed statement.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Statement {
-    /// Format version (1).
+    /// Format version ([`STATEMENT_VERSION`]).
     pub v: u32,
     /// `ed25519`.
     pub alg: String,
@@ -40,15 +44,16 @@ pub struct Statement {
     pub payload_sha512: String,
     /// The signature (hex).
     pub signature: String,
-    /// When it was signed (unix seconds).
+    /// When it was signed (unix seconds; covered by the signature).
     pub signed_at: u64,
     /// The bundle whose claims list the key, with collateral.
     pub attestation: Bundle,
 }
 
-/// The signed message for `context` and a payload digest.
-pub fn message(context: &str, payload_sha512: &[u8; 64]) -> Vec<u8> {
+/// The signed message for `context`, the signing time and a payload digest.
+pub fn message(context: &str, signed_at: u64, payload_sha512: &[u8; 64]) -> Vec<u8> {
     let mut m = MSG_TAG.to_vec();
+    m.extend_from_slice(&signed_at.to_be_bytes());
     m.extend_from_slice(context.as_bytes());
     m.push(0);
     m.extend_from_slice(payload_sha512);
@@ -90,9 +95,9 @@ impl Signer {
             ));
         }
         let digest = crate::sha512(&[payload]);
-        let signature = self.key.sign(&message(context, &digest));
+        let signature = self.key.sign(&message(context, signed_at, &digest));
         Ok(Statement {
-            v: 1,
+            v: STATEMENT_VERSION,
             alg: "ed25519".into(),
             public_key: self.public_key_hex(),
             context: context.to_owned(),
@@ -114,8 +119,16 @@ pub fn verify_statement(
     now: Option<u64>,
 ) -> Result<QuoteVerified, AttestError> {
     let bad = |m: &str| AttestError::Statement(m.to_owned());
-    if s.v != 1 || s.alg != "ed25519" {
-        return Err(bad("unsupported version or algorithm"));
+    if s.v == 1 {
+        return Err(bad(
+            "statement version 1 does not sign its time (refused: have it signed again)",
+        ));
+    }
+    if s.v != STATEMENT_VERSION || s.alg != "ed25519" {
+        return Err(AttestError::Statement(format!(
+            "unsupported statement version {} or algorithm {:?}",
+            s.v, s.alg
+        )));
     }
     let digest: [u8; 64] = crate::hex::decode_array(&s.payload_sha512)
         .ok_or_else(|| bad("payload_sha512 is not 64 bytes of hex"))?;
@@ -138,7 +151,7 @@ pub fn verify_statement(
     let key = crate::hex::decode(&s.public_key).ok_or_else(|| bad("public_key is not hex"))?;
     let sig = crate::hex::decode(&s.signature).ok_or_else(|| bad("signature is not hex"))?;
     UnparsedPublicKey::new(&ED25519, &key)
-        .verify(&message(&s.context, &digest), &sig)
+        .verify(&message(&s.context, s.signed_at, &digest), &sig)
         .map_err(|_| bad("the signature does not verify under the public key"))?;
     let collateral = s
         .attestation
@@ -167,6 +180,7 @@ mod tests {
         let claims = serde_json::to_value(Claims {
             domains: vec!["gw.test".into()],
             spki_sha256: SpkiHashes::default(),
+            keys: vec![],
             acme_account_uri: None,
             signing_keys: vec![signer.claim()],
             caa: vec![],
@@ -193,7 +207,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn sign_verify_and_each_tamper_fails_distinctly() {
+    async fn security_sign_verify_and_each_tamper_fails_distinctly() {
         let (s, policy) = statement().await;
         verify_statement(&s, Some(b"hello"), &policy, None).unwrap();
 
@@ -218,6 +232,12 @@ mod tests {
         let mut t = s.clone();
         t.context = "other".into();
         errors.push(err(&t, b"hello"));
+        let mut t = s.clone();
+        t.signed_at -= 86_400 * 365; // backdated into an older collateral window
+        errors.push(err(&t, b"hello"));
+        let mut t = s.clone();
+        t.v = 1;
+        errors.push(err(&t, b"hello"));
 
         assert!(errors[0].contains("payload"), "{}", errors[0]);
         assert!(
@@ -233,6 +253,13 @@ mod tests {
             "{}",
             errors[5]
         );
+        // Issue 16 §6 (security): the signing time is signed, and v1 is refused by name.
+        assert!(
+            errors[6].contains("signature does not verify"),
+            "{}",
+            errors[6]
+        );
+        assert!(errors[7].contains("version 1"), "{}", errors[7]);
         let distinct: std::collections::BTreeSet<_> = errors[..5].iter().collect();
         assert_eq!(distinct.len(), 5, "{errors:#?}");
 

@@ -33,6 +33,7 @@ pub use http::{ForwardedMode, HealthCheckConfig, HealthProtocol, HttpConfig};
 pub use proxy::{CustomDomainsConfig, ProxyConfig, Timeouts};
 pub use tee::{Sealing, SimulatorSettings, TeeConfig, TeeProvider};
 pub use tls::{CertificatePair, TlsConfig};
+pub use validate::is_local_address;
 pub use vpc::{Ipv4Prefix, VpcApp, VpcConfig, WireGuardKind};
 
 use serde::de::DeserializeOwned;

@@ -22,6 +22,11 @@ pub struct ProxyConfig {
     pub custom_domains: CustomDomainsConfig,
     /// The L7 mode (`mode = "http"` apps): limits, forwarding headers, port-80 redirect.
     pub http: HttpConfig,
+    /// Allow loopback (127.0.0.0/8, ::1) and link-local (169.254.0.0/16, fe80::/10) instance
+    /// addresses. Off by default: with them, a name such as `app-8001.<base>` could reach a
+    /// service on the gateway host itself (the admin listener). The gateway's own listeners
+    /// are never reachable as instances, with or without it.
+    pub allow_local_instances: bool,
 }
 
 impl Default for ProxyConfig {
@@ -34,6 +39,7 @@ impl Default for ProxyConfig {
             timeouts: Timeouts::default(),
             custom_domains: CustomDomainsConfig::default(),
             http: HttpConfig::default(),
+            allow_local_instances: false,
         }
     }
 }

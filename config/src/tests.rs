@@ -331,3 +331,30 @@ backend = "etcd"
     let p = problems("[dns]\nprovider = \"route53\"\n").join("\n");
     assert!(p.contains("dns.provider"), "{p}");
 }
+
+/// Issue 16 §10: instances on the gateway host itself need a flag named for it; the
+/// unspecified address never passes.
+#[test]
+fn hardening_local_instance_addresses_need_the_flag() {
+    let app = |addr: &str| {
+        format!(
+            "[[apps]]\nid = \"web\"\ndefault_port = 80\n[[apps.instances]]\naddress = \"{addr}\"\n"
+        )
+    };
+    for addr in ["127.0.0.1", "169.254.1.1", "::1", "fe80::1", "0.0.0.0"] {
+        let p = problems(&app(addr));
+        assert!(
+            p.iter().any(|p| p.contains("apps[0].instances[0].address")
+                && p.contains("allow_local_instances")),
+            "{addr}: {p:?}"
+        );
+    }
+    let allowed = |addr: &str| format!("[proxy]\nallow_local_instances = true\n{}", app(addr));
+    assert!(parse(&allowed("127.0.0.1")).is_ok());
+    assert!(parse(&allowed("fe80::1")).is_ok());
+    assert!(
+        parse(&allowed("0.0.0.0")).is_err(),
+        "unspecified is never an instance"
+    );
+    assert!(parse(&app("10.88.0.2")).is_ok());
+}

@@ -23,7 +23,8 @@ pub(crate) fn check(c: Parts<'_>, problems: &mut Vec<Problem>) {
     if let Some(proxy) = c.proxy {
         check_proxy(proxy, &mut push);
     }
-    check_apps(c.apps, &mut push);
+    let allow_local = c.proxy.is_some_and(|p| p.allow_local_instances);
+    check_apps(c.apps, allow_local, &mut push);
     let certificates = c.tls.map(|t| &t.certificates[..]).unwrap_or_default();
     for (i, pair) in certificates.iter().enumerate() {
         for (field, path) in [("cert", &pair.cert), ("key", &pair.key)] {
@@ -155,7 +156,21 @@ fn check_proxy(p: &ProxyConfig, push: &mut impl FnMut(String, String)) {
     }
 }
 
-fn check_apps(apps: &[(usize, AppConfig)], push: &mut impl FnMut(String, String)) {
+/// Loopback, link-local or unspecified: an address on (or meaning) the gateway host itself.
+pub fn is_local_address(ip: std::net::IpAddr) -> bool {
+    match ip {
+        std::net::IpAddr::V4(v4) => v4.is_loopback() || v4.is_link_local() || v4.is_unspecified(),
+        std::net::IpAddr::V6(v6) => {
+            v6.is_loopback() || v6.is_unspecified() || (v6.segments()[0] & 0xffc0) == 0xfe80
+        }
+    }
+}
+
+fn check_apps(
+    apps: &[(usize, AppConfig)],
+    allow_local: bool,
+    push: &mut impl FnMut(String, String),
+) {
     let mut ids: HashMap<&str, usize> = HashMap::new();
     for (i, app) in apps {
         let i = *i;
@@ -192,6 +207,17 @@ fn check_apps(apps: &[(usize, AppConfig)], push: &mut impl FnMut(String, String)
         }
         let mut addrs = HashSet::new();
         for (j, inst) in app.instances.iter().enumerate() {
+            if is_local_address(inst.address) && (!allow_local || inst.address.is_unspecified()) {
+                push(
+                    format!("apps[{i}].instances[{j}].address"),
+                    format!(
+                        "{} is on the gateway host itself (loopback, link-local or unspecified): \
+                         names of this app could reach the gateway's own services; set \
+                         proxy.allow_local_instances = true to allow loopback and link-local",
+                        inst.address
+                    ),
+                );
+            }
             if !addrs.insert(inst.address) {
                 push(
                     format!("apps[{i}].instances[{j}].address"),

@@ -5,7 +5,7 @@
 use divan::{black_box, Bencher};
 use gatehouse::hello::{parse, record};
 use gatehouse::route::{AppSpec, RouteTable};
-use gatehouse::terminate::certs::CertSet;
+use gatehouse::terminate::certs::{CertSet, KeyOrigin};
 use std::sync::Arc;
 
 fn main() {
@@ -82,8 +82,16 @@ fn certificate_choice(bencher: Bencher, kind: &str) {
     );
     let mut set = CertSet::default();
     for i in 0..500 {
-        set.insert(&[format!("exact{i}.gw.test")], ck.clone());
-        set.insert(&[format!("*.zone{i}.gw.test")], ck.clone());
+        set.insert(
+            &[format!("exact{i}.gw.test")],
+            ck.clone(),
+            KeyOrigin::Generated,
+        );
+        set.insert(
+            &[format!("*.zone{i}.gw.test")],
+            ck.clone(),
+            KeyOrigin::Generated,
+        );
     }
     let name = match kind {
         "exact" => "exact250.gw.test",

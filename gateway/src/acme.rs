@@ -6,7 +6,7 @@
 
 use crate::app::StartError;
 use crate::conn::Shared;
-use crate::terminate::certs::{CertResolver, CertSet};
+use crate::terminate::certs::{CertResolver, CertSet, KeyOrigin};
 use gatehouse_caa::lookup::Checker;
 use gatehouse_certbot::account::{decode_eab_key, AccountSettings};
 use gatehouse_certbot::keys::KeyType;
@@ -37,7 +37,7 @@ impl Publish for LiveCerts {
     fn publish(&self, certs: Vec<(Vec<String>, Arc<CertifiedKey>)>) {
         let mut set = self.base.clone();
         for (names, key) in certs {
-            set.insert(&names, key);
+            set.insert(&names, key, KeyOrigin::Sealed);
         }
         self.resolver.publish(set);
     }

@@ -3,7 +3,7 @@
 //! validation enforces that pairing).
 
 use crate::conn::Shared;
-use crate::http_server::{json, read_json, serve, text};
+use crate::http_server::{json, read_json, serve, text, Limits};
 use gatehouse_config::AdminConfig;
 use std::sync::Arc;
 use tokio::net::TcpListener;
@@ -25,7 +25,7 @@ pub fn load_token(config: &AdminConfig) -> std::io::Result<Option<Arc<str>>> {
 
 /// Serves the admin endpoints on `listener`.
 pub async fn run(listener: TcpListener, token: Option<Arc<str>>, shared: Arc<Shared>) {
-    serve(listener, move |req, _peer| {
+    serve(listener, Limits::default(), move |req, _peer| {
         let token = token.clone();
         let shared = shared.clone();
         async move {

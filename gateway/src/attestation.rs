@@ -9,8 +9,9 @@
 
 use crate::app::StartError;
 use crate::conn::Shared;
+use crate::terminate::certs::KeyOrigin;
 use bytes::Bytes;
-use gatehouse_attest::bundle::{self, Bundle, Claims, SpkiHashes};
+use gatehouse_attest::bundle::{self, Bundle, Claims, KeyClaim, SpkiHashes};
 use gatehouse_attest::pccs::CollateralSource;
 use gatehouse_attest::provider::{self, Probe, ProviderChoice};
 use gatehouse_attest::simulator::SimulatorConfig;
@@ -235,12 +236,22 @@ pub enum BundleError {
 impl Attestor {
     /// The claims as of now (issued_at and nonce left for the caller).
     fn claims(&self, shared: &Shared) -> Result<Claims, AttestError> {
-        let mut current = Vec::new();
-        for leaf in shared.tls.resolver.leaves() {
-            current.push(bundle::cert_spki_sha256(&leaf)?);
+        let mut keys = Vec::new();
+        for (leaf, origin) in shared.tls.resolver.leaves() {
+            let (origin, sealing) = match origin {
+                KeyOrigin::Generated => (bundle::ORIGIN_TEE, "memory"),
+                KeyOrigin::Sealed => (bundle::ORIGIN_TEE, self.sealing),
+                KeyOrigin::Imported => (bundle::ORIGIN_IMPORTED, "file"),
+            };
+            keys.push(KeyClaim {
+                spki_sha256: bundle::cert_spki_sha256(&leaf)?,
+                origin: origin.into(),
+                sealing: sealing.into(),
+            });
         }
-        current.sort();
-        current.dedup();
+        keys.sort_by(|a, b| a.spki_sha256.cmp(&b.spki_sha256));
+        keys.dedup_by(|a, b| a.spki_sha256 == b.spki_sha256);
+        let current: Vec<String> = keys.iter().map(|k| k.spki_sha256.clone()).collect();
         let previous = {
             let mut seen = self.seen_spki.lock().unwrap_or_else(|p| p.into_inner());
             for h in &current {
@@ -268,6 +279,7 @@ impl Attestor {
                 next: Vec::new(),
                 previous,
             },
+            keys,
             acme_account_uri: account,
             signing_keys: vec![self.signer.claim()],
             caa,

@@ -21,6 +21,7 @@ pub mod conn;
 pub mod demo;
 pub mod devca;
 pub mod error;
+pub mod fdlimit;
 pub mod hello;
 pub mod http;
 pub mod http_server;

@@ -5,7 +5,7 @@ use clap::{Parser, Subcommand};
 use gatehouse::app::Gateway;
 use gatehouse::devca::DevCa;
 use gatehouse::route::AppSpec;
-use gatehouse::terminate::certs::CertSet;
+use gatehouse::terminate::certs::{CertSet, KeyOrigin};
 use gatehouse_attest::policy::Policy;
 use gatehouse_caa::{lookup::Checker, Verdict};
 use gatehouse_config::{AdminConfig, Config};
@@ -102,6 +102,26 @@ enum Command {
         /// PCCS to fetch collateral from when the bundle carries none.
         #[arg(long, default_value = gatehouse_attest::pccs::DEFAULT_PCCS)]
         pccs: String,
+        /// Pass although the policy pins no measurement: any TD, running any software,
+        /// passes. Without it, an unpinned policy fails the policy step (see
+        /// policy-from-bundle to pin).
+        #[arg(long)]
+        accept_any_measurements: bool,
+        /// Pass a served key loaded from a file (`[tls].certificates`): the operator holds it.
+        #[arg(long)]
+        accept_imported_keys: bool,
+        /// Pass a gateway whose secrets are sealed with a development key file.
+        #[arg(long)]
+        accept_development_sealing: bool,
+    },
+    /// Write a policy pinning the measurements of a bundle you trust (from `verify --save`).
+    ///
+    /// Prints TOML with MRTD, RTMR0-2 and each RTMR3 runtime event (name → payload), for
+    /// `verify --policy`, `verify-statement --policy`, `agent --gateway-policy` and VPC app
+    /// policies. Review it: it pins whatever that TD ran.
+    PolicyFromBundle {
+        /// The bundle JSON.
+        bundle: PathBuf,
     },
     /// Join the VPC from an app CVM: register with the gateway and keep the tunnel up.
     ///
@@ -129,9 +149,12 @@ enum Command {
         /// Accept simulator quotes (development).
         #[arg(long)]
         insecure_trust_simulator_root: bool,
-        /// Verification time (default: the statement's signing time).
+        /// Verification time (default: the statement's signing time, which it signs).
         #[arg(long)]
         now: Option<u64>,
+        /// Accept although the policy pins no measurement (any TD software).
+        #[arg(long)]
+        accept_any_measurements: bool,
     },
 }
 
@@ -233,7 +256,14 @@ fn main() -> ExitCode {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     match cli.command {
         Command::CheckConfig { file } => match Config::from_file(&file) {
-            Ok(_) => {
+            Ok(config) => {
+                let simulated = config.tee.provider == gatehouse_config::TeeProvider::Simulator;
+                let vpc = config.vpc.as_ref();
+                if let Some(Err(p)) = vpc.map(|v| gatehouse::vpc::node::app_policies(v, simulated))
+                {
+                    eprintln!("{}: {p}", file.display());
+                    return ExitCode::from(2);
+                }
                 println!("{}: ok", file.display());
                 ExitCode::SUCCESS
             }
@@ -292,6 +322,9 @@ fn main() -> ExitCode {
             save,
             connect,
             pccs,
+            accept_any_measurements,
+            accept_imported_keys,
+            accept_development_sealing,
         } => {
             let mut policy = match policy.as_deref().map(Policy::load).transpose() {
                 Ok(p) => p.unwrap_or_default(),
@@ -313,16 +346,36 @@ fn main() -> ExitCode {
                 save,
                 connect,
                 pccs,
+                accept_any_measurements,
+                accept_imported_keys,
+                accept_development_sealing,
             };
             verify(&options, json)
         }
+        Command::PolicyFromBundle { bundle } => match policy_from_bundle(&bundle) {
+            Ok(toml) => {
+                print!("{toml}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("gatehouse: {e:#}");
+                ExitCode::from(1)
+            }
+        },
         Command::VerifyStatement {
             proof,
             payload,
             policy,
             insecure_trust_simulator_root,
             now,
-        } => match verify_statement(&proof, payload, policy, insecure_trust_simulator_root, now) {
+            accept_any_measurements,
+        } => match verify_statement(
+            &proof,
+            payload,
+            policy,
+            (insecure_trust_simulator_root, accept_any_measurements),
+            now,
+        ) {
             Ok(summary) => {
                 println!("✓ statement: {summary}");
                 ExitCode::SUCCESS
@@ -361,6 +414,13 @@ fn main() -> ExitCode {
 }
 
 fn run(config: Option<Config>, state_dir: &Path) -> anyhow::Result<()> {
+    match gatehouse::fdlimit::raise_to_hard() {
+        Ok((before, after)) if before != after => {
+            tracing::info!("descriptor limit raised from {before} to {after}")
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!("descriptor limit: {e}"),
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .thread_name("gatehouse-control")
@@ -406,6 +466,7 @@ fn run(config: Option<Config>, state_dir: &Path) -> anyhow::Result<()> {
             let listener = tokio::net::TcpListener::bind(vpc.register_listen)
                 .await
                 .with_context(|| format!("vpc.register_listen {}", vpc.register_listen))?;
+            gatehouse::upstream::own::register(listener.local_addr()?);
             println!(
                 "gatehouse: VPC registration on {} (RA-TLS), WireGuard {} at {}",
                 listener.local_addr()?,
@@ -416,12 +477,14 @@ fn run(config: Option<Config>, state_dir: &Path) -> anyhow::Result<()> {
             tokio::spawn(node.watch(gateway.shared.clone()));
         }
         for addr in gateway.local_addrs() {
+            gatehouse::upstream::own::register(addr);
             println!("gatehouse: listening on {addr} (TLS)");
         }
         if let Some(addr) = config.proxy.http.redirect_listen {
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
                 .with_context(|| format!("proxy.http.redirect_listen {addr}"))?;
+            gatehouse::upstream::own::register(listener.local_addr()?);
             println!(
                 "gatehouse: redirecting http://{} to https (308)",
                 listener.local_addr()?
@@ -437,6 +500,7 @@ fn run(config: Option<Config>, state_dir: &Path) -> anyhow::Result<()> {
             let listener = tokio::net::TcpListener::bind(admin.listen)
                 .await
                 .with_context(|| format!("admin listener {}", admin.listen))?;
+            gatehouse::upstream::own::register(listener.local_addr()?);
             println!(
                 "gatehouse: admin on http://{}/metrics",
                 listener.local_addr()?
@@ -486,6 +550,12 @@ fn agent(a: AgentArgs) -> anyhow::Result<()> {
         k => anyhow::bail!("--kind {k:?}: expected userspace or kernel"),
     };
     let gateway_policy = Policy::load(&a.gateway_policy)?;
+    anyhow::ensure!(
+        gateway_policy.pins_measurements(),
+        "--gateway-policy {} pins no measurement: any TD could pose as the gateway (pin them \
+         with gatehouse policy-from-bundle)",
+        a.gateway_policy.display()
+    );
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -544,6 +614,7 @@ async fn development(state_dir: &Path) -> anyhow::Result<(Config, Vec<AppSpec>, 
     config.proxy.listen = vec![SocketAddr::from(([127, 0, 0, 1], 8443))];
     config.proxy.base_domains = vec!["localhost".into()];
     config.tee.provider = gatehouse_config::TeeProvider::Simulator;
+    config.proxy.allow_local_instances = true; // the demo app listens on loopback
     config.admin = Some(AdminConfig {
         listen: SocketAddr::from(([127, 0, 0, 1], 8001)),
         token_file: None,
@@ -565,7 +636,7 @@ async fn development(state_dir: &Path) -> anyhow::Result<(Config, Vec<AppSpec>, 
     let mut certs = CertSet::default();
     let provider = rustls::crypto::aws_lc_rs::default_provider();
     let key = rustls::sign::CertifiedKey::from_der(chain, key, &provider)?;
-    certs.insert(&names, Arc::new(key));
+    certs.insert(&names, Arc::new(key), KeyOrigin::Generated);
     let demo = tokio::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0)).await?;
     let demo_port = demo.local_addr()?.port();
     tokio::spawn(gatehouse::demo::run(demo));
@@ -672,12 +743,20 @@ fn verify(options: &gatehouse::verifier::Options, json: bool) -> ExitCode {
     }
 }
 
+/// A policy pinning the measurements of a saved bundle.
+fn policy_from_bundle(path: &Path) -> anyhow::Result<String> {
+    let text = std::fs::read(path).with_context(|| path.display().to_string())?;
+    let bundle: gatehouse_attest::bundle::Bundle = serde_json::from_slice(&text)
+        .with_context(|| format!("{}: not a bundle", path.display()))?;
+    Ok(gatehouse_attest::policy::pinning(&bundle.evidence)?)
+}
+
 /// Checks a signed statement; the summary names the key, context and TCB status.
 fn verify_statement(
     proof: &Path,
     payload: Option<PathBuf>,
     policy: Option<PathBuf>,
-    insecure_trust_simulator_root: bool,
+    (insecure_trust_simulator_root, accept_any_measurements): (bool, bool),
     now: Option<u64>,
 ) -> anyhow::Result<String> {
     let text = std::fs::read(proof).with_context(|| proof.display().to_string())?;
@@ -692,6 +771,11 @@ fn verify_statement(
         .transpose()?
         .unwrap_or_default();
     policy.insecure_trust_simulator_root |= insecure_trust_simulator_root;
+    anyhow::ensure!(
+        policy.pins_measurements() || accept_any_measurements,
+        "the policy pins no measurement, so any TD software would pass: pin them (gatehouse \
+         policy-from-bundle) or pass --accept-any-measurements"
+    );
     let q = gatehouse_attest::statement::verify_statement(
         &statement,
         payload.as_deref(),

@@ -2,7 +2,7 @@
 //! (dcap-qvl), the policy, the report-data binding of the claims, the served leaf key in the
 //! claims, and CAA locked to the claimed ACME account. Each step has its own exit code.
 
-use gatehouse_attest::bundle::{self, Bundle};
+use gatehouse_attest::bundle::{self, Bundle, Claims};
 use gatehouse_attest::policy::Policy;
 use gatehouse_attest::verify;
 use http_body_util::{BodyExt, Empty};
@@ -48,6 +48,12 @@ pub struct Options {
     pub connect: Option<SocketAddr>,
     /// Where to fetch collateral when the bundle carries none.
     pub pccs: String,
+    /// Pass the policy step although the policy pins no measurement (any TD software).
+    pub accept_any_measurements: bool,
+    /// Pass the certificate step for a key the operator loaded from a file.
+    pub accept_imported_keys: bool,
+    /// Pass the certificate step for a gateway that seals with a development key file.
+    pub accept_development_sealing: bool,
 }
 
 /// One step's outcome: passed, failed (with its exit code) or skipped.
@@ -189,10 +195,19 @@ pub async fn check(
         )),
         0,
     );
-    let policy = o.policy.check(&q, &b.evidence.event_log, now).map(|()| {
+    let policy = o.policy.check(&q, &b.evidence.event_log, now);
+    let policy = match (o.policy.pins_measurements(), o.accept_any_measurements) {
+        (false, false) => policy.and(Err(gatehouse_attest::AttestError::policy(
+            "measurements",
+            "the policy pins none, so any TD software would pass: pin them (gatehouse \
+             policy-from-bundle) or pass --accept-any-measurements",
+        ))),
+        _ => policy,
+    };
+    let policy = policy.map(|()| {
         let pins = match o.policy.pins_measurements() {
             true => "measurements pinned",
-            false => "no measurements pinned (any software accepted; pass --policy)",
+            false => "no measurements pinned (any software accepted: --accept-any-measurements)",
         };
         format!(
             "MRTD {}…, {} runtime events replayed, {pins}",
@@ -217,17 +232,16 @@ pub async fn check(
             return r;
         }
     };
+    if let Err(e) = sealing(o, &claims, q.root) {
+        r.push("certificate", Err(e), EXIT_CERTIFICATE);
+        return r;
+    }
     match leaf {
         None => r.skip("certificate", "offline without --cert".into()),
         Some(leaf) => {
-            let spki = bundle::cert_spki_sha256(leaf).map_err(|e| e.to_string());
-            let result = spki.and_then(|h| match claims.spki_sha256.covers(&h) {
-                true => Ok(format!("the served key {}… is attested", &h[..16])),
-                false => Err(format!(
-                    "the served key {h} is not among the {} attested keys",
-                    claims.spki_sha256.current.len() + claims.spki_sha256.next.len()
-                )),
-            });
+            let result = bundle::cert_spki_sha256(leaf)
+                .map_err(|e| e.to_string())
+                .and_then(|h| served_key(o, &claims, &h));
             if !r.push("certificate", result, EXIT_CERTIFICATE) {
                 return r;
             }
@@ -244,6 +258,59 @@ pub async fn check(
         }
     }
     r
+}
+
+/// Whether what seals the gateway's secrets is worth the name: a development key file (anyone
+/// who reads it unseals the keys and the ACME account) only with its flag, and simulator
+/// sealing only under a simulated quote.
+fn sealing(o: &Options, claims: &Claims, root: verify::Root) -> Result<(), String> {
+    let development =
+        claims.sealing == "development" || claims.keys.iter().any(|k| k.sealing == "development");
+    if development && !o.accept_development_sealing {
+        return Err(
+            "the gateway seals its keys and ACME account with a development key file \
+             (whoever can read it can unseal them); --accept-development-sealing accepts that"
+                .into(),
+        );
+    }
+    if claims.sealing == "simulator" && root != verify::Root::Simulator {
+        return Err("the claims say simulator sealing under a real TEE quote".into());
+    }
+    Ok(())
+}
+
+/// The served key `h` must be among the current or next keys, and made inside the TEE
+/// (an imported key only with `--accept-imported-keys`).
+fn served_key(o: &Options, claims: &Claims, h: &str) -> Result<String, String> {
+    let short = &h[..16.min(h.len())];
+    if !claims.spki_sha256.covers(h) {
+        return Err(format!(
+            "the served key {h} is not among the {} attested keys",
+            claims.spki_sha256.current.len() + claims.spki_sha256.next.len()
+        ));
+    }
+    let Some(key) = claims.keys.iter().find(|k| k.spki_sha256 == h) else {
+        return Err(format!(
+            "the claims do not say where the served key {short}… came from: not vouched for"
+        ));
+    };
+    match key.origin.as_str() {
+        bundle::ORIGIN_TEE => Ok(format!(
+            "the served key {short}… was made in the TEE (at rest: {})",
+            key.sealing
+        )),
+        bundle::ORIGIN_IMPORTED if o.accept_imported_keys => Ok(format!(
+            "the served key {short}… is listed, but imported from a file (accepted by \
+             --accept-imported-keys)"
+        )),
+        bundle::ORIGIN_IMPORTED => Err(format!(
+            "the served key {short}… was imported from a file, not made in the TEE: whoever \
+             configured the gateway holds it (--accept-imported-keys accepts that)"
+        )),
+        other => Err(format!(
+            "the served key {short}… has an unknown origin {other:?}"
+        )),
+    }
 }
 
 async fn fetch_collateral(

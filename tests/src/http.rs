@@ -3,7 +3,7 @@
 //! HTTP/1.1 or h2 over rustls.
 
 use crate::pki::{tls_connect, TestCa};
-use crate::{base_config, Gateway};
+use crate::{base_config, Gateway, SIMULATED_TEE};
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -32,6 +32,12 @@ impl HttpGateway {
     /// Starts a gateway with `proxy_extra` in its `[proxy]` section (e.g. a `[proxy.http]`
     /// table) and the `apps` TOML.
     pub fn start(proxy_extra: &str, apps: &str) -> HttpGateway {
+        HttpGateway::start_with_tee(proxy_extra, apps, SIMULATED_TEE)
+    }
+
+    /// Like [`HttpGateway::start`], with `tee` as the `[tee]` section instead of the plain
+    /// simulator.
+    pub fn start_with_tee(proxy_extra: &str, apps: &str, tee: &str) -> HttpGateway {
         let ca = TestCa::new();
         let dir = tempfile::tempdir().unwrap();
         let wild = ca.write(dir.path(), "wild", &["*.gw.test"]);
@@ -39,7 +45,7 @@ impl HttpGateway {
         std::fs::write(&ca_pem, &ca.pem).unwrap();
         let config = format!(
             "{}\n{apps}\n[tls]\ncertificates = [{wild}]\n",
-            base_config(proxy_extra)
+            base_config(proxy_extra).replace(SIMULATED_TEE, tee)
         );
         HttpGateway {
             gw: Gateway::start_in(dir, &config),

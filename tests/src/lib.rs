@@ -171,6 +171,18 @@ impl Gateway {
         std::fs::read_to_string(self.dir.path().join("gatehouse.log")).unwrap_or_default()
     }
 
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    /// How many descriptors the process holds now.
+    pub fn open_fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    }
+
     /// The temp dir.
     pub fn path(&self) -> &Path {
         self.dir.path()
@@ -252,6 +264,7 @@ pub fn base_config(extra_proxy: &str) -> String {
 listen = ["127.0.0.1:0"]
 base_domains = ["gw.test"]
 workers = 2
+allow_local_instances = true
 {extra_proxy}
 [proxy.timeouts]
 handshake = "3s"

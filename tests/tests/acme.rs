@@ -103,6 +103,7 @@ fn proxy_head(port: u16) -> String {
 [proxy]
 listen = ["127.0.0.1:{port}"]
 base_domains = ["gw.test"]
+allow_local_instances = true
 workers = 1
 [proxy.custom_domains]
 enabled = false

@@ -49,6 +49,7 @@ fn development_defaults_verify_and_each_tampering_fails_at_its_step() {
             "--cacert",
             ca,
             "--insecure-trust-simulator-root",
+            "--accept-any-measurements",
             "--save",
             "bundle.json",
         ],
@@ -84,14 +85,15 @@ fn development_defaults_verify_and_each_tampering_fails_at_its_step() {
     // Reproducible offline: passes at a fixed time inside the collateral window...
     let bundle = dir.join("bundle.json");
     let sim = "--insecure-trust-simulator-root";
-    let (code, out) = offline(&dir, &bundle, &[sim, "--now", "1800000000"]);
+    let any = "--accept-any-measurements";
+    let (code, out) = offline(&dir, &bundle, &[sim, any, "--now", "1800000000"]);
     assert_eq!(code, 0, "{out}");
     assert!(
         out.contains("– certificate: offline without --cert"),
         "{out}"
     );
     // ...and fails at the quote once the collateral expired (2090-01-01).
-    let (code, out) = offline(&dir, &bundle, &[sim, "--now", "3786912000"]);
+    let (code, out) = offline(&dir, &bundle, &[sim, any, "--now", "3786912000"]);
     assert_eq!(code, 10, "{out}");
     assert!(out.contains("collateral expired"), "{out}");
 
@@ -124,7 +126,7 @@ fn development_defaults_verify_and_each_tampering_fails_at_its_step() {
         .unwrap()
         .push("evil.example".into());
     std::fs::write(dir.join("tampered.json"), tampered.to_string()).unwrap();
-    let (code, out) = offline(&dir, &dir.join("tampered.json"), &[sim]);
+    let (code, out) = offline(&dir, &dir.join("tampered.json"), &[sim, any]);
     assert_eq!(code, 12, "{out}");
     assert!(out.contains("✗ binding: report data mismatch"), "{out}");
 
@@ -132,7 +134,7 @@ fn development_defaults_verify_and_each_tampering_fails_at_its_step() {
     let other = TestCa::new();
     let cert = other.write(&dir, "other", &["demo.localhost"]);
     let cert_path = cert.split('"').nth(1).unwrap().to_owned();
-    let (code, out) = offline(&dir, &bundle, &[sim, "--cert", &cert_path]);
+    let (code, out) = offline(&dir, &bundle, &[sim, any, "--cert", &cert_path]);
     assert_eq!(code, 13, "{out}");
     assert!(out.contains("✗ certificate"), "{out}");
 
@@ -143,7 +145,7 @@ fn development_defaults_verify_and_each_tampering_fails_at_its_step() {
     let (code, out) = offline(
         &dir,
         &dir.join("bare.json"),
-        &[sim, "--pccs", "http://127.0.0.1:9"],
+        &[sim, any, "--pccs", "http://127.0.0.1:9"],
     );
     assert_eq!(code, 10, "{out}");
     assert!(
@@ -159,7 +161,7 @@ fn development_defaults_verify_and_each_tampering_fails_at_its_step() {
     q.replace_range(i..i + 1, c);
     flipped["quote"] = q.into();
     std::fs::write(dir.join("flipped.json"), flipped.to_string()).unwrap();
-    let (code, out) = offline(&dir, &dir.join("flipped.json"), &[sim]);
+    let (code, out) = offline(&dir, &dir.join("flipped.json"), &[sim, any]);
     assert_eq!(code, 10, "{out}");
     assert!(out.contains("bad signature"), "{out}");
 
@@ -171,7 +173,7 @@ fn development_defaults_verify_and_each_tampering_fails_at_its_step() {
     let fresh_json: serde_json::Value = serde_json::from_str(body).unwrap();
     assert_eq!(fresh_json["claims"]["nonce"], "00c0ffee");
     std::fs::write(dir.join("fresh.json"), body).unwrap();
-    let (code, out) = offline(&dir, &dir.join("fresh.json"), &[sim]);
+    let (code, out) = offline(&dir, &dir.join("fresh.json"), &[sim, any]);
     assert_eq!(code, 0, "the fresh bundle verifies: {out}");
     assert!(fetch_raw(&dir, "?nonce=xyz").starts_with("HTTP/1.1 400"));
     let burst: Vec<String> = (0..12)
@@ -208,6 +210,7 @@ fn development_defaults_verify_and_each_tampering_fails_at_its_step() {
             "--payload",
             "payload",
             sim,
+            any,
         ],
     );
     assert_eq!(good.status.code(), Some(0), "{}", stdout(&good));
@@ -218,7 +221,14 @@ fn development_defaults_verify_and_each_tampering_fails_at_its_step() {
     );
     let bad = gatehouse(
         &dir,
-        &["verify-statement", "proof.json", "--payload", "wrong", sim],
+        &[
+            "verify-statement",
+            "proof.json",
+            "--payload",
+            "wrong",
+            sim,
+            any,
+        ],
     );
     assert_eq!(bad.status.code(), Some(1), "{}", stdout(&bad));
     assert!(

@@ -36,6 +36,7 @@ async fn txt_record_routes_a_custom_domain() {
 [proxy]
 listen = ["127.0.0.1:0"]
 base_domains = ["gw.test"]
+allow_local_instances = true
 [proxy.custom_domains]
 nameservers = ["{}"]
 [[apps]]

@@ -16,6 +16,7 @@ async fn gateway(idle: &str) -> (Gateway, u16) {
 [proxy]
 listen = ["127.0.0.1:0"]
 base_domains = ["gw.test"]
+allow_local_instances = true
 workers = 1
 [proxy.timeouts]
 idle = "{idle}"
@@ -93,7 +94,7 @@ async fn large_transfer_through_termination_is_intact() {
     let dir = tempfile::tempdir().unwrap();
     let cert = ca.write(dir.path(), "c", &["*.gw.test"]);
     let config = format!(
-        "[proxy]\nlisten = [\"127.0.0.1:0\"]\nbase_domains = [\"gw.test\"]\n[proxy.custom_domains]\nenabled = false\n[[apps]]\nid = \"echo\"\ndefault_port = {port}\n[[apps.instances]]\naddress = \"127.0.0.1\"\n[tls]\ncertificates = [{cert}]\n{SIMULATED_TEE}"
+        "[proxy]\nlisten = [\"127.0.0.1:0\"]\nbase_domains = [\"gw.test\"]\nallow_local_instances = true\n[proxy.custom_domains]\nenabled = false\n[[apps]]\nid = \"echo\"\ndefault_port = {port}\n[[apps.instances]]\naddress = \"127.0.0.1\"\n[tls]\ncertificates = [{cert}]\n{SIMULATED_TEE}"
     );
     let gw = Gateway::start_in(dir, &config);
     let tls = tls_connect(gw.addr, "echo.gw.test", ca.client(&[]))

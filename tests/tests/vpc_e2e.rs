@@ -281,6 +281,7 @@ async fn apps_join_the_vpc_with_attestation_and_receive_traffic() {
 [proxy]
 listen = ["127.0.0.1:8443"]
 base_domains = ["gw.test"]
+allow_local_instances = true
 workers = 1
 [proxy.timeouts]
 connect = "1s"

@@ -130,6 +130,68 @@ async fn registration_checks_change_nothing_until_all_pass() {
     drop(net);
 }
 
+/// Issue 16 §1 at registration: a CVM that measured `app-id = evil` relabels that event (real
+/// digest kept, so RTMR3 replays) as a non-runtime event named `app-id` with payload `shop`, or
+/// gives it an unknown version: the `shop` policy refuses both by name. No WireGuard is
+/// touched: refusals come before any lease or peer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn security_relabelled_event_is_refused_at_registration() {
+    use gatehouse_attest::eventlog::Event;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(gatehouse_store::Embedded::open(&dir.path().join("state.redb")).unwrap());
+    let config = vpc_config();
+    let leases = Leases::new(store, config.prefix, vec![config.gateway_address]);
+    let measured = SimulatorConfig {
+        events: vec![Event::runtime("app-id", b"evil")],
+        ..SimulatorConfig::default()
+    };
+    let sim = Simulator::new(measured).unwrap();
+    let policy = Policy::parse(&format!(
+        "insecure_trust_simulator_root = true\n[events]\napp-id = \"{}\"",
+        gatehouse_attest::hex::encode(b"shop")
+    ))
+    .unwrap();
+    let wg: Arc<dyn WireGuard> = Arc::new(Uapi::new("ghnone0"));
+    let registrar = Registrar::new(
+        config,
+        leases.clone(),
+        wg,
+        KeyPair::generate().unwrap(),
+        HashMap::from([("shop".to_owned(), policy)]),
+        Arc::new(CollateralSource::new(
+            Some(sim.collateral().unwrap()),
+            Pccs::new(DEFAULT_PCCS, std::time::Duration::from_secs(1)).unwrap(),
+        )),
+    );
+    let cvm = KeyPair::generate().unwrap();
+    type Edit = fn(&mut Event);
+    let edits: [(&str, Edit); 2] = [
+        ("relabelled", |e| {
+            e.event_type = 0;
+            e.event_payload = b"shop".to_vec();
+        }),
+        ("unknown version", |e| e.version = 7),
+    ];
+    for (what, edit) in edits {
+        let nonce = registrar.challenge().unwrap();
+        let mut evidence = futures_lite(sim.quote(report_data("shop", &cvm.public, &nonce)));
+        edit(&mut evidence.event_log[0]);
+        let req = RegisterRequest {
+            app_id: "shop".into(),
+            wg_public_key: base64(&cvm.public),
+            nonce: gatehouse_attest::hex::encode(&nonce),
+            evidence,
+        };
+        let e = registrar
+            .register(&req, gatehouse_attest::unix_now())
+            .await
+            .unwrap_err();
+        assert_eq!(e.check, "policy", "{what}: {e}");
+        assert!(e.to_string().contains("event:app-id"), "{what}: {e}");
+        assert!(leases.all().unwrap().is_empty(), "{what}: no lease");
+    }
+}
+
 /// Runs a ready future to completion on this thread (the simulator's quote never waits).
 fn futures_lite<T, E: std::fmt::Debug>(f: impl std::future::Future<Output = Result<T, E>>) -> T {
     tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(f))

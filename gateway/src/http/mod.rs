@@ -16,7 +16,7 @@ pub mod stats;
 use crate::route::Route;
 use gatehouse_config::HttpConfig;
 use io::HeaderDeadline;
-use pingora_core::apps::ServerApp;
+use pingora_core::apps::{HttpServerOptions, ServerApp};
 use pingora_core::server::configuration::ServerConf;
 use pingora_proxy::HttpProxy;
 use std::collections::HashMap;
@@ -31,8 +31,13 @@ pub struct ConnInfo {
     pub route: Route,
     /// The SNI (lower case).
     pub sni: Arc<str>,
-    /// The HTTP/1.1 header deadline (`None` on h2).
-    pub header_deadline: Option<Arc<HeaderDeadline>>,
+    /// The header deadline: on HTTP/1.1 re-armed after each response (it bounds the idle
+    /// time between requests too); on h2 armed once, until the first request's HEADERS
+    /// (then the h2 idle timeout takes over).
+    pub header_deadline: Arc<HeaderDeadline>,
+    /// How long after a response an HTTP/1.1 connection may wait for the next header
+    /// (`None` on h2).
+    pub rearm_after_response: Option<std::time::Duration>,
     /// This hop's forwarding values, made once per connection.
     pub forwarded: Arc<proxy::Forwarded>,
 }
@@ -68,6 +73,7 @@ pub struct HttpEngine {
     proxy: Arc<HttpProxy<proxy::Gatehouse>>,
     conns: Arc<Conns>,
     header_read_timeout: std::time::Duration,
+    idle: std::time::Duration,
     /// Pingora's shutdown flag (never set: our workers drain and drop connections themselves).
     shutdown: watch::Receiver<bool>,
     _shutdown_tx: watch::Sender<bool>,
@@ -80,8 +86,14 @@ impl std::fmt::Debug for HttpEngine {
 }
 
 impl HttpEngine {
-    /// The engine, with upstream connect timeout `connect` and the `[proxy.http]` settings.
-    pub fn new(connect: std::time::Duration, config: &HttpConfig) -> HttpEngine {
+    /// The engine, with upstream connect timeout `connect`, the client idle limit `idle` (an
+    /// h2 connection with no open stream that long is closed with GOAWAY; HTTP/1.1 waits at
+    /// most that long for the next request) and the `[proxy.http]` settings.
+    pub fn new(
+        connect: std::time::Duration,
+        idle: std::time::Duration,
+        config: &HttpConfig,
+    ) -> HttpEngine {
         let conns = Arc::new(Conns::default());
         let conf = Arc::new(ServerConf {
             upstream_keepalive_pool_size: config.upstream_pool_size,
@@ -89,10 +101,15 @@ impl HttpEngine {
         });
         let app = proxy::Gatehouse::new(conns.clone(), connect, config.clone());
         let (tx, rx) = watch::channel(false);
+        let mut proxy = pingora_proxy::http_proxy(&conf, app);
+        let mut options = HttpServerOptions::default();
+        options.h2_idle_timeout = Some(idle);
+        proxy.server_options = Some(options);
         HttpEngine {
-            proxy: Arc::new(pingora_proxy::http_proxy(&conf, app)),
+            proxy: Arc::new(proxy),
             conns,
             header_read_timeout: config.header_read_timeout,
+            idle,
             shutdown: rx,
             _shutdown_tx: tx,
         }
@@ -107,17 +124,16 @@ impl HttpEngine {
         sni: Arc<str>,
     ) {
         let mut io = io::TlsIo::new(tls, client);
-        let header_deadline = (!io.is_h2()).then(|| {
-            let d = Arc::new(HeaderDeadline::default());
-            d.arm(self.header_read_timeout);
-            io.set_header_deadline(d.clone());
-            d
-        });
+        let header_deadline = Arc::new(HeaderDeadline::default());
+        header_deadline.arm(self.header_read_timeout);
+        io.set_header_deadline(header_deadline.clone());
+        let rearm_after_response = (!io.is_h2()).then(|| self.header_read_timeout.min(self.idle));
         let forwarded = Arc::new(proxy::Forwarded::new(client, &sni));
         let info = ConnInfo {
             route,
             sni,
             header_deadline,
+            rearm_after_response,
             forwarded,
         };
         let key = Conns::key(io.socket_digest());

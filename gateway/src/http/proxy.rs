@@ -220,7 +220,10 @@ impl Gatehouse {
 
     /// Counts the current instance's failure in its passive health.
     fn instance_failed(ctx: &mut Ctx, peer: &HttpPeer, what: &str) {
-        if let (Some(conn), Some(&i)) = (&ctx.conn, ctx.tried.last()) {
+        let declared = |c: &crate::http::ConnInfo| c.route.app.spec.declares(c.route.port);
+        if let (Some(conn), Some(&i)) =
+            (ctx.conn.as_ref().filter(|c| declared(c)), ctx.tried.last())
+        {
             let backoff = conn.route.app.instances[i]
                 .health
                 .record_failure(health::now_ms());
@@ -247,9 +250,8 @@ impl ProxyHttp for Gatehouse {
         let Some(conn) = conn else {
             return respond(session, 500, "500 connection state lost\n").await;
         };
-        if let Some(d) = &conn.header_deadline {
-            d.disarm(); // the header is in: the body and upgrades run unbounded by it
-        }
+        // The header is in: the body and upgrades run unbounded by it.
+        conn.header_deadline.disarm();
         ctx.client = session.client_addr().and_then(|a| a.as_inet()).copied();
         let refusal = self.refusal(session, &conn);
         ctx.conn = Some(conn);
@@ -286,6 +288,12 @@ impl ProxyHttp for Gatehouse {
         let instance = &instances[i];
         ctx.load = Some(Load::start(instance.clone()));
         let addr = SocketAddr::new(instance.addr, conn.route.port);
+        if crate::upstream::own::is_own(addr) {
+            return Error::e_explain(
+                ErrorType::HTTPStatus(502),
+                "the instance address is one of the gateway's own listeners",
+            );
+        }
         let mut peer = HttpPeer::new(addr, false, String::new());
         peer.options.connection_timeout = Some(self.connect);
         peer.options.read_timeout = Some(self.config.upstream_read_timeout);
@@ -388,8 +396,8 @@ impl ProxyHttp for Gatehouse {
         let Some(conn) = &ctx.conn else {
             return;
         };
-        if let Some(d) = &conn.header_deadline {
-            d.arm(self.config.header_read_timeout); // until the next request's header
+        if let Some(limit) = conn.rearm_after_response {
+            conn.header_deadline.arm(limit); // until the next request's header
         }
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let took = ctx.started.map_or(Duration::ZERO, |t| t.elapsed());

@@ -4,7 +4,7 @@
 //! listener is not an open redirector for arbitrary `Host` values.
 
 use crate::conn::Shared;
-use crate::http_server::{serve, text};
+use crate::http_server::{serve, text, Limits};
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::{Request, Response};
@@ -13,7 +13,7 @@ use tokio::net::TcpListener;
 
 /// Serves redirects on `listener` until the task is dropped.
 pub async fn run(listener: TcpListener, shared: Arc<Shared>) {
-    serve(listener, move |req, _peer| {
+    serve(listener, Limits::default(), move |req, _peer| {
         let shared = shared.clone();
         async move { redirect(&req, &shared).await }
     })

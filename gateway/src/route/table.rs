@@ -32,6 +32,12 @@ pub struct AppSpec {
 }
 
 impl AppSpec {
+    /// Whether the app declared `port` (its default port or one of `ports`): only failures on
+    /// declared ports count against an instance's health.
+    pub fn declares(&self, port: u16) -> bool {
+        port == self.default_port || self.ports.contains(&port)
+    }
+
     /// A tcp-mode app with no cap, no port restriction and no PROXY header.
     pub fn new(id: impl Into<String>, default_port: u16, instances: Vec<IpAddr>) -> AppSpec {
         AppSpec {

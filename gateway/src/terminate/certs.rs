@@ -36,17 +36,33 @@ pub enum CertError {
     NoNames(String),
 }
 
+/// Where a served private key came from: the attestation claims say it per key, and a
+/// verifier refuses to call an imported key attested.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyOrigin {
+    /// Generated in this process and held in memory only (development CA leaves).
+    Generated,
+    /// Generated in this process and kept in the store sealed by the sealer (ACME).
+    Sealed,
+    /// Loaded from a file (`[tls].certificates`): whoever wrote the file holds the key.
+    Imported,
+}
+
 /// Certificates indexed by the names they cover.
 #[derive(Debug, Default, Clone)]
 pub struct CertSet {
     exact: HashMap<String, Arc<CertifiedKey>>,
     /// Keyed by the part after `*.`.
     wildcard: HashMap<String, Arc<CertifiedKey>>,
+    /// Each inserted key with its origin (a handful of keys: a list is enough).
+    origins: Vec<(Arc<CertifiedKey>, KeyOrigin)>,
 }
 
 impl CertSet {
     /// Adds `key` for each of `names` (lower-cased; `*.x` is a wildcard). Later adds win.
-    pub fn insert(&mut self, names: &[String], key: Arc<CertifiedKey>) {
+    pub fn insert(&mut self, names: &[String], key: Arc<CertifiedKey>, origin: KeyOrigin) {
+        self.origins.retain(|(k, _)| !Arc::ptr_eq(k, &key));
+        self.origins.push((key.clone(), origin));
         for name in names {
             let name = name.to_ascii_lowercase();
             match name.strip_prefix("*.") {
@@ -91,7 +107,7 @@ impl CertSet {
             path: key.display().to_string(),
             source,
         })?;
-        self.insert(&names, Arc::new(certified));
+        self.insert(&names, Arc::new(certified), KeyOrigin::Imported);
         Ok(names)
     }
 
@@ -142,8 +158,8 @@ impl CertResolver {
         self.0.load().find(sni).is_some()
     }
 
-    /// The end-entity certificates served now, each once.
-    pub fn leaves(&self) -> Vec<CertificateDer<'static>> {
+    /// The end-entity certificates served now, each once, with where their keys came from.
+    pub fn leaves(&self) -> Vec<(CertificateDer<'static>, KeyOrigin)> {
         let set = self.0.load();
         let mut seen: Vec<*const CertifiedKey> = Vec::new();
         let mut out = Vec::new();
@@ -152,8 +168,13 @@ impl CertResolver {
                 continue;
             }
             seen.push(Arc::as_ptr(key));
+            let origin = set
+                .origins
+                .iter()
+                .find(|(k, _)| Arc::ptr_eq(k, key))
+                .map_or(KeyOrigin::Imported, |(_, o)| *o);
             if let Some(leaf) = key.cert.first() {
-                out.push(leaf.clone().into_owned());
+                out.push((leaf.clone().into_owned(), origin));
             }
         }
         out
@@ -196,8 +217,8 @@ mod tests {
         let mut set = CertSet::default();
         let wild = key("*.gw.test");
         let exact = key("api.gw.test");
-        set.insert(&["*.gw.test".into()], wild.clone());
-        set.insert(&["API.gw.test".into()], exact.clone());
+        set.insert(&["*.gw.test".into()], wild.clone(), KeyOrigin::Generated);
+        set.insert(&["API.gw.test".into()], exact.clone(), KeyOrigin::Generated);
         assert!(Arc::ptr_eq(set.find("api.gw.test").unwrap(), &exact));
         assert!(Arc::ptr_eq(set.find("web.gw.test").unwrap(), &wild));
         assert!(

@@ -4,6 +4,7 @@
 pub mod active;
 pub mod balancer;
 pub mod health;
+pub mod own;
 
 use crate::route::Route;
 use balancer::Load;
@@ -47,6 +48,11 @@ pub async fn connect(route: &Route, timeout: Duration) -> Result<(TcpStream, Loa
         tried[attempt] = i;
         let instance = &instances[i];
         let addr = SocketAddr::new(instance.addr, route.port);
+        if own::is_own(addr) {
+            let why = "one of the gateway's own listeners, never an instance target";
+            last = Some((addr, io::Error::new(io::ErrorKind::PermissionDenied, why)));
+            continue;
+        }
         let load = Load::start(instance.clone());
         let result = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
             Ok(r) => r,
@@ -61,9 +67,15 @@ pub async fn connect(route: &Route, timeout: Duration) -> Result<(TcpStream, Loa
                 let _ = stream.set_nodelay(true);
                 return Ok((stream, load));
             }
-            Err(error) => {
+            Err(error) if route.app.spec.declares(route.port) => {
                 let backoff = instance.health.record_failure(health::now_ms());
                 tracing::warn!(app = %route.app.spec.id, %addr, %error, ?backoff, "instance connect failed; marked unhealthy");
+                last = Some((addr, error));
+            }
+            Err(error) => {
+                // A port the app did not declare says nothing about the instance: a client
+                // naming closed ports must not take it out of rotation for everyone.
+                tracing::debug!(app = %route.app.spec.id, %addr, %error, "connect to an undeclared port failed");
                 last = Some((addr, error));
             }
         }

@@ -12,9 +12,10 @@ use super::register::{RegisterRequest, Registrar};
 use super::wireguard::{parse_key, set_address, KeyPair, PeerConfig, Uapi, WgTool, WireGuard};
 use super::VpcError;
 use crate::attestation::Attestor;
-use crate::http_server::{json, read_json, serve_tls, text};
+use crate::http_server::{json, read_json, serve_tls, text, Limits};
 use crate::route::SourceInstances;
 use gatehouse_attest::policy::Policy;
+use gatehouse_attest::provider::TeeKind;
 use gatehouse_config::{VpcConfig, WireGuardKind};
 use gatehouse_store::{Sealer, Store};
 use std::collections::HashMap;
@@ -68,6 +69,35 @@ impl std::fmt::Debug for VpcNode {
     }
 }
 
+/// Loads `[vpc.apps.<id>] policy` files. A policy that pins no measurement would admit any
+/// CVM on any software as that app, and one trusting the simulator's public root on a real
+/// TEE would admit forged quotes: both are config errors (`check-config` reports them too).
+pub fn app_policies(
+    config: &VpcConfig,
+    gateway_simulated: bool,
+) -> Result<HashMap<String, Policy>, String> {
+    let mut policies = HashMap::new();
+    for (id, app) in &config.apps {
+        let key = format!("vpc.apps.{id}.policy");
+        let policy = Policy::load(&app.policy).map_err(|e| format!("{key}: {e}"))?;
+        if !policy.pins_measurements() {
+            return Err(format!(
+                "{key}: {} pins no measurement (mrtd, rtmr0-3 or [events]): any CVM could \
+                 register as {id:?}; pin them (gatehouse policy-from-bundle)",
+                app.policy.display()
+            ));
+        }
+        if policy.insecure_trust_simulator_root && !gateway_simulated {
+            return Err(format!(
+                "{key}: insecure_trust_simulator_root on a gateway with a real TEE would admit \
+                 forged quotes"
+            ));
+        }
+        policies.insert(id.clone(), policy);
+    }
+    Ok(policies)
+}
+
 impl VpcNode {
     /// Sets up the interface (key, port, address, every leased peer) and the registrar.
     /// Registration needs attestation: without an attestor the VPC does not start (agents
@@ -80,12 +110,8 @@ impl VpcNode {
     ) -> Result<VpcNode, VpcError> {
         let key = load_or_create_key(store.as_ref(), sealer)?;
         let wg = wireguard_for(config.kind, &config.interface);
-        let mut policies = HashMap::new();
-        for (id, app) in &config.apps {
-            let policy = Policy::load(&app.policy)
-                .map_err(|e| VpcError::Config(format!("vpc.apps.{id}.policy: {e}")))?;
-            policies.insert(id.clone(), policy);
-        }
+        let simulated = attestor.provider().kind() == TeeKind::Simulated;
+        let policies = app_policies(config, simulated).map_err(VpcError::Config)?;
         let leases = Leases::new(store, config.prefix, vec![config.gateway_address]);
         let registrar = Registrar::new(
             config.clone(),
@@ -144,10 +170,15 @@ impl VpcNode {
             tracing::info!(listen = %addr, "VPC registration on (RA-TLS)");
         }
         let registrar = self.registrar.clone();
-        serve_tls(listener, self.tls.clone(), move |req, peer| {
-            let registrar = registrar.clone();
-            async move { handle(&registrar, req, peer).await }
-        })
+        serve_tls(
+            listener,
+            self.tls.clone(),
+            Limits::default(),
+            move |req, peer| {
+                let registrar = registrar.clone();
+                async move { handle(&registrar, req, peer).await }
+            },
+        )
         .await;
     }
 
