@@ -3,7 +3,7 @@
 //! HTTP/1.1 or h2 over rustls.
 
 use crate::pki::{tls_connect, TestCa};
-use crate::{base_config, Gateway, SIMULATED_TEE};
+use crate::{base_config, Gateway};
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -32,12 +32,16 @@ impl HttpGateway {
     /// Starts a gateway with `proxy_extra` in its `[proxy]` section (e.g. a `[proxy.http]`
     /// table) and the `apps` TOML.
     pub fn start(proxy_extra: &str, apps: &str) -> HttpGateway {
-        HttpGateway::start_with_tee(proxy_extra, apps, SIMULATED_TEE)
+        HttpGateway::start_edited(proxy_extra, apps, |c| c)
     }
 
-    /// Like [`HttpGateway::start`], with `tee` as the `[tee]` section instead of the plain
-    /// simulator.
-    pub fn start_with_tee(proxy_extra: &str, apps: &str, tee: &str) -> HttpGateway {
+    /// Like [`HttpGateway::start`], the config text passed through `edit` first (e.g. to
+    /// replace the `[tee]` section or add to `[proxy.timeouts]`).
+    pub fn start_edited(
+        proxy_extra: &str,
+        apps: &str,
+        edit: impl FnOnce(String) -> String,
+    ) -> HttpGateway {
         let ca = TestCa::new();
         let dir = tempfile::tempdir().unwrap();
         let wild = ca.write(dir.path(), "wild", &["*.gw.test"]);
@@ -45,8 +49,9 @@ impl HttpGateway {
         std::fs::write(&ca_pem, &ca.pem).unwrap();
         let config = format!(
             "{}\n{apps}\n[tls]\ncertificates = [{wild}]\n",
-            base_config(proxy_extra).replace(SIMULATED_TEE, tee)
+            base_config(proxy_extra)
         );
+        let config = edit(config);
         HttpGateway {
             gw: Gateway::start_in(dir, &config),
             ca,

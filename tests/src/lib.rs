@@ -21,11 +21,14 @@ pub fn binary() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        // The selection `cargo test --workspace` builds, so features unify the same way and
+        // this is a no-op after it (`-p gatehouse` alone resolves features differently and
+        // rebuilt part of the tree for every test binary).
         let status = Command::new(cargo)
-            .args(["build", "-q", "-p", "gatehouse", "--bin", "gatehouse"])
+            .args(["build", "-q", "--workspace", "--tests"])
             .status()
             .expect("run cargo build");
-        assert!(status.success(), "cargo build -p gatehouse failed");
+        assert!(status.success(), "cargo build --workspace failed");
         // tests run from target/<profile>/deps/
         let exe = std::env::current_exe().unwrap();
         let bin = exe.parent().unwrap().parent().unwrap().join("gatehouse");

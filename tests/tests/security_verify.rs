@@ -6,7 +6,7 @@
 //! a statement whose signing time was edited does not verify.
 
 use gatehouse_tests::http::HttpGateway;
-use gatehouse_tests::{binary, Gateway};
+use gatehouse_tests::{binary, Gateway, SIMULATED_TEE};
 use std::path::Path;
 use std::process::Command;
 
@@ -180,7 +180,7 @@ async fn security_verify_names_imported_keys_and_development_sealing() {
         let s = if tee.is_empty() {
             HttpGateway::start("", apps)
         } else {
-            HttpGateway::start_with_tee("", apps, tee)
+            HttpGateway::start_edited("", apps, |c| c.replace(SIMULATED_TEE, tee))
         };
         let port = s.gw.addr.port().to_string();
         let url = format!("https://web.gw.test:{port}");
