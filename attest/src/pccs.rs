@@ -46,12 +46,22 @@ impl CollateralSource {
     }
 }
 
-/// A PCCS client with a per-(FMSPC, CA) cache.
+/// How long a failed fetch is remembered: a quote naming a platform the PCCS does not know
+/// (anyone can craft one) costs one fetch per minute, not one per request.
+const FAILURE_TTL: Duration = Duration::from_secs(60);
+/// Fetches for platforms not in the cache, at most, per minute.
+const FETCHES_PER_MINUTE: u32 = 30;
+
+/// A PCCS client with a per-(FMSPC, CA) cache, failures cached too, and a bound on how often
+/// it fetches for platforms it has not seen.
 pub struct Pccs {
     base: String,
     client: Client<Https, Empty<Bytes>>,
     timeout: Duration,
     cache: Mutex<HashMap<(String, &'static str), Collateral>>,
+    failures: Mutex<HashMap<(String, &'static str), (std::time::Instant, String)>>,
+    /// Window start and fetches in it.
+    fetches: Mutex<(std::time::Instant, u32)>,
 }
 
 impl std::fmt::Debug for Pccs {
@@ -94,6 +104,8 @@ impl Pccs {
             client: Client::builder(hyper_util::rt::TokioExecutor::new()).build(connector),
             timeout,
             cache: Mutex::new(HashMap::new()),
+            failures: Mutex::new(HashMap::new()),
+            fetches: Mutex::new((std::time::Instant::now(), 0)),
         })
     }
 
@@ -140,7 +152,40 @@ impl Pccs {
                 return Ok(c.clone());
             }
         }
-        let c = self.fetch(&fmspc, ca).await?;
+        if let Some((at, e)) = self
+            .failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+        {
+            if at.elapsed() < FAILURE_TTL {
+                return Err(err(format!(
+                    "{e} (failed {}s ago; retried after {FAILURE_TTL:?})",
+                    at.elapsed().as_secs()
+                )));
+            }
+        }
+        {
+            let mut w = self.fetches.lock().unwrap_or_else(|p| p.into_inner());
+            if w.0.elapsed() >= Duration::from_secs(60) {
+                *w = (std::time::Instant::now(), 0);
+            }
+            if w.1 >= FETCHES_PER_MINUTE {
+                return Err(err(format!(
+                    "more than {FETCHES_PER_MINUTE} collateral fetches for new platforms this minute"
+                )));
+            }
+            w.1 += 1;
+        }
+        let c = match self.fetch(&fmspc, ca).await {
+            Ok(c) => c,
+            Err(e) => {
+                let mut f = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+                f.retain(|_, (at, _)| at.elapsed() < FAILURE_TTL);
+                f.insert(key, (std::time::Instant::now(), e.to_string()));
+                return Err(e);
+            }
+        };
         self.cache
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -363,6 +408,25 @@ mod tests {
             4,
             "served from the cache"
         );
+    }
+
+    /// Issue 16 §8: a failed fetch is remembered, so a quote naming a platform the PCCS does
+    /// not serve costs one fetch, not one per registration attempt.
+    #[tokio::test]
+    async fn security_failed_fetches_are_cached() {
+        let sim = Simulator::new(SimulatorConfig::default()).unwrap();
+        let (base, hits) = serve(sim.collateral().unwrap()).await;
+        let pccs = Pccs::new(&format!("{base}/nowhere"), Duration::from_secs(5)).unwrap();
+        let ev = sim.quote([3; 64]).await.unwrap();
+        let now = crate::unix_now();
+        let first = pccs.collateral(&ev.quote, now).await.unwrap_err();
+        assert!(first.to_string().contains("HTTP 404"), "{first}");
+        let after_first = hits.load(std::sync::atomic::Ordering::Relaxed);
+        for _ in 0..5 {
+            let e = pccs.collateral(&ev.quote, now).await.unwrap_err();
+            assert!(e.to_string().contains("failed 0s ago"), "{e}");
+        }
+        assert_eq!(hits.load(std::sync::atomic::Ordering::Relaxed), after_first);
     }
 
     #[tokio::test]

@@ -121,6 +121,17 @@ async fn registration_checks_change_nothing_until_all_pass() {
     let peers = wg.state().await.unwrap().1;
     assert_eq!(peers.len(), 1);
     assert_eq!(peers[0].public_key, cvm.public);
+    // Issue 16 §8: 5,000 challenges from someone else between an agent's challenge and its
+    // registration evict nothing (nonces are stateless).
+    let nonce = registrar.challenge().unwrap();
+    for _ in 0..5_000 {
+        registrar.challenge().unwrap();
+    }
+    let flooded = attempt(&sim, "shop", Some(nonce), &cvm).unwrap();
+    assert_eq!(
+        flooded.address, ok.address,
+        "security: registered through the flood"
+    );
     // A nonce is single-use; registering again with a fresh one keeps the address.
     let e = attempt(&sim, "shop", Some(nonce), &cvm).unwrap_err();
     assert_eq!(e.check, "nonce", "{e}");

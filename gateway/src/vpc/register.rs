@@ -3,12 +3,19 @@
 //! The CVM asks for a nonce, then sends its quote whose report data is
 //! `SHA-512("gatehouse-register-v1:" ‖ app_id ‖ wg_public_key(32) ‖ nonce(32))` (the two
 //! fixed-length tails make the split unambiguous). Checks, in order, each refusal naming
-//! itself and changing no state: app known → nonce fresh and unused → quote → policy →
-//! binding → address lease → WireGuard peer (the lease is given back if the peer cannot be set).
+//! itself and changing no state: app known → nonce ours and fresh → quote → policy →
+//! binding → nonce unused → address lease → WireGuard peer (the lease is given back if the
+//! peer cannot be set).
+//!
+//! Nonces are stateless: `issued_at(8) ‖ random(8) ‖ HMAC-SHA256(key, both)[..16]` under a
+//! key made at start. Handing one out stores nothing, so no number of challenges from anyone
+//! can evict a real agent's nonce. A nonce is remembered only once a quote binding it passed
+//! every check (so only attested CVMs add entries), until it expires: single use.
 
 use super::leases::{Lease, Leases};
 use super::wireguard::{base64, parse_key, KeyPair, PeerConfig, WireGuard};
 use super::VpcError;
+use aws_lc_rs::rand::SystemRandom;
 use gatehouse_attest::pccs::CollateralSource;
 use gatehouse_attest::policy::Policy;
 use gatehouse_attest::provider::Evidence;
@@ -22,8 +29,8 @@ use std::time::{Duration, Instant};
 pub const REGISTER_TAG: &[u8] = b"gatehouse-register-v1:";
 /// How long a nonce may be used.
 const NONCE_LIFETIME: Duration = Duration::from_secs(60);
-/// Most nonces outstanding at once (older ones are dropped first).
-const MAX_NONCES: usize = 4096;
+/// The longest app id echoed back in a refusal (app ids are at most 63 characters).
+const MAX_ECHOED: usize = 64;
 
 /// The report data a registration's quote must carry.
 pub fn report_data(app_id: &str, wg_public_key: &[u8; 32], nonce: &[u8; 32]) -> [u8; 64] {
@@ -96,7 +103,10 @@ pub struct Registrar {
     policies: HashMap<String, Policy>,
     collateral: Arc<CollateralSource>,
     config: gatehouse_config::VpcConfig,
-    nonces: Mutex<HashMap<[u8; 32], Instant>>,
+    /// The key that MACs nonces.
+    nonce_key: aws_lc_rs::hmac::Key,
+    /// Nonces consumed by a successful registration, until they expire.
+    used: Mutex<HashMap<[u8; 32], Instant>>,
 }
 
 impl std::fmt::Debug for Registrar {
@@ -123,7 +133,12 @@ impl Registrar {
             policies,
             collateral,
             config,
-            nonces: Mutex::new(HashMap::new()),
+            nonce_key: aws_lc_rs::hmac::Key::generate(
+                aws_lc_rs::hmac::HMAC_SHA256,
+                &SystemRandom::new(),
+            )
+            .expect("random HMAC key"),
+            used: Mutex::new(HashMap::new()),
         }
     }
 
@@ -132,24 +147,31 @@ impl Registrar {
         &self.config
     }
 
-    /// A fresh single-use nonce.
+    /// A fresh single-use nonce (nothing is stored).
     pub fn challenge(&self) -> Result<[u8; 32], VpcError> {
         let mut nonce = [0u8; 32];
-        aws_lc_rs::rand::fill(&mut nonce).map_err(|_| VpcError::Key("random".into()))?;
-        let mut n = self.nonces.lock().unwrap_or_else(|p| p.into_inner());
-        n.retain(|_, t| t.elapsed() < NONCE_LIFETIME);
-        if n.len() >= MAX_NONCES {
-            if let Some(oldest) = n.iter().min_by_key(|(_, t)| **t).map(|(k, _)| *k) {
-                n.remove(&oldest);
-            }
-        }
-        n.insert(nonce, Instant::now());
+        nonce[..8].copy_from_slice(&gatehouse_attest::unix_now().to_be_bytes());
+        aws_lc_rs::rand::fill(&mut nonce[8..16]).map_err(|_| VpcError::Key("random".into()))?;
+        let tag = aws_lc_rs::hmac::sign(&self.nonce_key, &nonce[..16]);
+        nonce[16..].copy_from_slice(&tag.as_ref()[..16]);
         Ok(nonce)
     }
 
-    fn take_nonce(&self, nonce: &[u8; 32]) -> bool {
-        let mut n = self.nonces.lock().unwrap_or_else(|p| p.into_inner());
-        matches!(n.remove(nonce), Some(t) if t.elapsed() < NONCE_LIFETIME)
+    /// Whether `nonce` is one of ours and not expired (its MAC checked in constant time).
+    fn nonce_is_fresh(&self, nonce: &[u8; 32], now: u64) -> bool {
+        let tag = aws_lc_rs::hmac::sign(&self.nonce_key, &nonce[..16]);
+        let ours =
+            aws_lc_rs::constant_time::verify_slices_are_equal(&tag.as_ref()[..16], &nonce[16..])
+                .is_ok();
+        let issued = u64::from_be_bytes(nonce[..8].try_into().expect("8 bytes"));
+        ours && issued <= now && now - issued < NONCE_LIFETIME.as_secs()
+    }
+
+    /// Marks a nonce used; false if it already was.
+    fn consume(&self, nonce: &[u8; 32]) -> bool {
+        let mut used = self.used.lock().unwrap_or_else(|p| p.into_inner());
+        used.retain(|_, t| t.elapsed() < NONCE_LIFETIME);
+        used.insert(*nonce, Instant::now()).is_none()
     }
 
     /// Runs every check; on success the CVM holds a lease and is a WireGuard peer.
@@ -158,18 +180,18 @@ impl Registrar {
         req: &RegisterRequest,
         now: u64,
     ) -> Result<RegisterResponse, Refusal> {
-        let policy = self
-            .policies
-            .get(&req.app_id)
-            .ok_or_else(|| refuse("app", format!("{:?} may not register here", req.app_id)))?;
+        let policy = self.policies.get(&req.app_id).ok_or_else(|| {
+            let shown: String = req.app_id.chars().take(MAX_ECHOED).collect();
+            refuse("app", format!("{shown:?} may not register here"))
+        })?;
         let wg_key = parse_key(&req.wg_public_key)
             .ok_or_else(|| refuse("request", "wg_public_key is not a base64 32-byte key"))?;
         let nonce: [u8; 32] = gatehouse_attest::hex::decode_array(&req.nonce)
             .ok_or_else(|| refuse("request", "nonce is not 32 bytes of hex"))?;
-        if !self.take_nonce(&nonce) {
+        if !self.nonce_is_fresh(&nonce, gatehouse_attest::unix_now()) {
             return Err(refuse(
                 "nonce",
-                "unknown, used or expired: ask /v1/challenge again",
+                "unknown or expired: ask /v1/challenge again",
             ));
         }
         let trust_sim = policy.insecure_trust_simulator_root;
@@ -188,6 +210,9 @@ impl Registrar {
             &report_data(&req.app_id, &wg_key, &nonce),
         )
         .map_err(|e| refuse("binding", e))?;
+        if !self.consume(&nonce) {
+            return Err(refuse("nonce", "already used: ask /v1/challenge again"));
+        }
         let (lease, new) = self
             .leases
             .acquire(&req.app_id, &wg_key, now)
