@@ -52,14 +52,18 @@ const FAILURE_TTL: Duration = Duration::from_secs(60);
 /// Fetches for platforms not in the cache, at most, per minute.
 const FETCHES_PER_MINUTE: u32 = 30;
 
+/// A platform: its FMSPC and the CA that issued its PCK certificate.
+type Platform = (String, &'static str);
+
 /// A PCCS client with a per-(FMSPC, CA) cache, failures cached too, and a bound on how often
 /// it fetches for platforms it has not seen.
 pub struct Pccs {
     base: String,
     client: Client<Https, Empty<Bytes>>,
     timeout: Duration,
-    cache: Mutex<HashMap<(String, &'static str), Collateral>>,
-    failures: Mutex<HashMap<(String, &'static str), (std::time::Instant, String)>>,
+    cache: Mutex<HashMap<Platform, Collateral>>,
+    /// When a platform's fetch last failed, and why.
+    failures: Mutex<HashMap<Platform, (std::time::Instant, String)>>,
     /// Window start and fetches in it.
     fetches: Mutex<(std::time::Instant, u32)>,
 }
