@@ -17,6 +17,8 @@ command -v wg >/dev/null || need+=(wireguard-tools)
 command -v ip >/dev/null || need+=(iproute2)
 command -v python3 >/dev/null || need+=(python3)
 command -v cmake >/dev/null || need+=(cmake)   # Pingora's zlib-ng builds with it
+[ -x /usr/bin/chromium ] || need+=(chromium)     # the browser test of h2 coalescing
+command -v certutil >/dev/null || need+=(libnss3-tools)   # its trust store
 if [ ${#need[@]} -gt 0 ]; then
   echo "== installing: ${need[*]}"
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
@@ -30,6 +32,9 @@ fi
 
 echo "== cargo build (the end-to-end tests spawn the real binary)"
 cargo build --workspace --all-targets
+# The selection `cargo test` builds (its features unify differently from --all-targets), so
+# the harness's own build of the binary is a no-op.
+cargo build --workspace --bins --tests
 echo "== cargo test --workspace"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT

@@ -327,7 +327,12 @@ async fn terminate(
     if !shared.tls.resolver.has(&hello.sni) {
         return Err(refuse(&mut stream, ConnError::NoCertificate(hello.sni)).await);
     }
-    let http = route.app.spec.mode == gatehouse_config::AppMode::Http;
+    // `g` names offer h2, and browsers reuse an h2 connection for any other name its
+    // (wildcard) certificate covers (RFC 9113 §9.1.1): a relayed h2 stream would carry another
+    // app's requests to this app. So every `g` name goes through the L7 engine, whose
+    // per-request `:authority` check answers 421 to such a request (see ARCHITECTURE.md).
+    let http =
+        route.app.spec.mode == gatehouse_config::AppMode::Http || route.mode == Mode::TerminateH2;
     let config = match http {
         true => shared.tls.for_hello(Mode::TerminateH2, &hello),
         false => shared.tls.for_hello(route.mode, &hello),

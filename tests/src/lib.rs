@@ -25,7 +25,7 @@ pub fn binary() -> PathBuf {
         // this is a no-op after it (`-p gatehouse` alone resolves features differently and
         // rebuilt part of the tree for every test binary).
         let status = Command::new(cargo)
-            .args(["build", "-q", "--workspace", "--tests"])
+            .args(["build", "-q", "--workspace", "--bins", "--tests"])
             .status()
             .expect("run cargo build");
         assert!(status.success(), "cargo build --workspace failed");
