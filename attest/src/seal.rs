@@ -67,7 +67,7 @@ mod tests {
         let b = from_simulator(&config).unwrap();
         let sealed = a.seal("certs/x", b"secret").unwrap();
         assert_eq!(
-            b.unseal("certs/x", &sealed).unwrap(),
+            *b.unseal("certs/x", &sealed).unwrap(),
             b"secret",
             "same TD, same key"
         );

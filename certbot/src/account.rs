@@ -4,6 +4,7 @@
 
 use crate::CertbotError;
 use base64::Engine;
+use gatehouse_store::Zeroizing;
 use gatehouse_store::{Sealer, Store};
 use instant_acme::{Account, AccountBuilder, AccountCredentials, ExternalAccountKey, NewAccount};
 use std::path::PathBuf;
@@ -17,8 +18,8 @@ pub struct AccountSettings {
     pub contact: Vec<String>,
     /// A PEM CA for the ACME server's TLS (tests); `None` = the platform's roots.
     pub ca_file: Option<PathBuf>,
-    /// External account binding: key id and the decoded HMAC key.
-    pub eab: Option<(String, Vec<u8>)>,
+    /// External account binding: key id and the decoded HMAC key (wiped when dropped).
+    pub eab: Option<(String, Zeroizing<Vec<u8>>)>,
 }
 
 impl std::fmt::Debug for AccountSettings {
@@ -33,10 +34,11 @@ impl std::fmt::Debug for AccountSettings {
 }
 
 /// Decodes an EAB HMAC key as CAs hand it out (base64url, padding optional).
-pub fn decode_eab_key(text: &str) -> Result<Vec<u8>, CertbotError> {
+pub fn decode_eab_key(text: &str) -> Result<Zeroizing<Vec<u8>>, CertbotError> {
     let t = text.trim().trim_end_matches('=');
     base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(t)
+        .map(Zeroizing::new)
         .map_err(|e| CertbotError::Config(format!("EAB HMAC key is not base64url: {e}")))
 }
 
@@ -92,6 +94,7 @@ pub async fn load_or_create(
         .await
         .map_err(|e| CertbotError::acme("new account", e))?;
     let plain = serde_json::to_vec(&creds)
+        .map(Zeroizing::new)
         .map_err(|e| CertbotError::Config(format!("serializing the account: {e}")))?;
     let sealed = sealer.seal(&key, &plain)?;
     // Another node may have created one meanwhile: keep the first one stored.
@@ -139,9 +142,9 @@ mod tests {
 
     #[test]
     fn eab_keys_are_decoded_with_or_without_padding() {
-        assert_eq!(decode_eab_key("AQID").unwrap(), vec![1, 2, 3]);
-        assert_eq!(decode_eab_key(" AQI= \n").unwrap(), vec![1, 2]);
-        assert_eq!(decode_eab_key("-_8").unwrap(), vec![0xfb, 0xff]);
+        assert_eq!(*decode_eab_key("AQID").unwrap(), vec![1, 2, 3]);
+        assert_eq!(*decode_eab_key(" AQI= \n").unwrap(), vec![1, 2]);
+        assert_eq!(*decode_eab_key("-_8").unwrap(), vec![0xfb, 0xff]);
         assert!(decode_eab_key("not*base64").is_err());
     }
 

@@ -49,6 +49,16 @@ impl Embedded {
     /// Opens (or creates) the store at `path`. redb holds a lock: a second process opening the
     /// same file gets an error instead of corrupting it.
     pub fn open(path: &Path) -> Result<Embedded, StoreError> {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        // The file holds sealed secrets and state: owner-only, whatever the umask.
+        let file_err = |e: std::io::Error| StoreError::Backend(format!("{}: {e}", path.display()));
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(path)
+            .and_then(|f| f.set_permissions(std::fs::Permissions::from_mode(0o600)))
+            .map_err(file_err)?;
         let db = Database::create(path)
             .map_err(|e| StoreError::Backend(format!("{}: {e}", path.display())))?;
         let tx = db.begin_write().map_err(backend)?;
@@ -147,6 +157,13 @@ impl Store for Embedded {
         })
     }
 
+    fn compare_and_delete(&self, key: &str, expected: Version) -> Result<bool, StoreError> {
+        self.update(key, |current| match current {
+            Some(c) if c.version == expected => (Some(None), true),
+            _ => (None, false),
+        })
+    }
+
     fn list(&self, prefix: &str) -> Result<Vec<(String, Versioned)>, StoreError> {
         let tx = self.db.begin_read().map_err(backend)?;
         let table = tx.open_table(TABLE).map_err(backend)?;
@@ -177,6 +194,18 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Embedded::open(&dir.path().join("state.redb")).unwrap();
         (dir, store)
+    }
+
+    /// Issue 16 §11: the database file is owner-only whatever the umask.
+    #[test]
+    fn hardening_database_file_is_0600() {
+        use std::os::unix::fs::PermissionsExt;
+        let (d, _s) = open();
+        let mode = std::fs::metadata(d.path().join("state.redb"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
     }
 
     #[test]
@@ -230,6 +259,20 @@ mod tests {
             s.get("leases/10.0.0.2").unwrap().unwrap().value,
             b"wg-key-1b"
         );
+    }
+
+    /// Issue 16 §11: a delete conditioned on the version a reader saw does nothing once
+    /// someone wrote after that read.
+    #[test]
+    fn hardening_compare_and_delete_refuses_a_stale_version() {
+        let (_d, s) = open();
+        let v1 = s.put("leases/10.0.0.3", b"a").unwrap();
+        let v2 = s.put("leases/10.0.0.3", b"b").unwrap();
+        assert!(!s.compare_and_delete("leases/10.0.0.3", v1).unwrap());
+        assert_eq!(s.get("leases/10.0.0.3").unwrap().unwrap().value, b"b");
+        assert!(s.compare_and_delete("leases/10.0.0.3", v2).unwrap());
+        assert!(s.get("leases/10.0.0.3").unwrap().is_none());
+        assert!(!s.compare_and_delete("leases/10.0.0.3", v2).unwrap());
     }
 
     #[test]

@@ -21,6 +21,7 @@ pub mod seal;
 
 pub use embedded::Embedded;
 pub use seal::{AesGcmSealer, SealError, Sealer};
+pub use zeroize::Zeroizing;
 
 /// A key's version: 0 = absent, then 1, 2, ... on each write of that key.
 pub type Version = u64;
@@ -87,6 +88,10 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Deletes `key`; returns whether it existed.
     fn delete(&self, key: &str) -> Result<bool, StoreError>;
 
+    /// Deletes `key` only if it is at version `expected`; returns whether it did (false: it
+    /// changed or went away meanwhile, nothing was deleted).
+    fn compare_and_delete(&self, key: &str, expected: Version) -> Result<bool, StoreError>;
+
     /// Every key under `prefix` with its value, in key order.
     fn list(&self, prefix: &str) -> Result<Vec<(String, Versioned)>, StoreError>;
 
@@ -139,20 +144,56 @@ pub fn check_key(key: &str) -> Result<(), StoreError> {
 /// directory. Creates the directory if needed.
 pub fn write_atomic(path: &std::path::Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
     use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let dir = path.parent().unwrap_or(std::path::Path::new("."));
     std::fs::create_dir_all(dir)?;
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
-    let tmp = dir.join(format!(".{name}.tmp"));
+    // A fresh name, created exclusively (O_EXCL, which also refuses a symlink in its place): a
+    // file or link planted at a predictable temp name can neither receive the secret nor lend
+    // it its mode.
+    let mut suffix = [0u8; 8];
+    aws_lc_rs::rand::fill(&mut suffix).map_err(|_| std::io::Error::other("random"))?;
+    let suffix: String = suffix.iter().map(|b| format!("{b:02x}")).collect();
+    let tmp = dir.join(format!(".{name}.{suffix}.tmp"));
     let mut f = std::fs::OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
         .mode(mode)
         .open(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
+    let written = (|| {
+        // The umask may have narrowed `mode`; never widened, but set it exactly.
+        f.set_permissions(std::fs::Permissions::from_mode(mode))?;
+        f.write_all(bytes)?;
+        f.sync_all()
+    })();
     drop(f);
-    std::fs::rename(&tmp, path)?;
+    if let Err(e) = written.and_then(|()| std::fs::rename(&tmp, path)) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
     std::fs::File::open(dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod write_tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    /// Issue 16 §11: the written file has exactly `mode` even where a world-readable file was
+    /// planted before, and no temporary file is left behind.
+    #[test]
+    fn hardening_write_atomic_sets_its_mode_and_leaves_no_temp() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("seal.key");
+        std::fs::write(&path, b"planted").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        super::write_atomic(&path, b"secret", 0o600).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"secret");
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names.len(), 1, "{names:?}");
+    }
 }

@@ -9,6 +9,7 @@
 use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use std::path::Path;
+use zeroize::Zeroizing;
 
 /// Format byte of a sealed blob: `1 | nonce (12) | ciphertext | tag (16)`.
 const FORMAT_V1: u8 = 1;
@@ -47,8 +48,8 @@ pub enum SealError {
 pub trait Sealer: Send + Sync + std::fmt::Debug {
     /// Encrypts `plaintext`, binding it to `name`.
     fn seal(&self, name: &str, plaintext: &[u8]) -> Result<Vec<u8>, SealError>;
-    /// Decrypts a blob sealed under `name`.
-    fn unseal(&self, name: &str, sealed: &[u8]) -> Result<Vec<u8>, SealError>;
+    /// Decrypts a blob sealed under `name`; the plaintext is wiped when dropped.
+    fn unseal(&self, name: &str, sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, SealError>;
     /// What protects the key, for logs and the attestation bundle ("development", "tee", ...).
     fn kind(&self) -> &'static str;
 }
@@ -124,7 +125,7 @@ impl Sealer for AesGcmSealer {
         Ok(out)
     }
 
-    fn unseal(&self, name: &str, sealed: &[u8]) -> Result<Vec<u8>, SealError> {
+    fn unseal(&self, name: &str, sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, SealError> {
         let malformed = |reason| SealError::Malformed {
             name: name.to_owned(),
             reason,
@@ -138,14 +139,14 @@ impl Sealer for AesGcmSealer {
         }
         let (nonce, body) = rest.split_at(NONCE_LEN);
         let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| malformed("nonce"))?;
-        let mut body = body.to_vec();
+        let mut body = Zeroizing::new(body.to_vec());
         let plain = self
             .key
             .open_in_place(nonce, Aad::from(name.as_bytes()), &mut body)
             .map_err(|_| SealError::Unseal {
                 name: name.to_owned(),
             })?;
-        Ok(plain.to_vec())
+        Ok(Zeroizing::new(plain.to_vec()))
     }
 
     fn kind(&self) -> &'static str {
@@ -174,7 +175,7 @@ mod tests {
             !a.windows(6).any(|w| w == b"secret"),
             "no plaintext in the blob"
         );
-        assert_eq!(s.unseal("certs/web.key", &a).unwrap(), b"secret key bytes");
+        assert_eq!(*s.unseal("certs/web.key", &a).unwrap(), b"secret key bytes");
         assert_eq!(s.kind(), "development");
     }
 
@@ -228,7 +229,7 @@ mod tests {
         let sealed = s1.seal("x", b"y").unwrap();
         let s2 = AesGcmSealer::load_or_create(&path).unwrap();
         assert_eq!(
-            s2.unseal("x", &sealed).unwrap(),
+            *s2.unseal("x", &sealed).unwrap(),
             b"y",
             "the same key after a restart"
         );

@@ -109,11 +109,14 @@ pub async fn read<R: AsyncRead + Unpin>(
     buf: &mut Vec<u8>,
     start: usize,
 ) -> Result<Result<ClientHello, HelloError>, io::Error> {
+    let mut need = 0;
     loop {
-        match record::reassemble(&buf[start..]) {
-            Ok(Some(message)) => return Ok(parse::parse(&message)),
-            Ok(None) => {}
-            Err(e) => return Ok(Err(e)),
+        if buf.len() - start >= need {
+            match record::progress(&buf[start..]) {
+                Ok(record::Progress::Done(message)) => return Ok(parse::parse(&message)),
+                Ok(record::Progress::Need(n)) => need = n,
+                Err(e) => return Ok(Err(e)),
+            }
         }
         let held = buf.len() - start;
         if held >= MAX_HELLO_BYTES {

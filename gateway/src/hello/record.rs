@@ -8,13 +8,35 @@ const CONTENT_HANDSHAKE: u8 = 22;
 const HANDSHAKE_CLIENT_HELLO: u8 = 1;
 /// RFC 8446 §5.1: a plaintext record fragment is at most 2^14 bytes.
 const MAX_FRAGMENT: usize = 1 << 14;
+/// Records a ClientHello may span: real clients use one, or a few for large post-quantum key
+/// shares; a client sending 1-byte records only makes the gateway work.
+pub const MAX_RECORDS: usize = 32;
 
-/// The whole first handshake message (4-byte header + body) once `raw` holds it.
-///
-/// `Ok(None)`: need more bytes. The message is borrowed when it sits in one record (the common
-/// case) and copied together when it spans several. Records after the one that completes the
-/// message are not looked at.
+/// Where reassembly stands.
+#[derive(Debug)]
+pub enum Progress<'a> {
+    /// The whole first handshake message (4-byte header + body).
+    Done(Cow<'a, [u8]>),
+    /// Nothing new can be learned before `raw` holds this many bytes (the end of the record
+    /// header or fragment it waits for): the caller reads until then without asking again,
+    /// so reassembly work is linear in the records, not in the reads.
+    Need(usize),
+}
+
+/// The whole first handshake message once `raw` holds it; `Ok(None)`: need more bytes.
 pub fn reassemble(raw: &[u8]) -> Result<Option<Cow<'_, [u8]>>, HelloError> {
+    Ok(match progress(raw)? {
+        Progress::Done(m) => Some(m),
+        Progress::Need(_) => None,
+    })
+}
+
+/// Reassembly of the first handshake message from `raw`.
+///
+/// The message is borrowed when it sits in one record (the common case) and copied together
+/// when it spans several (at most [`MAX_RECORDS`]). Records after the one that completes the
+/// message are not looked at.
+pub fn progress(raw: &[u8]) -> Result<Progress<'_>, HelloError> {
     if let Some(&first) = raw.first() {
         if first != CONTENT_HANDSHAKE {
             return Err(HelloError::NotTls(first));
@@ -23,9 +45,9 @@ pub fn reassemble(raw: &[u8]) -> Result<Option<Cow<'_, [u8]>>, HelloError> {
     let mut pos = 0;
     let mut joined: Option<Vec<u8>> = None;
     let mut first_fragment: &[u8] = &[];
-    loop {
+    for _ in 0..MAX_RECORDS {
         let Some(header) = raw.get(pos..pos + RECORD_HEADER) else {
-            return Ok(None);
+            return Ok(Progress::Need(pos + RECORD_HEADER));
         };
         if header[0] != CONTENT_HANDSHAKE {
             return Err(HelloError::UnexpectedRecord(header[0]));
@@ -41,7 +63,7 @@ pub fn reassemble(raw: &[u8]) -> Result<Option<Cow<'_, [u8]>>, HelloError> {
             return Err(HelloError::Malformed("record longer than 2^14 bytes"));
         }
         let Some(fragment) = raw.get(pos + RECORD_HEADER..pos + RECORD_HEADER + len) else {
-            return Ok(None);
+            return Ok(Progress::Need(pos + RECORD_HEADER + len));
         };
         pos += RECORD_HEADER + len;
         let message: &[u8] = match &mut joined {
@@ -72,7 +94,7 @@ pub fn reassemble(raw: &[u8]) -> Result<Option<Cow<'_, [u8]>>, HelloError> {
             return Err(HelloError::TooLarge);
         }
         if message.len() >= 4 + body {
-            return Ok(Some(match joined {
+            return Ok(Progress::Done(match joined {
                 None => Cow::Borrowed(&first_fragment[..4 + body]),
                 Some(mut v) => {
                     v.truncate(4 + body);
@@ -81,6 +103,9 @@ pub fn reassemble(raw: &[u8]) -> Result<Option<Cow<'_, [u8]>>, HelloError> {
             }));
         }
     }
+    Err(HelloError::Malformed(
+        "ClientHello spread over more than 32 records",
+    ))
 }
 
 #[cfg(test)]
@@ -98,6 +123,21 @@ mod tests {
         let mut m = vec![1, 0, (body_len >> 8) as u8, body_len as u8];
         m.extend((0..body_len).map(|i| i as u8));
         m
+    }
+
+    /// Issue 16 §11: 1-byte records are refused after [`MAX_RECORDS`], and a waiting
+    /// reassembly names the length it needs, so callers do not re-scan on every read.
+    #[test]
+    fn hardening_record_count_is_capped_and_progress_names_what_it_needs() {
+        let m = message(100);
+        let raw: Vec<u8> = m.iter().flat_map(|b| record(&[*b])).collect();
+        assert!(matches!(
+            progress(&raw),
+            Err(HelloError::Malformed(m)) if m.contains("32 records")
+        ));
+        let raw = record(&m);
+        assert!(matches!(progress(&raw[..3]), Ok(Progress::Need(5))));
+        assert!(matches!(progress(&raw[..7]), Ok(Progress::Need(n)) if n == raw.len()));
     }
 
     #[test]
@@ -128,8 +168,8 @@ mod tests {
     }
 
     #[test]
-    fn one_byte_records() {
-        let m = message(40);
+    fn one_byte_records_up_to_the_cap() {
+        let m = message(MAX_RECORDS - 4); // exactly MAX_RECORDS one-byte records
         let raw: Vec<u8> = m.iter().flat_map(|b| record(&[*b])).collect();
         assert_eq!(&*reassemble(&raw).unwrap().unwrap(), &m[..]);
     }

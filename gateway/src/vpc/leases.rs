@@ -129,7 +129,11 @@ impl Leases {
     pub fn release_if_unchanged(&self, lease: &Lease) -> Result<bool, VpcError> {
         let key = Leases::key(lease.address);
         match self.store.get(&key)? {
-            Some(v) if v.value == Leases::encode(lease) => Ok(self.store.delete(&key)?),
+            // Deleted only at the version read: a registration between the read and the
+            // delete (on this node or another) keeps its lease.
+            Some(v) if v.value == Leases::encode(lease) => {
+                Ok(self.store.compare_and_delete(&key, v.version)?)
+            }
             _ => Ok(false),
         }
     }

@@ -254,7 +254,8 @@ impl VpcNode {
     }
 
     /// Gives back a lease whose instance showed no life (and did not register) for
-    /// `lease_reclaim`: its peer is removed first, then the address.
+    /// `lease_reclaim`: the lease is deleted by compare-and-swap first (an instance that
+    /// registered again meanwhile keeps it), and only then its peer is removed.
     async fn reclaim_if_idle(
         &self,
         c: &VpcConfig,
@@ -267,8 +268,8 @@ impl VpcNode {
         if latest.elapsed().unwrap_or_default() < c.lease_reclaim {
             return Ok(());
         }
-        self.wg.remove_peer(&key).await?;
         if self.registrar.leases.release_if_unchanged(lease)? {
+            self.wg.remove_peer(&key).await?;
             tracing::info!(app = %lease.app_id, address = %lease.address, "lease reclaimed (no sign of life)");
         }
         Ok(())
