@@ -19,6 +19,7 @@ command -v python3 >/dev/null || need+=(python3)
 command -v cmake >/dev/null || need+=(cmake)   # Pingora's zlib-ng builds with it
 [ -x /usr/bin/chromium ] || need+=(chromium)     # the browser test of h2 coalescing
 command -v certutil >/dev/null || need+=(libnss3-tools)   # its trust store
+command -v unbound >/dev/null || need+=(unbound)   # DNS over TLS for custom domains
 if [ ${#need[@]} -gt 0 ]; then
   echo "== installing: ${need[*]}"
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"

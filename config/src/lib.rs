@@ -30,7 +30,7 @@ pub use admin::AdminConfig;
 pub use apps::{app_id_problem, AppConfig, AppMode, InstanceConfig, ProxyProtocolVersion};
 pub use error::{ConfigError, Problem};
 pub use http::{ForwardedMode, HealthCheckConfig, HealthProtocol, HttpConfig};
-pub use proxy::{CustomDomainsConfig, ProxyConfig, Timeouts};
+pub use proxy::{parse_dot_server, CustomDomainsConfig, ProxyConfig, Timeouts};
 pub use tee::{Sealing, SimulatorSettings, TeeConfig, TeeProvider};
 pub use tls::{CertificatePair, TlsConfig};
 pub use validate::is_local_address;
@@ -108,6 +108,12 @@ impl Config {
         let (mut apps, apps_complete) = apps::decode_all(table.get("apps"), &mut problems);
 
         // Check whatever decoded, so one bad section does not hide the problems of another.
+        if let Some(ca) = proxy
+            .as_mut()
+            .and_then(|p| p.custom_domains.dns_tls_ca_file.as_mut())
+        {
+            *ca = base_dir.join(&*ca);
+        }
         if let Some(tls) = &mut tls {
             tls.resolve_paths(base_dir);
         }

@@ -86,9 +86,17 @@ pub struct CustomDomainsConfig {
     pub enabled: bool,
     /// The TXT record's first label; `_dstack-app-address` gives dstack compatibility.
     pub txt_prefix: String,
-    /// DNS servers to ask (`IP:PORT`); empty = the system's `/etc/resolv.conf`.
+    /// DNS servers to ask (`IP:PORT`); empty = the system's `/etc/resolv.conf`. Plain DNS:
+    /// in a CVM the host answers it and can move a custom domain to another app; prefer
+    /// `dns_over_tls`.
     #[serde(deserialize_with = "crate::de::socket_addrs")]
     pub nameservers: Vec<SocketAddr>,
+    /// DNS-over-TLS resolvers, `IP:PORT#tls-name` (e.g. `1.1.1.1:853#cloudflare-dns.com`):
+    /// the answer is authenticated by the resolver's certificate, so the host cannot forge it.
+    /// When set, `nameservers` and the system's resolvers are not used.
+    pub dns_over_tls: Vec<String>,
+    /// A PEM CA for the `dns_over_tls` resolvers' certificates (default: the platform's roots).
+    pub dns_tls_ca_file: Option<std::path::PathBuf>,
     /// A positive answer is cached for its TTL, but at least this long...
     #[serde(with = "humantime_serde")]
     pub min_ttl: Duration,
@@ -98,13 +106,20 @@ pub struct CustomDomainsConfig {
     /// "No such record" (or an unusable one) is cached this long.
     #[serde(with = "humantime_serde")]
     pub negative_ttl: Duration,
-    /// One lookup gives up after this long (the connection is refused, nothing is cached).
+    /// One lookup gives up after this long (the connection is refused).
     #[serde(with = "humantime_serde")]
     pub lookup_timeout: Duration,
+    /// A failed lookup (timeout, SERVFAIL) is cached this long, so a black-holed zone costs
+    /// one lookup per name per period, not one per connection.
+    #[serde(with = "humantime_serde")]
+    pub failure_ttl: Duration,
     /// Names kept in the cache (bounded memory under random-SNI floods).
     pub cache_capacity: u64,
     /// Lookups in flight across all names; beyond it new names are refused until one ends.
     pub max_concurrent_lookups: usize,
+    /// Lookups in flight under one zone (the domain's last two labels): random names under
+    /// one slow zone cannot take every lookup slot from the others.
+    pub max_lookups_per_zone: usize,
 }
 
 impl Default for CustomDomainsConfig {
@@ -113,14 +128,34 @@ impl Default for CustomDomainsConfig {
             enabled: true,
             txt_prefix: "_gatehouse-app-address".into(),
             nameservers: Vec::new(),
+            dns_over_tls: Vec::new(),
+            dns_tls_ca_file: None,
             min_ttl: Duration::from_secs(30),
             max_ttl: Duration::from_secs(3600),
             negative_ttl: Duration::from_secs(10),
             lookup_timeout: Duration::from_secs(2),
+            failure_ttl: Duration::from_secs(5),
             cache_capacity: 100_000,
             max_concurrent_lookups: 256,
+            max_lookups_per_zone: 32,
         }
     }
+}
+
+/// Parses a `dns_over_tls` entry `IP:PORT#tls-name`.
+pub fn parse_dot_server(s: &str) -> Result<(SocketAddr, String), String> {
+    let (addr, name) = s
+        .split_once('#')
+        .ok_or_else(|| format!("{s:?}: expected IP:PORT#tls-name"))?;
+    let addr: SocketAddr = addr
+        .parse()
+        .map_err(|e| format!("{s:?}: {addr:?} is not IP:PORT ({e})"))?;
+    if name.is_empty() || name.contains(char::is_whitespace) {
+        return Err(format!(
+            "{s:?}: the TLS name after '#' is missing or has spaces"
+        ));
+    }
+    Ok((addr, name.to_owned()))
 }
 
 impl ProxyConfig {

@@ -154,6 +154,25 @@ fn check_proxy(p: &ProxyConfig, push: &mut impl FnMut(String, String)) {
             "must be at least 1".into(),
         );
     }
+    if cd.max_lookups_per_zone == 0 {
+        push(
+            "proxy.custom_domains.max_lookups_per_zone".into(),
+            "must be at least 1".into(),
+        );
+    }
+    for (i, server) in cd.dns_over_tls.iter().enumerate() {
+        if let Err(why) = crate::proxy::parse_dot_server(server) {
+            push(format!("proxy.custom_domains.dns_over_tls[{i}]"), why);
+        }
+    }
+    if let Some(ca) = &cd.dns_tls_ca_file {
+        if !ca.is_file() {
+            push(
+                "proxy.custom_domains.dns_tls_ca_file".into(),
+                format!("{} is not a readable file", ca.display()),
+            );
+        }
+    }
 }
 
 /// Loopback, link-local or unspecified: an address on (or meaning) the gateway host itself.

@@ -91,3 +91,117 @@ certificates = [{cert}]
     );
     assert!(log.contains("2 TXT records, expected exactly one"), "{log}");
 }
+
+/// A real Unbound answering DNS over TLS from a local zone, under a certificate of the test CA.
+struct UnboundDot {
+    child: std::process::Child,
+    addr: std::net::SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl UnboundDot {
+    fn start(ca: &TestCa, tls_name: &str, records: &[String]) -> UnboundDot {
+        let dir = tempfile::tempdir().unwrap();
+        let issued = ca.issue(&[tls_name]);
+        std::fs::write(dir.path().join("dot.pem"), &issued.cert_pem).unwrap();
+        std::fs::write(dir.path().join("dot.key"), &issued.key_pem).unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let local: String = records
+            .iter()
+            .map(|r| format!("  local-data: '{r}'\n"))
+            .collect();
+        let conf = format!(
+            "server:\n  interface: 127.0.0.1@{port}\n  tls-port: {port}\n  tls-service-key: \"{d}/dot.key\"\n  tls-service-pem: \"{d}/dot.pem\"\n  do-daemonize: no\n  username: \"\"\n  chroot: \"\"\n  directory: \"{d}\"\n  pidfile: \"\"\n  use-syslog: no\n  logfile: \"\"\n  module-config: \"iterator\"\n  access-control: 127.0.0.0/8 allow\n  local-zone: \"dot.test.\" static\n{local}remote-control:\n  control-enable: no\n",
+            d = dir.path().display()
+        );
+        let conf_path = dir.path().join("unbound.conf");
+        std::fs::write(&conf_path, conf).unwrap();
+        let child = std::process::Command::new("unbound")
+            .args(["-d", "-c"])
+            .arg(&conf_path)
+            .stderr(std::fs::File::create(dir.path().join("unbound.log")).unwrap())
+            .spawn()
+            .expect("unbound (scripts/test.sh installs it)");
+        let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::net::TcpStream::connect(addr).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "unbound did not listen"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        UnboundDot {
+            child,
+            addr,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for UnboundDot {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Issue 16 §9: custom domains resolved over DNS over TLS (the host cannot forge answers): the
+/// TXT record from a DoT resolver routes; a resolver whose certificate does not carry the
+/// configured name is not believed (the domain is refused).
+#[tokio::test]
+async fn security_custom_domains_over_dns_over_tls() {
+    let ca = TestCa::new();
+    let web = bind([127, 0, 0, 1], 0).await.unwrap();
+    let web_port = web.local_addr().unwrap().port();
+    echo(web, "web");
+    let dot = UnboundDot::start(
+        &ca,
+        "dns.test",
+        &[format!(
+            "_gatehouse-app-address.shop.dot.test. 60 IN TXT \"web:{web_port}\""
+        )],
+    );
+    for (tls_name, routes) in [("dns.test", true), ("other.test", false)] {
+        let dir = tempfile::tempdir().unwrap();
+        let cert = ca.write(dir.path(), "shop", &["shop.dot.test"]);
+        std::fs::write(dir.path().join("ca.pem"), &ca.pem).unwrap();
+        let config = format!(
+            r#"
+[proxy]
+listen = ["127.0.0.1:0"]
+base_domains = ["gw.test"]
+allow_local_instances = true
+[proxy.custom_domains]
+dns_over_tls = ["{}#{tls_name}"]
+dns_tls_ca_file = "ca.pem"
+[[apps]]
+id = "web"
+[[apps.instances]]
+address = "127.0.0.1"
+{SIMULATED_TEE}
+[tls]
+certificates = [{cert}]
+"#,
+            dot.addr
+        );
+        let gw = Gateway::start_in(dir, &config);
+        let result = tls_connect(gw.addr, "shop.dot.test", ca.client(&[])).await;
+        match routes {
+            true => assert_eq!(read_line(&mut result.unwrap()).await, "web"),
+            false => {
+                let err = result.unwrap_err();
+                assert!(err.to_string().contains("nrecogni"), "{err}");
+                let log = gw.wait_log("TXT lookup for", std::time::Duration::from_secs(5));
+                assert!(
+                    log.contains("_gatehouse-app-address.shop.dot.test"),
+                    "{log}"
+                );
+            }
+        }
+    }
+}

@@ -1,13 +1,17 @@
 //! Custom domains: `<txt_prefix>.<domain>  TXT  "<app-id>[:<port>][;mode=passthrough|terminate|h2]"`.
 //!
 //! Answers are cached in `moka` for the record's TTL clamped to `[min_ttl, max_ttl]`; "no such
-//! record" and unusable records for `negative_ttl`; lookup failures (timeout, SERVFAIL) are not
-//! cached. Concurrent connections for one uncached name share one lookup (`try_get_with`), and
-//! at most `max_concurrent_lookups` run at once across all names (random-SNI floods).
+//! record" and unusable records for `negative_ttl`; lookup failures (timeout, SERVFAIL) for
+//! `failure_ttl`. Concurrent connections for one uncached name share one lookup
+//! (`try_get_with`); at most `max_concurrent_lookups` run at once across all names, and at most
+//! `max_lookups_per_zone` under one zone (random names under a black-holed zone cannot take
+//! every slot). With `dns_over_tls` the resolvers are reached over TLS and their certificate
+//! authenticates every answer: in a CVM the host answers plain DNS and could otherwise move a
+//! custom domain to another app.
 
 use super::name::Mode;
 use gatehouse_config::{app_id_problem, CustomDomainsConfig};
-use hickory_resolver::config::ResolverOpts;
+use hickory_resolver::config::{NameServerConfig, ResolverConfig, ResolverOpts};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::proto::rr::{RData, RecordType};
 use hickory_resolver::TokioResolver;
@@ -85,16 +89,34 @@ pub trait TxtLookup: Send + Sync + Debug + 'static {
     fn lookup_txt(&self, name: String) -> BoxFuture<Result<TxtAnswer, TxtError>>;
 }
 
-/// hickory-resolver over UDP/TCP to the configured servers or `/etc/resolv.conf`.
+/// hickory-resolver over TLS to `dns_over_tls`, else UDP/TCP to the configured servers or
+/// `/etc/resolv.conf`.
 #[derive(Debug)]
 pub struct HickoryTxt(TokioResolver);
 
 impl HickoryTxt {
-    /// A resolver for `config.nameservers`, or the system's when empty.
+    /// A resolver for `config.dns_over_tls`, else `config.nameservers`, else the system's.
     pub fn new(config: &CustomDomainsConfig) -> Result<HickoryTxt, String> {
-        let builder = if config.nameservers.is_empty() {
+        let builder = if !config.dns_over_tls.is_empty() {
+            let mut servers = Vec::new();
+            for s in &config.dns_over_tls {
+                let (addr, name) = gatehouse_config::parse_dot_server(s)?;
+                let mut ns = NameServerConfig::tls(addr.ip(), name.into());
+                for c in &mut ns.connections {
+                    c.port = addr.port();
+                }
+                servers.push(ns);
+            }
+            TokioResolver::builder_with_config(
+                ResolverConfig::from_name_servers(servers),
+                TokioRuntimeProvider::default(),
+            )
+            .with_tls_config(dot_client_config(config.dns_tls_ca_file.as_deref())?)
+        } else if config.nameservers.is_empty() {
+            warn_plain_dns();
             TokioResolver::builder_tokio().map_err(|e| format!("system DNS config: {e}"))?
         } else {
+            warn_plain_dns();
             TokioResolver::builder_with_config(
                 gatehouse_caa::lookup::resolver_config(&config.nameservers),
                 TokioRuntimeProvider::default(),
@@ -110,6 +132,42 @@ impl HickoryTxt {
             .map_err(|e| format!("DNS resolver: {e}"))?;
         Ok(HickoryTxt(resolver))
     }
+}
+
+fn warn_plain_dns() {
+    tracing::warn!(
+        "custom domains resolve over plain DNS: in a CVM the host answers it and can move a \
+         custom domain to another app; set proxy.custom_domains.dns_over_tls"
+    );
+}
+
+/// The TLS client for DNS-over-TLS: the CA file's roots, else the platform's verifier.
+fn dot_client_config(ca: Option<&std::path::Path>) -> Result<rustls::ClientConfig, String> {
+    use rustls_pki_types::pem::PemObject;
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?;
+    let config = match ca {
+        Some(path) => {
+            let shown = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
+            let mut roots = rustls::RootCertStore::empty();
+            for c in rustls_pki_types::CertificateDer::pem_file_iter(path).map_err(|e| shown(&e))? {
+                roots
+                    .add(c.map_err(|e| shown(&e))?)
+                    .map_err(|e| shown(&e))?;
+            }
+            builder.with_root_certificates(roots).with_no_client_auth()
+        }
+        None => {
+            let v = rustls_platform_verifier::Verifier::new(provider).map_err(|e| e.to_string())?;
+            builder
+                .dangerous() // not dangerous: the platform verifier does full WebPKI validation
+                .with_custom_certificate_verifier(Arc::new(v))
+                .with_no_client_auth()
+        }
+    };
+    Ok(config)
 }
 
 impl TxtLookup for HickoryTxt {
@@ -171,6 +229,8 @@ pub struct CustomDomains {
     lookup: Arc<dyn TxtLookup>,
     cache: moka::future::Cache<Box<str>, Arc<Cached>>,
     in_flight: Arc<Semaphore>,
+    /// Lookups in flight per zone (the domain's last two labels).
+    per_zone: Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
     /// Lookups run on this runtime (the control runtime that owns the resolver's sockets),
     /// whichever worker asks.
     runtime: tokio::runtime::Handle,
@@ -201,6 +261,7 @@ impl CustomDomains {
             lookup,
             cache,
             in_flight,
+            per_zone: Arc::default(),
             runtime,
         }
     }
@@ -220,6 +281,8 @@ impl CustomDomains {
 
     async fn fetch(&self, domain: &str) -> Result<Arc<Cached>, CustomDomainError> {
         let name = format!("{}.{domain}.", self.config.txt_prefix);
+        let zone_slot = ZoneSlot::take(&self.per_zone, domain, self.config.max_lookups_per_zone)
+            .ok_or(CustomDomainError::Busy)?;
         let permit = self
             .in_flight
             .clone()
@@ -231,7 +294,7 @@ impl CustomDomains {
         let result = self
             .runtime
             .spawn(async move {
-                let _permit = permit;
+                let _permit = (permit, zone_slot);
                 tokio::time::timeout(limit, lookup.lookup_txt(query)).await
             })
             .await;
@@ -245,10 +308,18 @@ impl CustomDomains {
                 ttl: self.config.negative_ttl,
             }))
         };
+        // A failure is cached too (briefly): a zone that does not answer costs one lookup per
+        // name per `failure_ttl`, not one per connection.
+        let failure = |reason: String| {
+            Ok(Arc::new(Cached {
+                answer: Err(failed(reason)),
+                ttl: self.config.failure_ttl,
+            }))
+        };
         match result {
             Err(e) => Err(failed(format!("lookup task: {e}"))),
-            Ok(Err(_)) => Err(failed(format!("no answer within {:?}", limit))),
-            Ok(Ok(Err(TxtError::Failed(reason)))) => Err(failed(reason)),
+            Ok(Err(_)) => failure(format!("no answer within {:?}", limit)),
+            Ok(Ok(Err(TxtError::Failed(reason)))) => failure(reason),
             Ok(Ok(Err(TxtError::NotFound))) => negative(CustomDomainError::NoRecord(name.clone())),
             Ok(Ok(Ok(answer))) => match parse_records(&answer.records) {
                 Ok(target) => Ok(Arc::new(Cached {
@@ -261,6 +332,55 @@ impl CustomDomains {
                 }),
             },
         }
+    }
+}
+
+/// One lookup slot of a zone, given back on drop.
+struct ZoneSlot {
+    zones: Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
+    zone: String,
+}
+
+impl ZoneSlot {
+    /// A slot under `domain`'s zone (its last two labels), if fewer than `max` are taken.
+    fn take(
+        zones: &Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
+        domain: &str,
+        max: usize,
+    ) -> Option<ZoneSlot> {
+        let zone = zone_of(domain).to_owned();
+        let mut z = zones.lock().unwrap_or_else(|p| p.into_inner());
+        let n = z.entry(zone.clone()).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(ZoneSlot {
+            zones: zones.clone(),
+            zone,
+        })
+    }
+}
+
+impl Drop for ZoneSlot {
+    fn drop(&mut self) {
+        let mut z = self.zones.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = z.get_mut(&self.zone) {
+            *n -= 1;
+            if *n == 0 {
+                z.remove(&self.zone);
+            }
+        }
+    }
+}
+
+/// The zone a domain's lookups are counted under: its last two labels (a registrable domain
+/// for most names; no public-suffix list is consulted).
+fn zone_of(domain: &str) -> &str {
+    let d = domain.trim_end_matches('.');
+    match d.rmatch_indices('.').nth(1) {
+        Some((i, _)) => &d[i + 1..],
+        None => d,
     }
 }
 
@@ -447,8 +567,10 @@ mod tests {
         assert_eq!(c.calls.load(Ordering::SeqCst), 4, "negative answer expired");
     }
 
+    /// Issue 16 §9: a failure (SERVFAIL, timeout) is cached for `failure_ttl`, then asked
+    /// again; lookups are bounded overall.
     #[tokio::test]
-    async fn failures_are_not_cached_and_lookups_are_bounded() {
+    async fn hardening_failures_are_cached_briefly_and_lookups_are_bounded() {
         let c = Arc::new(Counting::default());
         c.answers.lock().unwrap().push((
             "_gatehouse-app-address.f.example.".into(),
@@ -456,6 +578,7 @@ mod tests {
         ));
         let config = CustomDomainsConfig {
             max_concurrent_lookups: 1,
+            failure_ttl: Duration::from_millis(200),
             ..Default::default()
         };
         let r = Arc::new(resolver(&c, config));
@@ -464,11 +587,46 @@ mod tests {
             Err(CustomDomainError::LookupFailed { .. })
         ));
         assert!(r.resolve("f.example").await.is_err());
-        assert_eq!(c.calls.load(Ordering::SeqCst), 2, "failure not cached");
+        assert_eq!(c.calls.load(Ordering::SeqCst), 1, "failure cached");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(r.resolve("f.example").await.is_err());
+        assert_eq!(c.calls.load(Ordering::SeqCst), 2, "failure expired");
         let r2 = r.clone();
         let slow = tokio::spawn(async move { r2.resolve("a.example").await });
         tokio::time::sleep(Duration::from_millis(10)).await;
         assert_eq!(r.resolve("b.example").await, Err(CustomDomainError::Busy));
         assert!(slow.await.unwrap().is_err());
+    }
+
+    /// Issue 16 §9: names under one zone hold at most `max_lookups_per_zone` slots; another
+    /// zone is still looked up meanwhile.
+    #[tokio::test]
+    async fn hardening_one_zone_cannot_take_every_lookup_slot() {
+        let c = Arc::new(Counting::default());
+        let config = CustomDomainsConfig {
+            max_lookups_per_zone: 2,
+            ..Default::default()
+        };
+        let r = Arc::new(resolver(&c, config));
+        let slow: Vec<_> = (0..2)
+            .map(|i| {
+                let r = r.clone();
+                tokio::spawn(async move { r.resolve(&format!("n{i}.blackhole.example")).await })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert_eq!(
+            r.resolve("n9.blackhole.example").await,
+            Err(CustomDomainError::Busy)
+        );
+        assert!(matches!(
+            r.resolve("shop.other.example").await,
+            Err(CustomDomainError::NoRecord(_))
+        ));
+        for t in slow {
+            assert!(t.await.unwrap().is_err());
+        }
+        assert_eq!(zone_of("a.b.shop.example.org."), "example.org");
+        assert_eq!(zone_of("localhost"), "localhost");
     }
 }
