@@ -101,3 +101,35 @@ fn development_defaults_serve_the_demo_app_to_curl() {
     assert!(body.contains("GET /hi"), "{body}");
     assert!(gw.metric("gatehouse_connections_relayed_total") <= 1);
 }
+
+/// Issue 16 §7: a VPC app policy that pins no measurement, or one that trusts the simulator's
+/// root on a gateway with a real TEE, is a config error named by `check-config`.
+#[test]
+fn security_check_config_refuses_unpinned_and_simulator_vpc_policies() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = |tee: &str| {
+        format!(
+            "[proxy]\nlisten = [\"127.0.0.1:9443\"]\nbase_domains = [\"gw.test\"]\n[[apps]]\nid = \"shop\"\n[vpc]\nprefix = \"10.88.0.0/24\"\ngateway_address = \"10.88.0.1\"\nregister_listen = \"127.0.0.1:0\"\n[vpc.apps.shop]\npolicy = \"shop.toml\"\n{tee}"
+        )
+    };
+    let check = |policy: &str, tee: &str| {
+        std::fs::write(dir.path().join("shop.toml"), policy).unwrap();
+        let path = dir.path().join("gw.toml");
+        std::fs::write(&path, config(tee)).unwrap();
+        let out = Command::new(binary())
+            .args(["check-config", path.to_str().unwrap()])
+            .output()
+            .unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let pinned = format!("mrtd = [\"{}\"]\n", "ab".repeat(48));
+    let sim = "[tee]\nprovider = \"simulator\"\n";
+    let (code, err) = check("allow_smt = true\n", sim);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("vpc.apps.shop.policy") && err.contains("pins no measurement"), "{err}");
+    let (code, err) = check(&format!("{pinned}insecure_trust_simulator_root = true\n"), "");
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("would admit forged quotes"), "{err}");
+    let (code, err) = check(&format!("{pinned}insecure_trust_simulator_root = true\n"), sim);
+    assert_eq!(code, Some(0), "{err}");
+}
