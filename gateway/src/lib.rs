@@ -17,6 +17,7 @@ pub mod acme;
 pub mod admin;
 pub mod app;
 pub mod attestation;
+pub mod client_tls;
 pub mod conn;
 pub mod demo;
 pub mod devca;

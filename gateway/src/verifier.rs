@@ -370,32 +370,7 @@ async fn fetch(o: &Options) -> Result<(Bundle, CertificateDer<'static>), String>
         .ok_or_else(|| format!("{}: no host", o.url))?
         .to_owned();
     let port = uri.port_u16().unwrap_or(443);
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?;
-    let mut config = match &o.cacert {
-        Some(path) => {
-            use rustls_pki_types::pem::PemObject;
-            let mut roots = rustls::RootCertStore::empty();
-            for c in CertificateDer::pem_file_iter(path)
-                .map_err(|e| format!("{}: {e}", path.display()))?
-            {
-                let c = c.map_err(|e| format!("{}: {e}", path.display()))?;
-                roots
-                    .add(c)
-                    .map_err(|e| format!("{}: {e}", path.display()))?;
-            }
-            builder.with_root_certificates(roots).with_no_client_auth()
-        }
-        None => {
-            let v = rustls_platform_verifier::Verifier::new(provider).map_err(|e| e.to_string())?;
-            builder
-                .dangerous() // not dangerous: the platform verifier does full WebPKI validation
-                .with_custom_certificate_verifier(Arc::new(v))
-                .with_no_client_auth()
-        }
-    };
+    let mut config = crate::client_tls::config(o.cacert.as_deref())?;
     config.alpn_protocols = vec![crate::attestation::ATTEST_ALPN.to_vec()];
     // RFC 6761: `localhost` and its subdomains are loopback (curl and browsers agree; the
     // system resolver often knows only `localhost` itself).

@@ -279,7 +279,10 @@ fn wildcard_by_dns01_is_served_locked_by_caa_and_reused_after_a_restart() {
                 "--caa-issuer",
                 issuer,
             ])
-            .args(["--insecure-trust-simulator-root", "--accept-any-measurements"])
+            .args([
+                "--insecure-trust-simulator-root",
+                "--accept-any-measurements",
+            ])
             .output()
             .unwrap()
     };
@@ -303,7 +306,10 @@ fn wildcard_by_dns01_is_served_locked_by_caa_and_reused_after_a_restart() {
         .args(["--connect", &gw.addr.to_string()])
         .args(["--cacert", root_file.to_str().unwrap()])
         .args(["--dns-server", &knot.addr.to_string()])
-        .args(["--insecure-trust-simulator-root", "--accept-any-measurements"])
+        .args([
+            "--insecure-trust-simulator-root",
+            "--accept-any-measurements",
+        ])
         .arg("--save")
         .arg(&bundle_file)
         .output()

@@ -120,16 +120,52 @@ fn security_check_config_refuses_unpinned_and_simulator_vpc_policies() {
             .args(["check-config", path.to_str().unwrap()])
             .output()
             .unwrap();
-        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     };
     let pinned = format!("mrtd = [\"{}\"]\n", "ab".repeat(48));
     let sim = "[tee]\nprovider = \"simulator\"\n";
     let (code, err) = check("allow_smt = true\n", sim);
     assert_eq!(code, Some(2), "{err}");
-    assert!(err.contains("vpc.apps.shop.policy") && err.contains("pins no measurement"), "{err}");
-    let (code, err) = check(&format!("{pinned}insecure_trust_simulator_root = true\n"), "");
+    assert!(
+        err.contains("vpc.apps.shop.policy") && err.contains("pins no measurement"),
+        "{err}"
+    );
+    let (code, err) = check(
+        &format!("{pinned}insecure_trust_simulator_root = true\n"),
+        "",
+    );
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("would admit forged quotes"), "{err}");
-    let (code, err) = check(&format!("{pinned}insecure_trust_simulator_root = true\n"), sim);
+    let (code, err) = check(
+        &format!("{pinned}insecure_trust_simulator_root = true\n"),
+        sim,
+    );
     assert_eq!(code, Some(0), "{err}");
+}
+
+/// Issue 16 §7: the agent refuses a gateway policy that pins nothing before it connects.
+#[test]
+fn security_agent_refuses_an_unpinned_gateway_policy() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("gateway.toml");
+    std::fs::write(&policy, "insecure_trust_simulator_root = true\n").unwrap();
+    let out = Command::new(binary())
+        .args([
+            "agent",
+            "--register",
+            "https://127.0.0.1:9",
+            "--app-id",
+            "shop",
+            "--once",
+        ])
+        .arg("--gateway-policy")
+        .arg(&policy)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("pins no measurement"), "{err}");
 }

@@ -203,6 +203,54 @@ async fn security_relabelled_event_is_refused_at_registration() {
     }
 }
 
+/// Issue 16 §8: 5,000 challenges from someone else between an agent's challenge and its
+/// registration do not evict its nonce (the attempt gets past the nonce check and fails only
+/// at the binding, its quote being for another key); an unknown app id of 300 KiB is echoed
+/// back (and logged) cut to 64 characters.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn security_challenge_flood_keeps_nonces_and_refusals_are_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(gatehouse_store::Embedded::open(&dir.path().join("state.redb")).unwrap());
+    let config = vpc_config();
+    let leases = Leases::new(store, config.prefix, vec![config.gateway_address]);
+    let sim = Simulator::new(SimulatorConfig::default()).unwrap();
+    let policy = Policy::parse(&format!(
+        "insecure_trust_simulator_root = true\nmrtd = [\"{}\"]",
+        gatehouse_attest::hex::encode(&SimulatorConfig::default().mrtd)
+    ))
+    .unwrap();
+    let registrar = Registrar::new(
+        config,
+        leases,
+        Arc::new(Uapi::new("ghnone1")),
+        KeyPair::generate().unwrap(),
+        HashMap::from([("shop".to_owned(), policy)]),
+        Arc::new(CollateralSource::new(
+            Some(sim.collateral().unwrap()),
+            Pccs::new(DEFAULT_PCCS, std::time::Duration::from_secs(1)).unwrap(),
+        )),
+    );
+    let (cvm, other) = (KeyPair::generate().unwrap(), KeyPair::generate().unwrap());
+    let nonce = registrar.challenge().unwrap();
+    for _ in 0..5_000 {
+        registrar.challenge().unwrap();
+    }
+    let evidence = futures_lite(sim.quote(report_data("shop", &other.public, &nonce)));
+    let mut req = RegisterRequest {
+        app_id: "shop".into(),
+        wg_public_key: base64(&cvm.public),
+        nonce: gatehouse_attest::hex::encode(&nonce),
+        evidence,
+    };
+    let now = gatehouse_attest::unix_now();
+    let e = registrar.register(&req, now).await.unwrap_err();
+    assert_eq!(e.check, "binding", "the nonce survived the flood: {e}");
+    req.app_id = "x".repeat(300 * 1024);
+    let e = registrar.register(&req, now).await.unwrap_err();
+    assert_eq!(e.check, "app");
+    assert!(e.reason.len() < 120, "{} bytes", e.reason.len());
+}
+
 /// Runs a ready future to completion on this thread (the simulator's quote never waits).
 fn futures_lite<T, E: std::fmt::Debug>(f: impl std::future::Future<Output = Result<T, E>>) -> T {
     tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(f))

@@ -111,7 +111,9 @@ impl HickoryTxt {
                 ResolverConfig::from_name_servers(servers),
                 TokioRuntimeProvider::default(),
             )
-            .with_tls_config(dot_client_config(config.dns_tls_ca_file.as_deref())?)
+            .with_tls_config(crate::client_tls::config(
+                config.dns_tls_ca_file.as_deref(),
+            )?)
         } else if config.nameservers.is_empty() {
             warn_plain_dns();
             TokioResolver::builder_tokio().map_err(|e| format!("system DNS config: {e}"))?
@@ -139,35 +141,6 @@ fn warn_plain_dns() {
         "custom domains resolve over plain DNS: in a CVM the host answers it and can move a \
          custom domain to another app; set proxy.custom_domains.dns_over_tls"
     );
-}
-
-/// The TLS client for DNS-over-TLS: the CA file's roots, else the platform's verifier.
-fn dot_client_config(ca: Option<&std::path::Path>) -> Result<rustls::ClientConfig, String> {
-    use rustls_pki_types::pem::PemObject;
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?;
-    let config = match ca {
-        Some(path) => {
-            let shown = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
-            let mut roots = rustls::RootCertStore::empty();
-            for c in rustls_pki_types::CertificateDer::pem_file_iter(path).map_err(|e| shown(&e))? {
-                roots
-                    .add(c.map_err(|e| shown(&e))?)
-                    .map_err(|e| shown(&e))?;
-            }
-            builder.with_root_certificates(roots).with_no_client_auth()
-        }
-        None => {
-            let v = rustls_platform_verifier::Verifier::new(provider).map_err(|e| e.to_string())?;
-            builder
-                .dangerous() // not dangerous: the platform verifier does full WebPKI validation
-                .with_custom_certificate_verifier(Arc::new(v))
-                .with_no_client_auth()
-        }
-    };
-    Ok(config)
 }
 
 impl TxtLookup for HickoryTxt {
