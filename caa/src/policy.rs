@@ -1,5 +1,24 @@
 //! The verdict for one served name, from its relevant CAA record set (RFC 8659 §3 lookup done
 //! by the caller) and our policy: which issuers we accept, our ACME account URIs, our methods.
+//!
+//! Records are read the way the strictest CA we order from reads them, and where CAs differ
+//! the verdict assumes the reading that lets someone else issue. The behaviours encoded, each
+//! with its `caa_conformance_*` test:
+//!
+//! | record (relevant set) | Boulder (`va/caa.go`) / RFC | our verdict |
+//! | --- | --- | --- |
+//! | `issue ";"` | nobody may issue (RFC 8659 §4.2) | blocked |
+//! | `issue "<ca>; accounturi=<ours>"` | only our account | locked |
+//! | `issue "<ca>; AccountURI=<ours>"` | tag is case-sensitive: no restriction | unlocked |
+//! | `... accounturi=<ours>; accounturi=<other>` | a map: the last one wins | unlocked |
+//! | `... accounturi=<other>; accounturi=<ours>` | the last one (ours) wins; another CA may take the first | unlocked |
+//! | `issue "<ca>"` | any account of that CA | unlocked |
+//! | a value that does not parse, naming our CA | skipped by Boulder, read otherwise by others | unlocked |
+//! | `issue "<ca>."` (trailing dot) | no match in Boulder; others may normalise | unlocked |
+//! | `issue "<ca>; accounturi=<ours>; validationmethods=http-01"` | our account, only that method | blocked (for us) |
+//! | `... ValidationMethods=http-01` (other case) | ignored: any method | locked |
+//! | unknown tag with flag 128, or flag 1 | critical (Boulder reads bit 1 as critical too) | blocked |
+//! | `issue "<ours>"` beside `issue "<other ca>"` | records are additive | unlocked |
 
 use crate::value::{parse_issue_value, IssueValue};
 use crate::CaaRecord;
@@ -48,16 +67,14 @@ impl std::fmt::Display for Verdict {
     }
 }
 
-/// Tags RFC 8659 and its extensions define; any other tag with the critical bit blocks issuance.
-const KNOWN_TAGS: &[&str] = &[
-    "issue",
-    "issuewild",
-    "iodef",
-    "issuemail",
-    "issuevmc",
-    "contactemail",
-    "contactphone",
-];
+/// Tags Boulder recognises (case-insensitively); any other tag with a critical flag blocks
+/// issuance. A stricter list than RFC 8659's registry: a CA that does not know a critical tag
+/// refuses, and our own orders would fail there.
+const KNOWN_TAGS: &[&str] = &["issue", "issuewild", "iodef", "issuemail"];
+
+/// The flag bits read as "critical": 128 per RFC 8659, and 1, which Boulder also reads as
+/// critical because many zones set it by mistake.
+const CRITICAL: u8 = 128 | 1;
 
 /// What one issue/issuewild record allows.
 enum Grant {
@@ -73,12 +90,14 @@ enum Grant {
 
 /// Evaluates the relevant record set of `name` (`*.x` for a wildcard).
 pub fn evaluate(name: &str, set: &[CaaRecord], policy: &Policy) -> Verdict {
-    if let Some(r) = set
-        .iter()
-        .find(|r| r.flags & 0x80 != 0 && !KNOWN_TAGS.iter().any(|t| r.tag.eq_ignore_ascii_case(t)))
-    {
+    if let Some(r) = set.iter().find(|r| {
+        r.flags & CRITICAL != 0 && !KNOWN_TAGS.iter().any(|t| r.tag.eq_ignore_ascii_case(t))
+    }) {
         return Verdict::Blocked {
-            reason: format!("critical unknown tag {:?} forbids all issuance", r.tag),
+            reason: format!(
+                "unknown tag {:?} with flags {} (critical) forbids all issuance",
+                r.tag, r.flags
+            ),
         };
     }
     let wildcard = name.starts_with("*.");
@@ -125,9 +144,22 @@ pub fn evaluate(name: &str, set: &[CaaRecord], policy: &Policy) -> Verdict {
 fn grant(record: &CaaRecord, policy: &Policy) -> Grant {
     let shown = String::from_utf8_lossy(&record.value);
     let what = format!("{} {:?}", record.tag, shown);
+    // Nobody: no issuer before the first ';' (whatever follows, no CA reads an issuer here).
+    let before = record
+        .value
+        .split(|b| *b == b';')
+        .next()
+        .unwrap_or_default();
+    if before.iter().all(|b| *b == b' ' || *b == b'\t') {
+        return Grant::Nobody(format!("{what} authorizes nobody"));
+    }
     let value: IssueValue = match parse_issue_value(&record.value) {
         Ok(v) => v,
-        Err(e) => return Grant::Nobody(format!("{what} is malformed ({e}) and authorizes nobody")),
+        Err(e) => {
+            return Grant::Others(format!(
+                "{what} is malformed ({e}): a CA may read it as authorizing others"
+            ))
+        }
     };
     let Some(issuer) = &value.issuer else {
         return Grant::Nobody(format!("{what} authorizes nobody"));
@@ -135,6 +167,17 @@ fn grant(record: &CaaRecord, policy: &Policy) -> Grant {
     if !policy.issuers.iter().any(|i| i == issuer) {
         return Grant::Others(format!(
             "{what} authorizes CA {issuer}, which we do not use"
+        ));
+    }
+    // Boulder matches the tag exactly; another spelling restricts nothing there.
+    if let Some((tag, _)) = value
+        .params
+        .iter()
+        .find(|(t, _)| t != "accounturi" && t.eq_ignore_ascii_case("accounturi"))
+    {
+        return Grant::Others(format!(
+            "{what} spells the tag {tag:?}: Boulder reads only \"accounturi\", so any \
+             {issuer} account may issue"
         ));
     }
     let accounts = value.param("accounturi");
@@ -146,8 +189,8 @@ fn grant(record: &CaaRecord, policy: &Policy) -> Grant {
         }
         [one] => one,
         _ => {
-            return Grant::Nobody(format!(
-                "{what} has several accounturi parameters and authorizes nobody"
+            return Grant::Others(format!(
+                "{what} repeats accounturi: Boulder keeps the last, others may keep another"
             ))
         }
     };
@@ -159,8 +202,8 @@ fn grant(record: &CaaRecord, policy: &Policy) -> Grant {
         [] => return Grant::Us, // our account only; every method of it is ours
         [one] => one,
         _ => {
-            return Grant::Nobody(format!(
-                "{what} has several validationmethods parameters and authorizes nobody"
+            return Grant::UsWithoutOurMethods(format!(
+                "{what} repeats validationmethods; CAs disagree on which one counts"
             ))
         }
     };
@@ -169,8 +212,8 @@ fn grant(record: &CaaRecord, policy: &Policy) -> Grant {
         .iter()
         .any(|m| m.is_empty() || !m.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'))
     {
-        return Grant::Nobody(format!(
-            "{what} has a malformed validationmethods list and authorizes nobody"
+        return Grant::UsWithoutOurMethods(format!(
+            "{what} has a malformed validationmethods list"
         ));
     }
     if names
@@ -295,22 +338,6 @@ mod tests {
     fn blocked_when_nothing_authorizes_us() {
         assert!(is_blocked(&verdict("a.gw.test", &[issue("issue", ";")])));
         assert!(
-            is_blocked(&verdict("a.gw.test", &[issue("issue", "%%%%%")])),
-            "malformed authorizes nobody"
-        );
-        assert!(
-            is_blocked(&verdict(
-                "a.gw.test",
-                &[issue("issue", "letsencrypt.org.; accounturi=x")]
-            )),
-            "trailing dot"
-        );
-        let two = format!("{}; accounturi=https://other", ours(""));
-        assert!(
-            is_blocked(&verdict("a.gw.test", &[issue("issue", &two)])),
-            "two accounturi: unsatisfiable"
-        );
-        assert!(
             is_blocked(&verdict(
                 "a.gw.test",
                 &[issue("issue", &ours("; validationmethods=http-01"))]
@@ -324,14 +351,7 @@ mod tests {
             )),
             "bad method label"
         );
-        let v = verdict(
-            "a.gw.test",
-            &[
-                CaaRecord::new(128, "tbs", "Unknown"),
-                issue("issue", &ours("")),
-            ],
-        );
-        assert!(is_blocked(&v), "critical unknown tag: {v:?}");
+
         assert_eq!(
             verdict(
                 "a.gw.test",
@@ -353,7 +373,7 @@ mod tests {
             reason.contains("ca.example.net") && reason.contains("which we do not use"),
             "{reason}"
         );
-        let Verdict::Blocked { reason } = verdict("a.gw.test", &[issue("issue", "%%%%%")]) else {
+        let Verdict::Unlocked { reason } = verdict("a.gw.test", &[issue("issue", "%%%%%")]) else {
             panic!()
         };
         assert!(
@@ -375,5 +395,131 @@ mod tests {
             ),
         ];
         assert_eq!(evaluate("a.gw.test", &set, &p), Verdict::Locked);
+    }
+
+    // One test per row of the table in the module doc (issue 18 §1).
+
+    const OTHER: &str = "https://acme-v02.api.letsencrypt.org/acme/acct/999";
+
+    #[test]
+    fn caa_conformance_bare_semicolon_authorizes_nobody() {
+        assert!(is_blocked(&verdict("a.gw.test", &[issue("issue", ";")])));
+        assert!(is_blocked(&verdict("a.gw.test", &[issue("issue", " ; ")])));
+    }
+
+    #[test]
+    fn caa_conformance_our_exact_account_locks() {
+        assert_eq!(
+            verdict("a.gw.test", &[issue("issue", &ours(""))]),
+            Verdict::Locked
+        );
+    }
+
+    #[test]
+    fn caa_conformance_tag_spelled_otherwise_restricts_nothing() {
+        let v = verdict(
+            "a.gw.test",
+            &[issue(
+                "issue",
+                &format!("letsencrypt.org; AccountURI={ACCOUNT}"),
+            )],
+        );
+        assert!(is_unlocked(&v), "{v:?}");
+        assert!(v.to_string().contains("AccountURI"), "{v}");
+    }
+
+    #[test]
+    fn caa_conformance_repeated_accounturi_ours_first_unlocks() {
+        let set = [
+            issue("issue", &ours("")),
+            issue("issue", &format!("{}; accounturi={OTHER}", ours(""))),
+        ];
+        assert!(
+            is_unlocked(&verdict("a.gw.test", &set)),
+            "Boulder keeps the last: {OTHER}"
+        );
+    }
+
+    #[test]
+    fn caa_conformance_repeated_accounturi_ours_last_unlocks() {
+        let v = format!("letsencrypt.org; accounturi={OTHER}; accounturi={ACCOUNT}");
+        assert!(is_unlocked(&verdict("a.gw.test", &[issue("issue", &v)])));
+    }
+
+    #[test]
+    fn caa_conformance_no_accounturi_unlocks() {
+        assert!(is_unlocked(&verdict(
+            "a.gw.test",
+            &[issue("issue", "letsencrypt.org")]
+        )));
+    }
+
+    #[test]
+    fn caa_conformance_malformed_value_naming_our_ca_unlocks() {
+        for raw in [
+            format!("{}; foo", ours("")),
+            format!("letsencrypt.org; accounturi={ACCOUNT} x"),
+            "%%%%%".to_owned(),
+        ] {
+            let v = verdict("a.gw.test", &[issue("issue", &raw)]);
+            assert!(is_unlocked(&v), "{raw}: {v:?}");
+        }
+    }
+
+    #[test]
+    fn caa_conformance_trailing_dot_issuer_unlocks() {
+        let raw = format!("letsencrypt.org.; accounturi={ACCOUNT}");
+        assert!(is_unlocked(&verdict("a.gw.test", &[issue("issue", &raw)])));
+    }
+
+    #[test]
+    fn caa_conformance_our_account_without_our_methods_blocks_us() {
+        let v = verdict(
+            "a.gw.test",
+            &[issue("issue", &ours("; validationmethods=http-01"))],
+        );
+        assert!(is_blocked(&v), "{v:?}");
+    }
+
+    #[test]
+    fn caa_conformance_methods_tag_spelled_otherwise_is_ignored() {
+        let v = verdict(
+            "a.gw.test",
+            &[issue("issue", &ours("; ValidationMethods=http-01"))],
+        );
+        assert_eq!(v, Verdict::Locked);
+    }
+
+    #[test]
+    fn caa_conformance_critical_unknown_tag_blocks_with_flag_128_or_1() {
+        for flags in [128, 1, 129] {
+            let v = verdict(
+                "a.gw.test",
+                &[CaaRecord::new(flags, "tbs", "x"), issue("issue", &ours(""))],
+            );
+            assert!(is_blocked(&v), "flags {flags}: {v:?}");
+        }
+        let v = verdict(
+            "a.gw.test",
+            &[
+                CaaRecord::new(128, "issuevmc", "x"),
+                issue("issue", &ours("")),
+            ],
+        );
+        assert!(is_blocked(&v), "a tag Boulder does not know: {v:?}");
+        let v = verdict(
+            "a.gw.test",
+            &[
+                CaaRecord::new(128, "iodef", "mailto:x@y"),
+                issue("issue", &ours("")),
+            ],
+        );
+        assert_eq!(v, Verdict::Locked, "a known critical tag is fine");
+    }
+
+    #[test]
+    fn caa_conformance_records_are_additive() {
+        let set = [issue("issue", &ours("")), issue("issue", "ca.example.net")];
+        assert!(is_unlocked(&verdict("a.gw.test", &set)));
     }
 }

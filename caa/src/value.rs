@@ -17,11 +17,12 @@ pub struct IssueValue {
 }
 
 impl IssueValue {
-    /// Values of every parameter whose tag equals `tag` (case-insensitive).
+    /// Values of every parameter whose tag is exactly `tag` (as Boulder matches them: a tag
+    /// spelled in another case is another tag).
     pub fn param(&self, tag: &str) -> Vec<&str> {
         self.params
             .iter()
-            .filter(|(t, _)| t.eq_ignore_ascii_case(tag))
+            .filter(|(t, _)| t == tag)
             .map(|(_, v)| v.as_str())
             .collect()
     }
@@ -110,7 +111,11 @@ mod tests {
         let v = ok(" letsencrypt.org ; accounturi = https://acme/acct/1 ;validationmethods=dns-01,tls-alpn-01 ");
         assert_eq!(v.issuer.as_deref(), Some("letsencrypt.org"));
         assert_eq!(v.param("accounturi"), vec!["https://acme/acct/1"]);
-        assert_eq!(v.param("ValidationMethods"), vec!["dns-01,tls-alpn-01"]);
+        assert_eq!(v.param("validationmethods"), vec!["dns-01,tls-alpn-01"]);
+        assert!(
+            v.param("ValidationMethods").is_empty(),
+            "tags match exactly"
+        );
         assert_eq!(ok("ca.example.net; ").params, vec![]);
         assert_eq!(ok("ca.example.net;\tpolicy=ev").param("policy"), vec!["ev"]);
         assert_eq!(ok("ca.example.net; a=").param("a"), vec![""]);

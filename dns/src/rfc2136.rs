@@ -141,29 +141,34 @@ impl Rfc2136 {
         }
         let bytes = self.exchange(&msg).await?;
         let response = Message::from_vec(&bytes).map_err(|e| self.bad(e.to_string()))?;
-        if response.metadata.id != msg.metadata.id {
-            return Err(self.bad("response id does not match the request".into()));
-        }
+        wire::check_pairs(&msg, &response).map_err(|r| self.bad(r.into()))?;
         if let Some(key) = &self.key {
-            if let Some(why) = tsig_refusal(&response) {
-                return Err(DnsError::TsigRefused {
-                    server: self.server.to_string(),
-                    key: key.name.clone(),
-                    why,
-                });
-            }
-            match (&mut verifier, response.signature()) {
-                (Some(v), Some(_)) => {
-                    v.verify(&bytes).map_err(|e| {
-                        self.bad(format!(
-                            "response TSIG does not verify with key {:?}: {e}",
-                            key.name
-                        ))
-                    })?;
+            // The reply's signature first: a refusal that does not verify (servers send
+            // BADKEY/BADSIG unsigned, RFC 8945 §5.3.2) is reported as the server's word only.
+            let verified = match (&mut verifier, response.signature()) {
+                (Some(v), Some(_)) => v.verify(&bytes).map(drop).map_err(|e| e.to_string()),
+                _ => Err("unsigned".to_owned()),
+            };
+            let refusal = tsig_refusal(&response);
+            match (verified, refusal) {
+                (Ok(()), None) => {}
+                (Ok(()), Some(why)) => {
+                    return Err(DnsError::TsigRefused {
+                        server: self.server.to_string(),
+                        key: key.name.clone(),
+                        why,
+                    })
                 }
-                _ => {
+                (Err(_), Some(why)) => {
+                    return Err(DnsError::TsigRefused {
+                        server: self.server.to_string(),
+                        key: key.name.clone(),
+                        why: format!("{why} (in an unsigned reply: unverified)"),
+                    })
+                }
+                (Err(e), None) => {
                     return Err(self.bad(format!(
-                        "unsigned response to an update signed with key {:?}",
+                        "response TSIG does not verify with key {:?}: {e}",
                         key.name
                     )))
                 }

@@ -55,12 +55,10 @@ pub(crate) async fn query(
         server: server.to_string(),
         reason: e.to_string(),
     })?;
-    if response.metadata.id != msg.metadata.id {
-        return Err(DnsError::BadResponse {
-            server: server.to_string(),
-            reason: "response id does not match the query".into(),
-        });
-    }
+    check_pairs(&msg, &response).map_err(|reason| DnsError::BadResponse {
+        server: server.to_string(),
+        reason: reason.into(),
+    })?;
     match response.metadata.response_code {
         ResponseCode::NoError | ResponseCode::NXDomain => Ok(response.answers),
         rcode => Err(DnsError::Rejected {
@@ -69,6 +67,29 @@ pub(crate) async fn query(
             rcode: rcode.to_string(),
             hint: hint(rcode),
         }),
+    }
+}
+
+/// Whether `response` answers `request`: a response, the same id, and the same question (name
+/// compared case-insensitively, type and class), so an answer for another question on the
+/// same connection is never taken for this one.
+pub(crate) fn check_pairs(request: &Message, response: &Message) -> Result<(), &'static str> {
+    if response.metadata.message_type != MessageType::Response {
+        return Err("the reply is not a response");
+    }
+    if response.metadata.id != request.metadata.id {
+        return Err("response id does not match the query");
+    }
+    let same = response.queries.len() == request.queries.len()
+        && response.queries.iter().zip(&request.queries).all(|(a, b)| {
+            // hickory's `Name` equality ignores case
+            a.name() == b.name()
+                && a.query_type() == b.query_type()
+                && a.query_class() == b.query_class()
+        });
+    match same {
+        true => Ok(()),
+        false => Err("the response's question is not the query's"),
     }
 }
 
@@ -99,4 +120,47 @@ pub(crate) fn random_id() -> u16 {
         .map(|d| d.subsec_nanos() ^ (d.as_secs() as u32))
         .unwrap_or(0)
         & 0xffff) as u16
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn query_for(name: &str, rtype: RecordType) -> Message {
+        let mut m = Message::new(7, MessageType::Query, OpCode::Query);
+        let mut q = Query::new();
+        q.set_name(fqdn(name).unwrap()).set_query_type(rtype);
+        m.queries.push(q);
+        m
+    }
+
+    /// Issue 18 §5: a reply with the right id but another question is not an answer.
+    #[test]
+    fn cert_lifecycle_replies_must_carry_the_query_question() {
+        let request = query_for("gw.test", RecordType::CAA);
+        let mut reply = request.clone();
+        reply.metadata.message_type = MessageType::Response;
+        assert_eq!(check_pairs(&request, &reply), Ok(()));
+        let mut upper = reply.clone();
+        upper.queries = query_for("GW.test", RecordType::CAA).queries;
+        assert_eq!(
+            check_pairs(&request, &upper),
+            Ok(()),
+            "names compare case-insensitively"
+        );
+        let mut other = reply.clone();
+        other.queries = query_for("evil.test", RecordType::CAA).queries;
+        assert!(check_pairs(&request, &other)
+            .unwrap_err()
+            .contains("question"));
+        let mut other_type = reply.clone();
+        other_type.queries = query_for("gw.test", RecordType::TXT).queries;
+        assert!(check_pairs(&request, &other_type).is_err());
+        assert!(check_pairs(&request, &request)
+            .unwrap_err()
+            .contains("not a response"));
+        let mut wrong_id = reply.clone();
+        wrong_id.metadata.id = 8;
+        assert!(check_pairs(&request, &wrong_id).unwrap_err().contains("id"));
+    }
 }

@@ -137,3 +137,48 @@ fn caa_check_command() {
         "{text}"
     );
 }
+
+/// Issue 18 §1 through the binary and Knot, the two records reported as read too generously:
+/// another spelling of `accounturi`, and a record repeating it with another account beside
+/// ours. Boulder lets other accounts issue under both; `caa check` says UNLOCKED, exit 1.
+#[test]
+fn caa_conformance_check_reads_records_as_boulder_does() {
+    let knot = Knot::start(
+        "gw.test",
+        &[
+            &format!("spelled 60 CAA 0 issue \"letsencrypt.org; AccountURI={OURS}\""),
+            &format!("repeated 60 CAA 0 issue \"letsencrypt.org; accounturi={OURS}\""),
+            &format!(
+                "repeated 60 CAA 0 issue \"letsencrypt.org; accounturi={OURS}; accounturi=https://acme.test/acct/999\""
+            ),
+            "flagged 60 CAA 1 tbs \"x\"",
+            &format!("flagged 60 CAA 0 issue \"letsencrypt.org; accounturi={OURS}\""),
+        ],
+    );
+    let out = std::process::Command::new(gatehouse_tests::binary())
+        .args([
+            "caa",
+            "check",
+            "--account",
+            OURS,
+            "--server",
+            &knot.addr.to_string(),
+        ])
+        .args(["spelled.gw.test", "repeated.gw.test", "flagged.gw.test"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("spelled.gw.test: UNLOCKED: ") && text.contains("AccountURI"),
+        "{text}"
+    );
+    assert!(
+        text.contains("repeated.gw.test: UNLOCKED: ") && text.contains("repeats accounturi"),
+        "{text}"
+    );
+    assert!(
+        text.contains("flagged.gw.test: BLOCKED: ") && text.contains("critical"),
+        "{text}"
+    );
+}
