@@ -129,6 +129,22 @@ impl Rfc2136 {
             .set_query_type(RecordType::SOA);
         msg.queries.push(z);
         msg.authorities = records;
+        let response = self.signed_exchange(msg).await?;
+        let rcode = response.metadata.response_code;
+        if rcode != ResponseCode::NoError {
+            return Err(DnsError::Rejected {
+                server: self.server.to_string(),
+                zone: zone.to_string(),
+                rcode: rcode.to_string(),
+                hint: hint(rcode),
+            });
+        }
+        Ok(())
+    }
+
+    /// Sends `msg` signed with the key (when one is configured) and returns the reply once it
+    /// answers this question and, when signed, its signature verifies.
+    async fn signed_exchange(&self, mut msg: Message) -> Result<Message, DnsError> {
         let mut verifier = None;
         if let Some(key) = &self.key {
             let now = SystemTime::now()
@@ -142,52 +158,52 @@ impl Rfc2136 {
         let bytes = self.exchange(&msg).await?;
         let response = Message::from_vec(&bytes).map_err(|e| self.bad(e.to_string()))?;
         wire::check_pairs(&msg, &response).map_err(|r| self.bad(r.into()))?;
-        if let Some(key) = &self.key {
-            // The reply's signature first: a refusal that does not verify (servers send
-            // BADKEY/BADSIG unsigned, RFC 8945 §5.3.2) is reported as the server's word only.
-            let verified = match (&mut verifier, response.signature()) {
-                (Some(v), Some(_)) => v.verify(&bytes).map(drop).map_err(|e| e.to_string()),
-                _ => Err("unsigned".to_owned()),
-            };
-            let refusal = tsig_refusal(&response);
-            match (verified, refusal) {
-                (Ok(()), None) => {}
-                (Ok(()), Some(why)) => {
-                    return Err(DnsError::TsigRefused {
-                        server: self.server.to_string(),
-                        key: key.name.clone(),
-                        why,
-                    })
-                }
-                (Err(_), Some(why)) => {
-                    return Err(DnsError::TsigRefused {
-                        server: self.server.to_string(),
-                        key: key.name.clone(),
-                        why: format!("{why} (in an unsigned reply: unverified)"),
-                    })
-                }
-                (Err(e), None) => {
-                    return Err(self.bad(format!(
-                        "response TSIG does not verify with key {:?}: {e}",
-                        key.name
-                    )))
-                }
+        let Some(key) = &self.key else {
+            return Ok(response);
+        };
+        // The reply's signature first: a refusal that does not verify (servers send
+        // BADKEY/BADSIG unsigned, RFC 8945 §5.3.2) is reported as the server's word only.
+        let verified = match (&mut verifier, response.signature()) {
+            (Some(v), Some(_)) => v.verify(&bytes).map(drop).map_err(|e| e.to_string()),
+            _ => Err("unsigned".to_owned()),
+        };
+        let refused = |why: String| DnsError::TsigRefused {
+            server: self.server.to_string(),
+            key: key.name.clone(),
+            why,
+        };
+        match (verified, tsig_refusal(&response)) {
+            (Ok(()), None) => Ok(response),
+            (Ok(()), Some(why)) => Err(refused(why)),
+            (Err(_), Some(why)) => {
+                Err(refused(format!("{why} (in an unsigned reply: unverified)")))
             }
+            (Err(e), None) => Err(self.bad(format!(
+                "response TSIG does not verify with key {:?}: {e}",
+                key.name
+            ))),
         }
-        let rcode = response.metadata.response_code;
-        if rcode != ResponseCode::NoError {
-            return Err(DnsError::Rejected {
-                server: self.server.to_string(),
-                zone: zone.to_string(),
-                rcode: rcode.to_string(),
-                hint: hint(rcode),
-            });
-        }
-        Ok(())
     }
 
+    /// A query (no recursion) for `name`/`rtype`, signed and its reply verified like an update
+    /// when a key is configured: an on-path party cannot make the records we read differ from
+    /// the zone's. The answer section; NXDOMAIN = empty.
     async fn query(&self, name: &str, rtype: RecordType) -> Result<Vec<Record>, DnsError> {
-        wire::query(self.server, &fqdn(name)?, rtype, self.timeout).await
+        let name = fqdn(name)?;
+        let mut msg = Message::new(random_id(), MessageType::Query, OpCode::Query);
+        let mut q = Query::new();
+        q.set_name(name.clone()).set_query_type(rtype);
+        msg.queries.push(q);
+        let response = self.signed_exchange(msg).await?;
+        match response.metadata.response_code {
+            ResponseCode::NoError | ResponseCode::NXDomain => Ok(response.answers),
+            rcode => Err(DnsError::Rejected {
+                server: self.server.to_string(),
+                zone: name.to_string(),
+                rcode: rcode.to_string(),
+                hint: hint(rcode),
+            }),
+        }
     }
 
     async fn exchange(&self, msg: &Message) -> Result<Vec<u8>, DnsError> {

@@ -160,3 +160,20 @@ async fn an_unknown_tsig_key_is_one_clear_error_naming_the_key() {
         .await
         .is_err());
 }
+
+/// Issue 18 §5: the CAA records `set_caa` plans from are read through the TSIG-signed channel,
+/// so what is read is what the zone holds: with a key the server does not know, the read is
+/// refused like an update (an unsigned read would have answered and been believed).
+#[tokio::test]
+async fn cert_lifecycle_caa_is_read_through_the_signed_channel() {
+    let key = TsigSecret::random("gatehouse-update");
+    let knot = Knot::start_updatable("gw.test", &["@ 60 CAA 0 issue \"ca.example.net\""], &key);
+    let read = provider(&knot, &key).list_caa("gw.test").await.unwrap();
+    assert_eq!(read.len(), 1, "{read:?}");
+    let stranger = TsigSecret::random("not-configured");
+    let err = provider(&knot, &stranger)
+        .list_caa("gw.test")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, DnsError::TsigRefused { .. }), "{err:?}");
+}
