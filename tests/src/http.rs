@@ -42,6 +42,17 @@ impl HttpGateway {
         apps: &str,
         edit: impl FnOnce(String) -> String,
     ) -> HttpGateway {
+        HttpGateway::start_wrapped(proxy_extra, apps, edit, &[])
+    }
+
+    /// Like [`HttpGateway::start_edited`], the binary run through `wrapper` (e.g.
+    /// `["prlimit", "--nofile=2048:2048"]`).
+    pub fn start_wrapped(
+        proxy_extra: &str,
+        apps: &str,
+        edit: impl FnOnce(String) -> String,
+        wrapper: &[&str],
+    ) -> HttpGateway {
         let ca = TestCa::new();
         let dir = tempfile::tempdir().unwrap();
         let wild = ca.write(dir.path(), "wild", &["*.gw.test"]);
@@ -51,9 +62,11 @@ impl HttpGateway {
             "{}\n{apps}\n[tls]\ncertificates = [{wild}]\n",
             base_config(proxy_extra)
         );
-        let config = edit(config);
+        let path = dir.path().join("gatehouse.toml");
+        std::fs::write(&path, edit(config)).unwrap();
+        let args = ["run", "--config", path.to_str().unwrap()];
         HttpGateway {
-            gw: Gateway::start_in(dir, &config),
+            gw: Gateway::spawn_wrapped(dir, wrapper, &args),
             ca,
             ca_pem,
         }

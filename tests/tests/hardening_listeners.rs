@@ -4,10 +4,8 @@
 //! served the whole time. The gateway runs under a 2,048-descriptor limit (hard and soft) to
 //! make exhaustion reachable; today's code ran out of descriptors at about 2,040 sockets.
 
-use gatehouse_tests::http::http_app;
-use gatehouse_tests::pki::TestCa;
+use gatehouse_tests::http::{http_app, HttpGateway};
 use gatehouse_tests::servers::{bind, http_whoami};
-use gatehouse_tests::{base_config, Gateway};
 use std::time::{Duration, Instant};
 use tokio::io::AsyncReadExt;
 
@@ -17,27 +15,17 @@ async fn hardening_idle_sockets_on_plain_listeners_cannot_starve_tls() {
     let origin = bind([127, 0, 0, 1], 0).await.unwrap();
     let port = origin.local_addr().unwrap().port();
     http_whoami(origin, "origin");
-    let ca = TestCa::new();
-    let dir = tempfile::tempdir().unwrap();
-    let wild = ca.write(dir.path(), "wild", &["*.gw.test"]);
-    let ca_pem = dir.path().join("ca.pem");
-    std::fs::write(&ca_pem, &ca.pem).unwrap();
-    let config = format!(
-        "{}\n{}\n[tls]\ncertificates = [{wild}]\n",
-        base_config("[proxy.http]\nredirect_listen = \"127.0.0.1:0\"\n"),
-        http_app("web", port, &["127.0.0.1"], "")
-    );
-    let path = dir.path().join("gatehouse.toml");
-    std::fs::write(&path, config).unwrap();
-    let gw = Gateway::spawn_wrapped(
-        dir,
+    let s = HttpGateway::start_wrapped(
+        "[proxy.http]\nredirect_listen = \"127.0.0.1:0\"\n",
+        &http_app("web", port, &["127.0.0.1"], ""),
+        |c| c,
         &["prlimit", "--nofile=2048:2048"],
-        &["run", "--config", path.to_str().unwrap()],
     );
+    let (gw, ca_pem) = (&s.gw, &s.ca_pem);
     let served = || {
         let out = std::process::Command::new("curl")
             .args(["-sS", "--max-time", "5", "--cacert"])
-            .arg(&ca_pem)
+            .arg(ca_pem)
             .args([
                 "--resolve",
                 &format!("web.gw.test:{}:127.0.0.1", gw.addr.port()),
