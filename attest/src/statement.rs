@@ -218,7 +218,10 @@ mod tests {
         };
         let mut errors = vec![err(&s, b"hellO")];
         let mut t = s.clone();
-        t.signature = format!("00{}", &s.signature[2..]);
+        // One bit of the signature flipped (replacing the first byte with 00 left it unchanged
+        // one time in 256).
+        let first = u8::from_str_radix(&s.signature[..2], 16).unwrap() ^ 1;
+        t.signature = format!("{first:02x}{}", &s.signature[2..]);
         errors.push(err(&t, b"hello"));
         let mut t = s.clone();
         t.public_key = Signer::generate().unwrap().public_key_hex();
