@@ -358,6 +358,26 @@ fn read_leaf(path: &std::path::Path) -> Result<CertificateDer<'static>, String> 
         .map_err(|e| format!("{}: {e}", path.display()))
 }
 
+/// Text a server sent, safe to print on a terminal: control characters (escape sequences, CR,
+/// newlines) shown escaped, at most `max` characters, and a mark when cut. The exit code says
+/// what happened; this only keeps a hostile server from drawing "✓ verified" lines.
+pub fn printable(bytes: &[u8], max: usize) -> String {
+    let text = String::from_utf8_lossy(bytes);
+    let text = text.trim();
+    let mut out = String::new();
+    for (n, c) in text.chars().enumerate() {
+        if n == max {
+            out.push_str("… (cut)");
+            break;
+        }
+        match c {
+            c if c.is_control() => out.extend(c.escape_default()),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 /// One TLS connection (WebPKI validation on), ALPN `gatehouse-attest/1`: the leaf it served
 /// and the bundle fetched over it.
 async fn fetch(o: &Options) -> Result<(Bundle, CertificateDer<'static>), String> {
@@ -419,11 +439,25 @@ async fn fetch(o: &Options) -> Result<(Bundle, CertificateDer<'static>), String>
         .map_err(|e| e.to_string())?
         .to_bytes();
     if !status.is_success() {
-        return Err(format!(
-            "bundle: HTTP {status}: {}",
-            String::from_utf8_lossy(&body).trim()
-        ));
+        return Err(format!("bundle: HTTP {status}: {}", printable(&body, 200)));
     }
     let bundle = serde_json::from_slice(&body).map_err(|e| format!("bundle: {e}"))?;
     Ok((bundle, leaf))
+}
+
+#[cfg(test)]
+mod tests {
+    /// Issue 17 §8: a server's error text cannot draw on the user's terminal.
+    #[test]
+    fn exposure_server_text_is_escaped_and_capped() {
+        let hostile = b"503 \x1b[2K\r\xe2\x9c\x93 quote: verified\nverified\x07";
+        let shown = super::printable(hostile, 200);
+        assert!(!shown.chars().any(char::is_control), "{shown:?}");
+        assert!(
+            shown.contains("\\u{1b}") && shown.contains("\\n"),
+            "{shown}"
+        );
+        let long = super::printable(&[b'a'; 5000], 200);
+        assert_eq!(long.chars().count(), 200 + "… (cut)".chars().count());
+    }
 }

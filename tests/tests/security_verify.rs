@@ -216,3 +216,62 @@ async fn security_verify_names_imported_keys_and_development_sealing() {
         }
     }
 }
+
+/// Issue 17 §8 through the binary: a server answering the bundle request with 503 and terminal
+/// escape sequences that draw fake "✓ verified" lines gets them printed escaped, not drawn.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exposure_verify_prints_a_servers_text_escaped() {
+    use gatehouse_tests::pki::TestCa;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let ca = TestCa::new();
+    let issued = ca.issue(&["evil.test"]);
+    let mut server = (*ca.server(&issued)).clone();
+    server.alpn_protocols = vec![b"gatehouse-attest/1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(server));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let mut buf = [0u8; 4096];
+                let _ = tls.read(&mut buf).await;
+                let body = "\x1b[2K\r\x1b[1A✓ quote: verified\n✓ policy: verified\nverified\n";
+                let resp = format!(
+                    "HTTP/1.1 503 Service Unavailable\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = tls.write_all(resp.as_bytes()).await;
+                let _ = tls.shutdown().await;
+            });
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("ca.pem"), &ca.pem).unwrap();
+    let url = format!("https://evil.test:{}", addr.port());
+    let connect = addr.to_string();
+    let (code, out) = tokio::task::spawn_blocking(move || {
+        let args = [
+            "verify",
+            url.as_str(),
+            "--connect",
+            connect.as_str(),
+            "--cacert",
+            "ca.pem",
+            "--accept-any-measurements",
+        ];
+        gatehouse(dir.path(), &args)
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("HTTP 503"), "{out}");
+    assert!(
+        !out.contains('\x1b') && !out.contains('\r'),
+        "drawn raw: {out:?}"
+    );
+    assert!(out.contains("\\u{1b}"), "shown escaped: {out}");
+}
