@@ -31,30 +31,10 @@ async fn txt_record_routes_a_custom_domain() {
     );
     let dir = tempfile::tempdir().unwrap();
     let cert = ca.write(dir.path(), "shop", &["shop.custom.test", "*.custom.test"]);
-    let config = format!(
-        r#"
-[proxy]
-listen = ["127.0.0.1:0"]
-base_domains = ["gw.test"]
-allow_local_instances = true
-[proxy.custom_domains]
-nameservers = ["{}"]
-[[apps]]
-id = "web"
-[[apps.instances]]
-address = "127.0.0.1"
-[[apps]]
-id = "secure"
-[[apps.instances]]
-address = "127.0.0.1"
-[admin]
-listen = "127.0.0.1:0"
-insecure_no_auth = true
-{SIMULATED_TEE}
-[tls]
-certificates = [{cert}]
-"#,
-        knot.addr
+    let config = config(
+        &format!("nameservers = [\"{}\"]", knot.addr),
+        &["web", "secure"],
+        &cert,
     );
     let gw = Gateway::start_in(dir, &config);
 
@@ -90,6 +70,20 @@ certificates = [{cert}]
         "{log}"
     );
     assert!(log.contains("2 TXT records, expected exactly one"), "{log}");
+}
+
+/// A gateway config routing custom domains through `resolver` (TOML lines for
+/// `[proxy.custom_domains]`) to the apps in `apps`, serving `cert`.
+fn config(resolver: &str, apps: &[&str], cert: &str) -> String {
+    let apps: String = apps
+        .iter()
+        .map(|id| format!("[[apps]]\nid = \"{id}\"\n[[apps.instances]]\naddress = \"127.0.0.1\"\n"))
+        .collect();
+    format!(
+        "[proxy]\nlisten = [\"127.0.0.1:0\"]\nbase_domains = [\"gw.test\"]\nallow_local_instances = true\n\
+         [proxy.custom_domains]\n{resolver}\n{apps}[admin]\nlisten = \"127.0.0.1:0\"\ninsecure_no_auth = true\n\
+         {SIMULATED_TEE}\n[tls]\ncertificates = [{cert}]\n"
+    )
 }
 
 /// A real Unbound answering DNS over TLS from a local zone, under a certificate of the test CA.
@@ -170,25 +164,11 @@ async fn security_custom_domains_over_dns_over_tls() {
         let dir = tempfile::tempdir().unwrap();
         let cert = ca.write(dir.path(), "shop", &["shop.dot.test"]);
         std::fs::write(dir.path().join("ca.pem"), &ca.pem).unwrap();
-        let config = format!(
-            r#"
-[proxy]
-listen = ["127.0.0.1:0"]
-base_domains = ["gw.test"]
-allow_local_instances = true
-[proxy.custom_domains]
-dns_over_tls = ["{}#{tls_name}"]
-dns_tls_ca_file = "ca.pem"
-[[apps]]
-id = "web"
-[[apps.instances]]
-address = "127.0.0.1"
-{SIMULATED_TEE}
-[tls]
-certificates = [{cert}]
-"#,
+        let resolver = format!(
+            "dns_over_tls = [\"{}#{tls_name}\"]\ndns_tls_ca_file = \"ca.pem\"",
             dot.addr
         );
+        let config = config(&resolver, &["web"], &cert);
         let gw = Gateway::start_in(dir, &config);
         let result = tls_connect(gw.addr, "shop.dot.test", ca.client(&[])).await;
         match routes {

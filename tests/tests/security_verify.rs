@@ -34,28 +34,21 @@ fn security_verify_refuses_relabelled_events_unpinned_policies_and_backdated_sta
     let dir = gw.path().to_owned();
     let url = "https://demo.localhost:8443";
     let ca = ".gatehouse/dev-ca.pem";
+    // `verify` against the live gateway (simulator root trusted) with `extra`.
+    let live = |extra: &[&str]| {
+        let mut args = vec!["verify", url, "--cacert", ca, SIM];
+        args.extend_from_slice(extra);
+        gatehouse(&dir, &args)
+    };
 
     // No policy: the policy step fails, saying how to pin; the bundle is still saved.
-    let (code, out) = gatehouse(
-        &dir,
-        &["verify", url, "--cacert", ca, SIM, "--save", "bundle.json"],
-    );
+    let (code, out) = live(&["--save", "bundle.json"]);
     assert_eq!(code, 11, "{out}");
     assert!(
         out.contains("pins none") && out.contains("policy-from-bundle"),
         "{out}"
     );
-    let (code, out) = gatehouse(
-        &dir,
-        &[
-            "verify",
-            url,
-            "--cacert",
-            ca,
-            SIM,
-            "--accept-any-measurements",
-        ],
-    );
+    let (code, out) = live(&["--accept-any-measurements"]);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("any software accepted"), "{out}");
 
@@ -67,18 +60,7 @@ fn security_verify_refuses_relabelled_events_unpinned_policies_and_backdated_sta
         "{pinned}"
     );
     std::fs::write(dir.join("pinned.toml"), &pinned).unwrap();
-    let (code, out) = gatehouse(
-        &dir,
-        &[
-            "verify",
-            url,
-            "--cacert",
-            ca,
-            SIM,
-            "--policy",
-            "pinned.toml",
-        ],
-    );
+    let (code, out) = live(&["--policy", "pinned.toml"]);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("measurements pinned"), "{out}");
 
