@@ -67,11 +67,14 @@ pub fn report_data_for_claims(claims: &[u8]) -> [u8; 64] {
 }
 
 /// Issues a self-signed RA-TLS certificate for `key` (names as SANs), its quote from
-/// `provider` binding the key.
+/// `provider` binding the key. It is valid from an hour ago (clock skew) for `validity`,
+/// which should match the key's life, and carries the usual server-certificate extensions
+/// (key usage digitalSignature, extended key usage serverAuth).
 pub async fn certificate(
     provider: &dyn QuoteProvider,
     key: &KeyPair,
     names: &[String],
+    validity: std::time::Duration,
 ) -> Result<CertificateDer<'static>, AttestError> {
     let spki = rcgen::PublicKeyData::subject_public_key_info(key);
     let claims = claims_for(&spki);
@@ -88,6 +91,11 @@ pub async fn certificate(
         DnType::CommonName,
         names.first().map(String::as_str).unwrap_or("gatehouse"),
     );
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now - time::Duration::hours(1);
+    params.not_after = now + validity;
+    params.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
     params.custom_extensions = vec![CustomExtension::from_oid_content(
         OID_TCG_EVIDENCE,
         value.into_writer(),
@@ -625,8 +633,33 @@ mod tests {
     async fn ra_tls_cert(names: &[&str]) -> (CertificateDer<'static>, KeyPair) {
         let key = KeyPair::generate().unwrap();
         let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
-        let cert = certificate(&sim(), &key, &names).await.unwrap();
+        let cert = certificate(&sim(), &key, &names, std::time::Duration::from_secs(86400))
+            .await
+            .unwrap();
         (cert, key)
+    }
+
+    #[tokio::test]
+    async fn cert_lifecycle_ra_tls_certificates_live_as_long_as_their_key() {
+        let (cert, _) = ra_tls_cert(&["gw.test"]).await;
+        let (_, parsed) = x509_parser::parse_x509_certificate(&cert).unwrap();
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let v = parsed.validity();
+        let (from, to) = (v.not_before.timestamp(), v.not_after.timestamp());
+        assert!(
+            (now - 3700..=now - 3500).contains(&from),
+            "an hour of skew: {from} vs {now}"
+        );
+        assert!(
+            (now + 86300..=now + 86500).contains(&to),
+            "the key's day: {to} vs {now}"
+        );
+        let ku = parsed.key_usage().unwrap().unwrap().value;
+        assert!(ku.digital_signature() && !ku.key_cert_sign(), "{ku:?}");
+        let eku = parsed.extended_key_usage().unwrap().unwrap().value;
+        assert!(eku.server_auth && !eku.any, "{eku:?}");
+        assert!(!parsed.is_ca());
+        trusting().check(&cert).unwrap();
     }
 
     /// A certificate for `key` carrying `extension` instead of honest evidence.

@@ -6,8 +6,11 @@
 //!   are sealed; they are never logged (no `Debug` prints them).
 //! - [`order`]: one order through its challenges: DNS-01 via a [`DnsProvider`] (apex +
 //!   wildcard), TLS-ALPN-01 answered by the gateway's own listener ([`alpn`]).
-//! - [`schedule`]: when to renew (ARI window when the CA offers it, else 2/3 of the lifetime
-//!   with jitter) and how to back off after failures.
+//! - [`pending`]: an order between finalize and a stored certificate, kept sealed so a lost
+//!   certificate is downloaded again rather than ordered twice.
+//! - [`schedule`]: when to renew (ARI window when the CA offers it, asked again at its
+//!   `Retry-After`, else 2/3 of the lifetime with jitter; never later than expiry minus a
+//!   margin) and how to back off after failures.
 //! - [`manager`]: the loop that keeps each certificate fresh, checks CAA before every order,
 //!   and publishes ready `CertifiedKey`s to the data plane through [`manager::Publish`].
 //!
@@ -21,6 +24,7 @@ pub mod alpn;
 pub mod keys;
 pub mod manager;
 pub mod order;
+pub mod pending;
 pub mod schedule;
 pub mod stored;
 

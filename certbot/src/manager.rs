@@ -5,6 +5,7 @@
 use crate::account::{self, AccountSettings};
 use crate::keys::KeyType;
 use crate::order::{self, Request, Solver};
+use crate::pending::PendingOrder;
 use crate::schedule;
 use crate::stored::Issued;
 use crate::CertbotError;
@@ -74,10 +75,19 @@ pub struct CertStats {
     pub account_uri: std::sync::OnceLock<String>,
     /// The last CAA verdict per name (`name: verdict`), from the periodic re-check.
     pub caa_verdicts: Mutex<BTreeMap<String, String>>,
+    /// Each target's renewal plan (by target id), as last computed.
+    pub schedule: Mutex<BTreeMap<String, schedule::Plan>>,
 }
 
-/// A certificate being served: its names, key, and end of validity.
-type Held = (Vec<String>, Arc<CertifiedKey>, SystemTime);
+/// A certificate being served.
+struct Held {
+    names: Vec<String>,
+    key: Arc<CertifiedKey>,
+    not_before: SystemTime,
+    not_after: SystemTime,
+    /// The stored record's generation (a lower one is a rollback).
+    generation: u64,
+}
 
 /// The manager's fixed parts.
 pub struct CertManager {
@@ -167,7 +177,7 @@ impl CertManager {
     pub fn load_stored(&self, targets: &[Target]) -> usize {
         let mut n = 0;
         for t in targets {
-            match Issued::load(&t.id, &*self.store, &*self.sealer) {
+            match Issued::load(&t.id, &*self.store, &*self.sealer, self.generation(t)) {
                 Ok(Some(issued))
                     if issued.names == t.names && issued.not_after > SystemTime::now() =>
                 {
@@ -189,12 +199,48 @@ impl CertManager {
         n
     }
 
-    fn install(&self, t: &Target, issued: &Issued) -> Result<(), CertbotError> {
-        let certified = Arc::new(issued.key.certified(issued.chain.clone())?);
+    /// Reads `target`'s stored record again: a newer generation (another node renewed) is
+    /// served, an older one (a rollback) is refused and logged; what is held stays otherwise.
+    pub fn reload(&self, target: &Target) {
+        let held = self.generation(target);
+        if held == 0 {
+            return;
+        }
+        match Issued::load(&target.id, &*self.store, &*self.sealer, held) {
+            Ok(Some(issued)) if issued.generation > held && issued.names == target.names => {
+                if self.install(target, &issued).is_ok() {
+                    tracing::info!(names = ?target.names, generation = issued.generation, "serving a newer stored certificate");
+                    self.publish_all();
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::error!(names = ?target.names, "stored certificate refused, keeping the one held: {e}")
+            }
+        }
+    }
+
+    /// The generation of the record held for `target` (0: none).
+    fn generation(&self, target: &Target) -> u64 {
         self.live
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(t.id.clone(), (t.names.clone(), certified, issued.not_after));
+            .get(&target.id)
+            .map_or(0, |h| h.generation)
+    }
+
+    fn install(&self, t: &Target, issued: &Issued) -> Result<(), CertbotError> {
+        let certified = Arc::new(issued.key.certified(issued.chain.clone())?);
+        self.live.lock().unwrap_or_else(|p| p.into_inner()).insert(
+            t.id.clone(),
+            Held {
+                names: t.names.clone(),
+                key: certified,
+                not_before: issued.not_before,
+                not_after: issued.not_after,
+                generation: issued.generation,
+            },
+        );
         Ok(())
     }
 
@@ -204,7 +250,7 @@ impl CertManager {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .values()
-            .map(|(names, key, _)| (names.clone(), key.clone()))
+            .map(|h| (h.names.clone(), h.key.clone()))
             .collect();
         self.publish.publish(all);
     }
@@ -237,17 +283,35 @@ impl CertManager {
         self.watch_caa(account, targets).await;
     }
 
-    /// Keeps `target` fresh forever.
+    /// Keeps `target` fresh forever: asks the CA's renewal information again whenever it
+    /// says to (`Retry-After`, capped at 6 h), renews in its window and never later than
+    /// expiry minus a margin.
     pub async fn maintain(self: Arc<Self>, account: Arc<Account>, target: Target) {
         let mut failures = 0u32;
+        let mut draw = fastrand::f64();
         loop {
-            let next = self.next_renewal(&account, &target).await;
-            if let Ok(wait) = next.duration_since(SystemTime::now()) {
-                tracing::info!(names = ?target.names, in_ = ?wait, "next renewal");
-                tokio::time::sleep(wait).await;
+            self.reload(&target);
+            let plan = self.plan(&account, &target, draw).await;
+            let now = SystemTime::now();
+            if plan.renew_at > now {
+                let wake = plan.poll_at.map_or(plan.renew_at, |p| p.min(plan.renew_at));
+                tracing::info!(
+                    names = ?target.names,
+                    renew = %humantime(plan.renew_at),
+                    next_ari_poll = %plan.poll_at.map_or("none".into(), humantime),
+                    ari_window = %plan.window.map_or("none".into(), |(s, e)| format!("{} to {}", humantime(s), humantime(e))),
+                    "next renewal"
+                );
+                tokio::time::sleep(wake.duration_since(now).unwrap_or_default()).await;
+                if wake < plan.renew_at {
+                    continue; // ask the CA again before renewing
+                }
             }
             match self.renew(&account, &target).await {
-                Ok(()) => failures = 0,
+                Ok(()) => {
+                    failures = 0;
+                    draw = fastrand::f64();
+                }
                 Err(e) => {
                     self.stats.failed.fetch_add(1, Ordering::Relaxed);
                     let wait = schedule::backoff(failures, e.is_rate_limit(), fastrand::f64());
@@ -259,50 +323,114 @@ impl CertManager {
         }
     }
 
-    /// When `target` should be renewed: now if we hold none; the ARI window when the CA has
-    /// one; else 2/3 of its lifetime.
-    async fn next_renewal(&self, account: &Account, target: &Target) -> SystemTime {
+    /// When to renew `target` and when to ask the CA again: now if we hold none or an order
+    /// is pending; else by the ARI window when the CA has one, 2/3 of the lifetime otherwise.
+    async fn plan(&self, account: &Account, target: &Target, draw: f64) -> schedule::Plan {
+        let now = SystemTime::now();
+        let immediately = schedule::Plan {
+            renew_at: now,
+            poll_at: None,
+            window: None,
+        };
         let held = self
             .live
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(&target.id)
-            .map(|(_, k, not_after)| (k.cert[0].clone(), *not_after));
-        let Some((leaf, _)) = held else {
-            return SystemTime::now();
+            .map(|h| (h.key.cert[0].clone(), h.not_before, h.not_after));
+        let Some((leaf, not_before, not_after)) = held else {
+            return immediately;
         };
-        if let Ok(id) = instant_acme::CertificateIdentifier::try_from(&leaf) {
-            match account.renewal_info(&id).await {
-                Ok((info, _retry_after)) => {
+        let ari = match instant_acme::CertificateIdentifier::try_from(&leaf) {
+            Ok(id) => match account.renewal_info(&id).await {
+                Ok((info, retry_after)) => {
                     self.ari.store(true, Ordering::Relaxed);
-                    let w = info.suggested_window;
                     let at = |t: time::OffsetDateTime| {
                         SystemTime::UNIX_EPOCH
                             + Duration::from_secs(t.unix_timestamp().max(0) as u64)
                     };
-                    return schedule::in_window(at(w.start), at(w.end), fastrand::f64());
+                    Some(Ok(schedule::Ari {
+                        start: at(info.suggested_window.start),
+                        end: at(info.suggested_window.end),
+                        retry_after,
+                    }))
                 }
-                Err(instant_acme::Error::Unsupported(_)) => {}
-                Err(e) => tracing::debug!("ARI unavailable, using 2/3 of the lifetime: {e}"),
-            }
+                Err(instant_acme::Error::Unsupported(_)) => None,
+                Err(e) => {
+                    tracing::warn!(names = ?target.names, "ARI query failed, using 2/3 of the lifetime until it answers: {e}");
+                    Some(Err(Duration::from_secs(3600)))
+                }
+            },
+            Err(_) => None,
+        };
+        // A pending order is resumed at once (ARI was still asked: the CA's answer says
+        // whether a new order may name the certificate it replaces).
+        if matches!(
+            PendingOrder::load(&target.id, &*self.store, &*self.sealer),
+            Ok(Some(_))
+        ) {
+            return immediately;
         }
-        match crate::stored::validity(&leaf) {
-            Ok((nb, na)) => schedule::renew_at(nb, na, fastrand::f64()),
-            Err(_) => SystemTime::now(),
+        let plan = schedule::plan(not_before, not_after, ari, now, draw);
+        self.stats
+            .schedule
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(target.id.clone(), plan);
+        plan
+    }
+
+    /// One certificate for `target`, stored and published: the pending order's, if one is
+    /// stored and the CA still has it; else a new order, CAA-gated.
+    pub async fn renew(&self, account: &Account, target: &Target) -> Result<(), CertbotError> {
+        let issued = match self.resume(account, target).await? {
+            Some(issued) => issued,
+            None => self.order(account, target).await?,
+        };
+        self.keep(target, issued)
+    }
+
+    /// Downloads the pending order's certificate, if there is one the CA can still give.
+    async fn resume(
+        &self,
+        account: &Account,
+        target: &Target,
+    ) -> Result<Option<Issued>, CertbotError> {
+        let pending = match PendingOrder::load(&target.id, &*self.store, &*self.sealer) {
+            Ok(Some(p)) if p.names == target.names => p,
+            Ok(None) => return Ok(None),
+            Ok(Some(_)) | Err(_) => {
+                tracing::warn!(names = ?target.names, "dropping a pending order for other names or unreadable");
+                PendingOrder::clear(&target.id, &*self.store)?;
+                return Ok(None);
+            }
+        };
+        let url = pending.url.clone();
+        match order::resume(account, pending).await? {
+            order::Resumed::Issued(issued) => {
+                tracing::info!(names = ?target.names, order = %url, "resumed the pending order: its certificate is downloaded, not ordered again");
+                Ok(Some(issued))
+            }
+            order::Resumed::Gone(why) => {
+                tracing::warn!(names = ?target.names, order = %url, "the pending order cannot be resumed ({why}): ordering anew");
+                PendingOrder::clear(&target.id, &*self.store)?;
+                Ok(None)
+            }
         }
     }
 
-    /// One order for `target`, CAA-gated, stored, published.
-    pub async fn renew(&self, account: &Account, target: &Target) -> Result<(), CertbotError> {
+    /// A new order for `target`, CAA-gated; the order and key are stored before finalize.
+    async fn order(&self, account: &Account, target: &Target) -> Result<Issued, CertbotError> {
         self.caa_gate(account, target).await?;
         let previous = self
             .live
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(&target.id)
-            .map(|(_, k, _)| k.cert[0].to_vec());
+            .map(|h| h.key.cert[0].to_vec());
         tracing::info!(names = ?target.names, method = target.solver.method(), "ordering a certificate");
-        let issued = order::issue(
+        let save_pending = |p: &PendingOrder| p.save(&target.id, &*self.store, &*self.sealer);
+        order::issue(
             account,
             &target.solver,
             Request {
@@ -313,13 +441,20 @@ impl CertManager {
                     .as_deref()
                     .filter(|_| self.ari.load(Ordering::Relaxed)),
             },
+            &save_pending,
         )
-        .await?;
+        .await
+    }
+
+    /// Stores `issued` (the next generation), forgets the pending order, serves it.
+    fn keep(&self, target: &Target, mut issued: Issued) -> Result<(), CertbotError> {
+        issued.generation = self.generation(target);
         issued.save(&target.id, &*self.store, &*self.sealer)?;
+        PendingOrder::clear(&target.id, &*self.store)?;
         self.install(target, &issued)?;
         self.publish_all();
         self.stats.issued.fetch_add(1, Ordering::Relaxed);
-        tracing::info!(names = ?target.names, not_after = ?humantime(issued.not_after), "certificate issued and live");
+        tracing::info!(names = ?target.names, not_after = ?humantime(issued.not_after), generation = issued.generation, "certificate issued and live");
         Ok(())
     }
 

@@ -3,6 +3,7 @@
 
 use crate::alpn::AlpnChallenges;
 use crate::keys::{CertKey, KeyType};
+use crate::pending::PendingOrder;
 use crate::stored::Issued;
 use crate::{problem_text, CertbotError};
 use gatehouse_dns::propagation::{wait_for_txt, Poll};
@@ -60,14 +61,17 @@ enum Cleanup {
     Alpn(String),
 }
 
-/// Runs one order to a certificate.
+/// Runs one order to a certificate. `before_finalize` stores the order and its key before
+/// the CSR goes out (an error there aborts the order), so a certificate lost after finalize
+/// can be fetched again with [`resume`].
 pub async fn issue(
     account: &Account,
     solver: &Solver,
     req: Request<'_>,
+    before_finalize: &(dyn Fn(&PendingOrder) -> Result<(), CertbotError> + Send + Sync),
 ) -> Result<Issued, CertbotError> {
     let mut cleanup = Vec::new();
-    let result = run(account, solver, &req, &mut cleanup).await;
+    let result = run(account, solver, &req, &mut cleanup, before_finalize).await;
     for c in cleanup {
         match (c, solver) {
             (Cleanup::Txt(name, value), Solver::Dns01 { provider, .. }) => {
@@ -82,21 +86,82 @@ pub async fn issue(
     result
 }
 
+/// What became of a pending order.
+pub enum Resumed {
+    /// Its certificate, downloaded (and finalized first if the CA was still waiting for it).
+    Issued(Issued),
+    /// The CA no longer has a usable order (expired, invalid, unknown): order anew.
+    Gone(String),
+}
+
+/// Fetches a pending order and downloads its certificate. A transport failure is an error
+/// (keep the pending order, retry later); an order the CA refuses or cannot finish is
+/// [`Resumed::Gone`].
+pub async fn resume(account: &Account, pending: PendingOrder) -> Result<Resumed, CertbotError> {
+    let mut order = match account.order(pending.url.clone()).await {
+        Ok(order) => order,
+        Err(instant_acme::Error::Api(p)) => return Ok(Resumed::Gone(problem_text(&p))),
+        Err(e) => return Err(CertbotError::acme("fetching the pending order", e)),
+    };
+    match order.state().status {
+        OrderStatus::Processing | OrderStatus::Valid => {}
+        OrderStatus::Ready => {
+            let csr = pending.key.csr(&pending.names)?;
+            match order.finalize_csr(&csr).await {
+                Ok(()) => {}
+                Err(instant_acme::Error::Api(p)) => return Ok(Resumed::Gone(problem_text(&p))),
+                Err(e) => return Err(CertbotError::acme("finalize", e)),
+            }
+        }
+        other => return Ok(Resumed::Gone(format!("the order is {other:?}"))),
+    }
+    let chain = match order.poll_certificate(&retry_policy()).await {
+        Ok(chain) => chain,
+        Err(instant_acme::Error::Api(p)) => return Ok(Resumed::Gone(problem_text(&p))),
+        Err(e) => return Err(CertbotError::acme("certificate download", e)),
+    };
+    checked(pending.names, &chain, pending.key).map(Resumed::Issued)
+}
+
+/// Polling for validation and for the certificate.
+fn retry_policy() -> RetryPolicy {
+    RetryPolicy::new()
+        .initial_delay(Duration::from_millis(250))
+        .timeout(Duration::from_secs(180))
+}
+
+/// The CA's chain as an [`Issued`], held to the order first: exactly the ordered names, a
+/// chain to the issuer sent with it, our key.
+fn checked(names: Vec<String>, chain_pem: &str, key: CertKey) -> Result<Issued, CertbotError> {
+    let issued = Issued::from_pem(names, chain_pem, key)?;
+    crate::stored::check_chain(&issued.names, &issued.chain)?;
+    issued.key.certified(issued.chain.clone())?;
+    Ok(issued)
+}
+
+/// Whether the CA refused `replaces` because that certificate already has a replacement.
+fn already_replaced(e: &instant_acme::Error) -> bool {
+    matches!(e, instant_acme::Error::Api(p)
+        if p.r#type.as_deref() == Some("urn:ietf:params:acme:error:alreadyReplaced"))
+}
+
 async fn run(
     account: &Account,
     solver: &Solver,
     req: &Request<'_>,
     cleanup: &mut Vec<Cleanup>,
+    before_finalize: &(dyn Fn(&PendingOrder) -> Result<(), CertbotError> + Send + Sync),
 ) -> Result<Issued, CertbotError> {
     let ids: Vec<Identifier> = req
         .names
         .iter()
         .map(|n| Identifier::Dns(n.clone()))
         .collect();
-    let mut new = NewOrder::new(&ids);
-    if let Some(p) = req.profile {
-        new = new.profile(p);
-    }
+    let build = || match req.profile {
+        Some(p) => NewOrder::new(&ids).profile(p),
+        None => NewOrder::new(&ids),
+    };
+    let mut new = build();
     let replaced = req
         .replaces
         .map(|der| rustls_pki_types::CertificateDer::from(der.to_vec()));
@@ -105,10 +170,19 @@ async fn run(
             new = new.replaces(id.into_owned());
         }
     }
-    let mut order = account
-        .new_order(&new)
-        .await
-        .map_err(|e| CertbotError::acme("new order", e))?;
+    let mut order = match account.new_order(&new).await {
+        Ok(order) => order,
+        // A replacement of this certificate was finalized already (its certificate lost
+        // before we kept it, and its order gone): order without `replaces`.
+        Err(e) if already_replaced(&e) => {
+            tracing::warn!(names = ?req.names, "the CA says the current certificate was already replaced: ordering without `replaces`");
+            account
+                .new_order(&build())
+                .await
+                .map_err(|e| CertbotError::acme("new order", e))?
+        }
+        Err(e) => return Err(CertbotError::acme("new order", e)),
+    };
 
     let mut auths = order.authorizations();
     while let Some(auth) = auths.next().await {
@@ -167,9 +241,7 @@ async fn run(
             .map_err(|e| CertbotError::acme("challenge ready", e))?;
     }
 
-    let policy = RetryPolicy::new()
-        .initial_delay(Duration::from_millis(250))
-        .timeout(Duration::from_secs(180));
+    let policy = retry_policy();
     let status = order
         .poll_ready(&policy)
         .await
@@ -177,8 +249,13 @@ async fn run(
     if status != OrderStatus::Ready {
         return Err(validation_error(&mut order, status).await);
     }
-    let key = CertKey::generate(req.key_type)?;
-    let csr = key.csr(req.names)?;
+    let pending = PendingOrder {
+        url: order.url().to_owned(),
+        names: req.names.to_vec(),
+        key: CertKey::generate(req.key_type)?,
+    };
+    before_finalize(&pending)?;
+    let csr = pending.key.csr(req.names)?;
     order
         .finalize_csr(&csr)
         .await
@@ -187,10 +264,7 @@ async fn run(
         .poll_certificate(&policy)
         .await
         .map_err(|e| CertbotError::acme("certificate download", e))?;
-    let issued = Issued::from_pem(req.names.to_vec(), &chain, key)?;
-    // The CA must have certified our key: refuse anything else before it is stored.
-    issued.key.certified(issued.chain.clone())?;
-    Ok(issued)
+    checked(pending.names, &chain, pending.key)
 }
 
 /// The reason the CA gave for the first failed authorization.

@@ -1,13 +1,24 @@
-//! Issued certificates at rest: the chain in the clear, the key sealed under the record's own
-//! store key, one store value per certificate so a write is atomic (old or new, never torn).
+//! Issued certificates at rest: the whole record (names, chain, key, generation) sealed under
+//! the record's own store key, one store value per certificate so a write is atomic (old or
+//! new, never torn).
+//!
+//! Sealing the whole record, not only the key, is what stops someone who can write the store
+//! but has no sealing key from pairing our key with a chain of their own (another CA, other
+//! names, a validity to 2106), or from moving a record under another name. The generation
+//! inside the sealed data grows on every write, so a record older than one already seen is
+//! refused ([`Issued::load`] with `at_least`). Before a chain is first stored,
+//! [`check_chain`] holds it to the order: the leaf names exactly the ordered names and chains
+//! to the issuer the CA sent with it.
 
 use crate::keys::CertKey;
 use crate::CertbotError;
 use base64::Engine;
-use gatehouse_store::{Sealer, Store};
+use gatehouse_store::{Sealer, Store, Zeroizing};
+use rustls::client::danger::ServerCertVerifier;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateDer;
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// One issued certificate as loaded: chain, key, validity.
@@ -22,14 +33,38 @@ pub struct Issued {
     pub not_before: SystemTime,
     /// Validity of the leaf.
     pub not_after: SystemTime,
+    /// How many times this record has been written (0 = never stored).
+    pub generation: u64,
 }
 
+impl std::fmt::Debug for Issued {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Issued")
+            .field("names", &self.names)
+            .field("generation", &self.generation)
+            .field("not_after", &self.not_after)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What the store holds: a format number and the sealed contents.
 #[derive(Serialize, Deserialize)]
-struct Record {
+struct Envelope {
+    format: u8,
+    sealed: String,
+}
+
+/// The sealed contents.
+#[derive(Serialize, Deserialize)]
+struct Contents {
     names: Vec<String>,
     chain_pem: String,
-    key_sealed: String,
+    key_pkcs8: String,
+    generation: u64,
 }
+
+/// The format written by this version.
+const FORMAT: u8 = 2;
 
 /// The store key for target `id`.
 pub fn store_key(id: &str) -> String {
@@ -57,12 +92,14 @@ impl Issued {
             key,
             not_before,
             not_after,
+            generation: 0,
         })
     }
 
-    /// Writes it (key sealed) in one store put.
+    /// Writes it, sealed whole, at the generation after the stored one; sets
+    /// `self.generation`. A concurrent writer makes this retry on the newer record.
     pub fn save(
-        &self,
+        &mut self,
         id: &str,
         store: &dyn Store,
         sealer: &dyn Sealer,
@@ -73,35 +110,159 @@ impl Issued {
             .iter()
             .map(|c| pem("CERTIFICATE", c))
             .collect::<String>();
-        let sealed = sealer.seal(&key, &self.key.pkcs8())?;
-        let record = Record {
-            names: self.names.clone(),
-            chain_pem,
-            key_sealed: base64::engine::general_purpose::STANDARD.encode(sealed),
-        };
-        let bytes = serde_json::to_vec(&record).map_err(|e| CertbotError::Cert(e.to_string()))?;
-        store.put(&key, &bytes)?;
-        Ok(())
+        for _ in 0..8 {
+            let current = store.get(&key)?;
+            let (version, stored_generation) = match &current {
+                Some(v) => (
+                    v.version,
+                    open(&key, &v.value, sealer).map_or(0, |c| c.generation),
+                ),
+                None => (0, 0),
+            };
+            let generation = stored_generation.max(self.generation) + 1;
+            let contents = Contents {
+                names: self.names.clone(),
+                chain_pem: chain_pem.clone(),
+                key_pkcs8: base64::engine::general_purpose::STANDARD
+                    .encode(&*Zeroizing::new(self.key.pkcs8())),
+                generation,
+            };
+            let plain = Zeroizing::new(
+                serde_json::to_vec(&contents).map_err(|e| CertbotError::Cert(e.to_string()))?,
+            );
+            drop(Zeroizing::new(contents.key_pkcs8));
+            let envelope = Envelope {
+                format: FORMAT,
+                sealed: base64::engine::general_purpose::STANDARD
+                    .encode(sealer.seal(&key, &plain)?),
+            };
+            let bytes =
+                serde_json::to_vec(&envelope).map_err(|e| CertbotError::Cert(e.to_string()))?;
+            if store.compare_and_swap(&key, version, &bytes)?.is_ok() {
+                self.generation = generation;
+                return Ok(());
+            }
+        }
+        Err(CertbotError::Cert(format!(
+            "{key}: other writers kept changing the record"
+        )))
     }
 
-    /// Reads target `id`'s certificate, if stored.
+    /// Reads target `id`'s certificate, if stored. Refuses a record that does not unseal
+    /// under its own name, one in the earlier format whose chain was not sealed, and one
+    /// older than generation `at_least` (a rollback).
     pub fn load(
         id: &str,
         store: &dyn Store,
         sealer: &dyn Sealer,
+        at_least: u64,
     ) -> Result<Option<Issued>, CertbotError> {
         let key = store_key(id);
         let Some(v) = store.get(&key)? else {
             return Ok(None);
         };
-        let record: Record = serde_json::from_slice(&v.value)
-            .map_err(|e| CertbotError::Cert(format!("stored {key}: {e}")))?;
-        let sealed = base64::engine::general_purpose::STANDARD
-            .decode(&record.key_sealed)
-            .map_err(|e| CertbotError::Cert(format!("stored {key}: {e}")))?;
-        let cert_key = CertKey::from_pkcs8(&sealer.unseal(&key, &sealed)?)?;
-        Issued::from_pem(record.names, &record.chain_pem, cert_key).map(Some)
+        let contents = open(&key, &v.value, sealer)?;
+        if contents.generation < at_least {
+            return Err(CertbotError::Cert(format!(
+                "stored {key} is generation {}, older than generation {at_least} already seen: refusing a rollback",
+                contents.generation
+            )));
+        }
+        let pkcs8 = Zeroizing::new(
+            base64::engine::general_purpose::STANDARD
+                .decode(&contents.key_pkcs8)
+                .map_err(|e| CertbotError::Cert(format!("stored {key}: key: {e}")))?,
+        );
+        drop(Zeroizing::new(contents.key_pkcs8));
+        let cert_key = CertKey::from_pkcs8(&pkcs8)?;
+        let mut issued = Issued::from_pem(contents.names, &contents.chain_pem, cert_key)?;
+        issued.generation = contents.generation;
+        Ok(Some(issued))
     }
+}
+
+/// Unseals a stored record's contents.
+fn open(key: &str, bytes: &[u8], sealer: &dyn Sealer) -> Result<Contents, CertbotError> {
+    let bad = |why: String| CertbotError::Cert(format!("stored {key}: {why}"));
+    let value: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| bad(e.to_string()))?;
+    if value.get("key_sealed").is_some() {
+        return Err(bad(
+            "written by an earlier version that sealed only the key (its names and chain could have been swapped)".into(),
+        ));
+    }
+    let envelope: Envelope = serde_json::from_value(value).map_err(|e| bad(e.to_string()))?;
+    if envelope.format != FORMAT {
+        return Err(bad(format!("unknown format {}", envelope.format)));
+    }
+    let sealed = base64::engine::general_purpose::STANDARD
+        .decode(&envelope.sealed)
+        .map_err(|e| bad(e.to_string()))?;
+    let plain = sealer.unseal(key, &sealed)?;
+    serde_json::from_slice(&plain).map_err(|e| bad(e.to_string()))
+}
+
+/// Holds a chain from the CA to what was ordered: the leaf's DNS names are exactly `names`
+/// (no more, no fewer), and the leaf chains, through the certificates sent with it, to the
+/// last of them (the issuer the CA named), valid now for server authentication.
+pub fn check_chain(
+    names: &[String],
+    chain: &[CertificateDer<'static>],
+) -> Result<(), CertbotError> {
+    let bad = |why: String| CertbotError::Cert(format!("the CA's chain: {why}"));
+    let leaf = chain.first().ok_or_else(|| bad("empty".into()))?;
+    let (_, cert) = x509_parser::parse_x509_certificate(leaf)
+        .map_err(|e| bad(format!("leaf is not X.509: {e}")))?;
+    let mut got: Vec<String> = cert
+        .subject_alternative_name()
+        .ok()
+        .flatten()
+        .map(|san| {
+            san.value
+                .general_names
+                .iter()
+                .filter_map(|n| match n {
+                    x509_parser::extensions::GeneralName::DNSName(d) => {
+                        Some(d.to_ascii_lowercase())
+                    }
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut want: Vec<String> = names.iter().map(|n| n.to_ascii_lowercase()).collect();
+    got.sort();
+    want.sort();
+    if got != want {
+        return Err(bad(format!("the leaf names {got:?}, the order {want:?}")));
+    }
+    let anchor = chain
+        .get(1..)
+        .and_then(<[_]>::last)
+        .ok_or_else(|| bad("no issuer certificate came with the leaf".into()))?;
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(anchor.clone())
+        .map_err(|e| bad(format!("issuer certificate: {e}")))?;
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let verifier =
+        rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
+            .build()
+            .map_err(|e| bad(e.to_string()))?;
+    let intermediates = &chain[1..chain.len() - 1];
+    let now = rustls_pki_types::UnixTime::now();
+    for name in names {
+        // A wildcard is checked with one label in its place.
+        let concrete = match name.strip_prefix("*.") {
+            Some(rest) => format!("wildcard-check.{rest}"),
+            None => name.clone(),
+        };
+        let server = rustls_pki_types::ServerName::try_from(concrete)
+            .map_err(|e| bad(format!("{name}: {e}")))?;
+        verifier
+            .verify_server_cert(leaf, intermediates, &server, &[], now)
+            .map_err(|e| bad(format!("{name}: {e}")))?;
+    }
+    Ok(())
 }
 
 fn pem(label: &str, der: &[u8]) -> String {
@@ -125,3 +286,7 @@ pub fn validity(leaf: &CertificateDer<'_>) -> Result<(SystemTime, SystemTime), C
         at(cert.validity().not_after.timestamp()),
     ))
 }
+
+#[cfg(test)]
+#[path = "stored_tests.rs"]
+mod tests;

@@ -227,6 +227,7 @@ impl Metrics {
             ] {
                 counter(name, help, kind, get(v));
             }
+            render_schedule(&mut out, acme);
         }
         let _ = writeln!(
             out,
@@ -267,6 +268,49 @@ pub struct ActiveGuard<'a>(&'a Metrics);
 impl Drop for ActiveGuard<'_> {
     fn drop(&mut self) {
         self.0.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Each certificate's renewal plan as Unix-time gauges (labelled by target id).
+fn render_schedule(out: &mut String, acme: &gatehouse_certbot::manager::CertStats) {
+    let plans = acme
+        .schedule
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    let secs = |t: std::time::SystemTime| {
+        t.duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+    };
+    for (name, help, pick) in [
+        (
+            "gatehouse_acme_renewal_timestamp_seconds",
+            "When each certificate is next renewed (Unix time).",
+            (|p: &gatehouse_certbot::schedule::Plan| Some(p.renew_at))
+                as fn(&gatehouse_certbot::schedule::Plan) -> Option<std::time::SystemTime>,
+        ),
+        (
+            "gatehouse_acme_ari_poll_timestamp_seconds",
+            "When the CA's renewal information is next asked (Unix time).",
+            |p| p.poll_at,
+        ),
+        (
+            "gatehouse_acme_ari_window_start_timestamp_seconds",
+            "Start of the renewal window the CA suggested (Unix time).",
+            |p| p.window.map(|w| w.0),
+        ),
+        (
+            "gatehouse_acme_ari_window_end_timestamp_seconds",
+            "End of the renewal window the CA suggested (Unix time).",
+            |p| p.window.map(|w| w.1),
+        ),
+    ] {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+        for (id, plan) in &plans {
+            if let Some(t) = pick(plan) {
+                let _ = writeln!(out, "{name}{{certificate=\"{id}\"}} {}", secs(t));
+            }
+        }
     }
 }
 

@@ -1,6 +1,8 @@
 //! Harness for end-to-end tests: the real `gatehouse` binary with a generated config, and real
 //! TLS/TCP servers on loopback (ephemeral ports, a temp dir per test, kill on drop).
 
+pub mod acme_env;
+pub mod ari;
 pub mod http;
 pub mod knot;
 pub mod netns;
@@ -152,6 +154,14 @@ impl Gateway {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
         Gateway::spawn_wrapped(dir, &wrapper, &args)
+    }
+
+    /// Kills the process (SIGKILL) and waits for it; [`Gateway::restart`] starts it again.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 
     /// Polls the log until it contains `needle` (bounded by `limit`); returns the log.

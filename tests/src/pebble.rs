@@ -141,6 +141,22 @@ impl Pebble {
             .expect("pebble management API: /roots/0")
     }
 
+    /// Pebble's HTTPS address (`host:port`).
+    pub fn api_addr(&self) -> String {
+        self.directory
+            .trim_start_matches("https://")
+            .trim_end_matches("/dir")
+            .to_owned()
+    }
+
+    /// The certificate and key Pebble serves its API with (issued by `api_ca`).
+    pub fn api_tls_files(&self) -> (PathBuf, PathBuf) {
+        (
+            self.dir.path().join("cert.pem"),
+            self.dir.path().join("key.pem"),
+        )
+    }
+
     /// Pebble's log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("pebble.log")).unwrap_or_default()

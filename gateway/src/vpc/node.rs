@@ -9,6 +9,7 @@
 
 use super::leases::{Lease, Leases};
 use super::register::{RegisterRequest, Registrar};
+use super::registration_tls::RegistrationCert;
 use super::wireguard::{parse_key, set_address, KeyPair, PeerConfig, Uapi, WgTool, WireGuard};
 use super::VpcError;
 use crate::attestation::Attestor;
@@ -59,7 +60,8 @@ pub struct VpcNode {
     registrar: Arc<Registrar>,
     wg: Arc<dyn WireGuard>,
     key: KeyPair,
-    /// The registration listener's TLS, under an RA-TLS certificate.
+    /// The registration listener's RA-TLS certificate (rotated daily) and its TLS.
+    cert: Arc<RegistrationCert>,
     tls: tokio_rustls::TlsAcceptor,
 }
 
@@ -121,11 +123,13 @@ impl VpcNode {
             policies,
             attestor.collateral_source().clone(),
         );
+        let cert = RegistrationCert::new(attestor.provider().clone()).await?;
         let node = VpcNode {
             registrar: Arc::new(registrar),
             wg,
             key,
-            tls: registration_tls(attestor).await?,
+            tls: cert.acceptor()?,
+            cert,
         };
         node.configure().await?;
         Ok(node)
@@ -170,7 +174,7 @@ impl VpcNode {
             tracing::info!(listen = %addr, "VPC registration on (RA-TLS)");
         }
         let registrar = self.registrar.clone();
-        serve_tls(
+        let serving = serve_tls(
             listener,
             self.tls.clone(),
             Limits::default(),
@@ -178,8 +182,12 @@ impl VpcNode {
                 let registrar = registrar.clone();
                 async move { handle(&registrar, req, peer).await }
             },
-        )
-        .await;
+        );
+        // The certificate is renewed for as long as the listener serves.
+        tokio::select! {
+            () = serving => {}
+            () = self.cert.clone().rotate() => {}
+        }
     }
 
     /// Every third of `handshake_stale` (0.5-10 s): reads the peers, publishes the live
@@ -290,27 +298,6 @@ fn log_changes(before: &SourceInstances, now: &SourceInstances, stale: Duration)
             tracing::warn!(app = %app, address = %ip, "VPC instance out of rotation: no sign of life for {stale:?}");
         }
     }
-}
-
-/// TLS for the registration listener: a fresh P-256 key in an RA-TLS certificate quoted by
-/// the attestor's provider (agents check it against their gateway policy).
-async fn registration_tls(attestor: &Attestor) -> Result<tokio_rustls::TlsAcceptor, VpcError> {
-    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
-        .map_err(|e| VpcError::Key(e.to_string()))?;
-    let names = vec!["gatehouse-vpc-register".to_owned()];
-    let cert = gatehouse_attest::ratls::certificate(attestor.provider().as_ref(), &key, &names)
-        .await
-        .map_err(|e| VpcError::Config(format!("RA-TLS certificate: {e}")))?;
-    let der = rustls_pki_types::PrivatePkcs8KeyDer::from(key.serialize_der());
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let tls = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .and_then(|b| {
-            b.with_no_client_auth()
-                .with_single_cert(vec![cert], der.into())
-        })
-        .map_err(|e| VpcError::Config(format!("registration TLS: {e}")))?;
-    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(tls)))
 }
 
 async fn handle(
