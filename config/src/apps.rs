@@ -17,9 +17,16 @@ pub struct AppConfig {
     /// Concurrent connections to this app; 0 = unlimited.
     #[serde(default)]
     pub max_connections: u32,
-    /// Ports a name may ask for; empty = any port.
+    /// Ports a name may ask for (`<app>-<port>`); empty = only `default_port`. Every other
+    /// port of an instance stays unreachable from outside.
     #[serde(default)]
     pub ports: Vec<u16>,
+    /// How names may reach the app: `terminate` (`<app>`), `passthrough` (`<app>s`, or a custom
+    /// domain's `mode=passthrough`), `h2` (`<app>g`). Default: all three for `tcp` apps,
+    /// `terminate` and `h2` for `http` apps (passthrough would skip the Host check, the
+    /// forwarding headers, the limits and the access log).
+    #[serde(default)]
+    pub reachable_by: Option<Vec<Reach>>,
     /// Send a PROXY protocol header to the instance before any byte of the client.
     #[serde(default)]
     pub proxy_protocol: Option<ProxyProtocolVersion>,
@@ -44,6 +51,28 @@ pub enum AppMode {
     Tcp,
     /// L7 HTTP reverse proxy on Pingora (HTTP/1.1 and h2 from clients, per-request balancing).
     Http,
+}
+
+/// One way a name reaches an app.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Reach {
+    /// TLS terminated by the gateway (`<app>`).
+    Terminate,
+    /// TLS relayed to the instance untouched (`<app>s`).
+    Passthrough,
+    /// TLS terminated with h2 offered (`<app>g`).
+    H2,
+}
+
+impl Reach {
+    /// The default for an app in `mode`.
+    pub fn defaults(mode: AppMode) -> Vec<Reach> {
+        match mode {
+            AppMode::Tcp => vec![Reach::Terminate, Reach::Passthrough, Reach::H2],
+            AppMode::Http => vec![Reach::Terminate, Reach::H2],
+        }
+    }
 }
 
 /// PROXY protocol version sent to instances.

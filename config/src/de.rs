@@ -28,6 +28,32 @@ pub(crate) fn ip_addr<'de, D: Deserializer<'de>>(d: D) -> Result<IpAddr, D::Erro
     })
 }
 
+/// A list of source ranges: `a.b.c.d/n`, `x::/n`, or a bare address (one host).
+pub(crate) fn ip_nets<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<ipnet::IpNet>, D::Error> {
+    let list = Vec::<String>::deserialize(d)?;
+    list.iter()
+        .map(|s| parse_ip_net(s))
+        .collect::<Result<_, _>>()
+        .map_err(serde::de::Error::custom)
+}
+
+/// Parses `a.b.c.d/n`, `x::/n` or a bare address; host bits must be zero.
+pub fn parse_ip_net(s: &str) -> Result<ipnet::IpNet, String> {
+    if let Ok(ip) = s.parse::<IpAddr>() {
+        return Ok(ipnet::IpNet::from(ip));
+    }
+    let net: ipnet::IpNet = s.parse().map_err(|_| {
+        format!("{s:?} is not an address or range (expected e.g. \"10.0.0.0/8\", \"192.0.2.7\" or \"2001:db8::/32\")")
+    })?;
+    if net.trunc() != net {
+        return Err(format!(
+            "{s:?} has host bits set: did you mean \"{}\"?",
+            net.trunc()
+        ));
+    }
+    Ok(net)
+}
+
 fn parse_socket_addr(s: &str) -> Result<SocketAddr, String> {
     s.parse().map_err(|_| {
         if s.parse::<IpAddr>().is_ok() {

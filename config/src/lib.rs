@@ -27,10 +27,11 @@ pub use acme::{
     AcmeConfig, CloudflareConfig, DnsConfig, DnsProviderKind, KeyType, Rfc2136Config, StoreConfig,
 };
 pub use admin::AdminConfig;
-pub use apps::{app_id_problem, AppConfig, AppMode, InstanceConfig, ProxyProtocolVersion};
+pub use apps::{app_id_problem, AppConfig, AppMode, InstanceConfig, ProxyProtocolVersion, Reach};
+pub use de::parse_ip_net;
 pub use error::{ConfigError, Problem};
 pub use http::{ForwardedMode, HealthCheckConfig, HealthProtocol, HttpConfig};
-pub use proxy::{parse_dot_server, CustomDomainsConfig, ProxyConfig, Timeouts};
+pub use proxy::{parse_dot_server, ConnectionLimits, CustomDomainsConfig, ProxyConfig, Timeouts};
 pub use tee::{Sealing, SimulatorSettings, TeeConfig, TeeProvider};
 pub use tls::{CertificatePair, TlsConfig};
 pub use validate::is_local_address;

@@ -16,6 +16,13 @@ pub struct ProxyConfig {
     pub workers: usize,
     /// Expect a PROXY protocol v1/v2 header from a load balancer in front, on every connection.
     pub proxy_protocol_inbound: bool,
+    /// The load balancers whose PROXY headers are believed (ranges or addresses). Required
+    /// with `proxy_protocol_inbound`: a connection from any other source is refused, so no
+    /// client can claim another client's address.
+    #[serde(deserialize_with = "crate::de::ip_nets")]
+    pub proxy_protocol_trusted: Vec<ipnet::IpNet>,
+    /// Connection caps: global, per source address, per source within one app.
+    pub limits: ConnectionLimits,
     /// Timeouts of the data path.
     pub timeouts: Timeouts,
     /// Custom domains mapped to apps by DNS TXT records.
@@ -36,6 +43,8 @@ impl Default for ProxyConfig {
             base_domains: Vec::new(),
             workers: 0,
             proxy_protocol_inbound: false,
+            proxy_protocol_trusted: Vec::new(),
+            limits: ConnectionLimits::default(),
             timeouts: Timeouts::default(),
             custom_domains: CustomDomainsConfig::default(),
             http: HttpConfig::default(),
@@ -63,6 +72,44 @@ pub struct Timeouts {
     /// On SIGTERM/SIGINT, how long live connections may drain before they are closed.
     #[serde(with = "humantime_serde")]
     pub drain: Duration,
+    /// Once one side of a relay has closed, the other side is closed after this long without
+    /// a byte (instead of `idle`): a client that leaves does not leave its relay behind.
+    #[serde(with = "humantime_serde")]
+    pub linger: Duration,
+    /// A client that sends no byte after its handshake within this long is closed, and a
+    /// connection holds a slot of a capped app only once it has sent one.
+    #[serde(with = "humantime_serde")]
+    pub first_data: Duration,
+}
+
+/// `[proxy.limits]`: what one client, or all of them, may hold.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConnectionLimits {
+    /// Connections open at once over all listeners; 0 = as many as the descriptor limit
+    /// allows after `descriptor_reserve` (two descriptors per relayed connection).
+    pub max_connections: usize,
+    /// Connections open at once from one source address (an IPv6 source counts by its /64).
+    pub max_connections_per_source: usize,
+    /// Sources exempt from `max_connections_per_source` (the load balancers in front).
+    #[serde(deserialize_with = "crate::de::ip_nets")]
+    pub unlimited_sources: Vec<ipnet::IpNet>,
+    /// Descriptors kept free for refusals, the admin listener, the store and DNS.
+    pub descriptor_reserve: usize,
+    /// The share of a capped app's `max_connections` one client address may hold (0-1].
+    pub app_share_per_source: f64,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        ConnectionLimits {
+            max_connections: 0,
+            max_connections_per_source: 512,
+            unlimited_sources: Vec::new(),
+            descriptor_reserve: 256,
+            app_share_per_source: 0.5,
+        }
+    }
 }
 
 impl Default for Timeouts {
@@ -73,6 +120,8 @@ impl Default for Timeouts {
             idle: Duration::from_secs(600),
             write: Duration::from_secs(30),
             drain: Duration::from_secs(30),
+            linger: Duration::from_secs(10),
+            first_data: Duration::from_secs(10),
         }
     }
 }

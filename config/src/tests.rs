@@ -68,6 +68,10 @@ listen = ["127.0.0.1:8443", "[::1]:8443"]
 base_domains = ["GW.Example.com", "other.test"]
 workers = 2
 proxy_protocol_inbound = true
+proxy_protocol_trusted = ["10.0.0.0/8", "192.0.2.7", "2001:db8::/32"]
+[proxy.limits]
+max_connections_per_source = 64
+unlimited_sources = ["10.0.0.5"]
 [proxy.timeouts]
 handshake = "2s"
 idle = "1m 30s"
@@ -102,6 +106,11 @@ insecure_no_auth = true
         "fd00::2".parse::<IpAddr>().unwrap()
     );
     assert_eq!(app.mode, AppMode::Tcp);
+    assert_eq!(c.proxy.proxy_protocol_trusted.len(), 3);
+    assert!(c.proxy.proxy_protocol_trusted[1].contains(&"192.0.2.7".parse::<IpAddr>().unwrap()));
+    assert_eq!(c.proxy.limits.max_connections_per_source, 64);
+    assert_eq!(c.proxy.limits.app_share_per_source, 0.5);
+    assert_eq!(c.proxy.timeouts.linger, Duration::from_secs(10));
 }
 
 /// Each bad input and the one problem it must produce, with its key path.
@@ -116,6 +125,15 @@ fn each_problem_names_its_key() {
         ("[proxy]\nbase_domains = [\"a.b\", \"A.B\"]", "proxy.base_domains[1]: \"A.B\" is listed twice"),
         ("[proxy]\nworkrs = 1", "proxy.workrs: unknown field `workrs`"),
         ("[proxy.timeouts]\nidle = \"0s\"", "proxy.timeouts.idle: must be more than 0s"),
+        ("[proxy.timeouts]\nlinger = \"0s\"", "proxy.timeouts.linger: must be more than 0s"),
+        ("[proxy]\nproxy_protocol_inbound = true", "proxy.proxy_protocol_trusted: required with proxy_protocol_inbound"),
+        ("[proxy]\nproxy_protocol_trusted = [\"10.0.0.0/8\"]", "proxy.proxy_protocol_trusted: set, but proxy_protocol_inbound is false"),
+        ("[proxy]\nproxy_protocol_inbound = true\nproxy_protocol_trusted = [\"10.0.0.1/8\"]", "proxy.proxy_protocol_trusted: \"10.0.0.1/8\" has host bits set: did you mean \"10.0.0.0/8\"?"),
+        ("[proxy.limits]\nunlimited_sources = [\"lb\"]", "proxy.limits.unlimited_sources: \"lb\" is not an address or range"),
+        ("[proxy.limits]\nmax_connections_per_source = 0", "proxy.limits.max_connections_per_source: must be at least 1"),
+        ("[proxy.limits]\napp_share_per_source = 1.5", "proxy.limits.app_share_per_source: 1.5 is not in (0, 1]"),
+        ("[[apps]]\nid = \"a\"\nreachable_by = []", "apps[0].reachable_by: empty"),
+        ("[[apps]]\nid = \"a\"\nreachable_by = [\"tunnel\"]", "apps[0].reachable_by[0]: unknown variant `tunnel`"),
         ("[proxy.timeouts]\nidle = \"soon\"", "proxy.timeouts.idle: "),
         ("[proxy.custom_domains]\ntxt_prefix = \"app\"", "proxy.custom_domains.txt_prefix: \"app\" must be one DNS label"),
         ("[proxy.custom_domains]\nmin_ttl = \"2h\"", "proxy.custom_domains.min_ttl: 2h is more than max_ttl 1h"),

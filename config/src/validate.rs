@@ -108,6 +108,8 @@ fn check_proxy(p: &ProxyConfig, push: &mut impl FnMut(String, String)) {
         ("connect", t.connect),
         ("idle", t.idle),
         ("write", t.write),
+        ("linger", t.linger),
+        ("first_data", t.first_data),
     ] {
         if d.is_zero() {
             push(
@@ -115,6 +117,34 @@ fn check_proxy(p: &ProxyConfig, push: &mut impl FnMut(String, String)) {
                 "must be more than 0s".into(),
             );
         }
+    }
+    if p.proxy_protocol_inbound && p.proxy_protocol_trusted.is_empty() {
+        push(
+            "proxy.proxy_protocol_trusted".into(),
+            "required with proxy_protocol_inbound: list the load balancers' addresses or \
+             ranges (e.g. [\"10.0.0.0/8\"]); a PROXY header from anyone else would let a \
+             client claim any address"
+                .into(),
+        );
+    }
+    if !p.proxy_protocol_inbound && !p.proxy_protocol_trusted.is_empty() {
+        push(
+            "proxy.proxy_protocol_trusted".into(),
+            "set, but proxy_protocol_inbound is false: no PROXY header is read".into(),
+        );
+    }
+    let l = &p.limits;
+    if l.max_connections_per_source == 0 {
+        push(
+            "proxy.limits.max_connections_per_source".into(),
+            "must be at least 1 (list load balancers in unlimited_sources instead)".into(),
+        );
+    }
+    if !(l.app_share_per_source > 0.0 && l.app_share_per_source <= 1.0) {
+        push(
+            "proxy.limits.app_share_per_source".into(),
+            format!("{} is not in (0, 1]", l.app_share_per_source),
+        );
     }
     check_http(&p.http, push);
     let cd = &p.custom_domains;
@@ -219,6 +249,12 @@ fn check_apps(
             push(
                 format!("apps[{i}].default_port"),
                 format!("{} is not in apps[{i}].ports", app.default_port),
+            );
+        }
+        if app.reachable_by.as_ref().is_some_and(|r| r.is_empty()) {
+            push(
+                format!("apps[{i}].reachable_by"),
+                "empty: no name could reach the app (list terminate, passthrough or h2)".into(),
             );
         }
         if let Some(hc) = &app.health_check {

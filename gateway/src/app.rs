@@ -4,9 +4,10 @@
 //! The control runtime (the caller's) runs what is not per-connection: signals, the admin
 //! server, the demo app and DNS lookups for custom domains.
 
+use crate::admission::Refusal;
 use crate::conn::{self, Shared};
 use crate::listener;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Reject};
 use crate::route::custom_domain::{CustomDomains, HickoryTxt};
 use crate::route::{AppSpec, Routes};
 use crate::terminate::certs::{CertResolver, CertSet};
@@ -92,6 +93,12 @@ impl Gateway {
             )?,
             timeouts: config.proxy.timeouts,
             proxy_protocol_inbound: config.proxy.proxy_protocol_inbound,
+            proxy_protocol_trusted: config.proxy.proxy_protocol_trusted.clone(),
+            admission: Arc::new(crate::admission::Admission::new(
+                &config.proxy.limits,
+                crate::fdlimit::current(),
+            )),
+            app_share_per_source: config.proxy.limits.app_share_per_source,
             metrics: Metrics::default(),
             acme: crate::conn::AcmeTls::new()?,
             attest: std::sync::OnceLock::new(),
@@ -217,11 +224,25 @@ async fn accept_loop(
             _ = stopped(&mut stop) => return, // drops the listener: no more accepts
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
+                    // Checked before any work: a refused connection costs one accept and
+                    // one close, and the descriptor reserve keeps both possible.
+                    let ticket = match shared.admission.admit(peer.ip()) {
+                        Ok(t) => t,
+                        Err(refusal) => {
+                            shared.metrics.rejected(match refusal {
+                                Refusal::Global(_) => Reject::GlobalLimit,
+                                Refusal::Source(..) => Reject::SourceLimit,
+                            });
+                            tracing::debug!(client = %peer, "refused at accept: {refusal}");
+                            drop(stream);
+                            continue;
+                        }
+                    };
                     let shared = shared.clone();
                     let guard = Tracker::start(&tracker);
                     tokio::spawn(async move {
                         conn::serve(shared, stream, peer).await;
-                        drop(guard);
+                        drop((ticket, guard));
                     });
                 }
                 Err(e) => {

@@ -29,6 +29,12 @@ pub struct Shared {
     pub timeouts: Timeouts,
     /// Whether every connection starts with a PROXY header.
     pub proxy_protocol_inbound: bool,
+    /// The sources whose PROXY headers are believed (others are refused).
+    pub proxy_protocol_trusted: Vec<ipnet::IpNet>,
+    /// Accept-time caps: global and per source.
+    pub admission: Arc<crate::admission::Admission>,
+    /// The share of a capped app's slots one client address may hold.
+    pub app_share_per_source: f64,
     /// Counters.
     pub metrics: Metrics,
     /// Pending ACME TLS-ALPN-01 challenges, answered before any routing.
@@ -86,14 +92,16 @@ pub async fn serve(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
 /// Steps 1-4 (PROXY header, hello, route, admission) complete before step 5 starts, so the
 /// task of a connection is sized by its longest phase, not by both phases together.
 async fn handle(shared: &Shared, stream: TcpStream, peer: SocketAddr) -> Result<(), ConnError> {
-    let (routed, hello, _slot) = match route(shared, stream, peer).await? {
-        Next::App(routed, hello, slot) => (routed, hello, slot),
+    let (routed, hello) = match route(shared, stream, peer).await? {
+        Next::App(routed, hello) => (routed, hello),
         Next::AcmeChallenge(c) => return answer_acme_challenge(shared, c).await,
         Next::Attestation(c) => return answer_attestation(shared, c).await,
     };
     let limits = RelayLimits {
         idle: shared.timeouts.idle,
         write: shared.timeouts.write,
+        linger: shared.timeouts.linger,
+        first_data: shared.timeouts.first_data,
     };
     match routed.route.mode {
         Mode::Passthrough => {
@@ -106,8 +114,8 @@ async fn handle(shared: &Shared, stream: TcpStream, peer: SocketAddr) -> Result<
 
 /// Where a connection goes after its hello.
 enum Next {
-    /// To an app, with its connection slot.
-    App(Routed, ClientHello, AppSlot),
+    /// To an app (its connection slot is taken by the mode: see [`admit`]).
+    App(Routed, ClientHello),
     /// A CA validating a pending TLS-ALPN-01 challenge.
     AcmeChallenge(Challenge),
     /// A verifier fetching the attestation bundle (ALPN `gatehouse-attest/1`).
@@ -123,7 +131,7 @@ struct Challenge {
     deadline: Instant,
 }
 
-/// Reads the PROXY header and hello, routes the name, and takes an app connection slot.
+/// Reads the PROXY header and hello, and routes the name.
 async fn route(
     shared: &Shared,
     mut stream: TcpStream,
@@ -137,6 +145,13 @@ async fn route(
     // The addresses an instance's PROXY header will carry; `None` = this socket's own
     // (looked up only if an app asks for a header: one syscall saved per connection).
     let (client_addrs, start) = if shared.proxy_protocol_inbound {
+        if !shared
+            .proxy_protocol_trusted
+            .iter()
+            .any(|n| n.contains(&peer.ip()))
+        {
+            return Err(ConnError::UntrustedProxy(peer.ip()));
+        }
         let timed = timeout_at(deadline, read_proxy_header(&mut stream, &mut buf)).await;
         let (header, len) = timed.map_err(|_| ConnError::HandshakeTimeout(t.handshake))??;
         (header.addrs, len)
@@ -185,13 +200,6 @@ async fn route(
             .await)
         }
     };
-    let Some(slot) = route.app.admit() else {
-        let e = ConnError::AppFull {
-            app: route.app.spec.id.clone(),
-            max: route.app.spec.max_connections,
-        };
-        return Err(refuse(&mut stream, e).await);
-    };
     let client = client_addrs.map_or(peer, |(c, _)| c);
     let proxy_header = match route.app.spec.proxy_protocol {
         None => None,
@@ -212,7 +220,18 @@ async fn route(
         deadline,
         client,
     };
-    Ok(Next::App(routed, hello, slot))
+    Ok(Next::App(routed, hello))
+}
+
+/// Takes one of the app's connection slots for `client`.
+fn admit(shared: &Shared, route: &Route, client: SocketAddr) -> Result<AppSlot, ConnError> {
+    route
+        .app
+        .admit(client.ip(), shared.app_share_per_source)
+        .map_err(|full| ConnError::AppFull {
+            app: route.app.spec.id.clone(),
+            full,
+        })
 }
 
 /// Completes the handshake with the challenge certificate (ALPN `acme-tls/1`), then closes:
@@ -289,9 +308,15 @@ async fn passthrough(shared: &Shared, c: Routed, limits: RelayLimits) -> Result<
         start,
         route,
         proxy_header,
+        client,
         ..
     } = c;
     let t = &shared.timeouts;
+    // Passthrough has no handshake of ours to wait for: the slot is taken at once.
+    let _slot = match admit(shared, &route, client) {
+        Ok(slot) => slot,
+        Err(e) => return Err(refuse(&mut stream, e).await),
+    };
     let (mut up, _load) = match upstream::connect(&route, t.connect).await {
         Ok(u) => u,
         Err(e) => return Err(refuse(&mut stream, e.into()).await),
@@ -351,6 +376,15 @@ async fn terminate(
     .await?;
     let resumed = tls.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
     shared.metrics.handshake(resumed);
+    // A capped app's slot is taken once the handshake is done: a client that never finishes
+    // one holds none.
+    let _slot = match admit(shared, &route, client) {
+        Ok(slot) => slot,
+        Err(e) => {
+            let _ = tls.shutdown().await;
+            return Err(e);
+        }
+    };
     if http {
         Box::pin(shared.http.serve(tls, client, route, sni)).await;
         return Ok(());
@@ -402,6 +436,9 @@ async fn finish<C, U>(
 {
     let (moved, result) = relay::relay(client, up, limits).await;
     shared.metrics.relayed(moved.up, moved.down);
+    if let Err(relay::RelayError::NoData(_)) = result {
+        shared.metrics.rejected(crate::metrics::Reject::NoData);
+    }
     match result {
         Ok(()) => {
             tracing::debug!(app = %route.app.spec.id, up = moved.up, down = moved.down, "closed")

@@ -3,6 +3,7 @@
 use crate::hello::{alert, HelloError};
 use crate::metrics::Reject;
 use crate::proxy_protocol::ProxyHeaderError;
+use crate::route::table::Full;
 use crate::route::RouteError;
 use crate::upstream::UpstreamError;
 use std::io;
@@ -13,6 +14,10 @@ pub enum ConnError {
     /// PROXY header missing or malformed.
     #[error("{0}")]
     ProxyHeader(#[from] ProxyHeaderError),
+    /// A connection expected to start with a PROXY header came from outside
+    /// `proxy_protocol_trusted`.
+    #[error("PROXY header from {0}, which is not in proxy_protocol_trusted")]
+    UntrustedProxy(std::net::IpAddr),
     /// ClientHello unacceptable.
     #[error("{0}")]
     Hello(#[from] HelloError),
@@ -31,13 +36,17 @@ pub enum ConnError {
         error: RouteError,
     },
     /// The app is at its connection cap.
-    #[error("app {app:?} is at max_connections = {max}")]
+    #[error("app {app:?} {}", match full {
+        Full::App(max) => format!("is at max_connections = {max}"),
+        Full::Share(n) => format!("already serves this client its share of {n} connections"),
+    })]
     AppFull {
         /// App id.
         app: String,
-        /// Its cap.
-        max: u32,
+        /// Which cap.
+        full: Full,
     },
+
     /// No certificate covers the name.
     #[error("no certificate for {0:?}")]
     NoCertificate(String),
@@ -55,6 +64,7 @@ impl ConnError {
         match self {
             ConnError::ProxyHeader(ProxyHeaderError::Truncated) => Reject::Truncated,
             ConnError::ProxyHeader(_) => Reject::ProxyHeader,
+            ConnError::UntrustedProxy(_) => Reject::UntrustedProxy,
             ConnError::Hello(h) => match h {
                 HelloError::NotTls(_) => Reject::NotTls,
                 HelloError::TooLarge => Reject::HelloTooLarge,
@@ -87,6 +97,12 @@ impl ConnError {
     /// Whether an operator should see it at the default log level (the gateway or an app is
     /// in trouble), rather than at debug (a client sent something we refuse).
     pub fn is_operational(&self) -> bool {
-        matches!(self, ConnError::AppFull { .. } | ConnError::Upstream(_))
+        matches!(
+            self,
+            ConnError::AppFull {
+                full: Full::App(_),
+                ..
+            } | ConnError::Upstream(_)
+        )
     }
 }

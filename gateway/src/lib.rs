@@ -15,6 +15,7 @@
 
 pub mod acme;
 pub mod admin;
+pub mod admission;
 pub mod app;
 pub mod attestation;
 pub mod client_tls;

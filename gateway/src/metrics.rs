@@ -34,10 +34,18 @@ pub enum Reject {
     Upstream,
     /// I/O error on the client before routing.
     ClientIo,
+    /// A connection from outside `proxy_protocol_trusted` where a PROXY header is expected.
+    UntrustedProxy,
+    /// The source held `max_connections_per_source` (refused at accept).
+    SourceLimit,
+    /// The gateway held its global cap (refused at accept).
+    GlobalLimit,
+    /// The client sent nothing after its handshake within `first_data`.
+    NoData,
 }
 
 impl Reject {
-    const ALL: [Reject; 13] = [
+    const ALL: [Reject; 17] = [
         Reject::NotTls,
         Reject::MalformedHello,
         Reject::HelloTooLarge,
@@ -51,6 +59,10 @@ impl Reject {
         Reject::TlsHandshake,
         Reject::Upstream,
         Reject::ClientIo,
+        Reject::UntrustedProxy,
+        Reject::SourceLimit,
+        Reject::GlobalLimit,
+        Reject::NoData,
     ];
 
     /// The label in `/metrics` and logs.
@@ -69,6 +81,10 @@ impl Reject {
             Reject::TlsHandshake => "tls_handshake",
             Reject::Upstream => "upstream_unreachable",
             Reject::ClientIo => "client_io",
+            Reject::UntrustedProxy => "untrusted_proxy",
+            Reject::SourceLimit => "source_limit",
+            Reject::GlobalLimit => "global_limit",
+            Reject::NoData => "no_data",
         }
     }
 }

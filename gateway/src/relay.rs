@@ -33,6 +33,10 @@ pub struct RelayLimits {
     pub idle: Duration,
     /// A write blocked this long (the reader is not reading) ends the relay.
     pub write: Duration,
+    /// Once one side has closed, this long without a byte ends the relay (instead of `idle`).
+    pub linger: Duration,
+    /// No byte from the client for this long after the relay starts ends it.
+    pub first_data: Duration,
 }
 
 /// Bytes moved each way.
@@ -59,6 +63,12 @@ pub enum RelayError {
     /// No byte moved for the idle limit.
     #[error("idle for {0:?}")]
     Idle(Duration),
+    /// One side had closed and the other sent nothing for the linger limit.
+    #[error("one side closed, the other idle for {0:?}")]
+    Linger(Duration),
+    /// The client sent no byte for the first-data limit.
+    #[error("no data from the client within {0:?}")]
+    NoData(Duration),
     /// A write to `End` made no progress for the write limit.
     #[error("write to {0:?} stalled for {1:?}")]
     WriteStalled(End, Duration),
@@ -79,8 +89,11 @@ where
 {
     let mut up = Half::new(End::Client, End::Upstream);
     let mut down = Half::new(End::Upstream, End::Client);
-    let mut last_progress = Instant::now();
-    let timer = tokio::time::sleep(limits.idle.min(limits.write));
+    let started = Instant::now();
+    let mut last_progress = started;
+    let mut half_closed = false;
+    let linger = limits.linger.min(limits.idle);
+    let timer = tokio::time::sleep(limits.idle.min(limits.write).min(limits.first_data));
     tokio::pin!(timer);
     let result = poll_fn(|cx| {
         let mut progress = false;
@@ -104,11 +117,30 @@ where
         if progress {
             last_progress = Instant::now();
         }
+        if !half_closed && (up.done || down.done) {
+            // One side left: the other gets `linger` without a byte, not the full idle time.
+            half_closed = true;
+            let at = Instant::now() + linger;
+            if at < timer.deadline() {
+                timer.as_mut().reset(at);
+            }
+        }
         while timer.as_mut().poll(cx).is_ready() {
             let now = Instant::now();
-            let mut next = last_progress + limits.idle;
+            let (idle, idle_error) = match half_closed {
+                true => (linger, RelayError::Linger(linger)),
+                false => (limits.idle, RelayError::Idle(limits.idle)),
+            };
+            let mut next = last_progress + idle;
             if now >= next {
-                return Poll::Ready(Err(RelayError::Idle(limits.idle)));
+                return Poll::Ready(Err(idle_error));
+            }
+            if up.amount == 0 && !up.done {
+                let deadline = started + limits.first_data;
+                if now >= deadline {
+                    return Poll::Ready(Err(RelayError::NoData(limits.first_data)));
+                }
+                next = next.min(deadline);
             }
             for half in [&up, &down] {
                 if let Some(since) = half.stalled_since {
@@ -307,6 +339,8 @@ mod tests {
     const LIMITS: RelayLimits = RelayLimits {
         idle: Duration::from_secs(5),
         write: Duration::from_secs(5),
+        linger: Duration::from_secs(600),
+        first_data: Duration::from_secs(600),
     };
 
     #[tokio::test]
@@ -427,6 +461,8 @@ mod tests {
         let limits = RelayLimits {
             idle: Duration::from_secs(3),
             write: Duration::from_secs(60),
+            linger: Duration::from_secs(600),
+            first_data: Duration::from_secs(600),
         };
         let (_, r) = relay(&mut c_side, &mut u_side, limits).await;
         assert!(matches!(r, Err(RelayError::Idle(_))), "{r:?}");
@@ -439,6 +475,8 @@ mod tests {
         let limits = RelayLimits {
             idle: Duration::from_secs(3),
             write: Duration::from_secs(60),
+            linger: Duration::from_secs(600),
+            first_data: Duration::from_secs(600),
         };
         let start = Instant::now();
         let relay = tokio::spawn(async move { relay(&mut c_side, &mut u_side, limits).await });
@@ -458,12 +496,70 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn fairness_linger_ends_a_relay_once_one_side_left() {
+        let (mut client, mut c_side) = duplex(64);
+        let (mut u_side, _upstream_holds) = duplex(64);
+        let limits = RelayLimits {
+            linger: Duration::from_secs(2),
+            ..LIMITS
+        };
+        client.write_all(b"hello").await.unwrap();
+        client.shutdown().await.unwrap(); // the client left; the instance holds on
+        let start = Instant::now();
+        let (t, r) = relay(&mut c_side, &mut u_side, limits).await;
+        assert!(matches!(r, Err(RelayError::Linger(_))), "{r:?}");
+        assert_eq!(t.up, 5);
+        assert!(
+            start.elapsed() < Duration::from_secs(3),
+            "not the idle limit"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn fairness_linger_lets_a_busy_side_keep_sending() {
+        let (mut client, mut c_side) = duplex(1 << 16);
+        let (mut u_side, mut upstream) = duplex(1 << 16);
+        let limits = RelayLimits {
+            linger: Duration::from_secs(2),
+            ..LIMITS
+        };
+        let relay = tokio::spawn(async move { relay(&mut c_side, &mut u_side, limits).await });
+        client.write_all(b"get").await.unwrap();
+        client.shutdown().await.unwrap();
+        for _ in 0..4 {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            upstream.write_all(b"chunk").await.unwrap();
+        }
+        upstream.shutdown().await.unwrap();
+        let mut back = Vec::new();
+        client.read_to_end(&mut back).await.unwrap();
+        assert_eq!(back.len(), 20, "a response still flowing is not cut");
+        relay.await.unwrap().1.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn fairness_no_data_from_the_client_ends_the_relay() {
+        let (_client_silent, mut c_side) = duplex(64);
+        let (mut u_side, _upstream) = duplex(64);
+        let limits = RelayLimits {
+            first_data: Duration::from_secs(2),
+            ..LIMITS
+        };
+        let start = Instant::now();
+        let (_, r) = relay(&mut c_side, &mut u_side, limits).await;
+        assert!(matches!(r, Err(RelayError::NoData(_))), "{r:?}");
+        assert!(start.elapsed() < Duration::from_secs(3));
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn stalled_writer_ends_the_relay() {
         let (mut client, mut c_side) = duplex(1 << 20);
         let (mut u_side, _upstream_never_reads) = duplex(1024);
         let limits = RelayLimits {
             idle: Duration::from_secs(600),
             write: Duration::from_secs(2),
+            linger: Duration::from_secs(600),
+            first_data: Duration::from_secs(600),
         };
         client.write_all(&vec![1u8; 100_000]).await.unwrap();
         let (_, r) = relay(&mut c_side, &mut u_side, limits).await;

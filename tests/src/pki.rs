@@ -124,6 +124,21 @@ pub async fn tls_connect(
         .await
 }
 
+/// Like [`tls_connect`], from the loopback address `source` (e.g. 127.0.0.2: another client).
+pub async fn tls_connect_from(
+    source: [u8; 4],
+    addr: std::net::SocketAddr,
+    sni: &str,
+    config: Arc<rustls::ClientConfig>,
+) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    let tcp = crate::servers::connect_from(source, addr).await?;
+    let name =
+        ServerName::try_from(sni.to_owned()).map_err(|e| std::io::Error::other(e.to_string()))?;
+    tokio_rustls::TlsConnector::from(config)
+        .connect(name, tcp)
+        .await
+}
+
 /// The DNS names of the leaf a TLS client received.
 pub fn peer_names(conn: &rustls::ClientConnection) -> Vec<String> {
     let leaf = &conn.peer_certificates().expect("peer certificate")[0];

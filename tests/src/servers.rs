@@ -11,6 +11,32 @@ pub async fn bind(ip: [u8; 4], port: u16) -> std::io::Result<TcpListener> {
     TcpListener::bind(SocketAddr::new(IpAddr::from(ip), port)).await
 }
 
+/// A TCP connection to `addr` from the loopback address `source` (127.0.0.0/8 is all local,
+/// so tests can be several clients).
+pub async fn connect_from(
+    source: [u8; 4],
+    addr: SocketAddr,
+) -> std::io::Result<tokio::net::TcpStream> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::new(IpAddr::from(source), 0))?;
+    socket.connect(addr).await
+}
+
+/// A listener that accepts and holds every connection without reading or writing; returns
+/// how many it holds.
+pub fn hold(listener: TcpListener) -> std::sync::Arc<std::sync::atomic::AtomicUsize> {
+    let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = count.clone();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = listener.accept().await {
+            held.push(s);
+            seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    });
+    count
+}
+
 /// Binds the same free port on several loopback IPs (instances of one app differ by IP, as on
 /// the VPC, and share the app's port).
 pub async fn bind_same_port(ips: &[[u8; 4]]) -> (u16, Vec<TcpListener>) {

@@ -1,7 +1,8 @@
 //! PROXY protocol from a load balancer in front: the real client address is carried through
-//! to the instance's own PROXY header; connections without a header are refused.
+//! to the instance's own PROXY header; connections without a header, or from a source outside
+//! `proxy_protocol_trusted`, are refused.
 
-use gatehouse_tests::servers::{bind, capture_prefix};
+use gatehouse_tests::servers::{bind, capture_prefix, connect_from};
 use gatehouse_tests::{base_config, Gateway};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -15,7 +16,7 @@ async fn inbound_v1_and_v2_become_the_instances_header() {
     let mut captured = capture_prefix(app, expected.len());
     let config = format!(
         "{}\n[[apps]]\nid = \"pp\"\ndefault_port = {port}\nproxy_protocol = \"v1\"\n[[apps.instances]]\naddress = \"127.0.0.1\"\n",
-        base_config("proxy_protocol_inbound = true")
+        base_config("proxy_protocol_inbound = true\nproxy_protocol_trusted = [\"127.0.0.1\"]")
     );
     let gw = Gateway::start(&config);
     let hello = gatehouse::hello::parse::build::records(
@@ -64,4 +65,59 @@ async fn inbound_v1_and_v2_become_the_instances_header() {
         1
     );
     drop((c, c2));
+}
+
+#[tokio::test]
+async fn exposure_proxy_headers_are_believed_only_from_trusted_sources() {
+    let app = bind([127, 0, 0, 1], 0).await.unwrap();
+    let port = app.local_addr().unwrap().port();
+    let claimed = "PROXY TCP4 203.0.113.66 198.51.100.1 40000 443\r\n".to_string();
+    let mut captured = capture_prefix(app, claimed.len());
+    let config = format!(
+        "{}\n[[apps]]\nid = \"pp\"\ndefault_port = {port}\nproxy_protocol = \"v1\"\n[[apps.instances]]\naddress = \"127.0.0.1\"\n",
+        base_config("proxy_protocol_inbound = true\nproxy_protocol_trusted = [\"127.0.0.1\"]")
+    );
+    let gw = Gateway::start(&config);
+    let hello = gatehouse::hello::parse::build::records(
+        &gatehouse::hello::parse::build::client_hello(Some("pps.gw.test"), &[], 0),
+        16_384,
+    );
+    // A client connecting directly (127.0.0.2 is not a trusted balancer) claims an address.
+    let mut direct = connect_from([127, 0, 0, 2], gw.addr).await.unwrap();
+    let _ = direct
+        .write_all(&[claimed.as_bytes(), &hello].concat())
+        .await;
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), direct.read_to_end(&mut rest))
+        .await
+        .expect("closed");
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), captured.recv())
+            .await
+            .is_err(),
+        "nothing reached the instance"
+    );
+    assert_eq!(
+        gw.wait_metric(
+            "gatehouse_connections_rejected_total{reason=\"untrusted_proxy\"}",
+            1
+        ),
+        1
+    );
+    assert!(
+        gw.log()
+            .contains("PROXY header from 127.0.0.2, which is not in proxy_protocol_trusted"),
+        "{}",
+        gw.log()
+    );
+    // The trusted balancer's header is still believed.
+    let mut lb = connect_from([127, 0, 0, 1], gw.addr).await.unwrap();
+    lb.write_all(&[claimed.as_bytes(), &hello].concat())
+        .await
+        .unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(10), captured.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&got), claimed);
 }

@@ -73,7 +73,7 @@ fn ssh_login_through_the_gateway_runs_a_command() {
     let cert = ca.write(gw_dir.path(), "wild", &["*.gw.test"]);
     std::fs::write(d.join("ca.pem"), &ca.pem).unwrap();
     let config = format!(
-        "{}\n[[apps]]\nid = \"shell\"\ndefault_port = 22\n[[apps.instances]]\naddress = \"127.0.0.1\"\n[tls]\ncertificates = [{cert}]\n",
+        "{}\n[[apps]]\nid = \"shell\"\ndefault_port = 22\nports = [22, {port}]\n[[apps.instances]]\naddress = \"127.0.0.1\"\n[tls]\ncertificates = [{cert}]\n",
         base_config("")
     );
     let gw = Gateway::start_in(gw_dir, &config);

@@ -4,7 +4,7 @@
 use super::name::{self, Mode, NameError, Readings};
 use crate::http::stats::AppStats;
 use crate::upstream::balancer::Instance;
-use gatehouse_config::{AppConfig, AppMode, HealthCheckConfig, ProxyProtocolVersion};
+use gatehouse_config::{AppConfig, AppMode, HealthCheckConfig, ProxyProtocolVersion, Reach};
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -17,8 +17,10 @@ pub struct AppSpec {
     pub id: String,
     /// Port when the name has none.
     pub default_port: u16,
-    /// Allowed ports; empty = any.
+    /// Ports a name may ask for besides `default_port`.
     pub ports: Vec<u16>,
+    /// How names may reach the app.
+    pub reach: Vec<Reach>,
     /// Connection cap; 0 = none.
     pub max_connections: u32,
     /// PROXY header to send to instances.
@@ -38,12 +40,23 @@ impl AppSpec {
         port == self.default_port || self.ports.contains(&port)
     }
 
-    /// A tcp-mode app with no cap, no port restriction and no PROXY header.
+    /// Whether a name in `mode` may reach the app.
+    pub fn reachable_by(&self, mode: Mode) -> bool {
+        let reach = match mode {
+            Mode::Terminate => Reach::Terminate,
+            Mode::Passthrough => Reach::Passthrough,
+            Mode::TerminateH2 => Reach::H2,
+        };
+        self.reach.contains(&reach)
+    }
+
+    /// A tcp-mode app with no cap, only its default port, every mode, no PROXY header.
     pub fn new(id: impl Into<String>, default_port: u16, instances: Vec<IpAddr>) -> AppSpec {
         AppSpec {
             id: id.into(),
             default_port,
             ports: Vec::new(),
+            reach: Reach::defaults(AppMode::Tcp),
             max_connections: 0,
             proxy_protocol: None,
             mode: AppMode::Tcp,
@@ -59,6 +72,10 @@ impl From<&AppConfig> for AppSpec {
             id: c.id.clone(),
             default_port: c.default_port,
             ports: c.ports.clone(),
+            reach: c
+                .reachable_by
+                .clone()
+                .unwrap_or_else(|| Reach::defaults(c.mode)),
             max_connections: c.max_connections,
             proxy_protocol: c.proxy_protocol,
             mode: c.mode,
@@ -76,36 +93,89 @@ pub struct App {
     /// Instances with their shared load and health.
     pub instances: Box<[Arc<Instance>]>,
     /// Live connections, shared across table rebuilds.
-    active: Arc<AtomicU32>,
+    active: Arc<Slots>,
     /// Request statistics of the `http` mode, shared across table rebuilds.
     pub http_stats: Arc<AppStats>,
 }
 
+/// An app's live connections: the total, and per client address when the app is capped.
+#[derive(Debug, Default)]
+pub struct Slots {
+    total: AtomicU32,
+    by_source: std::sync::Mutex<HashMap<IpAddr, u32>>,
+}
+
+/// Why an app refused a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Full {
+    /// Every slot (`max_connections`) is held.
+    App(u32),
+    /// This client address holds its share of the slots.
+    Share(u32),
+}
+
 impl App {
-    /// Takes a connection slot, or `None` when the app is at `max_connections`.
-    pub fn admit(self: &Arc<Self>) -> Option<AppSlot> {
-        let n = self.active.fetch_add(1, Ordering::Relaxed);
+    /// Takes a connection slot for a client at `source`: refused when the app is at
+    /// `max_connections`, or when that source already holds `share` of them (rounded up, at
+    /// least one). Uncapped apps count only the total.
+    pub fn admit(self: &Arc<Self>, source: IpAddr, share: f64) -> Result<AppSlot, Full> {
         let cap = self.spec.max_connections;
-        if cap != 0 && n >= cap {
-            self.active.fetch_sub(1, Ordering::Relaxed);
-            return None;
+        let n = self.active.total.fetch_add(1, Ordering::Relaxed);
+        let mut slot = AppSlot {
+            slots: self.active.clone(),
+            source: None,
+        };
+        if cap == 0 {
+            return Ok(slot);
         }
-        Some(AppSlot(self.active.clone()))
+        if n >= cap {
+            return Err(Full::App(cap)); // the slot gives the count back
+        }
+        let per_source = ((f64::from(cap) * share).ceil() as u32).clamp(1, cap);
+        let key = crate::admission::source_key(source);
+        let mut by_source = self
+            .active
+            .by_source
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let held = by_source.entry(key).or_insert(0);
+        if *held >= per_source {
+            return Err(Full::Share(per_source));
+        }
+        *held += 1;
+        slot.source = Some(key);
+        Ok(slot)
     }
 
     /// Live connections.
     pub fn active(&self) -> u32 {
-        self.active.load(Ordering::Relaxed)
+        self.active.total.load(Ordering::Relaxed)
     }
 }
 
 /// One of an app's connection slots, given back on drop.
 #[derive(Debug)]
-pub struct AppSlot(Arc<AtomicU32>);
+pub struct AppSlot {
+    slots: Arc<Slots>,
+    source: Option<IpAddr>,
+}
 
 impl Drop for AppSlot {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        self.slots.total.fetch_sub(1, Ordering::Relaxed);
+        if let Some(source) = self.source {
+            let mut by_source = self
+                .slots
+                .by_source
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if let Some(n) = by_source.get_mut(&source) {
+                *n -= 1;
+                if *n == 0 {
+                    by_source.remove(&source);
+                }
+            }
+        }
     }
 }
 
@@ -136,6 +206,14 @@ pub enum RouteError {
         app: String,
         /// Requested port.
         port: u16,
+    },
+    /// The app may not be reached this way (`reachable_by`).
+    #[error("app {app:?} may not be reached by {mode} (its reachable_by)")]
+    ModeNotAllowed {
+        /// App id.
+        app: String,
+        /// The mode the name asked for.
+        mode: &'static str,
     },
     /// A custom domain could not be mapped.
     #[error("custom domain: {0}")]
@@ -235,10 +313,20 @@ impl RouteTable {
             .get(app)
             .ok_or_else(|| RouteError::UnknownApp(app.to_owned()))?;
         let port = port.unwrap_or(app.spec.default_port);
-        if !app.spec.ports.is_empty() && !app.spec.ports.contains(&port) {
+        if !app.spec.declares(port) {
             return Err(RouteError::PortNotAllowed {
                 app: app.spec.id.clone(),
                 port,
+            });
+        }
+        if !app.spec.reachable_by(mode) {
+            return Err(RouteError::ModeNotAllowed {
+                app: app.spec.id.clone(),
+                mode: match mode {
+                    Mode::Terminate => "terminate",
+                    Mode::Passthrough => "passthrough",
+                    Mode::TerminateH2 => "h2",
+                },
             });
         }
         Ok(Route {
@@ -286,7 +374,9 @@ mod tests {
         let mut ssh = spec("ssh", &[[10, 0, 0, 9]]);
         ssh.ports = vec![22];
         ssh.default_port = 22;
-        let t = table(vec![spec("web", &[[10, 0, 0, 1]]), spec("demos", &[]), ssh]);
+        let mut web = spec("web", &[[10, 0, 0, 1]]);
+        web.ports = vec![80, 8443];
+        let t = table(vec![web, spec("demos", &[]), ssh]);
         let r = t.route_name("web.gw.test").unwrap().unwrap();
         assert_eq!(
             (&*r.app.spec.id, r.port, r.mode),
@@ -314,6 +404,42 @@ mod tests {
     }
 
     #[test]
+    fn exposure_only_declared_ports_and_modes_are_reachable() {
+        let mut web = spec("web", &[[10, 0, 0, 1]]);
+        web.mode = AppMode::Http;
+        web.reach = Reach::defaults(AppMode::Http);
+        let t = table(vec![web, spec("shell", &[[10, 0, 0, 2]])]);
+        // only the default port without a `ports` list
+        assert_eq!(
+            t.route_name("web-22.gw.test").unwrap().unwrap_err(),
+            RouteError::PortNotAllowed {
+                app: "web".into(),
+                port: 22
+            }
+        );
+        assert_eq!(t.route_name("web-80.gw.test").unwrap().unwrap().port, 80);
+        // an http app is not reached as raw TLS unless it says so
+        assert_eq!(
+            t.route_name("webs.gw.test").unwrap().unwrap_err(),
+            RouteError::ModeNotAllowed {
+                app: "web".into(),
+                mode: "passthrough"
+            }
+        );
+        assert_eq!(
+            t.route("web", None, Mode::Passthrough)
+                .unwrap_err()
+                .to_string(),
+            "app \"web\" may not be reached by passthrough (its reachable_by)"
+        );
+        assert!(t.route_name("webg.gw.test").unwrap().is_ok());
+        assert!(
+            t.route_name("shells.gw.test").unwrap().is_ok(),
+            "tcp apps keep all three"
+        );
+    }
+
+    #[test]
     fn ambiguous_and_duplicate_apps_are_refused() {
         let bases = ["gw.test".to_string()];
         assert_eq!(
@@ -332,15 +458,36 @@ mod tests {
         web.max_connections = 1;
         let t1 = table(vec![web.clone()]);
         let app1 = t1.app("web").unwrap().clone();
-        let slot = app1.admit().unwrap();
+        let client = IpAddr::from([192, 0, 2, 1]);
+        let slot = app1.admit(client, 1.0).unwrap();
         let _load = crate::upstream::balancer::Load::start(app1.instances[1].clone());
         web.instances.push(IpAddr::from([10, 0, 0, 3]));
         let t2 = RouteTable::build(&["gw.test".into()], vec![web], Some(&t1)).unwrap();
         let app2 = t2.app("web").unwrap();
-        assert!(app2.admit().is_none(), "cap shared across rebuilds");
+        assert_eq!(
+            app2.admit(client, 1.0).unwrap_err(),
+            Full::App(1),
+            "cap shared across rebuilds"
+        );
         assert_eq!(app2.instances[1].active(), 1, "instance load carried over");
         assert_eq!(app2.instances[2].active(), 0);
         drop(slot);
-        assert!(app2.admit().is_some());
+        assert!(app2.admit(client, 1.0).is_ok());
+    }
+
+    #[test]
+    fn fairness_one_client_holds_at_most_its_share_of_an_apps_slots() {
+        let mut web = spec("web", &[[10, 0, 0, 1]]);
+        web.max_connections = 4;
+        let t = table(vec![web]);
+        let app = t.app("web").unwrap();
+        let a = IpAddr::from([192, 0, 2, 1]);
+        let held: Vec<_> = (0..2).map(|_| app.admit(a, 0.5).unwrap()).collect();
+        assert_eq!(app.admit(a, 0.5).unwrap_err(), Full::Share(2));
+        let b = IpAddr::from([192, 0, 2, 2]);
+        let _b = app.admit(b, 0.5).unwrap();
+        assert_eq!(app.active(), 3, "refusals give their count back");
+        drop(held);
+        assert!(app.admit(a, 0.5).is_ok());
     }
 }

@@ -1,0 +1,157 @@
+//! Issue 17 §1-2 through the real binary: one client cannot hold the listener's descriptors or
+//! a capped app's slots away from the others.
+
+use gatehouse::hello::parse::build::{client_hello, records};
+use gatehouse_tests::pki::{tls_connect_from, TestCa};
+use gatehouse_tests::servers::{bind, connect_from, echo, hold, read_line};
+use gatehouse_tests::{base_config, Gateway};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+fn hello_for(name: &str) -> Vec<u8> {
+    records(&client_hello(Some(name), &[], 0), 16_384)
+}
+
+/// Polls `f` until it holds, for at most `limit`.
+async fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    f()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fairness_one_source_cannot_hold_the_listener() {
+    let holder = bind([127, 0, 0, 1], 0).await.unwrap();
+    let hold_port = holder.local_addr().unwrap().port();
+    let held = hold(holder);
+    let echo_l = bind([127, 0, 0, 1], 0).await.unwrap();
+    let echo_port = echo_l.local_addr().unwrap().port();
+    echo(echo_l, "echo");
+    let config = format!(
+        "{}\n[[apps]]\nid = \"hold\"\ndefault_port = {hold_port}\n[[apps.instances]]\naddress = \"127.0.0.1\"\n\
+         [[apps]]\nid = \"echo\"\ndefault_port = {echo_port}\n[[apps.instances]]\naddress = \"127.0.0.1\"\n",
+        base_config("[proxy.limits]\nmax_connections_per_source = 20\n")
+    )
+    .replace("drain = \"10s\"", "drain = \"10s\"\nlinger = \"1s\"\nfirst_data = \"60s\"");
+    let gw = Gateway::start(&config);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let baseline = gw.open_fds();
+
+    // One source opens twice its cap, each sending a hello for the name whose instance holds.
+    let hello = hello_for("holds.gw.test");
+    let mut flood = Vec::new();
+    for _ in 0..40 {
+        let mut s = connect_from([127, 0, 0, 1], gw.addr).await.unwrap();
+        let _ = s.write_all(&hello).await;
+        flood.push(s);
+    }
+    assert!(
+        eventually(Duration::from_secs(5), || held.load(Ordering::SeqCst) >= 20).await,
+        "the capped share reached the instance"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        held.load(Ordering::SeqCst),
+        20,
+        "no more than the source's cap"
+    );
+    assert!(
+        gw.metric("gatehouse_connections_rejected_total{reason=\"source_limit\"}") >= 20,
+        "{}",
+        gw.metrics()
+    );
+
+    // Another source is served while the first holds its cap.
+    let mut other = connect_from([127, 0, 0, 2], gw.addr).await.unwrap();
+    other.write_all(&hello_for("echos.gw.test")).await.unwrap();
+    let greeting = tokio::time::timeout(Duration::from_secs(5), read_line(&mut other))
+        .await
+        .expect("the second source is answered");
+    assert_eq!(greeting, "echo");
+    drop(other);
+
+    // The first source leaves; the instance keeps holding its ends. The relays end after
+    // the linger, and the gateway's descriptors return to where they were.
+    drop(flood);
+    let back = eventually(Duration::from_secs(8), || gw.open_fds() <= baseline + 2).await;
+    assert!(
+        back,
+        "descriptors {} did not return to the baseline {baseline}",
+        gw.open_fds()
+    );
+    assert_eq!(held.load(Ordering::SeqCst), 20, "the instance still holds");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fairness_a_client_holding_its_share_cannot_lock_out_another() {
+    let ca = TestCa::new();
+    let app = bind([127, 0, 0, 1], 0).await.unwrap();
+    let port = app.local_addr().unwrap().port();
+    echo(app, "web");
+    let dir = tempfile::tempdir().unwrap();
+    let wild = ca.write(dir.path(), "wild", &["*.gw.test"]);
+    let config = format!(
+        "{}\n[[apps]]\nid = \"web\"\ndefault_port = {port}\nmax_connections = 4\n[[apps.instances]]\naddress = \"127.0.0.1\"\n[tls]\ncertificates = [{wild}]\n",
+        base_config("")
+    )
+    .replace("drain = \"10s\"", "drain = \"10s\"\nfirst_data = \"3s\"");
+    let gw = Gateway::start_in(dir, &config);
+    let client = ca.client(&[]);
+
+    // Clients that never finish their handshake hold no slot.
+    let mut half_open = Vec::new();
+    for _ in 0..4 {
+        let mut s = connect_from([127, 0, 0, 1], gw.addr).await.unwrap();
+        s.write_all(&hello_for("web.gw.test")).await.unwrap();
+        half_open.push(s);
+    }
+    // One client completes four handshakes and sends nothing: it gets its share (2 of 4).
+    let mut holders = Vec::new();
+    for _ in 0..4 {
+        holders.push(
+            tls_connect_from([127, 0, 0, 1], gw.addr, "web.gw.test", client.clone())
+                .await
+                .unwrap(),
+        );
+    }
+    let mut served = 0;
+    for tls in holders.iter_mut() {
+        let mut line = [0u8; 4];
+        let got = tokio::time::timeout(Duration::from_secs(3), tls.read_exact(&mut line)).await;
+        if matches!(got, Ok(Ok(_))) && &line == b"web\n" {
+            served += 1;
+        }
+    }
+    assert_eq!(
+        served, 2,
+        "one client holds at most its share of the app's slots"
+    );
+
+    // Another client is served throughout.
+    let mut other = tls_connect_from([127, 0, 0, 2], gw.addr, "web.gw.test", client.clone())
+        .await
+        .unwrap();
+    assert_eq!(read_line(&mut other).await, "web");
+    other.write_all(b"ping\n").await.unwrap();
+    assert_eq!(read_line(&mut other).await, "ping");
+
+    // The silent client's connections are closed once `first_data` passes.
+    for tls in holders.iter_mut() {
+        let mut rest = Vec::new();
+        let end = tokio::time::timeout(Duration::from_secs(8), tls.read_to_end(&mut rest)).await;
+        assert!(end.is_ok(), "a silent connection is closed");
+    }
+    assert!(gw.metric("gatehouse_connections_rejected_total{reason=\"no_data\"}") >= 2);
+    assert!(
+        gw.log().contains("its share of 2 connections"),
+        "{}",
+        gw.log()
+    );
+    drop(half_open);
+}
