@@ -199,7 +199,7 @@ fn http_app(net: &mut Net, ns: &str, addr: Ipv4Addr, name: &str, dir: &Path) -> 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn apps_join_the_vpc_with_attestation_and_receive_traffic() {
+async fn apps_join_the_vpc_with_attestation_and_receive_traffic_without_exposure_between_peers() {
     if !wireguard_ready() {
         return;
     }
@@ -367,6 +367,31 @@ policy = "shop-policy.toml"
         app_log.contains("10.88.0.1 - - ") && app_log.contains("GET /who"),
         "the app sees the gateway's VPC address: {app_log}"
     );
+
+    // Isolation between tenants does not hang on a host sysctl: with forwarding switched on
+    // in the gateway's namespace, app1 still cannot reach app2 through the gateway.
+    ip(&[
+        "netns",
+        "exec",
+        &gw_ns,
+        "sysctl",
+        "-qw",
+        "net.ipv4.ip_forward=1",
+    ]);
+    let field = format!("interface={wg_gw}");
+    wait_gateway_log(&gw, "IP forwarding was turned on", &field, 0, limit);
+    let across = Command::new("ip")
+        .args(["netns", "exec", &a1, "curl", "-s", "--max-time", "3"])
+        .arg(format!("http://{addr2}:8080/who"))
+        .output()
+        .unwrap();
+    assert!(
+        !across.status.success(),
+        "app1 reached app2 through the gateway: {}",
+        String::from_utf8_lossy(&across.stdout)
+    );
+    let seen = until_seen(&gw_ns, &ca_pem, &["app1", "app2"], limit);
+    assert_eq!(seen.len(), 2, "the gateway still reaches both: {seen:?}");
 
     // An instance measured outside the app's policy: refused by name, no peer, no address.
     let rogue = agent_args(&a2, "wgnone", "rogue", "rogue.toml", "gateway-policy.toml");

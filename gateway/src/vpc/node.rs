@@ -141,6 +141,7 @@ impl VpcNode {
         let c = self.registrar.config();
         self.wg.configure(&self.key, Some(c.listen_port)).await?;
         set_address(&c.interface, c.gateway_address, c.prefix.len).await?;
+        no_forwarding(&c.interface)?;
         let leases = self.registrar.leases.all()?;
         for lease in &leases {
             match parse_key(&lease.public_key) {
@@ -219,6 +220,9 @@ impl VpcNode {
         c: &VpcConfig,
         rx_moved: &mut HashMap<[u8; 32], (u64, Option<Instant>)>,
     ) -> Result<SourceInstances, VpcError> {
+        if no_forwarding(&c.interface)? {
+            tracing::warn!(interface = %c.interface, "IP forwarding was turned on for the VPC interface (a host sysctl such as net.ipv4.ip_forward=1); turned off again: peers do not reach each other through the gateway");
+        }
         let (own, peers) = self.wg.state().await?;
         if own != Some(self.key.public) {
             tracing::warn!(interface = %c.interface, "WireGuard lost its configuration (daemon restarted?); re-applying");
@@ -298,6 +302,24 @@ fn log_changes(before: &SourceInstances, now: &SourceInstances, stale: Duration)
             tracing::warn!(app = %app, address = %ip, "VPC instance out of rotation: no sign of life for {stale:?}");
         }
     }
+}
+
+/// Turns IPv4 forwarding off for packets received on `interface` (so one VPC peer never
+/// reaches another through the gateway, whatever the host's global `ip_forward` says);
+/// returns whether it was on. Writing `net.ipv4.ip_forward` resets every interface's value,
+/// so the liveness loop calls this on every pass.
+fn no_forwarding(interface: &str) -> Result<bool, VpcError> {
+    let path = format!("/proc/sys/net/ipv4/conf/{interface}/forwarding");
+    let err = |e: std::io::Error| VpcError::WireGuard {
+        interface: interface.to_owned(),
+        reason: format!("{path}: {e}"),
+    };
+    let now = std::fs::read_to_string(&path).map_err(err)?;
+    if now.trim() == "0" {
+        return Ok(false);
+    }
+    std::fs::write(&path, "0").map_err(err)?;
+    Ok(true)
 }
 
 async fn handle(
