@@ -36,6 +36,10 @@ pub struct HttpConfig {
     pub redirect_listen: Option<SocketAddr>,
     /// One structured log line per request (target `gatehouse::access`), off by default.
     pub access_log: bool,
+    /// Pass request header names containing `_` to instances. Off by default: CGI, WSGI and
+    /// Rack read `X_Forwarded_For` as `X-Forwarded-For`, so such a header from a client would
+    /// pose as one the gateway sets.
+    pub keep_underscore_headers: bool,
 }
 
 impl Default for HttpConfig {
@@ -51,6 +55,7 @@ impl Default for HttpConfig {
             upstream_idle_timeout: Duration::from_secs(60),
             redirect_listen: None,
             access_log: false,
+            keep_underscore_headers: false,
         }
     }
 }

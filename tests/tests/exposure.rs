@@ -88,3 +88,105 @@ certificates = [{wild}]
         "{got:?}"
     );
 }
+
+/// An HTTP/1.1 origin answering each request with its raw request head as the body.
+fn head_echo(listener: tokio::net::TcpListener) {
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut b = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut b).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&b[..n]),
+                    }
+                }
+                let reply = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    head.len()
+                );
+                let _ = s.write_all(&[reply.as_bytes(), &head].concat()).await;
+            });
+        }
+    });
+}
+
+/// An HTTP/1.1 origin that switches protocols on every request, asked or not.
+fn switches_unasked(listener: tokio::net::TcpListener) {
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut b = [0u8; 4096];
+                let _ = s.read(&mut b).await;
+                let _ = s
+                    .write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: raw\r\nConnection: upgrade\r\n\r\nTUNNEL")
+                    .await;
+                let _ = s.read(&mut b).await;
+            });
+        }
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exposure_http_headers_the_app_can_trust() {
+    use gatehouse_tests::http::{body, http_app, request, request_h2, text, HttpGateway};
+    let heads = bind([127, 0, 0, 1], 0).await.unwrap();
+    let heads_port = heads.local_addr().unwrap().port();
+    head_echo(heads);
+    let switch = bind([127, 0, 0, 1], 0).await.unwrap();
+    let switch_port = switch.local_addr().unwrap().port();
+    switches_unasked(switch);
+    let apps = http_app("web", heads_port, &["127.0.0.1"], "")
+        + &http_app("sw", switch_port, &["127.0.0.1"], "");
+    let h = HttpGateway::start("", &apps);
+
+    // Look-alikes and the client-address family from a client never reach the app as such.
+    let mut h1 = h.h1("web.gw.test").await;
+    let req = request("GET", "web.gw.test", "/")
+        .header("X_Forwarded_For", "6.6.6.6")
+        .header("X-Real-IP", "6.6.6.6")
+        .header("True-Client-IP", "6.6.6.6")
+        .header("X-Client-IP", "6.6.6.6")
+        .header("X-Forwarded-Port", "1")
+        .header("X-Forwarded-Scheme", "http")
+        .header("X-Forwarded-Ssl", "off")
+        .body(body(""))
+        .unwrap();
+    let head = text(h1.send_request(req).await.unwrap())
+        .await
+        .to_lowercase();
+    assert!(!head.contains("6.6.6.6"), "{head}");
+    for gone in [
+        "x_forwarded_for",
+        "x-forwarded-port",
+        "x-forwarded-scheme",
+        "x-forwarded-ssl",
+    ] {
+        assert!(!head.contains(gone), "{gone} reached the app:\n{head}");
+    }
+    assert!(head.contains("x-real-ip: 127.0.0.1\r\n"), "{head}");
+    assert!(head.contains("x-forwarded-for: 127.0.0.1\r\n"), "{head}");
+
+    // h2 cookies (one field per cookie, as browsers send them) reach HTTP/1.1 as one line.
+    let mut h2 = h.h2("web.gw.test").await;
+    let req = request_h2("GET", "web.gw.test", "/")
+        .header("cookie", "a=1")
+        .header("cookie", "b=2")
+        .body(body(""))
+        .unwrap();
+    let head = text(h2.send_request(req).await.unwrap())
+        .await
+        .to_lowercase();
+    assert_eq!(head.matches("cookie:").count(), 1, "{head}");
+    assert!(head.contains("cookie: a=1; b=2\r\n"), "{head}");
+
+    // A 101 to a request that asked for no upgrade is not relayed as a tunnel.
+    let mut h1 = h.h1("sw.gw.test").await;
+    let resp = h1
+        .send_request(request("GET", "sw.gw.test", "/").body(body("")).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 502);
+    assert!(!text(resp).await.contains("TUNNEL"));
+}

@@ -42,29 +42,49 @@ pub struct ConnInfo {
     pub forwarded: Arc<proxy::Forwarded>,
 }
 
-/// Live `http` connections by socket-digest address.
+type Digest = Arc<pingora_core::protocols::SocketDigest>;
+
+/// Live `http` connections by socket digest. An entry holds its digest, so the digest's
+/// address (the key) cannot be reused by another connection while the entry exists, and a
+/// lookup or removal matches the digest itself, not only its address.
 #[derive(Debug, Default)]
-pub struct Conns(Mutex<HashMap<usize, ConnInfo>>);
+pub struct Conns(Mutex<HashMap<usize, (Digest, ConnInfo)>>);
 
 impl Conns {
-    fn key(d: &Arc<pingora_core::protocols::SocketDigest>) -> usize {
+    fn key(d: &Digest) -> usize {
         Arc::as_ptr(d) as usize
     }
 
     /// The connection a request came on.
-    pub fn get(&self, d: &Arc<pingora_core::protocols::SocketDigest>) -> Option<ConnInfo> {
+    pub fn get(&self, d: &Digest) -> Option<ConnInfo> {
         let m = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        m.get(&Conns::key(d)).cloned()
+        m.get(&Conns::key(d))
+            .filter(|(held, _)| Arc::ptr_eq(held, d))
+            .map(|(_, info)| info.clone())
+    }
+
+    /// Registers the connection of digest `d` until the returned guard drops.
+    fn register(&self, d: &Digest, info: ConnInfo) -> Registered<'_> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(Conns::key(d), (d.clone(), info));
+        Registered(self, d.clone())
     }
 }
 
-/// Removes a connection from [`Conns`] when its processing ends.
-struct Registered<'a>(&'a Conns, usize);
+/// Removes a connection from [`Conns`] when its processing ends: its own entry only.
+struct Registered<'a>(&'a Conns, Digest);
 
 impl Drop for Registered<'_> {
     fn drop(&mut self) {
         let mut m = self.0 .0.lock().unwrap_or_else(|p| p.into_inner());
-        m.remove(&self.1);
+        let key = Conns::key(&self.1);
+        if m.get(&key)
+            .is_some_and(|(held, _)| Arc::ptr_eq(held, &self.1))
+        {
+            m.remove(&key);
+        }
     }
 }
 
@@ -136,17 +156,67 @@ impl HttpEngine {
             rearm_after_response,
             forwarded,
         };
-        let key = Conns::key(io.socket_digest());
-        self.conns
-            .0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(key, info);
-        let _registered = Registered(&self.conns, key);
+        let _registered = self.conns.register(io.socket_digest(), info);
         let mut stream: pingora_core::protocols::Stream = Box::new(io);
         // h1 keep-alive: Pingora hands the stream back after each request it can reuse.
         while let Some(s) = self.proxy.process_new(stream, &self.shutdown).await {
             stream = s;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::route::{AppSpec, Mode, RouteTable};
+    use pingora_core::protocols::SocketDigest;
+
+    fn info(sni: &str) -> ConnInfo {
+        let table = RouteTable::build(
+            &["gw.test".into()],
+            vec![AppSpec::new("web", 80, Vec::new())],
+            None,
+        )
+        .unwrap();
+        ConnInfo {
+            route: table.route("web", None, Mode::Terminate).unwrap(),
+            sni: sni.into(),
+            header_deadline: Arc::default(),
+            rearm_after_response: None,
+            forwarded: Arc::new(proxy::Forwarded::new("192.0.2.1:1".parse().unwrap(), sni)),
+        }
+    }
+
+    #[test]
+    fn exposure_connection_state_is_keyed_by_identity_not_address() {
+        let conns = Conns::default();
+        let old: Digest = Arc::new(SocketDigest::from_raw_fd(7));
+        let new: Digest = Arc::new(SocketDigest::from_raw_fd(8));
+        let stale = conns.register(&old, info("old.gw.test"));
+        // A new connection registered under the same key (as if the old digest's address
+        // were reused) is not served the old one's state, and the old guard does not remove it.
+        let key = Conns::key(&old);
+        conns
+            .0
+            .lock()
+            .unwrap()
+            .insert(key, (new.clone(), info("new.gw.test")));
+        assert!(
+            conns.get(&old).is_none(),
+            "a lookup matches the digest itself"
+        );
+        drop(stale);
+        let m = conns.0.lock().unwrap();
+        assert_eq!(&*m.get(&key).expect("kept").1.sni, "new.gw.test");
+        drop(m);
+        // While registered, the entry holds its digest: its address cannot be reused.
+        let before = Arc::strong_count(&new);
+        let _live = conns.register(&new, info("live.gw.test"));
+        assert_eq!(
+            Arc::strong_count(&new),
+            before + 2,
+            "the entry and its guard"
+        );
+        assert_eq!(&*conns.get(&new).unwrap().sni, "live.gw.test");
     }
 }

@@ -88,6 +88,63 @@ async fn respond(session: &mut Session, code: u16, body: &'static str) -> Result
 
 static HTTPS: HeaderValue = HeaderValue::from_static("https");
 
+/// Headers that claim the client's address, port or scheme, set by other proxies and CDNs.
+/// With `forwarded = "replace"` a client's own are removed (X-Real-IP is then set to the
+/// client's address), so an app that reads any of them reads this hop's truth or nothing.
+const CLIENT_CLAIMS: &[&str] = &[
+    "x-real-ip",
+    "true-client-ip",
+    "x-client-ip",
+    "client-ip",
+    "x-cluster-client-ip",
+    "cf-connecting-ip",
+    "fastly-client-ip",
+    "x-original-forwarded-for",
+    "x-forwarded",
+    "forwarded-for",
+    "x-forwarded-port",
+    "x-forwarded-server",
+    "x-forwarded-prefix",
+    "x-forwarded-scheme",
+    "x-forwarded-ssl",
+    "x-url-scheme",
+    "front-end-https",
+];
+
+/// Whether the client asked to switch protocols (an HTTP/1.1 `Upgrade` request).
+fn asked_upgrade(req: &RequestHeader) -> bool {
+    req.version == http::Version::HTTP_11 && req.headers.contains_key(http::header::UPGRADE)
+}
+
+/// Request header hygiene before any forwarding header is set: names with `_` dropped
+/// (unless kept), and `cookie` fields joined into one with "; " (RFC 9113 §8.2.3: h2 clients
+/// send one field per cookie; an HTTP/1.1 instance must get a single line).
+fn clean(up: &mut RequestHeader, keep_underscores: bool) -> Result<()> {
+    if !keep_underscores {
+        let underscored: Vec<http::HeaderName> = up
+            .headers
+            .keys()
+            .filter(|k| k.as_str().contains('_'))
+            .cloned()
+            .collect();
+        for name in underscored {
+            up.remove_header(&name);
+        }
+    }
+    let cookies = up.headers.get_all(http::header::COOKIE);
+    if cookies.iter().nth(1).is_some() {
+        let joined: Vec<u8> = cookies
+            .iter()
+            .map(|v| v.as_bytes())
+            .collect::<Vec<_>>()
+            .join(&b"; "[..]);
+        let value = HeaderValue::from_bytes(&joined)
+            .map_err(|e| Error::because(ErrorType::InvalidHTTPHeader, "cookie", e))?;
+        up.insert_header(http::header::COOKIE, value)?;
+    }
+    Ok(())
+}
+
 /// This hop's forwarding header values for one connection (its client and name), made once
 /// so that a request pays header-map inserts of shared values, not formatting.
 #[derive(Debug)]
@@ -163,6 +220,7 @@ impl Gatehouse {
             return Ok(());
         };
         let f = &conn.forwarded;
+        clean(up, self.config.keep_underscore_headers)?;
         let earlier = |up: &RequestHeader, name: &str| {
             let values: Vec<&str> = up
                 .headers
@@ -174,6 +232,10 @@ impl Gatehouse {
         };
         match self.config.forwarded {
             ForwardedMode::Replace => {
+                for name in CLIENT_CLAIMS {
+                    up.remove_header(*name);
+                }
+                up.insert_header("x-real-ip", f.client.clone())?;
                 up.insert_header("x-forwarded-for", f.client.clone())?;
                 up.insert_header("x-forwarded-proto", HTTPS.clone())?;
                 up.insert_header("x-forwarded-host", f.host.clone())?;
@@ -365,6 +427,25 @@ impl ProxyHttp for Gatehouse {
         self.forwarding(session, up, ctx)
     }
 
+    async fn upstream_response_filter(
+        &self,
+        session: &mut Session,
+        resp: &mut ResponseHeader,
+        _ctx: &mut Ctx,
+    ) -> Result<()> {
+        // A 101 nobody asked for would turn the connection into a tunnel to the instance,
+        // past every later request's checks.
+        if resp.status == http::StatusCode::SWITCHING_PROTOCOLS
+            && !asked_upgrade(session.req_header())
+        {
+            return Error::e_explain(
+                ErrorType::HTTPStatus(502),
+                "the instance switched protocols on a request that asked for no upgrade",
+            );
+        }
+        Ok(())
+    }
+
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, _ctx: &mut Ctx) -> FailToProxy
     where
         Ctx: Send + Sync,
@@ -372,6 +453,7 @@ impl ProxyHttp for Gatehouse {
         let (code, body): (u16, &'static str) = match (e.etype(), e.esource()) {
             (ErrorType::HTTPStatus(503), _) => (503, "503 no healthy instance\n"),
             (ErrorType::HTTPStatus(413), _) => (413, TOO_LARGE),
+            (ErrorType::HTTPStatus(502), _) => (502, "502 the instance failed\n"),
             (_, ErrorSource::Downstream) => (0, ""),
             (
                 ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout,
