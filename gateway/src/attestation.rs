@@ -19,6 +19,8 @@ use gatehouse_attest::statement::{Signer, Statement};
 use gatehouse_attest::{eventlog::Event, AttestError, QuoteProvider};
 use gatehouse_config::{Config, Sealing, TeeConfig, TeeProvider};
 use gatehouse_store::{AesGcmSealer, Sealer};
+use std::collections::HashMap;
+use std::net::IpAddr;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -27,6 +29,10 @@ use std::time::{Duration, Instant};
 pub const ATTEST_ALPN: &[u8] = b"gatehouse-attest/1";
 /// Fresh (nonce) quotes allowed per second, process-wide.
 const FRESH_PER_SECOND: u32 = 4;
+/// Fresh (nonce) quotes allowed per second to one client address (an IPv6 /64).
+const FRESH_PER_CLIENT_PER_SECOND: u32 = 1;
+/// The context of the statement answering `?challenge=`: the payload is the challenge text.
+pub const FRESHNESS_CONTEXT: &str = "gatehouse-freshness";
 
 /// What `[tee]` gave: the attestor (absent with `provider = "none"`) and the sealer.
 pub struct Tee {
@@ -174,6 +180,7 @@ pub async fn open(config: &Config, state_dir: &Path) -> Result<Tee, StartError> 
         dstack_acme_info: config.tee.dstack_acme_info,
         cached: tokio::sync::Mutex::new(None),
         fresh: Mutex::new((Instant::now(), 0)),
+        fresh_by_client: Mutex::new(HashMap::new()),
         seen_spki: Mutex::new(Vec::new()),
     };
     Ok(Tee {
@@ -197,6 +204,8 @@ pub struct Attestor {
     cached: tokio::sync::Mutex<Option<(serde_json::Value, Bundle)>>,
     /// Fresh-quote rate: window start, count in it.
     fresh: Mutex<(Instant, u32)>,
+    /// The same, per client address.
+    fresh_by_client: Mutex<HashMap<IpAddr, (Instant, u32)>>,
     /// Every SPKI hash served since start, oldest first.
     seen_spki: Mutex<Vec<String>>,
 }
@@ -223,7 +232,7 @@ impl Attestor {
 #[derive(Debug, thiserror::Error)]
 pub enum BundleError {
     /// Too many nonce requests.
-    #[error("too many fresh quotes requested; retry in a second")]
+    #[error("too many fresh quotes requested; retry in a second, or ask ?challenge=")]
     RateLimited,
     /// The nonce is not 1-64 bytes of hex.
     #[error("nonce must be 2-128 hex digits")]
@@ -320,16 +329,15 @@ impl Attestor {
     pub async fn bundle(
         &self,
         shared: &Shared,
-        nonce: Option<&str>,
+        nonce: Option<(&str, IpAddr)>,
     ) -> Result<Bundle, BundleError> {
         let mut claims = self.claims(shared)?;
         let mut cached = self.cached.lock().await; // one quote at a time
-        if let Some(n) = nonce {
-            let ok = !n.is_empty() && n.len() <= 128 && gatehouse_attest::hex::decode(n).is_some();
-            if !ok {
+        if let Some((n, client)) = nonce {
+            if !valid_hex(n) {
                 return Err(BundleError::BadNonce);
             }
-            self.take_fresh_slot()?;
+            self.take_fresh_slot(client)?;
             claims.nonce = Some(n.to_ascii_lowercase());
             claims.issued_at = gatehouse_attest::unix_now();
             return Ok(self.quote(&claims).await?);
@@ -351,16 +359,34 @@ impl Attestor {
         Ok(b)
     }
 
-    fn take_fresh_slot(&self) -> Result<(), BundleError> {
+    /// Takes one fresh quote from `client`'s allowance, then from the process's.
+    fn take_fresh_slot(&self, client: IpAddr) -> Result<(), BundleError> {
+        let second = Duration::from_secs(1);
+        let take = |w: &mut (Instant, u32), limit: u32| {
+            if w.0.elapsed() >= second {
+                *w = (Instant::now(), 0);
+            }
+            (w.1 < limit).then(|| w.1 += 1).is_some()
+        };
+        {
+            let mut by_client = self
+                .fresh_by_client
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if by_client.len() >= 10_000 {
+                by_client.retain(|_, w| w.0.elapsed() < second);
+            }
+            let key = crate::admission::source_key(client);
+            let w = by_client.entry(key).or_insert((Instant::now(), 0));
+            if !take(w, FRESH_PER_CLIENT_PER_SECOND) {
+                return Err(BundleError::RateLimited);
+            }
+        }
         let mut w = self.fresh.lock().unwrap_or_else(|p| p.into_inner());
-        if w.0.elapsed() >= Duration::from_secs(1) {
-            *w = (Instant::now(), 0);
+        match take(&mut w, FRESH_PER_SECOND) {
+            true => Ok(()),
+            false => Err(BundleError::RateLimited),
         }
-        if w.1 >= FRESH_PER_SECOND {
-            return Err(BundleError::RateLimited);
-        }
-        w.1 += 1;
-        Ok(())
     }
 
     /// Signs `payload` under `context` with the attested key.
@@ -377,17 +403,48 @@ impl Attestor {
     }
 
     /// The response body for a bundle path; `None` for other paths.
+    ///
+    /// `?nonce=<hex>` quotes afresh with the nonce in the claims (one per second per client,
+    /// four per second in all); `?challenge=<hex>` answers, without a quote, a statement
+    /// signed by the attested key over the challenge text (context [`FRESHNESS_CONTEXT`]),
+    /// carrying the cached bundle: the same proof of liveness, for any number of clients.
     pub async fn answer(
         &self,
         shared: &Shared,
+        client: IpAddr,
         path: &str,
         query: Option<&str>,
     ) -> Option<(u16, Bytes)> {
-        let nonce = query.and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("nonce=")));
+        let param =
+            |name: &str| query.and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix(name)));
         let dstack = path == "/.dstack/acme-info" && self.dstack_acme_info;
         if path != bundle::WELL_KNOWN_PATH && !dstack {
             return None;
         }
+        if let Some(challenge) = param("challenge=").filter(|_| !dstack) {
+            if !valid_hex(challenge) {
+                return Some((400, Bytes::from("400 challenge must be 2-128 hex digits\n")));
+            }
+            return Some(
+                match self
+                    .sign(shared, FRESHNESS_CONTEXT, challenge.as_bytes())
+                    .await
+                {
+                    Ok(s) => match serde_json::to_vec_pretty(&s) {
+                        Ok(json) => (200, Bytes::from(json)),
+                        Err(e) => (500, Bytes::from(format!("{e}\n"))),
+                    },
+                    Err(e) => {
+                        tracing::error!("freshness statement: {e}");
+                        (
+                            503,
+                            Bytes::from(format!("503 attestation unavailable: {e}\n")),
+                        )
+                    }
+                },
+            );
+        }
+        let nonce = param("nonce=").map(|n| (n, client));
         let result = self.bundle(shared, nonce).await;
         Some(match result {
             Ok(b) if dstack => (200, Bytes::from(acme_info(&b).to_string())),
@@ -408,6 +465,11 @@ impl Attestor {
             }
         })
     }
+}
+
+/// 2-128 hex digits (1-64 bytes).
+fn valid_hex(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 128 && gatehouse_attest::hex::decode(s).is_some()
 }
 
 /// dstack's `/.dstack/acme-info` shape, filled from the bundle: one quote binds the account

@@ -129,6 +129,8 @@ struct Challenge {
     start: usize,
     sni: String,
     deadline: Instant,
+    /// The client (the PROXY header's source, else the peer).
+    client: std::net::IpAddr,
 }
 
 /// Reads the PROXY header and hello, and routes the name.
@@ -165,6 +167,7 @@ async fn route(
         Ok(Ok(Err(e))) => return Err(refuse(&mut stream, e.into()).await),
         Ok(Ok(Ok(h))) => h,
     };
+    let client = client_addrs.map_or(peer, |(c, _)| c);
     if hello.offers(crate::attestation::ATTEST_ALPN)
         && shared.attest.get().is_some()
         && shared.tls.resolver.has(&hello.sni)
@@ -175,6 +178,7 @@ async fn route(
             start,
             sni: hello.sni,
             deadline,
+            client: client.ip(),
         }));
     }
     if shared.acme.claims(&hello) {
@@ -184,6 +188,7 @@ async fn route(
             start,
             sni: hello.sni,
             deadline,
+            client: client.ip(),
         }));
     }
 
@@ -200,7 +205,6 @@ async fn route(
             .await)
         }
     };
-    let client = client_addrs.map_or(peer, |(c, _)| c);
     let proxy_header = match route.app.spec.proxy_protocol {
         None => None,
         Some(version) => {
@@ -252,6 +256,7 @@ async fn answer_attestation(shared: &Shared, c: Challenge) -> Result<(), ConnErr
     let Some(attestor) = shared.attest.get() else {
         return Ok(());
     };
+    let client = c.client;
     let replay = Prefixed::new(c.stream, c.buf, c.start);
     let config = shared.tls.attest.clone();
     let tls = accept(config, replay, c.deadline, shared.timeouts.handshake).await?;
@@ -261,7 +266,7 @@ async fn answer_attestation(shared: &Shared, c: Challenge) -> Result<(), ConnErr
             let (status, body) = match req.method() == hyper::Method::GET {
                 false => (405, bytes::Bytes::from_static(b"405 GET only\n")),
                 true => attestor
-                    .answer(shared, req.uri().path(), req.uri().query())
+                    .answer(shared, client, req.uri().path(), req.uri().query())
                     .await
                     .unwrap_or((404, bytes::Bytes::from_static(b"404 not found\n"))),
             };

@@ -155,3 +155,109 @@ async fn fairness_a_client_holding_its_share_cannot_lock_out_another() {
     );
     drop(half_open);
 }
+
+/// `GET <path_and_query>` for the attestation bundle on one keep-alive connection.
+async fn attest_get(
+    send: &mut hyper::client::conn::http1::SendRequest<gatehouse_tests::http::ReqBody>,
+    query: &str,
+) -> (u16, String) {
+    use gatehouse_tests::http::{body, request, text};
+    let req = request(
+        "GET",
+        "web.gw.test",
+        &format!("/.well-known/gatehouse/attestation{query}"),
+    )
+    .body(body(""))
+    .unwrap();
+    let resp = send.send_request(req).await.unwrap();
+    let status = resp.status().as_u16();
+    (status, text(resp).await)
+}
+
+/// An attestation connection (ALPN `gatehouse-attest/1`) from loopback address `source`.
+async fn attest_conn(
+    gw: &Gateway,
+    ca: &TestCa,
+    source: [u8; 4],
+) -> hyper::client::conn::http1::SendRequest<gatehouse_tests::http::ReqBody> {
+    let tls = tls_connect_from(
+        source,
+        gw.addr,
+        "web.gw.test",
+        ca.client(&["gatehouse-attest/1"]),
+    )
+    .await
+    .unwrap();
+    let (send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    send
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fairness_fresh_quotes_are_limited_per_client_and_challenges_need_none() {
+    let ca = TestCa::new();
+    let app = bind([127, 0, 0, 1], 0).await.unwrap();
+    let port = app.local_addr().unwrap().port();
+    echo(app, "web");
+    let dir = tempfile::tempdir().unwrap();
+    let wild = ca.write(dir.path(), "wild", &["*.gw.test"]);
+    let config = format!(
+        "{}\n[[apps]]\nid = \"web\"\ndefault_port = {port}\n[[apps.instances]]\naddress = \"127.0.0.1\"\n[tls]\ncertificates = [{wild}]\n",
+        base_config("")
+    );
+    let gw = Gateway::start_in(dir, &config);
+
+    // One client loops nonce requests on one keep-alive connection...
+    let mut a = attest_conn(&gw, &ca, [127, 0, 0, 1]).await;
+    let mut answered = 0;
+    for i in 0..8 {
+        let (status, _) = attest_get(&mut a, &format!("?nonce={i:02x}")).await;
+        assert!(status == 200 || status == 429, "{status}");
+        answered += usize::from(status == 200);
+    }
+    assert!(
+        answered <= 2,
+        "one client got {answered} fresh quotes in a burst"
+    );
+    // ...and another client's fresh request is still answered.
+    let mut b = attest_conn(&gw, &ca, [127, 0, 0, 2]).await;
+    let (status, body) = attest_get(&mut b, "?nonce=bb").await;
+    assert_eq!(status, 200, "{body}");
+    let fresh: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(fresh["claims"]["nonce"], "bb");
+
+    // Freshness without a quote: a statement by the attested key over the challenge, as
+    // often as asked; it verifies offline against the challenge.
+    let mut last = String::new();
+    for _ in 0..6 {
+        let (status, body) = attest_get(&mut a, "?challenge=c0ffee").await;
+        assert_eq!(status, 200, "{body}");
+        last = body;
+    }
+    let statement: serde_json::Value = serde_json::from_str(&last).unwrap();
+    assert_eq!(statement["context"], "gatehouse-freshness");
+    let d = gw.path();
+    std::fs::write(d.join("fresh.json"), &last).unwrap();
+    std::fs::write(d.join("challenge"), "c0ffee").unwrap();
+    std::fs::write(d.join("other"), "c0ffef").unwrap();
+    let verify = |payload: &str| {
+        std::process::Command::new(gatehouse_tests::binary())
+            .current_dir(d)
+            .args(["verify-statement", "fresh.json", "--payload", payload])
+            .args([
+                "--insecure-trust-simulator-root",
+                "--accept-any-measurements",
+            ])
+            .output()
+            .unwrap()
+    };
+    let ok = verify("challenge");
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stdout)
+    );
+    assert!(!verify("other").status.success(), "bound to the challenge");
+}
