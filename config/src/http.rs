@@ -40,6 +40,9 @@ pub struct HttpConfig {
     /// Rack read `X_Forwarded_For` as `X-Forwarded-For`, so such a header from a client would
     /// pose as one the gateway sets.
     pub keep_underscore_headers: bool,
+    /// HTTP/1.1 responses slower than this many bytes per second to a client end (0 = off;
+    /// `proxy.timeouts.write` bounds a stalled write on both versions regardless).
+    pub min_send_rate: usize,
 }
 
 impl Default for HttpConfig {
@@ -56,6 +59,7 @@ impl Default for HttpConfig {
             redirect_listen: None,
             access_log: false,
             keep_underscore_headers: false,
+            min_send_rate: 0,
         }
     }
 }

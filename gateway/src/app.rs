@@ -102,11 +102,7 @@ impl Gateway {
             metrics: Metrics::default(),
             acme: crate::conn::AcmeTls::new()?,
             attest: std::sync::OnceLock::new(),
-            http: crate::http::HttpEngine::new(
-                config.proxy.timeouts.connect,
-                config.proxy.timeouts.idle,
-                &config.proxy.http,
-            ),
+            http: crate::http::HttpEngine::new(&config.proxy.timeouts, &config.proxy.http),
         });
         let workers = match config.proxy.workers {
             0 => std::thread::available_parallelism()

@@ -261,3 +261,93 @@ async fn fairness_fresh_quotes_are_limited_per_client_and_challenges_need_none()
     );
     assert!(!verify("other").status.success(), "bound to the challenge");
 }
+
+/// An HTTP/1.1 origin answering every request with a 64 MiB body, counting the connections
+/// it holds open (a connection ends when the gateway closes it mid-body).
+fn endless_body(
+    listener: tokio::net::TcpListener,
+) -> std::sync::Arc<std::sync::atomic::AtomicUsize> {
+    let open = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = open.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let count = count.clone();
+            tokio::spawn(async move {
+                count.fetch_add(1, Ordering::SeqCst);
+                let mut head = Vec::new();
+                let mut b = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut b).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => head.extend_from_slice(&b[..n]),
+                    }
+                }
+                let total = 64usize << 20;
+                let chunk = vec![b'x'; 64 * 1024];
+                let mut sent = s
+                    .write_all(
+                        format!("HTTP/1.1 200 OK\r\nContent-Length: {total}\r\n\r\n").as_bytes(),
+                    )
+                    .await
+                    .is_ok();
+                let mut left = total;
+                while sent && left > 0 {
+                    sent = s.write_all(&chunk).await.is_ok();
+                    left -= chunk.len();
+                }
+                count.fetch_sub(1, Ordering::SeqCst);
+            });
+        }
+    });
+    open
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fairness_clients_that_stop_reading_free_their_instance_connections() {
+    use gatehouse_tests::http::{body, http_app, request, request_h2, HttpGateway};
+    let origin = bind([127, 0, 0, 1], 0).await.unwrap();
+    let port = origin.local_addr().unwrap().port();
+    let open = endless_body(origin);
+    let h = HttpGateway::start_edited("", &http_app("big", port, &["127.0.0.1"], ""), |c| {
+        c.replace("drain = \"10s\"", "drain = \"10s\"\nwrite = \"2s\"")
+    });
+
+    // HTTP/1.1: five clients each ask for the body and never read it.
+    let mut h1_clients = Vec::new();
+    for _ in 0..5 {
+        let mut tls = h.tls("big.gw.test", &["http/1.1"]).await;
+        tls.write_all(b"GET / HTTP/1.1\r\nHost: big.gw.test\r\n\r\n")
+            .await
+            .unwrap();
+        h1_clients.push(tls);
+    }
+    // h2: one connection, ten streams, no body read.
+    let mut h2 = h.h2("big.gw.test").await;
+    let mut responses = Vec::new();
+    for _ in 0..10 {
+        let req = request_h2("GET", "big.gw.test", "/")
+            .body(body(""))
+            .unwrap();
+        responses.push(h2.send_request(req).await.unwrap());
+    }
+    assert!(
+        eventually(Duration::from_secs(5), || open.load(Ordering::SeqCst) >= 15).await,
+        "each request holds an instance connection: {}",
+        open.load(Ordering::SeqCst)
+    );
+    // The responses make no progress for `write`: each ends and frees its connection,
+    // while the clients keep their own connections open.
+    assert!(
+        eventually(Duration::from_secs(15), || open.load(Ordering::SeqCst) == 0).await,
+        "instance connections still held: {}",
+        open.load(Ordering::SeqCst)
+    );
+    drop((h1_clients, responses));
+    // The gateway still serves others.
+    let mut h1 = h.h1("big.gw.test").await;
+    let resp = h1
+        .send_request(request("HEAD", "big.gw.test", "/").body(body("")).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+}

@@ -106,20 +106,19 @@ impl std::fmt::Debug for HttpEngine {
 }
 
 impl HttpEngine {
-    /// The engine, with upstream connect timeout `connect`, the client idle limit `idle` (an
-    /// h2 connection with no open stream that long is closed with GOAWAY; HTTP/1.1 waits at
-    /// most that long for the next request) and the `[proxy.http]` settings.
-    pub fn new(
-        connect: std::time::Duration,
-        idle: std::time::Duration,
-        config: &HttpConfig,
-    ) -> HttpEngine {
+    /// The engine under the data path's `timeouts` (`connect` to instances; `idle`: an h2
+    /// connection with no open stream that long is closed with GOAWAY, HTTP/1.1 waits at most
+    /// that long for the next request, and a request body read or instance write that makes
+    /// no progress that long ends the request; `write`: a response the client does not read
+    /// for that long ends, freeing its instance connection) and the `[proxy.http]` settings.
+    pub fn new(timeouts: &gatehouse_config::Timeouts, config: &HttpConfig) -> HttpEngine {
+        let idle = timeouts.idle;
         let conns = Arc::new(Conns::default());
         let conf = Arc::new(ServerConf {
             upstream_keepalive_pool_size: config.upstream_pool_size,
             ..ServerConf::default()
         });
-        let app = proxy::Gatehouse::new(conns.clone(), connect, config.clone());
+        let app = proxy::Gatehouse::new(conns.clone(), timeouts, config.clone());
         let (tx, rx) = watch::channel(false);
         let mut proxy = pingora_proxy::http_proxy(&conf, app);
         let mut options = HttpServerOptions::default();

@@ -26,15 +26,25 @@ use std::time::{Duration, Instant};
 pub struct Gatehouse {
     conns: Arc<Conns>,
     connect: Duration,
+    /// No progress reading a request body or writing to an instance for this long ends it.
+    idle: Duration,
+    /// A response write to the client blocked this long ends the request.
+    write: Duration,
     config: HttpConfig,
 }
 
 impl Gatehouse {
-    /// Hooks reading connections from `conns`, connecting within `connect`.
-    pub fn new(conns: Arc<Conns>, connect: Duration, config: HttpConfig) -> Gatehouse {
+    /// Hooks reading connections from `conns`, under the data path's `timeouts`.
+    pub fn new(
+        conns: Arc<Conns>,
+        timeouts: &gatehouse_config::Timeouts,
+        config: HttpConfig,
+    ) -> Gatehouse {
         Gatehouse {
             conns,
-            connect,
+            connect: timeouts.connect,
+            idle: timeouts.idle,
+            write: timeouts.write,
             config,
         }
     }
@@ -312,8 +322,15 @@ impl ProxyHttp for Gatehouse {
         let Some(conn) = conn else {
             return respond(session, 500, "500 connection state lost\n").await;
         };
-        // The header is in: the body and upgrades run unbounded by it.
+        // The header is in: the body and upgrades run unbounded by it, but not by the same
+        // idle and write-stall limits as the TCP relay: a client that stops reading its
+        // response frees the instance connection after `timeouts.write` (h1 and h2 alike).
         conn.header_deadline.disarm();
+        session.set_write_timeout(Some(self.write));
+        session.set_read_timeout(Some(self.idle));
+        if self.config.min_send_rate > 0 {
+            session.set_min_send_rate(Some(self.config.min_send_rate));
+        }
         ctx.client = session.client_addr().and_then(|a| a.as_inet()).copied();
         let refusal = self.refusal(session, &conn);
         ctx.conn = Some(conn);
@@ -360,6 +377,7 @@ impl ProxyHttp for Gatehouse {
         peer.options.connection_timeout = Some(self.connect);
         peer.options.read_timeout = Some(self.config.upstream_read_timeout);
         peer.options.idle_timeout = Some(self.config.upstream_idle_timeout);
+        peer.options.write_timeout = Some(self.idle);
         if conn.route.mode == Mode::TerminateH2 {
             // `g` names: h2 with prior knowledge to the instance (plaintext on the VPC).
             peer.options.alpn = ALPN::H2;
