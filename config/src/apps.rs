@@ -38,6 +38,40 @@ pub struct AppConfig {
     pub health_check: Option<crate::HealthCheckConfig>,
 }
 
+impl AppConfig {
+    /// One line saying what the app exposes, for `check-config`: its ports and the ways
+    /// names reach it, with the defaults that changed in this version called out.
+    pub fn exposure(&self) -> String {
+        let ports = match self.ports.is_empty() {
+            true => format!("port {} only (no `ports` listed)", self.default_port),
+            false => format!("ports {:?}", self.ports),
+        };
+        let reach = self
+            .reachable_by
+            .clone()
+            .unwrap_or_else(|| Reach::defaults(self.mode));
+        let names: Vec<&str> = reach
+            .iter()
+            .map(|r| match r {
+                Reach::Terminate => "terminate",
+                Reach::Passthrough => "passthrough",
+                Reach::H2 => "h2",
+            })
+            .collect();
+        let mut line = format!(
+            "app {}: {ports}, reachable by {}",
+            self.id,
+            names.join(", ")
+        );
+        if self.mode == AppMode::Http && self.reachable_by.is_none() {
+            line.push_str(
+                " (http apps are not reached by passthrough unless reachable_by says so)",
+            );
+        }
+        line
+    }
+}
+
 fn default_port() -> u16 {
     80
 }

@@ -265,6 +265,23 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
                 println!("{}: ok", file.display());
+                for app in &config.apps {
+                    println!("  {}", app.exposure());
+                }
+                let l = &config.proxy.limits;
+                let t = &config.proxy.timeouts;
+                println!(
+                    "  limits: {} connections per source{}, a capped app's share per client {}, \
+                     first data within {:?}, linger {:?} after one side closes",
+                    l.max_connections_per_source,
+                    match l.unlimited_sources.len() {
+                        0 => String::new(),
+                        n => format!(" ({n} unlimited source ranges)"),
+                    },
+                    l.app_share_per_source,
+                    t.first_data,
+                    t.linger,
+                );
                 ExitCode::SUCCESS
             }
             Err(e) => {

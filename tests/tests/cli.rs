@@ -31,7 +31,8 @@ fn check_config_lists_every_problem_with_exit_2() {
     let good = dir.path().join("good.toml");
     std::fs::write(
         &good,
-        "[proxy]\nlisten = [\"127.0.0.1:9443\"]\nbase_domains = [\"gw.test\"]\n",
+        "[proxy]\nlisten = [\"127.0.0.1:9443\"]\nbase_domains = [\"gw.test\"]\n\
+         [[apps]]\nid = \"web\"\nmode = \"http\"\n[[apps]]\nid = \"shell\"\ndefault_port = 22\nports = [22, 2222]\n",
     )
     .unwrap();
     let out = Command::new(binary())
@@ -43,6 +44,20 @@ fn check_config_lists_every_problem_with_exit_2() {
         Some(0),
         "{}",
         String::from_utf8_lossy(&out.stderr)
+    );
+    // What each app exposes, the changed defaults named (issue 17 §4).
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains("app web: port 80 only (no `ports` listed), reachable by terminate, h2 (http apps are not reached by passthrough"),
+        "{said}"
+    );
+    assert!(
+        said.contains("app shell: ports [22, 2222], reachable by terminate, passthrough, h2"),
+        "{said}"
+    );
+    assert!(
+        said.contains("limits: 512 connections per source"),
+        "{said}"
     );
 
     // run refuses a bad config the same way, with exit 2 and nothing started
