@@ -12,14 +12,45 @@ use std::net::{IpAddr, Ipv6Addr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
+/// How many places each source holds, for a cap per source (here and per app).
+#[derive(Debug, Default)]
+pub struct SourceCounts(Mutex<HashMap<IpAddr, u32>>);
+
+impl SourceCounts {
+    /// Takes a place for `key` if it holds fewer than `limit`.
+    pub fn take(&self, key: IpAddr, limit: u32) -> bool {
+        let mut counts = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let n = counts.entry(key).or_insert(0);
+        if *n >= limit {
+            if *n == 0 {
+                counts.remove(&key);
+            }
+            return false;
+        }
+        *n += 1;
+        true
+    }
+
+    /// Gives back a place `key` took.
+    pub fn give_back(&self, key: IpAddr) {
+        let mut counts = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = counts.get_mut(&key) {
+            *n -= 1;
+            if *n == 0 {
+                counts.remove(&key);
+            }
+        }
+    }
+}
+
 /// The accept-time caps and what is held against them.
 #[derive(Debug)]
 pub struct Admission {
     max_total: usize,
-    per_source: usize,
+    per_source: u32,
     unlimited: Vec<ipnet::IpNet>,
     total: AtomicUsize,
-    sources: Mutex<HashMap<IpAddr, usize>>,
+    sources: SourceCounts,
 }
 
 /// Why a connection was not admitted.
@@ -30,7 +61,7 @@ pub enum Refusal {
     Global(usize),
     /// This source holds its maximum.
     #[error("source {0} holds its maximum of {1} connections")]
-    Source(IpAddr, usize),
+    Source(IpAddr, u32),
 }
 
 /// One admitted connection; released when dropped.
@@ -44,17 +75,7 @@ impl Drop for Ticket {
     fn drop(&mut self) {
         self.admission.total.fetch_sub(1, Ordering::Relaxed);
         if let Some(source) = self.source {
-            let mut sources = self
-                .admission
-                .sources
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            if let Some(n) = sources.get_mut(&source) {
-                *n -= 1;
-                if *n == 0 {
-                    sources.remove(&source);
-                }
-            }
+            self.admission.sources.give_back(source);
         }
     }
 }
@@ -93,10 +114,12 @@ impl Admission {
     pub fn new(limits: &ConnectionLimits, nofile: Option<u64>) -> Admission {
         Admission {
             max_total: global_cap(limits.max_connections, nofile, limits.descriptor_reserve),
-            per_source: limits.max_connections_per_source.max(1),
+            per_source: u32::try_from(limits.max_connections_per_source)
+                .unwrap_or(u32::MAX)
+                .max(1),
             unlimited: limits.unlimited_sources.clone(),
             total: AtomicUsize::new(0),
-            sources: Mutex::new(HashMap::new()),
+            sources: SourceCounts::default(),
         }
     }
 
@@ -124,13 +147,9 @@ impl Admission {
             return Ok(ticket);
         }
         let key = source_key(peer);
-        let mut sources = self.sources.lock().unwrap_or_else(|p| p.into_inner());
-        let n = sources.entry(key).or_insert(0);
-        if *n >= self.per_source {
-            drop(sources);
+        if !self.sources.take(key, self.per_source) {
             return Err(Refusal::Source(key, self.per_source)); // the ticket releases the total
         }
-        *n += 1;
         ticket.source = Some(key);
         Ok(ticket)
     }

@@ -33,7 +33,7 @@ async fn txt_record_routes_a_custom_domain() {
     let cert = ca.write(dir.path(), "shop", &["shop.custom.test", "*.custom.test"]);
     let config = config(
         &format!("nameservers = [\"{}\"]", knot.addr),
-        &["web", "secure"],
+        &[("web", web_port), ("secure", secure_port)],
         &cert,
     );
     let gw = Gateway::start_in(dir, &config);
@@ -74,10 +74,11 @@ async fn txt_record_routes_a_custom_domain() {
 
 /// A gateway config routing custom domains through `resolver` (TOML lines for
 /// `[proxy.custom_domains]`) to the apps in `apps`, serving `cert`.
-fn config(resolver: &str, apps: &[&str], cert: &str) -> String {
+/// `apps`: (id, the port the TXT records name, declared as its default port).
+fn config(resolver: &str, apps: &[(&str, u16)], cert: &str) -> String {
     let apps: String = apps
         .iter()
-        .map(|id| format!("[[apps]]\nid = \"{id}\"\n[[apps.instances]]\naddress = \"127.0.0.1\"\n"))
+        .map(|(id, port)| format!("[[apps]]\nid = \"{id}\"\ndefault_port = {port}\n[[apps.instances]]\naddress = \"127.0.0.1\"\n"))
         .collect();
     format!(
         "[proxy]\nlisten = [\"127.0.0.1:0\"]\nbase_domains = [\"gw.test\"]\nallow_local_instances = true\n\
@@ -168,7 +169,7 @@ async fn security_custom_domains_over_dns_over_tls() {
             "dns_over_tls = [\"{}#{tls_name}\"]\ndns_tls_ca_file = \"ca.pem\"",
             dot.addr
         );
-        let config = config(&resolver, &["web"], &cert);
+        let config = config(&resolver, &[("web", web_port)], &cert);
         let gw = Gateway::start_in(dir, &config);
         let result = tls_connect(gw.addr, "shop.dot.test", ca.client(&[])).await;
         match routes {

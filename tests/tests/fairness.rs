@@ -88,8 +88,9 @@ async fn fairness_one_source_cannot_hold_the_listener() {
     assert_eq!(held.load(Ordering::SeqCst), 20, "the instance still holds");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn fairness_a_client_holding_its_share_cannot_lock_out_another() {
+/// A gateway with tcp app `web` (an echo greeting "web", `app_extra` in its table) under a
+/// wildcard certificate of a fresh test CA, the config passed through `edit`.
+async fn web_gateway(app_extra: &str, edit: impl FnOnce(String) -> String) -> (Gateway, TestCa) {
     let ca = TestCa::new();
     let app = bind([127, 0, 0, 1], 0).await.unwrap();
     let port = app.local_addr().unwrap().port();
@@ -97,11 +98,18 @@ async fn fairness_a_client_holding_its_share_cannot_lock_out_another() {
     let dir = tempfile::tempdir().unwrap();
     let wild = ca.write(dir.path(), "wild", &["*.gw.test"]);
     let config = format!(
-        "{}\n[[apps]]\nid = \"web\"\ndefault_port = {port}\nmax_connections = 4\n[[apps.instances]]\naddress = \"127.0.0.1\"\n[tls]\ncertificates = [{wild}]\n",
+        "{}\n[[apps]]\nid = \"web\"\ndefault_port = {port}\n{app_extra}[[apps.instances]]\naddress = \"127.0.0.1\"\n[tls]\ncertificates = [{wild}]\n",
         base_config("")
-    )
-    .replace("drain = \"10s\"", "drain = \"10s\"\nfirst_data = \"3s\"");
-    let gw = Gateway::start_in(dir, &config);
+    );
+    (Gateway::start_in(dir, &edit(config)), ca)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fairness_a_client_holding_its_share_cannot_lock_out_another() {
+    let (gw, ca) = web_gateway("max_connections = 4\n", |c| {
+        c.replace("drain = \"10s\"", "drain = \"10s\"\nfirst_data = \"3s\"")
+    })
+    .await;
     let client = ca.client(&[]);
 
     // Clients that never finish their handshake hold no slot.
@@ -169,6 +177,9 @@ async fn attest_get(
     )
     .body(body(""))
     .unwrap();
+    send.ready()
+        .await
+        .expect("the attestation connection stays open");
     let resp = send.send_request(req).await.unwrap();
     let status = resp.status().as_u16();
     (status, text(resp).await)
@@ -197,17 +208,7 @@ async fn attest_conn(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fairness_fresh_quotes_are_limited_per_client_and_challenges_need_none() {
-    let ca = TestCa::new();
-    let app = bind([127, 0, 0, 1], 0).await.unwrap();
-    let port = app.local_addr().unwrap().port();
-    echo(app, "web");
-    let dir = tempfile::tempdir().unwrap();
-    let wild = ca.write(dir.path(), "wild", &["*.gw.test"]);
-    let config = format!(
-        "{}\n[[apps]]\nid = \"web\"\ndefault_port = {port}\n[[apps.instances]]\naddress = \"127.0.0.1\"\n[tls]\ncertificates = [{wild}]\n",
-        base_config("")
-    );
-    let gw = Gateway::start_in(dir, &config);
+    let (gw, ca) = web_gateway("", |c| c).await;
 
     // One client loops nonce requests on one keep-alive connection...
     let mut a = attest_conn(&gw, &ca, [127, 0, 0, 1]).await;

@@ -15,7 +15,7 @@ async fn passthrough_reaches_the_app_with_its_own_sni() {
     let issued = ca.issue(&[&name]);
     tls_sni_echo(app, ca.server(&issued));
     let config = format!(
-        "{}\n[[apps]]\nid = \"secure\"\n[[apps.instances]]\naddress = \"127.0.0.1\"\n",
+        "{}\n[[apps]]\nid = \"secure\"\ndefault_port = {port}\n[[apps.instances]]\naddress = \"127.0.0.1\"\n",
         base_config("")
     );
     let gw = Gateway::start(&config);

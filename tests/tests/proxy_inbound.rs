@@ -8,21 +8,34 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-#[tokio::test]
-async fn inbound_v1_and_v2_become_the_instances_header() {
+/// A gateway expecting PROXY headers from 127.0.0.1 only, app `pp` (passthrough name
+/// `pps.gw.test`) whose instance captures the first `len` bytes it gets (its own PROXY
+/// header); and a hello for that name.
+async fn pp_gateway(
+    len: usize,
+) -> (
+    Gateway,
+    tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>,
+    Vec<u8>,
+) {
     let app = bind([127, 0, 0, 1], 0).await.unwrap();
     let port = app.local_addr().unwrap().port();
-    let expected = "PROXY TCP4 203.0.113.9 198.51.100.1 40000 443\r\n".to_string();
-    let mut captured = capture_prefix(app, expected.len());
+    let captured = capture_prefix(app, len);
     let config = format!(
         "{}\n[[apps]]\nid = \"pp\"\ndefault_port = {port}\nproxy_protocol = \"v1\"\n[[apps.instances]]\naddress = \"127.0.0.1\"\n",
         base_config("proxy_protocol_inbound = true\nproxy_protocol_trusted = [\"127.0.0.1\"]")
     );
-    let gw = Gateway::start(&config);
     let hello = gatehouse::hello::parse::build::records(
         &gatehouse::hello::parse::build::client_hello(Some("pps.gw.test"), &[], 0),
         16_384,
     );
+    (Gateway::start(&config), captured, hello)
+}
+
+#[tokio::test]
+async fn inbound_v1_and_v2_become_the_instances_header() {
+    let expected = "PROXY TCP4 203.0.113.9 198.51.100.1 40000 443\r\n".to_string();
+    let (gw, mut captured, hello) = pp_gateway(expected.len()).await;
     // v1 inbound, header and hello in one write
     let mut c = TcpStream::connect(gw.addr).await.unwrap();
     c.write_all(&[expected.as_bytes(), &hello].concat())
@@ -69,19 +82,8 @@ async fn inbound_v1_and_v2_become_the_instances_header() {
 
 #[tokio::test]
 async fn exposure_proxy_headers_are_believed_only_from_trusted_sources() {
-    let app = bind([127, 0, 0, 1], 0).await.unwrap();
-    let port = app.local_addr().unwrap().port();
     let claimed = "PROXY TCP4 203.0.113.66 198.51.100.1 40000 443\r\n".to_string();
-    let mut captured = capture_prefix(app, claimed.len());
-    let config = format!(
-        "{}\n[[apps]]\nid = \"pp\"\ndefault_port = {port}\nproxy_protocol = \"v1\"\n[[apps.instances]]\naddress = \"127.0.0.1\"\n",
-        base_config("proxy_protocol_inbound = true\nproxy_protocol_trusted = [\"127.0.0.1\"]")
-    );
-    let gw = Gateway::start(&config);
-    let hello = gatehouse::hello::parse::build::records(
-        &gatehouse::hello::parse::build::client_hello(Some("pps.gw.test"), &[], 0),
-        16_384,
-    );
+    let (gw, mut captured, hello) = pp_gateway(claimed.len()).await;
     // A client connecting directly (127.0.0.2 is not a trusted balancer) claims an address.
     let mut direct = connect_from([127, 0, 0, 2], gw.addr).await.unwrap();
     let _ = direct

@@ -102,7 +102,7 @@ pub struct App {
 #[derive(Debug, Default)]
 pub struct Slots {
     total: AtomicU32,
-    by_source: std::sync::Mutex<HashMap<IpAddr, u32>>,
+    by_source: crate::admission::SourceCounts,
 }
 
 /// Why an app refused a connection.
@@ -133,16 +133,9 @@ impl App {
         }
         let per_source = ((f64::from(cap) * share).ceil() as u32).clamp(1, cap);
         let key = crate::admission::source_key(source);
-        let mut by_source = self
-            .active
-            .by_source
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        let held = by_source.entry(key).or_insert(0);
-        if *held >= per_source {
+        if !self.active.by_source.take(key, per_source) {
             return Err(Full::Share(per_source));
         }
-        *held += 1;
         slot.source = Some(key);
         Ok(slot)
     }
@@ -164,17 +157,7 @@ impl Drop for AppSlot {
     fn drop(&mut self) {
         self.slots.total.fetch_sub(1, Ordering::Relaxed);
         if let Some(source) = self.source {
-            let mut by_source = self
-                .slots
-                .by_source
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            if let Some(n) = by_source.get_mut(&source) {
-                *n -= 1;
-                if *n == 0 {
-                    by_source.remove(&source);
-                }
-            }
+            self.slots.by_source.give_back(source);
         }
     }
 }
