@@ -105,6 +105,9 @@ listen = ["127.0.0.1:{PROXY_PORT}"]
 base_domains = ["bench.test"]
 allow_local_instances = true
 workers = 1
+[proxy.limits]
+# One load generator on loopback stands for many clients (as a balancer in front would).
+unlimited_sources = ["127.0.0.0/8"]
 [proxy.timeouts]
 idle = "10m"
 [proxy.custom_domains]
