@@ -47,6 +47,27 @@ impl CertKey {
         self.0.serialize_der()
     }
 
+    /// The PKCS#8 DER as base64, for a record that is sealed whole; the caller wipes the text
+    /// once it is sealed.
+    pub fn pkcs8_base64(&self) -> String {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD
+            .encode(&*gatehouse_store::Zeroizing::new(self.pkcs8()))
+    }
+
+    /// A key from [`CertKey::pkcs8_base64`]'s text (after unsealing); the text and the
+    /// decoded bytes are wiped.
+    pub fn from_pkcs8_base64(text: String) -> Result<CertKey, CertbotError> {
+        use base64::Engine;
+        let text = gatehouse_store::Zeroizing::new(text);
+        let der = gatehouse_store::Zeroizing::new(
+            base64::engine::general_purpose::STANDARD
+                .decode(text.as_bytes())
+                .map_err(|e| CertbotError::Cert(format!("stored key is not base64: {e}")))?,
+        );
+        CertKey::from_pkcs8(&der)
+    }
+
     /// A CSR (DER) for `names`, signed by this key.
     pub fn csr(&self, names: &[String]) -> Result<Vec<u8>, CertbotError> {
         let params = CertificateParams::new(names.to_vec())

@@ -9,7 +9,6 @@
 
 use crate::keys::CertKey;
 use crate::CertbotError;
-use base64::Engine;
 use gatehouse_store::{Sealer, Store, Zeroizing};
 use serde::{Deserialize, Serialize};
 
@@ -47,8 +46,7 @@ impl PendingOrder {
         let contents = Contents {
             url: self.url.clone(),
             names: self.names.clone(),
-            key_pkcs8: base64::engine::general_purpose::STANDARD
-                .encode(&*Zeroizing::new(self.key.pkcs8())),
+            key_pkcs8: self.key.pkcs8_base64(),
         };
         let plain = Zeroizing::new(
             serde_json::to_vec(&contents).map_err(|e| CertbotError::Cert(e.to_string()))?,
@@ -71,16 +69,10 @@ impl PendingOrder {
         let plain = sealer.unseal(&key, &v.value)?;
         let bad = |why: String| CertbotError::Cert(format!("stored {key}: {why}"));
         let contents: Contents = serde_json::from_slice(&plain).map_err(|e| bad(e.to_string()))?;
-        let pkcs8 = Zeroizing::new(
-            base64::engine::general_purpose::STANDARD
-                .decode(&contents.key_pkcs8)
-                .map_err(|e| bad(e.to_string()))?,
-        );
-        drop(Zeroizing::new(contents.key_pkcs8));
         Ok(Some(PendingOrder {
+            key: CertKey::from_pkcs8_base64(contents.key_pkcs8)?,
             url: contents.url,
             names: contents.names,
-            key: CertKey::from_pkcs8(&pkcs8)?,
         }))
     }
 

@@ -123,8 +123,7 @@ impl Issued {
             let contents = Contents {
                 names: self.names.clone(),
                 chain_pem: chain_pem.clone(),
-                key_pkcs8: base64::engine::general_purpose::STANDARD
-                    .encode(&*Zeroizing::new(self.key.pkcs8())),
+                key_pkcs8: self.key.pkcs8_base64(),
                 generation,
             };
             let plain = Zeroizing::new(
@@ -168,13 +167,7 @@ impl Issued {
                 contents.generation
             )));
         }
-        let pkcs8 = Zeroizing::new(
-            base64::engine::general_purpose::STANDARD
-                .decode(&contents.key_pkcs8)
-                .map_err(|e| CertbotError::Cert(format!("stored {key}: key: {e}")))?,
-        );
-        drop(Zeroizing::new(contents.key_pkcs8));
-        let cert_key = CertKey::from_pkcs8(&pkcs8)?;
+        let cert_key = CertKey::from_pkcs8_base64(contents.key_pkcs8)?;
         let mut issued = Issued::from_pem(contents.names, &contents.chain_pem, cert_key)?;
         issued.generation = contents.generation;
         Ok(Some(issued))

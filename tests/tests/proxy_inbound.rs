@@ -32,6 +32,15 @@ async fn pp_gateway(
     (Gateway::start(&config), captured, hello)
 }
 
+/// The next PROXY header the instance received (within 10 s).
+async fn next_header(captured: &mut tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>) -> String {
+    let got = tokio::time::timeout(Duration::from_secs(10), captured.recv())
+        .await
+        .expect("the instance got a header")
+        .unwrap();
+    String::from_utf8_lossy(&got).into_owned()
+}
+
 #[tokio::test]
 async fn inbound_v1_and_v2_become_the_instances_header() {
     let expected = "PROXY TCP4 203.0.113.9 198.51.100.1 40000 443\r\n".to_string();
@@ -41,11 +50,7 @@ async fn inbound_v1_and_v2_become_the_instances_header() {
     c.write_all(&[expected.as_bytes(), &hello].concat())
         .await
         .unwrap();
-    let got = tokio::time::timeout(Duration::from_secs(10), captured.recv())
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(String::from_utf8_lossy(&got), expected);
+    assert_eq!(next_header(&mut captured).await, expected);
 
     // v2 inbound (the spec's TCP4 block), header split from the hello
     let mut v2 = b"\r\n\r\n\0\r\nQUIT\n\x21\x11\x00\x0c".to_vec();
@@ -56,11 +61,7 @@ async fn inbound_v1_and_v2_become_the_instances_header() {
     c2.write_all(&v2).await.unwrap();
     tokio::time::sleep(Duration::from_millis(50)).await;
     c2.write_all(&hello).await.unwrap();
-    let got = tokio::time::timeout(Duration::from_secs(10), captured.recv())
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(String::from_utf8_lossy(&got), expected);
+    assert_eq!(next_header(&mut captured).await, expected);
 
     // no header: refused and counted
     let mut c3 = TcpStream::connect(gw.addr).await.unwrap();
@@ -117,9 +118,5 @@ async fn exposure_proxy_headers_are_believed_only_from_trusted_sources() {
     lb.write_all(&[claimed.as_bytes(), &hello].concat())
         .await
         .unwrap();
-    let got = tokio::time::timeout(Duration::from_secs(10), captured.recv())
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(String::from_utf8_lossy(&got), claimed);
+    assert_eq!(next_header(&mut captured).await, claimed);
 }
