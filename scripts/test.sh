@@ -32,9 +32,9 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 
 echo "== cargo build (the end-to-end tests spawn the real binary)"
-cargo build --workspace --all-targets
-# The selection `cargo test` builds (its features unify differently from --all-targets), so
-# the harness's own build of the binary is a no-op.
+# The selection `cargo test` builds, so the harness's own build of the binary is a no-op.
+# (Not --all-targets: its features unify differently, and a second copy of the tree would
+# double the disk a cold build needs.)
 cargo build --workspace --bins --tests
 echo "== cargo test --workspace"
 log=$(mktemp)
