@@ -73,7 +73,7 @@ pub async fn load_or_create(
     sealer: &dyn Sealer,
 ) -> Result<(Account, bool), CertbotError> {
     let key = store_key(&s.directory);
-    if let Some(stored) = store.get(&key)? {
+    if let Some(stored) = store.get(&key).await? {
         return Ok((restore(s, &key, &stored.value, sealer).await?, false));
     }
     let contact: Vec<&str> = s.contact.iter().map(String::as_str).collect();
@@ -98,20 +98,20 @@ pub async fn load_or_create(
         .map_err(|e| CertbotError::Config(format!("serializing the account: {e}")))?;
     let sealed = sealer.seal(&key, &plain)?;
     // Another node may have created one meanwhile: keep the first one stored.
-    if let Err(Some(theirs)) = store.compare_and_swap(&key, 0, &sealed)? {
+    if let Err(Some(theirs)) = store.compare_and_swap(&key, 0, &sealed).await? {
         return Ok((restore(s, &key, &theirs.value, sealer).await?, false));
     }
     Ok((account, true))
 }
 
 /// The URI of the account stored for `directory`, if any (no network).
-pub fn stored_uri(
+pub async fn stored_uri(
     directory: &str,
     store: &dyn Store,
     sealer: &dyn Sealer,
 ) -> Result<Option<String>, CertbotError> {
     let key = store_key(directory);
-    let Some(stored) = store.get(&key)? else {
+    let Some(stored) = store.get(&key).await? else {
         return Ok(None);
     };
     let plain = sealer.unseal(&key, &stored.value)?;

@@ -5,7 +5,7 @@
 use crate::account::{self, AccountSettings};
 use crate::keys::KeyType;
 use crate::order::{self, Request, Solver};
-use crate::pending::PendingOrder;
+use crate::pending::{PendingOrder, SavePending};
 use crate::schedule;
 use crate::stored::Issued;
 use crate::CertbotError;
@@ -174,10 +174,10 @@ impl CertManager {
 
     /// Loads the stored certificates of `targets` and publishes those still valid; returns
     /// how many. Called before the listeners accept, so a restart serves at once.
-    pub fn load_stored(&self, targets: &[Target]) -> usize {
+    pub async fn load_stored(&self, targets: &[Target]) -> usize {
         let mut n = 0;
         for t in targets {
-            match Issued::load(&t.id, &*self.store, &*self.sealer, self.generation(t)) {
+            match Issued::load(&t.id, &*self.store, &*self.sealer, self.generation(t)).await {
                 Ok(Some(issued))
                     if issued.names == t.names && issued.not_after > SystemTime::now() =>
                 {
@@ -201,12 +201,12 @@ impl CertManager {
 
     /// Reads `target`'s stored record again: a newer generation (another node renewed) is
     /// served, an older one (a rollback) is refused and logged; what is held stays otherwise.
-    pub fn reload(&self, target: &Target) {
+    pub async fn reload(&self, target: &Target) {
         let held = self.generation(target);
         if held == 0 {
             return;
         }
-        match Issued::load(&target.id, &*self.store, &*self.sealer, held) {
+        match Issued::load(&target.id, &*self.store, &*self.sealer, held).await {
             Ok(Some(issued)) if issued.generation > held && issued.names == target.names => {
                 if self.install(target, &issued).is_ok() {
                     tracing::info!(names = ?target.names, generation = issued.generation, "serving a newer stored certificate");
@@ -290,7 +290,7 @@ impl CertManager {
         let mut failures = 0u32;
         let mut draw = fastrand::f64();
         loop {
-            self.reload(&target);
+            self.reload(&target).await;
             let plan = self.plan(&account, &target, draw).await;
             let now = SystemTime::now();
             if plan.renew_at > now {
@@ -366,7 +366,7 @@ impl CertManager {
         // A pending order is resumed at once (ARI was still asked: the CA's answer says
         // whether a new order may name the certificate it replaces).
         if matches!(
-            PendingOrder::load(&target.id, &*self.store, &*self.sealer),
+            PendingOrder::load(&target.id, &*self.store, &*self.sealer).await,
             Ok(Some(_))
         ) {
             return immediately;
@@ -387,7 +387,7 @@ impl CertManager {
             Some(issued) => issued,
             None => self.order(account, target).await?,
         };
-        self.keep(target, issued)
+        self.keep(target, issued).await
     }
 
     /// Downloads the pending order's certificate, if there is one the CA can still give.
@@ -396,12 +396,12 @@ impl CertManager {
         account: &Account,
         target: &Target,
     ) -> Result<Option<Issued>, CertbotError> {
-        let pending = match PendingOrder::load(&target.id, &*self.store, &*self.sealer) {
+        let pending = match PendingOrder::load(&target.id, &*self.store, &*self.sealer).await {
             Ok(Some(p)) if p.names == target.names => p,
             Ok(None) => return Ok(None),
             Ok(Some(_)) | Err(_) => {
                 tracing::warn!(names = ?target.names, "dropping a pending order for other names or unreadable");
-                PendingOrder::clear(&target.id, &*self.store)?;
+                PendingOrder::clear(&target.id, &*self.store).await?;
                 return Ok(None);
             }
         };
@@ -413,7 +413,7 @@ impl CertManager {
             }
             order::Resumed::Gone(why) => {
                 tracing::warn!(names = ?target.names, order = %url, "the pending order cannot be resumed ({why}): ordering anew");
-                PendingOrder::clear(&target.id, &*self.store)?;
+                PendingOrder::clear(&target.id, &*self.store).await?;
                 Ok(None)
             }
         }
@@ -429,7 +429,11 @@ impl CertManager {
             .get(&target.id)
             .map(|h| h.key.cert[0].to_vec());
         tracing::info!(names = ?target.names, method = target.solver.method(), "ordering a certificate");
-        let save_pending = |p: &PendingOrder| p.save(&target.id, &*self.store, &*self.sealer);
+        let save_pending = SavePending {
+            id: &target.id,
+            store: &*self.store,
+            sealer: &*self.sealer,
+        };
         order::issue(
             account,
             &target.solver,
@@ -441,16 +445,16 @@ impl CertManager {
                     .as_deref()
                     .filter(|_| self.ari.load(Ordering::Relaxed)),
             },
-            &save_pending,
+            save_pending,
         )
         .await
     }
 
     /// Stores `issued` (the next generation), forgets the pending order, serves it.
-    fn keep(&self, target: &Target, mut issued: Issued) -> Result<(), CertbotError> {
+    async fn keep(&self, target: &Target, mut issued: Issued) -> Result<(), CertbotError> {
         issued.generation = self.generation(target);
-        issued.save(&target.id, &*self.store, &*self.sealer)?;
-        PendingOrder::clear(&target.id, &*self.store)?;
+        issued.save(&target.id, &*self.store, &*self.sealer).await?;
+        PendingOrder::clear(&target.id, &*self.store).await?;
         self.install(target, &issued)?;
         self.publish_all();
         self.stats.issued.fetch_add(1, Ordering::Relaxed);

@@ -3,7 +3,7 @@
 
 use crate::alpn::AlpnChallenges;
 use crate::keys::{CertKey, KeyType};
-use crate::pending::PendingOrder;
+use crate::pending::{PendingOrder, SavePending};
 use crate::stored::Issued;
 use crate::{problem_text, CertbotError};
 use gatehouse_dns::propagation::{wait_for_txt, Poll};
@@ -68,7 +68,7 @@ pub async fn issue(
     account: &Account,
     solver: &Solver,
     req: Request<'_>,
-    before_finalize: &(dyn Fn(&PendingOrder) -> Result<(), CertbotError> + Send + Sync),
+    before_finalize: SavePending<'_>,
 ) -> Result<Issued, CertbotError> {
     let mut cleanup = Vec::new();
     let result = run(account, solver, &req, &mut cleanup, before_finalize).await;
@@ -150,7 +150,7 @@ async fn run(
     solver: &Solver,
     req: &Request<'_>,
     cleanup: &mut Vec<Cleanup>,
-    before_finalize: &(dyn Fn(&PendingOrder) -> Result<(), CertbotError> + Send + Sync),
+    before_finalize: SavePending<'_>,
 ) -> Result<Issued, CertbotError> {
     let ids: Vec<Identifier> = req
         .names
@@ -254,7 +254,7 @@ async fn run(
         names: req.names.to_vec(),
         key: CertKey::generate(req.key_type)?,
     };
-    before_finalize(&pending)?;
+    before_finalize.save(&pending).await?;
     let csr = pending.key.csr(req.names)?;
     order
         .finalize_csr(&csr)

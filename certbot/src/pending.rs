@@ -34,9 +34,27 @@ pub fn store_key(id: &str) -> String {
     format!("orders/{id}")
 }
 
+/// Where a new order is stored before its CSR goes out: the target's id in one store.
+#[derive(Clone, Copy)]
+pub struct SavePending<'a> {
+    /// The target's id (the store key's last segment).
+    pub id: &'a str,
+    /// The store.
+    pub store: &'a dyn Store,
+    /// What seals the order's key.
+    pub sealer: &'a dyn Sealer,
+}
+
+impl SavePending<'_> {
+    /// Stores `order`, sealed.
+    pub async fn save(&self, order: &PendingOrder) -> Result<(), CertbotError> {
+        order.save(self.id, self.store, self.sealer).await
+    }
+}
+
 impl PendingOrder {
     /// Stores it, sealed (one put: the old pending order or this one).
-    pub fn save(
+    pub async fn save(
         &self,
         id: &str,
         store: &dyn Store,
@@ -52,18 +70,18 @@ impl PendingOrder {
             serde_json::to_vec(&contents).map_err(|e| CertbotError::Cert(e.to_string()))?,
         );
         drop(Zeroizing::new(contents.key_pkcs8));
-        store.put(&key, &sealer.seal(&key, &plain)?)?;
+        store.put(&key, &sealer.seal(&key, &plain)?).await?;
         Ok(())
     }
 
     /// Target `id`'s pending order, if one is stored.
-    pub fn load(
+    pub async fn load(
         id: &str,
         store: &dyn Store,
         sealer: &dyn Sealer,
     ) -> Result<Option<PendingOrder>, CertbotError> {
         let key = store_key(id);
-        let Some(v) = store.get(&key)? else {
+        let Some(v) = store.get(&key).await? else {
             return Ok(None);
         };
         let plain = sealer.unseal(&key, &v.value)?;
@@ -77,8 +95,8 @@ impl PendingOrder {
     }
 
     /// Forgets target `id`'s pending order (its certificate is stored, or the order is gone).
-    pub fn clear(id: &str, store: &dyn Store) -> Result<(), CertbotError> {
-        store.delete(&store_key(id))?;
+    pub async fn clear(id: &str, store: &dyn Store) -> Result<(), CertbotError> {
+        store.delete(&store_key(id)).await?;
         Ok(())
     }
 }
@@ -89,8 +107,8 @@ mod tests {
     use crate::keys::KeyType;
     use gatehouse_store::{AesGcmSealer, Embedded};
 
-    #[test]
-    fn cert_lifecycle_a_pending_order_round_trips_sealed_and_clears() {
+    #[tokio::test]
+    async fn cert_lifecycle_a_pending_order_round_trips_sealed_and_clears() {
         let dir = tempfile::tempdir().unwrap();
         let store = Embedded::open(&dir.path().join("s.redb")).unwrap();
         let sealer = AesGcmSealer::from_key(&[3u8; 32], "development").unwrap();
@@ -100,25 +118,28 @@ mod tests {
             names: vec!["a.test".into()],
             key,
         };
-        pending.save("a.test", &store, &sealer).unwrap();
-        let raw = store.get("orders/a.test").unwrap().unwrap().value;
+        pending.save("a.test", &store, &sealer).await.unwrap();
+        let raw = store.get("orders/a.test").await.unwrap().unwrap().value;
         assert!(!String::from_utf8_lossy(&raw).contains("ca.test"), "sealed");
         let back = PendingOrder::load("a.test", &store, &sealer)
+            .await
             .unwrap()
             .unwrap();
         assert_eq!(back.url, "https://ca.test/order/1");
         assert_eq!(back.names, vec!["a.test"]);
         assert_eq!(back.key.pkcs8(), pending.key.pkcs8());
         assert!(PendingOrder::load("b.test", &store, &sealer)
+            .await
             .unwrap()
             .is_none());
-        store.put("orders/b.test", &raw).unwrap();
+        store.put("orders/b.test", &raw).await.unwrap();
         assert!(
-            PendingOrder::load("b.test", &store, &sealer).is_err(),
+            PendingOrder::load("b.test", &store, &sealer).await.is_err(),
             "bound to its name"
         );
-        PendingOrder::clear("a.test", &store).unwrap();
+        PendingOrder::clear("a.test", &store).await.unwrap();
         assert!(PendingOrder::load("a.test", &store, &sealer)
+            .await
             .unwrap()
             .is_none());
     }

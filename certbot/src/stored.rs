@@ -98,7 +98,7 @@ impl Issued {
 
     /// Writes it, sealed whole, at the generation after the stored one; sets
     /// `self.generation`. A concurrent writer makes this retry on the newer record.
-    pub fn save(
+    pub async fn save(
         &mut self,
         id: &str,
         store: &dyn Store,
@@ -111,7 +111,7 @@ impl Issued {
             .map(|c| pem("CERTIFICATE", c))
             .collect::<String>();
         for _ in 0..8 {
-            let current = store.get(&key)?;
+            let current = store.get(&key).await?;
             let (version, stored_generation) = match &current {
                 Some(v) => (
                     v.version,
@@ -137,7 +137,7 @@ impl Issued {
             };
             let bytes =
                 serde_json::to_vec(&envelope).map_err(|e| CertbotError::Cert(e.to_string()))?;
-            if store.compare_and_swap(&key, version, &bytes)?.is_ok() {
+            if store.compare_and_swap(&key, version, &bytes).await?.is_ok() {
                 self.generation = generation;
                 return Ok(());
             }
@@ -150,14 +150,14 @@ impl Issued {
     /// Reads target `id`'s certificate, if stored. Refuses a record that does not unseal
     /// under its own name, one in the earlier format whose chain was not sealed, and one
     /// older than generation `at_least` (a rollback).
-    pub fn load(
+    pub async fn load(
         id: &str,
         store: &dyn Store,
         sealer: &dyn Sealer,
         at_least: u64,
     ) -> Result<Option<Issued>, CertbotError> {
         let key = store_key(id);
-        let Some(v) = store.get(&key)? else {
+        let Some(v) = store.get(&key).await? else {
             return Ok(None);
         };
         let contents = open(&key, &v.value, sealer)?;

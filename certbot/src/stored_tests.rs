@@ -60,21 +60,22 @@ fn store() -> (tempfile::TempDir, Embedded) {
     (dir, store)
 }
 
-#[test]
-fn cert_lifecycle_the_whole_record_is_sealed_and_bound_to_its_name() {
+#[tokio::test]
+async fn cert_lifecycle_the_whole_record_is_sealed_and_bound_to_its_name() {
     let (_dir, store) = store();
     let sealer = sealer();
     let ca = ca("Test CA");
     let mut ours = issued(&["web.gw.test"], &ca);
-    ours.save("web.gw.test", &store, &sealer).unwrap();
+    ours.save("web.gw.test", &store, &sealer).await.unwrap();
     assert_eq!(ours.generation, 1);
     let back = Issued::load("web.gw.test", &store, &sealer, 0)
+        .await
         .unwrap()
         .unwrap();
     assert_eq!(back.names, vec!["web.gw.test"]);
     assert_eq!(back.chain, ours.chain);
     assert_eq!(back.generation, 1);
-    let raw = store.get("certs/web.gw.test").unwrap().unwrap().value;
+    let raw = store.get("certs/web.gw.test").await.unwrap().unwrap().value;
     let text = String::from_utf8_lossy(&raw);
     assert!(
         !text.contains("web.gw.test") && !text.contains("BEGIN CERTIFICATE"),
@@ -82,18 +83,30 @@ fn cert_lifecycle_the_whole_record_is_sealed_and_bound_to_its_name() {
     );
 
     // The same record moved under another name does not open.
-    store.put("certs/other.gw.test", &raw).unwrap();
-    let err = Issued::load("other.gw.test", &store, &sealer, 0).unwrap_err();
+    store.put("certs/other.gw.test", &raw).await.unwrap();
+    let err = Issued::load("other.gw.test", &store, &sealer, 0)
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("cannot unseal"), "{err}");
 
     // A record the attacker sealed with a key of their own does not open either.
     let mut forged = issued(&["web.gw.test"], &self::ca("Attacker CA"));
     let attacker = AesGcmSealer::from_key(&[9u8; 32], "development").unwrap();
     let (_d2, scratch) = self::store();
-    forged.save("web.gw.test", &scratch, &attacker).unwrap();
-    let forged_raw = scratch.get("certs/web.gw.test").unwrap().unwrap().value;
-    store.put("certs/web.gw.test", &forged_raw).unwrap();
-    let err = Issued::load("web.gw.test", &store, &sealer, 0).unwrap_err();
+    forged
+        .save("web.gw.test", &scratch, &attacker)
+        .await
+        .unwrap();
+    let forged_raw = scratch
+        .get("certs/web.gw.test")
+        .await
+        .unwrap()
+        .unwrap()
+        .value;
+    store.put("certs/web.gw.test", &forged_raw).await.unwrap();
+    let err = Issued::load("web.gw.test", &store, &sealer, 0)
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("cannot unseal"), "{err}");
 
     // The earlier format (chain and names in the clear, only the key sealed) is not trusted:
@@ -105,29 +118,35 @@ fn cert_lifecycle_the_whole_record_is_sealed_and_bound_to_its_name() {
     });
     store
         .put("certs/web.gw.test", legacy.to_string().as_bytes())
+        .await
         .unwrap();
-    let err = Issued::load("web.gw.test", &store, &sealer, 0).unwrap_err();
+    let err = Issued::load("web.gw.test", &store, &sealer, 0)
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("earlier version"), "{err}");
 }
 
-#[test]
-fn cert_lifecycle_an_older_record_put_back_is_refused() {
+#[tokio::test]
+async fn cert_lifecycle_an_older_record_put_back_is_refused() {
     let (_dir, store) = store();
     let sealer = sealer();
     let ca = ca("Test CA");
     let mut first = issued(&["web.gw.test"], &ca);
-    first.save("web.gw.test", &store, &sealer).unwrap();
-    let old_bytes = store.get("certs/web.gw.test").unwrap().unwrap().value;
+    first.save("web.gw.test", &store, &sealer).await.unwrap();
+    let old_bytes = store.get("certs/web.gw.test").await.unwrap().unwrap().value;
     let mut second = issued(&["web.gw.test"], &ca);
-    second.save("web.gw.test", &store, &sealer).unwrap();
+    second.save("web.gw.test", &store, &sealer).await.unwrap();
     assert_eq!(second.generation, 2, "each write is a new generation");
 
-    store.put("certs/web.gw.test", &old_bytes).unwrap();
-    let err = Issued::load("web.gw.test", &store, &sealer, second.generation).unwrap_err();
+    store.put("certs/web.gw.test", &old_bytes).await.unwrap();
+    let err = Issued::load("web.gw.test", &store, &sealer, second.generation)
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("rollback"), "{err}");
     // Without a generation to hold it to (a fresh process), the old record is ours and opens.
     assert_eq!(
         Issued::load("web.gw.test", &store, &sealer, 0)
+            .await
             .unwrap()
             .unwrap()
             .generation,
@@ -135,8 +154,8 @@ fn cert_lifecycle_an_older_record_put_back_is_refused() {
     );
 }
 
-#[test]
-fn cert_lifecycle_a_chain_must_name_the_order_and_chain_to_its_issuer() {
+#[tokio::test]
+async fn cert_lifecycle_a_chain_must_name_the_order_and_chain_to_its_issuer() {
     let ca1 = ca("CA one");
     let names = vec!["web.gw.test".to_owned(), "*.web.gw.test".to_owned()];
     let key = CertKey::generate(KeyType::EcdsaP256).unwrap();

@@ -1,5 +1,5 @@
-//! `[acme]`, `[dns]` and `[store]`: certificate issuance, the DNS provider that writes
-//! challenge and CAA records, and where state lives.
+//! `[acme]` and `[dns]`: certificate issuance, and the DNS provider that writes challenge
+//! and CAA records.
 
 use serde::Deserialize;
 use std::net::SocketAddr;
@@ -152,31 +152,6 @@ fn default_cloudflare_api() -> String {
     "https://api.cloudflare.com/client/v4".into()
 }
 
-/// `[store]`: where the ACME account, sealed keys and certificates live.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct StoreConfig {
-    /// `embedded` (the only backend so far; etcd comes with the cluster issue).
-    #[serde(default = "default_backend")]
-    pub backend: String,
-    /// The state directory; default: `run --state-dir`.
-    #[serde(default)]
-    pub path: Option<PathBuf>,
-}
-
-impl Default for StoreConfig {
-    fn default() -> Self {
-        StoreConfig {
-            backend: default_backend(),
-            path: None,
-        }
-    }
-}
-
-fn default_backend() -> String {
-    "embedded".into()
-}
-
 impl AcmeConfig {
     pub(crate) fn resolve_paths(&mut self, base: &Path) {
         for p in [&mut self.ca_file, &mut self.eab_hmac_key_file]
@@ -195,14 +170,6 @@ impl DnsConfig {
         }
         if let Some(c) = &mut self.cloudflare {
             c.api_token_file = base.join(&c.api_token_file);
-        }
-    }
-}
-
-impl StoreConfig {
-    pub(crate) fn resolve_paths(&mut self, base: &Path) {
-        if let Some(p) = &mut self.path {
-            *p = base.join(&*p);
         }
     }
 }

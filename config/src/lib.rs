@@ -18,20 +18,20 @@ mod de;
 mod error;
 mod http;
 mod proxy;
+mod store;
 mod tee;
 mod tls;
 mod validate;
 mod vpc;
 
-pub use acme::{
-    AcmeConfig, CloudflareConfig, DnsConfig, DnsProviderKind, KeyType, Rfc2136Config, StoreConfig,
-};
+pub use acme::{AcmeConfig, CloudflareConfig, DnsConfig, DnsProviderKind, KeyType, Rfc2136Config};
 pub use admin::AdminConfig;
 pub use apps::{app_id_problem, AppConfig, AppMode, InstanceConfig, ProxyProtocolVersion, Reach};
 pub use de::parse_ip_net;
 pub use error::{ConfigError, Problem};
 pub use http::{ForwardedMode, HealthCheckConfig, HealthProtocol, HttpConfig};
 pub use proxy::{parse_dot_server, ConnectionLimits, CustomDomainsConfig, ProxyConfig, Timeouts};
+pub use store::{EtcdStoreConfig, StoreBackend, StoreConfig};
 pub use tee::{Sealing, SimulatorSettings, TeeConfig, TeeProvider};
 pub use tls::{CertificatePair, TlsConfig};
 pub use validate::is_local_address;

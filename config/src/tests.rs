@@ -340,7 +340,7 @@ backend = "etcd"
         "acme.set_caa: needs a [dns] provider",
         "acme.domains[0]",
         "acme.domains[1]: \"no_underscore.test\" is not a DNS name",
-        "store.backend",
+        "store.etcd: required when backend = \"etcd\"",
     ] {
         assert!(joined.contains(needle), "missing {needle:?} in:\n{joined}");
     }
@@ -375,4 +375,63 @@ fn hardening_local_instance_addresses_need_the_flag() {
         "unspecified is never an instance"
     );
     assert!(parse(&app("10.88.0.2")).is_ok());
+}
+
+/// Issue 19: `[store.etcd]` names each bad key; plain http only to loopback.
+#[test]
+fn etcd_store_settings_name_each_bad_key() {
+    let p = problems(
+        r#"
+[proxy]
+base_domains = ["gw.test"]
+[store]
+backend = "etcd"
+[store.etcd]
+endpoints = ["http://10.0.0.5:2379", "https://10.0.0.6:2379", "etcd:2379", "http://127.0.0.1:x"]
+prefix = "/gatehouse"
+cert_file = "node.pem"
+timeout = "0s"
+"#,
+    );
+    let joined = p.join("\n");
+    for needle in [
+        "store.etcd.endpoints[0]: \"http://10.0.0.5:2379\" is plain http to another host",
+        "store.etcd.endpoints[1]: \"https://10.0.0.6:2379\" needs store.etcd.ca_file",
+        "store.etcd.endpoints[2]: \"etcd:2379\" is not a URL",
+        "store.etcd.endpoints[3]: \"http://127.0.0.1:x\" needs host:port",
+        "store.etcd.prefix: \"/gatehouse\" must end with '/'",
+        "store.etcd.cert_file: cert_file and key_file go together",
+        "store.etcd.timeout: must be more than 0",
+    ] {
+        assert!(joined.contains(needle), "missing {needle:?} in:\n{joined}");
+    }
+    let p = problems(
+        r#"
+[proxy]
+base_domains = ["gw.test"]
+[store.etcd]
+endpoints = ["http://127.0.0.1:2379"]
+"#,
+    );
+    assert!(
+        p.join("\n")
+            .contains("store.etcd: set backend = \"etcd\" to use it"),
+        "{p:?}"
+    );
+    let c = Config::from_toml(
+        r#"
+[proxy]
+base_domains = ["gw.test"]
+[store]
+backend = "etcd"
+[store.etcd]
+endpoints = ["http://127.0.0.1:2379", "https://[::1]:2379"]
+ca_file = "etcd-ca.pem"
+"#,
+        Path::new("/etc/gatehouse"),
+    )
+    .unwrap();
+    let e = c.store.etcd.unwrap();
+    assert_eq!(e.prefix, "gatehouse/");
+    assert_eq!(e.ca_file.unwrap(), Path::new("/etc/gatehouse/etcd-ca.pem"));
 }

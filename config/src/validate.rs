@@ -398,15 +398,7 @@ fn check_acme(c: &Parts<'_>, push: &mut impl FnMut(String, String)) {
         }
     };
     if let Some(store) = c.store {
-        if store.backend != "embedded" {
-            push(
-                "store.backend".into(),
-                format!(
-                    "{:?} is not available in this build (embedded)",
-                    store.backend
-                ),
-            );
-        }
+        store.check(push);
     }
     if let Some(dns) = c.dns {
         match (dns.provider, &dns.rfc2136, &dns.cloudflare) {

@@ -12,9 +12,9 @@ use gatehouse_certbot::account::{decode_eab_key, AccountSettings};
 use gatehouse_certbot::keys::KeyType;
 use gatehouse_certbot::manager::{CaaGate, CaaLock, CertManager, Publish, Target};
 use gatehouse_certbot::order::Solver;
-use gatehouse_config::{Config, DnsConfig, DnsProviderKind};
+use gatehouse_config::{Config, DnsConfig, DnsProviderKind, EtcdStoreConfig, StoreBackend};
 use gatehouse_dns::{Cloudflare, DnsProvider, Rfc2136, TsigKey};
-use gatehouse_store::{Embedded, Sealer, Store};
+use gatehouse_store::{Embedded, Etcd, EtcdOptions, EtcdTls, Sealer, Store};
 use rustls::sign::CertifiedKey;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -57,8 +57,9 @@ pub struct State {
     pub dir: PathBuf,
 }
 
-/// Opens the store (`[store]` path, else `state_dir`), with the sealer `[tee]` gave.
-pub fn open_state(
+/// Opens the store `[store]` names (the embedded file in `[store] path`, else in
+/// `state_dir`; or the etcd cluster), with the sealer `[tee]` gave.
+pub async fn open_state(
     config: &Config,
     state_dir: &Path,
     sealer: Arc<dyn Sealer>,
@@ -70,11 +71,42 @@ pub fn open_state(
         .unwrap_or_else(|| state_dir.to_owned());
     std::fs::create_dir_all(&dir)
         .map_err(|e| fail(&format!("state directory {}", dir.display()), e))?;
-    let store = Embedded::open(&dir.join("state.redb")).map_err(|e| fail("store", e))?;
-    Ok(State {
-        store: Arc::new(store),
-        sealer,
-        dir,
+    let store: Arc<dyn Store> = match (&config.store.backend, &config.store.etcd) {
+        (StoreBackend::Etcd, Some(etcd)) => {
+            let store = Etcd::connect(etcd_options(etcd)?)
+                .await
+                .map_err(|e| fail("store", e))?;
+            tracing::info!(endpoints = ?etcd.endpoints, prefix = %etcd.prefix, "state in etcd");
+            Arc::new(store)
+        }
+        _ => Arc::new(Embedded::open(&dir.join("state.redb")).map_err(|e| fail("store", e))?),
+    };
+    Ok(State { store, sealer, dir })
+}
+
+/// The etcd client settings of `[store.etcd]`, with its PEM files read.
+fn etcd_options(etcd: &EtcdStoreConfig) -> Result<EtcdOptions, StartError> {
+    let read = |what: &str, path: &Path| {
+        std::fs::read(path).map_err(|e| fail(&format!("store.etcd.{what} {}", path.display()), e))
+    };
+    let tls = match &etcd.ca_file {
+        Some(ca) => Some(EtcdTls {
+            ca_pem: read("ca_file", ca)?,
+            identity: match (&etcd.cert_file, &etcd.key_file) {
+                (Some(cert), Some(key)) => Some((
+                    read("cert_file", cert)?,
+                    gatehouse_store::Zeroizing::new(read("key_file", key)?),
+                )),
+                _ => None,
+            },
+        }),
+        None => None,
+    };
+    Ok(EtcdOptions {
+        endpoints: etcd.endpoints.clone(),
+        prefix: etcd.prefix.clone(),
+        tls,
+        timeout: etcd.timeout,
     })
 }
 
@@ -117,7 +149,7 @@ pub fn dns_provider(dns: &DnsConfig) -> Result<Arc<dyn DnsProvider>, StartError>
 
 /// Builds the manager and targets from `[acme]`/`[dns]`/`[store]`, and publishes the stored
 /// certificates. `None` when `[acme]` is absent.
-pub fn prepare(
+pub async fn prepare(
     config: &Config,
     state: &State,
     shared: &Arc<Shared>,
@@ -210,7 +242,7 @@ pub fn prepare(
         CertManager::new(store, sealer, key_type, acme.profile.clone(), caa, publish)
             .with_caa_lock(lock),
     );
-    let served = manager.load_stored(&targets);
+    let served = manager.load_stored(&targets).await;
     tracing::info!(
         targets = targets.len(),
         served,

@@ -282,6 +282,18 @@ fn main() -> ExitCode {
                     t.first_data,
                     t.linger,
                 );
+                match &config.store.etcd {
+                    Some(e) if config.store.backend == gatehouse_config::StoreBackend::Etcd => {
+                        println!(
+                            "  store: etcd {:?} under {:?}{}, {:?} per call",
+                            e.endpoints,
+                            e.prefix,
+                            if e.ca_file.is_some() { " (TLS)" } else { "" },
+                            e.timeout
+                        )
+                    }
+                    _ => println!("  store: embedded (state.redb in the state directory)"),
+                }
                 ExitCode::SUCCESS
             }
             Err(e) => {
@@ -454,16 +466,21 @@ fn run(config: Option<Config>, state_dir: &Path) -> anyhow::Result<()> {
         if let Some(attestor) = tee.attestor {
             let _ = gateway.shared.attest.set(attestor);
         }
-        let state = (config.acme.is_some() || config.vpc.is_some())
-            .then(|| gatehouse::acme::open_state(&config, state_dir, tee.sealer.clone()))
-            .transpose()?;
+        let state = if config.acme.is_some() || config.vpc.is_some() {
+            Some(gatehouse::acme::open_state(&config, state_dir, tee.sealer.clone()).await?)
+        } else {
+            None
+        };
         let acme = match &state {
-            Some(state) => gatehouse::acme::prepare(
-                &config,
-                state,
-                &gateway.shared,
-                gateway.static_certs.clone(),
-            )?,
+            Some(state) => {
+                gatehouse::acme::prepare(
+                    &config,
+                    state,
+                    &gateway.shared,
+                    gateway.static_certs.clone(),
+                )
+                .await?
+            }
             None => None,
         };
         if let (Some(vpc), Some(state)) = (&config.vpc, &state) {
@@ -686,14 +703,24 @@ fn caa_set(
         None => {
             let acme =
                 acme.context("pass --account, or a config with [acme] whose account exists")?;
-            let sealer = tokio::runtime::Builder::new_current_thread()
+            let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
-                .build()?
-                .block_on(gatehouse::attestation::sealer(&config, state_dir))?;
-            let state = gatehouse::acme::open_state(&config, state_dir, sealer).context(
-                "reading the stored account (a running gateway holds the store: pass --account)",
-            )?;
-            gatehouse_certbot::account::stored_uri(&acme.directory, &*state.store, &*state.sealer)?
+                .build()?;
+            runtime.block_on(async {
+                let sealer = gatehouse::attestation::sealer(&config, state_dir).await?;
+                let state = gatehouse::acme::open_state(&config, state_dir, sealer)
+                    .await
+                    .context(
+                        "reading the stored account (a running gateway holds the store: pass --account)",
+                    )?;
+                gatehouse_certbot::account::stored_uri(
+                    &acme.directory,
+                    &*state.store,
+                    &*state.sealer,
+                )
+                .await
+                .map_err(anyhow::Error::from)
+            })?
                 .context("no ACME account stored yet: run the gateway once, or pass --account")?
         }
     };

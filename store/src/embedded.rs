@@ -1,17 +1,29 @@
-//! The embedded backend: one redb file. Values are stored as 8-byte big-endian version + bytes.
+//! The embedded backend: one redb file. Values are stored as 8-byte big-endian version + bytes;
+//! a `meta` table holds the store-wide revision, which every write raises by one and gives to
+//! the key it writes (as etcd's `mod_revision`), so a version is never reused.
 
-use crate::{check_key, Event, Store, StoreError, Version, Versioned, Watch};
+use crate::watch::{Mirror, WATCH_CHANNEL};
+use crate::{check_key, Event, Listing, Store, StoreError, Version, Versioned, Watch};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use std::path::Path;
+use std::sync::{Arc, Weak};
+use tokio::sync::{broadcast, mpsc};
 
 const TABLE: TableDefinition<&str, &[u8]> = TableDefinition::new("state");
-/// Watchers that fall this many events behind are told to re-list.
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const REVISION: &str = "revision";
+/// Changes kept for watchers that are behind; one that falls further re-lists.
 const WATCH_BUFFER: usize = 1024;
 
 /// A redb-backed [`Store`] for a single node.
 pub struct Embedded {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
     db: Database,
-    events: tokio::sync::broadcast::Sender<Event>,
+    /// Every committed change with its revision.
+    events: broadcast::Sender<(u64, Event)>,
 }
 
 impl std::fmt::Debug for Embedded {
@@ -62,40 +74,63 @@ impl Embedded {
         let db = Database::create(path)
             .map_err(|e| StoreError::Backend(format!("{}: {e}", path.display())))?;
         let tx = db.begin_write().map_err(backend)?;
-        tx.open_table(TABLE).map_err(backend)?;
+        {
+            let table = tx.open_table(TABLE).map_err(backend)?;
+            let mut meta = tx.open_table(META).map_err(backend)?;
+            if meta.get(REVISION).map_err(backend)?.is_none() {
+                // A file written before the store-wide revision: start above every version in
+                // it, so no version is ever handed out twice.
+                let mut highest = 0;
+                for entry in table.iter().map_err(backend)? {
+                    let (_, v) = entry.map_err(backend)?;
+                    highest = highest.max(decode(v.value())?.version);
+                }
+                meta.insert(REVISION, highest).map_err(backend)?;
+            }
+        }
         tx.commit().map_err(backend)?;
-        let (events, _) = tokio::sync::broadcast::channel(WATCH_BUFFER);
-        Ok(Embedded { db, events })
+        let (events, _) = broadcast::channel(WATCH_BUFFER);
+        Ok(Embedded {
+            inner: Arc::new(Inner { db, events }),
+        })
     }
+}
 
+impl Inner {
     /// Runs `f` on the current value of `key` in one write transaction; `f` returns the new
-    /// value (or `None` to leave the key unchanged). Commits with fsync.
+    /// value (`Some(None)` deletes, `None` leaves the key unchanged) and gets the revision a
+    /// change would be written at. Commits with fsync.
     fn update<T>(
         &self,
         key: &str,
-        f: impl FnOnce(Option<Versioned>) -> (Option<Option<Vec<u8>>>, T),
+        f: impl FnOnce(Option<Versioned>, u64) -> (Option<Option<Vec<u8>>>, T),
     ) -> Result<T, StoreError> {
         check_key(key)?;
         let tx = self.db.begin_write().map_err(backend)?;
-        let (event, out) = {
+        let (change, out) = {
             let mut table = tx.open_table(TABLE).map_err(backend)?;
+            let mut meta = tx.open_table(META).map_err(backend)?;
             let current = match table.get(key).map_err(backend)? {
                 Some(raw) => Some(decode(raw.value())?),
                 None => None,
             };
-            let next_version = current.as_ref().map_or(0, |c| c.version) + 1;
-            let (change, out) = f(current);
+            let revision = meta
+                .get(REVISION)
+                .map_err(backend)?
+                .map_or(0, |r| r.value())
+                + 1;
+            let (change, out) = f(current, revision);
             let event = match change {
                 None => None,
                 Some(Some(value)) => {
                     table
-                        .insert(key, encode(next_version, &value).as_slice())
+                        .insert(key, encode(revision, &value).as_slice())
                         .map_err(backend)?;
                     Some(Event::Put {
                         key: key.to_owned(),
                         value: Versioned {
                             value,
-                            version: next_version,
+                            version: revision,
                         },
                     })
                 }
@@ -106,67 +141,31 @@ impl Embedded {
                     })
                 }
             };
-            (event, out)
+            if event.is_some() {
+                meta.insert(REVISION, revision).map_err(backend)?;
+            }
+            (event.map(|e| (revision, e)), out)
         };
+        if change.is_none() {
+            tx.abort().map_err(backend)?;
+            return Ok(out);
+        }
         tx.commit().map_err(backend)?;
-        if let Some(e) = event {
-            let _ = self.events.send(e); // no watcher is fine
+        if let Some(change) = change {
+            let _ = self.events.send(change); // no watcher is fine
         }
         Ok(out)
     }
-}
 
-impl Store for Embedded {
-    fn get(&self, key: &str) -> Result<Option<Versioned>, StoreError> {
-        check_key(key)?;
+    /// Every key under `prefix`, and the revision they were read at.
+    fn list(&self, prefix: &str) -> Result<(Listing, u64), StoreError> {
         let tx = self.db.begin_read().map_err(backend)?;
         let table = tx.open_table(TABLE).map_err(backend)?;
-        match table.get(key).map_err(backend)? {
-            Some(raw) => decode(raw.value()).map(Some),
-            None => Ok(None),
-        }
-    }
-
-    fn put(&self, key: &str, value: &[u8]) -> Result<Version, StoreError> {
-        self.update(key, |current| {
-            let version = current.map_or(0, |c| c.version) + 1;
-            (Some(Some(value.to_vec())), version)
-        })
-    }
-
-    fn compare_and_swap(
-        &self,
-        key: &str,
-        expected: Version,
-        value: &[u8],
-    ) -> Result<Result<Version, Option<Versioned>>, StoreError> {
-        self.update(key, |current| {
-            let seen = current.as_ref().map_or(0, |c| c.version);
-            if seen == expected {
-                (Some(Some(value.to_vec())), Ok(seen + 1))
-            } else {
-                (None, Err(current))
-            }
-        })
-    }
-
-    fn delete(&self, key: &str) -> Result<bool, StoreError> {
-        self.update(key, |current| match current {
-            Some(_) => (Some(None), true),
-            None => (None, false),
-        })
-    }
-
-    fn compare_and_delete(&self, key: &str, expected: Version) -> Result<bool, StoreError> {
-        self.update(key, |current| match current {
-            Some(c) if c.version == expected => (Some(None), true),
-            _ => (None, false),
-        })
-    }
-
-    fn list(&self, prefix: &str) -> Result<Vec<(String, Versioned)>, StoreError> {
-        let tx = self.db.begin_read().map_err(backend)?;
-        let table = tx.open_table(TABLE).map_err(backend)?;
+        let meta = tx.open_table(META).map_err(backend)?;
+        let revision = meta
+            .get(REVISION)
+            .map_err(backend)?
+            .map_or(0, |r| r.value());
         let mut out = Vec::new();
         for entry in table.range(prefix..).map_err(backend)? {
             let (k, v) = entry.map_err(backend)?;
@@ -175,19 +174,118 @@ impl Store for Embedded {
             }
             out.push((k.value().to_owned(), decode(v.value())?));
         }
-        Ok(out)
+        Ok((out, revision))
+    }
+}
+
+/// Forwards the broadcast of committed changes to one watcher through its mirror; re-lists
+/// when the broadcast overflowed. Holds the store weakly: it ends when the store is dropped.
+async fn follow(
+    store: Weak<Inner>,
+    mut changes: broadcast::Receiver<(u64, Event)>,
+    mut mirror: Mirror,
+    prefix: String,
+    out: mpsc::Sender<Event>,
+) {
+    loop {
+        let events = match changes.recv().await {
+            Ok((revision, event)) => mirror.apply(revision, event).into_iter().collect(),
+            Err(broadcast::error::RecvError::Lagged(missed)) => {
+                let Some(store) = store.upgrade() else { return };
+                match store.list(&prefix) {
+                    Ok((listing, revision)) => {
+                        tracing::debug!(missed, prefix, "watcher fell behind; re-listed");
+                        mirror.resync(listing, revision)
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, prefix, "watcher could not re-list");
+                        return;
+                    }
+                }
+            }
+            Err(broadcast::error::RecvError::Closed) => return,
+        };
+        for event in events {
+            if out.send(event).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Store for Embedded {
+    async fn get(&self, key: &str) -> Result<Option<Versioned>, StoreError> {
+        check_key(key)?;
+        let tx = self.inner.db.begin_read().map_err(backend)?;
+        let table = tx.open_table(TABLE).map_err(backend)?;
+        match table.get(key).map_err(backend)? {
+            Some(raw) => decode(raw.value()).map(Some),
+            None => Ok(None),
+        }
     }
 
-    fn watch(&self, prefix: &str) -> Watch {
-        Watch {
-            prefix: prefix.to_owned(),
-            events: self.events.subscribe(),
-        }
+    async fn put(&self, key: &str, value: &[u8]) -> Result<Version, StoreError> {
+        self.inner
+            .update(key, |_, revision| (Some(Some(value.to_vec())), revision))
+    }
+
+    async fn compare_and_swap(
+        &self,
+        key: &str,
+        expected: Version,
+        value: &[u8],
+    ) -> Result<Result<Version, Option<Versioned>>, StoreError> {
+        self.inner.update(key, |current, revision| {
+            let seen = current.as_ref().map_or(0, |c| c.version);
+            if seen == expected {
+                (Some(Some(value.to_vec())), Ok(revision))
+            } else {
+                (None, Err(current))
+            }
+        })
+    }
+
+    async fn delete(&self, key: &str) -> Result<bool, StoreError> {
+        self.inner.update(key, |current, _| match current {
+            Some(_) => (Some(None), true),
+            None => (None, false),
+        })
+    }
+
+    async fn compare_and_delete(&self, key: &str, expected: Version) -> Result<bool, StoreError> {
+        self.inner.update(key, |current, _| match current {
+            Some(c) if c.version == expected => (Some(None), true),
+            _ => (None, false),
+        })
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Listing, StoreError> {
+        Ok(self.inner.list(prefix)?.0)
+    }
+
+    async fn watch(&self, prefix: &str) -> Result<(Listing, Watch), StoreError> {
+        // Subscribe before reading: a change committed between the two is in both, and the
+        // mirror drops the copy the snapshot already holds.
+        let changes = self.inner.events.subscribe();
+        let (listing, revision) = self.inner.list(prefix)?;
+        let mirror = Mirror::new(prefix, &listing, revision);
+        let (tx, rx) = mpsc::channel(WATCH_CHANNEL);
+        let follower = tokio::spawn(follow(
+            Arc::downgrade(&self.inner),
+            changes,
+            mirror,
+            prefix.to_owned(),
+            tx,
+        ));
+        Ok((listing, Watch::new(rx, follower)))
     }
 }
 
 #[cfg(test)]
 mod tests {
+    //! What only the embedded backend has: a file. The behaviour every backend shares is the
+    //! conformance suite in `tests/` (`cargo test store_conformance`), run on redb and etcd.
     use super::*;
 
     fn open() -> (tempfile::TempDir, Embedded) {
@@ -208,175 +306,80 @@ mod tests {
         assert_eq!(mode & 0o777, 0o600);
     }
 
-    #[test]
-    fn put_get_versions_and_delete() {
-        let (_d, s) = open();
-        assert_eq!(s.get("acme/account").unwrap(), None);
-        assert_eq!(s.put("acme/account", b"a").unwrap(), 1);
-        assert_eq!(s.put("acme/account", b"b").unwrap(), 2);
-        assert_eq!(
-            s.get("acme/account").unwrap(),
-            Some(Versioned {
-                value: b"b".to_vec(),
-                version: 2
-            })
-        );
-        assert!(s.delete("acme/account").unwrap());
-        assert!(!s.delete("acme/account").unwrap());
-        assert_eq!(s.get("acme/account").unwrap(), None);
-        assert_eq!(
-            s.put("acme/account", b"c").unwrap(),
-            1,
-            "a re-created key starts again"
-        );
-    }
-
-    #[test]
-    fn compare_and_swap_refuses_stale_writers() {
-        let (_d, s) = open();
-        assert_eq!(
-            s.compare_and_swap("leases/10.0.0.2", 0, b"wg-key-1")
-                .unwrap(),
-            Ok(1)
-        );
-        // a second writer that also saw "absent" loses and learns the current value
-        let lost = s
-            .compare_and_swap("leases/10.0.0.2", 0, b"wg-key-2")
-            .unwrap();
-        assert_eq!(
-            lost,
-            Err(Some(Versioned {
-                value: b"wg-key-1".to_vec(),
-                version: 1
-            }))
-        );
-        assert_eq!(
-            s.compare_and_swap("leases/10.0.0.2", 1, b"wg-key-1b")
-                .unwrap(),
-            Ok(2)
-        );
-        assert_eq!(
-            s.get("leases/10.0.0.2").unwrap().unwrap().value,
-            b"wg-key-1b"
-        );
-    }
-
-    /// Issue 16 §11: a delete conditioned on the version a reader saw does nothing once
-    /// someone wrote after that read.
-    #[test]
-    fn hardening_compare_and_delete_refuses_a_stale_version() {
-        let (_d, s) = open();
-        let v1 = s.put("leases/10.0.0.3", b"a").unwrap();
-        let v2 = s.put("leases/10.0.0.3", b"b").unwrap();
-        assert!(!s.compare_and_delete("leases/10.0.0.3", v1).unwrap());
-        assert_eq!(s.get("leases/10.0.0.3").unwrap().unwrap().value, b"b");
-        assert!(s.compare_and_delete("leases/10.0.0.3", v2).unwrap());
-        assert!(s.get("leases/10.0.0.3").unwrap().is_none());
-        assert!(!s.compare_and_delete("leases/10.0.0.3", v2).unwrap());
-    }
-
-    #[test]
-    fn concurrent_cas_gives_each_version_to_one_writer() {
-        let (_d, s) = open();
-        let s = std::sync::Arc::new(s);
-        let winners: Vec<bool> = (0..16)
-            .map(|i| {
-                let s = s.clone();
-                std::thread::spawn(move || {
-                    s.compare_and_swap("leases/x", 0, format!("{i}").as_bytes())
-                        .unwrap()
-                        .is_ok()
-                })
-            })
-            .collect::<Vec<_>>()
-            .into_iter()
-            .map(|t| t.join().unwrap())
-            .collect();
-        assert_eq!(winners.iter().filter(|w| **w).count(), 1);
-    }
-
-    #[test]
-    fn list_by_prefix_in_key_order() {
-        let (_d, s) = open();
-        for k in ["certs/b.test", "certs/a.test", "certsx/no", "acme/account"] {
-            s.put(k, k.as_bytes()).unwrap();
-        }
-        let keys: Vec<String> = s
-            .list("certs/")
-            .unwrap()
-            .into_iter()
-            .map(|(k, _)| k)
-            .collect();
-        assert_eq!(keys, vec!["certs/a.test", "certs/b.test"]);
-        assert_eq!(s.list("").unwrap().len(), 4);
-    }
-
-    #[test]
-    fn state_survives_reopen_and_the_file_is_locked_while_open() {
+    #[tokio::test]
+    async fn state_and_revision_survive_reopen_and_the_file_is_locked_while_open() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state.redb");
-        {
+        let written = {
             let s = Embedded::open(&path).unwrap();
-            s.put("acme/account", b"persisted").unwrap();
+            s.put("acme/account", b"persisted").await.unwrap();
+            let v = s.put("certs/x", b"x").await.unwrap();
+            s.delete("certs/x").await.unwrap();
             assert!(
                 Embedded::open(&path).is_err(),
                 "a second opener must not share the file"
             );
-        }
+            v
+        };
         let s = Embedded::open(&path).unwrap();
         assert_eq!(
-            s.get("acme/account").unwrap().unwrap(),
-            Versioned {
-                value: b"persisted".to_vec(),
-                version: 1
-            }
+            s.get("acme/account").await.unwrap().unwrap().value,
+            b"persisted"
+        );
+        assert!(
+            s.put("certs/x", b"again").await.unwrap() > written + 1,
+            "versions are never handed out twice, across a reopen"
         );
     }
 
-    #[test]
-    fn bad_keys_are_refused() {
-        let (_d, s) = open();
-        for k in ["", "/a", "a/", "a//b"] {
-            assert!(
-                matches!(s.put(k, b"x"), Err(StoreError::InvalidKey { .. })),
-                "{k:?}"
-            );
-        }
-    }
-
+    /// A file from before the store-wide revision: new versions start above its highest.
     #[tokio::test]
-    async fn watch_sees_changes_under_its_prefix_in_order() {
+    async fn a_file_without_a_revision_counts_on_from_its_highest_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.redb");
+        {
+            let db = Database::create(&path).unwrap();
+            let tx = db.begin_write().unwrap();
+            tx.open_table(TABLE)
+                .unwrap()
+                .insert("leases/10.0.0.2", encode(41, b"old").as_slice())
+                .unwrap();
+            tx.commit().unwrap();
+        }
+        let s = Embedded::open(&path).unwrap();
+        assert_eq!(s.get("leases/10.0.0.2").await.unwrap().unwrap().version, 41);
+        assert_eq!(s.put("leases/10.0.0.3", b"new").await.unwrap(), 42);
+    }
+
+    /// A watcher that stops reading while the broadcast overflows re-lists and still ends at
+    /// the store's state (the lagging path; etcd's compaction takes the same one).
+    #[tokio::test]
+    async fn a_watcher_past_the_broadcast_buffer_resyncs() {
         let (_d, s) = open();
-        let mut w = s.watch("certs/");
-        s.put("acme/account", b"ignored").unwrap();
-        s.put("certs/a", b"1").unwrap();
-        s.put("certs/a", b"2").unwrap();
-        s.delete("certs/a").unwrap();
-        assert_eq!(
-            w.next().await.unwrap(),
-            Event::Put {
-                key: "certs/a".into(),
-                value: Versioned {
-                    value: b"1".to_vec(),
-                    version: 1
-                }
-            }
-        );
-        assert_eq!(
-            w.next().await.unwrap(),
-            Event::Put {
-                key: "certs/a".into(),
-                value: Versioned {
-                    value: b"2".to_vec(),
-                    version: 2
-                }
-            }
-        );
-        assert_eq!(
-            w.next().await.unwrap(),
-            Event::Delete {
-                key: "certs/a".into()
-            }
-        );
+        let (_, mut w) = s.watch("k/").await.unwrap();
+        for i in 0..(WATCH_BUFFER + WATCH_CHANNEL + 200) {
+            s.put(&format!("k/{}", i % 50), format!("{i}").as_bytes())
+                .await
+                .unwrap();
+        }
+        s.delete("k/7").await.unwrap();
+        let want: std::collections::BTreeMap<String, Vec<u8>> = s
+            .list("k/")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|(k, v)| (k, v.value))
+            .collect();
+        let mut seen = std::collections::BTreeMap::new();
+        while seen != want {
+            let e = tokio::time::timeout(std::time::Duration::from_secs(5), w.next())
+                .await
+                .expect("the watcher converges")
+                .unwrap();
+            match e {
+                Event::Put { key, value } => seen.insert(key, value.value),
+                Event::Delete { key } => seen.remove(&key),
+            };
+        }
     }
 }

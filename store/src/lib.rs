@@ -1,29 +1,37 @@
 //! Gatehouse's durable state: ACME account, sealed keys and certificates, VPC leases, routes.
 //!
-//! Callers see one narrow trait, [`Store`], shaped so that an etcd backend can replace the
-//! embedded one without changing them:
+//! Callers see one narrow trait, [`Store`], with two backends behind it:
 //! - keys are `/`-separated paths in namespaces (`acme/account`, `certs/<name>`, `leases/<ip>`),
-//! - every value carries a [`Version`] that grows on each write of that key, and
-//!   [`Store::compare_and_swap`] writes only when the caller saw the current version (etcd's
-//!   `mod_revision` transaction compare), which is how two nodes avoid lost updates,
-//! - [`Store::watch`] streams changes under a prefix.
+//! - every value carries a [`Version`]: the store-wide revision of the write that made it
+//!   (etcd's `mod_revision`), so versions only grow, also across a delete and re-create, and
+//!   [`Store::compare_and_swap`] writes only when the caller saw the current version, which is
+//!   how two writers (two tasks, or two nodes) avoid lost updates,
+//! - [`Store::watch`] returns a snapshot of a prefix read at one revision and every change
+//!   after it, without gaps or repeats (a watcher that falls behind, or whose history was
+//!   compacted away, re-lists and receives the difference: see [`Watch`]).
 //!
-//! The embedded backend ([`Embedded`]) is a redb file: each write is one ACID transaction
-//! committed with fsync, so a crash or kill at any moment leaves the old or the new state.
+//! [`Embedded`] is a redb file for one node: each write is one ACID transaction committed with
+//! fsync, so a crash or kill at any moment leaves the old or the new state. [`Etcd`] is an etcd
+//! cluster for several nodes: versions are `mod_revision`s, conditional writes are `Txn`s.
 //! The store holds bytes; secrets are sealed by the caller with a [`Sealer`] before they reach
 //! it ([`seal`]: AES-256-GCM bound to the item's name), so no backend ever holds a key in the
-//! clear.
+//! clear (etcd runs outside the TEE's trust).
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 mod embedded;
+mod etcd;
 pub mod seal;
+mod watch;
 
 pub use embedded::Embedded;
+pub use etcd::{Etcd, EtcdOptions, EtcdTls};
 pub use seal::{AesGcmSealer, SealError, Sealer};
+pub use watch::Watch;
 pub use zeroize::Zeroizing;
 
-/// A key's version: 0 = absent, then 1, 2, ... on each write of that key.
+/// A key's version: 0 = absent, otherwise the store-wide revision of the write that made it.
+/// Versions of one key only grow, also across a delete and re-create.
 pub type Version = u64;
 
 /// A stored value and its version.
@@ -52,6 +60,18 @@ pub enum Event {
     },
 }
 
+impl Event {
+    /// The key this change is about.
+    pub fn key(&self) -> &str {
+        match self {
+            Event::Put { key, .. } | Event::Delete { key } => key,
+        }
+    }
+}
+
+/// A prefix's entries, read at one revision, in key order.
+pub type Listing = Vec<(String, Versioned)>;
+
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -66,19 +86,24 @@ pub enum StoreError {
     /// The backend failed (I/O, corruption, lock held by another process).
     #[error("store backend: {0}")]
     Backend(String),
+    /// The backend could not be reached in time (etcd down or partitioned). Nothing was
+    /// written; what was read before still holds, and the caller may retry later.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
 }
 
 /// The state every gateway node reads and writes.
+#[async_trait::async_trait]
 pub trait Store: Send + Sync + std::fmt::Debug {
     /// The value at `key`, if any.
-    fn get(&self, key: &str) -> Result<Option<Versioned>, StoreError>;
+    async fn get(&self, key: &str) -> Result<Option<Versioned>, StoreError>;
 
     /// Writes `value` at `key` unconditionally; returns the new version.
-    fn put(&self, key: &str, value: &[u8]) -> Result<Version, StoreError>;
+    async fn put(&self, key: &str, value: &[u8]) -> Result<Version, StoreError>;
 
     /// Writes `value` only if `key` is at version `expected` (0 = absent). `Ok(Ok(v))`: written
     /// at version `v`; `Ok(Err(current))`: someone else wrote first, nothing changed.
-    fn compare_and_swap(
+    async fn compare_and_swap(
         &self,
         key: &str,
         expected: Version,
@@ -86,40 +111,17 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     ) -> Result<Result<Version, Option<Versioned>>, StoreError>;
 
     /// Deletes `key`; returns whether it existed.
-    fn delete(&self, key: &str) -> Result<bool, StoreError>;
+    async fn delete(&self, key: &str) -> Result<bool, StoreError>;
 
     /// Deletes `key` only if it is at version `expected`; returns whether it did (false: it
     /// changed or went away meanwhile, nothing was deleted).
-    fn compare_and_delete(&self, key: &str, expected: Version) -> Result<bool, StoreError>;
+    async fn compare_and_delete(&self, key: &str, expected: Version) -> Result<bool, StoreError>;
 
-    /// Every key under `prefix` with its value, in key order.
-    fn list(&self, prefix: &str) -> Result<Vec<(String, Versioned)>, StoreError>;
+    /// Every key under `prefix` with its value, in key order, read at one revision.
+    async fn list(&self, prefix: &str) -> Result<Listing, StoreError>;
 
-    /// Changes under `prefix` from now on. Events arrive in commit order; a receiver that
-    /// falls behind by more than the channel's capacity sees `Lagged` and should re-`list`.
-    fn watch(&self, prefix: &str) -> Watch;
-}
-
-/// A stream of [`Event`]s under one prefix.
-#[derive(Debug)]
-pub struct Watch {
-    prefix: String,
-    events: tokio::sync::broadcast::Receiver<Event>,
-}
-
-impl Watch {
-    /// The next change under the prefix.
-    pub async fn next(&mut self) -> Result<Event, tokio::sync::broadcast::error::RecvError> {
-        loop {
-            let event = self.events.recv().await?;
-            let key = match &event {
-                Event::Put { key, .. } | Event::Delete { key } => key,
-            };
-            if key.starts_with(&self.prefix) {
-                return Ok(event);
-            }
-        }
-    }
+    /// The entries under `prefix` now, and a [`Watch`] of every change after them.
+    async fn watch(&self, prefix: &str) -> Result<(Listing, Watch), StoreError>;
 }
 
 /// Checks a key: 1-1024 bytes, `/`-separated non-empty segments, no leading `/`.

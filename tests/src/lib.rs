@@ -3,6 +3,7 @@
 
 pub mod acme_env;
 pub mod ari;
+pub mod etcd;
 pub mod http;
 pub mod knot;
 pub mod netns;
@@ -10,6 +11,7 @@ pub mod origins;
 pub mod pebble;
 pub mod pki;
 pub mod servers;
+pub mod store_conformance;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;

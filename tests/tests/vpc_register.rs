@@ -66,7 +66,7 @@ async fn registration_checks_change_nothing_until_all_pass() {
         let leases = leases.clone();
         let what = what.to_owned();
         async move {
-            assert!(leases.all().unwrap().is_empty(), "{what}: no lease");
+            assert!(leases.all().await.unwrap().is_empty(), "{what}: no lease");
             assert!(wg.state().await.unwrap().1.is_empty(), "{what}: no peer");
         }
     };
@@ -137,7 +137,7 @@ async fn registration_checks_change_nothing_until_all_pass() {
     assert_eq!(e.check, "nonce", "{e}");
     let again = attempt(&sim, "shop", None, &cvm).unwrap();
     assert_eq!(again.address, ok.address);
-    assert_eq!(leases.all().unwrap().len(), 1);
+    assert_eq!(leases.all().await.unwrap().len(), 1);
     drop(net);
 }
 
@@ -199,7 +199,7 @@ async fn security_relabelled_event_is_refused_at_registration() {
             .unwrap_err();
         assert_eq!(e.check, "policy", "{what}: {e}");
         assert!(e.to_string().contains("event:app-id"), "{what}: {e}");
-        assert!(leases.all().unwrap().is_empty(), "{what}: no lease");
+        assert!(leases.all().await.unwrap().is_empty(), "{what}: no lease");
     }
 }
 

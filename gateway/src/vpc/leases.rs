@@ -44,9 +44,9 @@ impl Leases {
     }
 
     /// Every lease, in address order.
-    pub fn all(&self) -> Result<Vec<Lease>, VpcError> {
+    pub async fn all(&self) -> Result<Vec<Lease>, VpcError> {
         let mut out = Vec::new();
-        for (key, v) in self.store.list(PREFIX)? {
+        for (key, v) in self.store.list(PREFIX).await? {
             let lease: Lease = serde_json::from_slice(&v.value).map_err(|e| VpcError::Lease {
                 key: key.clone(),
                 reason: e.to_string(),
@@ -67,19 +67,20 @@ impl Leases {
 
     /// The address for `public_key` registering as `app_id`: its existing lease (kept, app and
     /// time updated), or the lowest free address. `Ok((lease, true))` when newly allocated.
-    pub fn acquire(
+    pub async fn acquire(
         &self,
         app_id: &str,
         public_key: &[u8; 32],
         now: u64,
     ) -> Result<(Lease, bool), VpcError> {
         let key_b64 = super::wireguard::base64(public_key);
-        let existing = self.all()?;
+        let existing = self.all().await?;
         if let Some(mut lease) = existing.iter().find(|l| l.public_key == key_b64).cloned() {
             lease.app_id = app_id.to_owned();
             lease.registered_at = now;
             self.store
-                .put(&Leases::key(lease.address), &Leases::encode(&lease))?;
+                .put(&Leases::key(lease.address), &Leases::encode(&lease))
+                .await?;
             return Ok((lease, false));
         }
         let taken: std::collections::HashSet<Ipv4Addr> =
@@ -96,9 +97,10 @@ impl Leases {
             };
             match self
                 .store
-                .compare_and_swap(&Leases::key(address), 0, &Leases::encode(&lease))?
+                .compare_and_swap(&Leases::key(address), 0, &Leases::encode(&lease))
+                .await?
             {
-                Ok(_) => return self.settle(lease),
+                Ok(_) => return self.settle(lease).await,
                 Err(_) => continue, // another registration took it first: try the next
             }
         }
@@ -109,15 +111,16 @@ impl Leases {
     }
 
     /// If the same key won two addresses in a race with itself, keeps the lowest.
-    fn settle(&self, ours: Lease) -> Result<(Lease, bool), VpcError> {
+    async fn settle(&self, ours: Lease) -> Result<(Lease, bool), VpcError> {
         let same: Vec<Lease> = self
-            .all()?
+            .all()
+            .await?
             .into_iter()
             .filter(|l| l.public_key == ours.public_key)
             .collect();
         match same.first() {
             Some(first) if first.address != ours.address => {
-                self.store.delete(&Leases::key(ours.address))?;
+                self.store.delete(&Leases::key(ours.address)).await?;
                 Ok((first.clone(), false))
             }
             _ => Ok((ours, true)),
@@ -126,21 +129,21 @@ impl Leases {
 
     /// Gives `lease`'s address back if it is still exactly `lease` (not re-registered or
     /// re-leased meanwhile); whether it was released.
-    pub fn release_if_unchanged(&self, lease: &Lease) -> Result<bool, VpcError> {
+    pub async fn release_if_unchanged(&self, lease: &Lease) -> Result<bool, VpcError> {
         let key = Leases::key(lease.address);
-        match self.store.get(&key)? {
+        match self.store.get(&key).await? {
             // Deleted only at the version read: a registration between the read and the
             // delete (on this node or another) keeps its lease.
             Some(v) if v.value == Leases::encode(lease) => {
-                Ok(self.store.compare_and_delete(&key, v.version)?)
+                Ok(self.store.compare_and_delete(&key, v.version).await?)
             }
             _ => Ok(false),
         }
     }
 
     /// Gives `address` back; whether it was leased.
-    pub fn release(&self, address: Ipv4Addr) -> Result<bool, VpcError> {
-        Ok(self.store.delete(&Leases::key(address))?)
+    pub async fn release(&self, address: Ipv4Addr) -> Result<bool, VpcError> {
+        Ok(self.store.delete(&Leases::key(address)).await?)
     }
 }
 
@@ -160,69 +163,74 @@ mod tests {
         [i; 32]
     }
 
-    #[test]
-    fn a_key_keeps_its_address_and_the_gateway_address_is_never_leased() {
+    #[tokio::test]
+    async fn a_key_keeps_its_address_and_the_gateway_address_is_never_leased() {
         let dir = tempfile::tempdir().unwrap();
         let l = leases(dir.path(), "10.88.0.0/24");
-        let (a, new) = l.acquire("shop", &key(1), 1).unwrap();
+        let (a, new) = l.acquire("shop", &key(1), 1).await.unwrap();
         assert!(new);
         assert_eq!(
             a.address,
             Ipv4Addr::new(10, 88, 0, 2),
             "10.88.0.1 is the gateway's"
         );
-        let (again, new) = l.acquire("shop", &key(1), 2).unwrap();
+        let (again, new) = l.acquire("shop", &key(1), 2).await.unwrap();
         assert!(!new);
         assert_eq!(again.address, a.address);
         assert_eq!(again.registered_at, 2);
-        let (b, _) = l.acquire("shop", &key(2), 3).unwrap();
+        let (b, _) = l.acquire("shop", &key(2), 3).await.unwrap();
         assert_eq!(b.address, Ipv4Addr::new(10, 88, 0, 3));
-        assert!(l.release(a.address).unwrap());
-        let (c, _) = l.acquire("bank", &key(3), 4).unwrap();
+        assert!(l.release(a.address).await.unwrap());
+        let (c, _) = l.acquire("bank", &key(3), 4).await.unwrap();
         assert_eq!(c.address, a.address, "a released address is reused");
     }
 
-    #[test]
-    fn leases_survive_a_reopen() {
+    #[tokio::test]
+    async fn leases_survive_a_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let first = leases(dir.path(), "10.88.0.0/24")
             .acquire("shop", &key(7), 1)
+            .await
             .unwrap()
             .0;
         let again = leases(dir.path(), "10.88.0.0/24")
             .acquire("shop", &key(7), 2)
+            .await
             .unwrap()
             .0;
         assert_eq!(first.address, again.address);
     }
 
-    #[test]
-    fn an_exhausted_pool_says_so_and_changes_nothing() {
+    #[tokio::test]
+    async fn an_exhausted_pool_says_so_and_changes_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let l = leases(dir.path(), "10.88.0.0/30"); // hosts .1 (gateway) and .2
-        l.acquire("shop", &key(1), 1).unwrap();
-        let e = l.acquire("shop", &key(2), 1).unwrap_err();
+        l.acquire("shop", &key(1), 1).await.unwrap();
+        let e = l.acquire("shop", &key(2), 1).await.unwrap_err();
         assert!(
             matches!(e, VpcError::PoolExhausted { leased: 1, .. }),
             "{e}"
         );
-        assert_eq!(l.all().unwrap().len(), 1);
+        assert_eq!(l.all().await.unwrap().len(), 1);
     }
 
-    #[test]
-    fn fifty_concurrent_registrations_get_fifty_distinct_addresses() {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn fifty_concurrent_registrations_get_fifty_distinct_addresses() {
         let dir = tempfile::tempdir().unwrap();
         let l = leases(dir.path(), "10.88.0.0/24");
         let threads: Vec<_> = (0..50u8)
             .map(|i| {
                 let l = l.clone();
-                std::thread::spawn(move || l.acquire("shop", &key(i), 1).unwrap().0.address)
+                tokio::spawn(async move { l.acquire("shop", &key(i), 1).await.unwrap().0.address })
             })
             .collect();
-        let mut got: Vec<Ipv4Addr> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+        let mut got = Vec::new();
+        for t in threads {
+            got.push(t.await.unwrap());
+        }
         got.sort();
         got.dedup();
         assert_eq!(got.len(), 50);
-        assert_eq!(l.all().unwrap().len(), 50, "no stray leases");
+        assert_eq!(l.all().await.unwrap().len(), 50, "no stray leases");
     }
 }

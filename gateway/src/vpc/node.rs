@@ -40,18 +40,25 @@ pub fn wireguard_for(kind: WireGuardKind, interface: &str) -> Arc<dyn WireGuard>
 }
 
 /// The gateway's key: unsealed from the store, or made and stored sealed.
-fn load_or_create_key(store: &dyn Store, sealer: &dyn Sealer) -> Result<KeyPair, VpcError> {
+async fn load_or_create_key(store: &dyn Store, sealer: &dyn Sealer) -> Result<KeyPair, VpcError> {
     let seal_err = |e: gatehouse_store::SealError| VpcError::Key(format!("{KEY_NAME}: {e}"));
-    if let Some(v) = store.get(KEY_NAME)? {
+    if let Some(v) = store.get(KEY_NAME).await? {
         let private = sealer.unseal(KEY_NAME, &v.value).map_err(seal_err)?;
         return KeyPair::from_private(&private);
     }
     let key = KeyPair::generate()?;
     let sealed = sealer.seal(KEY_NAME, key.private()).map_err(seal_err)?;
     // Created only if absent: a concurrent start on a shared store keeps the first key.
-    match store.compare_and_swap(KEY_NAME, 0, &sealed)? {
+    match store.compare_and_swap(KEY_NAME, 0, &sealed).await? {
         Ok(_) => Ok(key),
-        Err(_) => load_or_create_key(store, sealer),
+        // Another node stored one first: use that one.
+        Err(Some(v)) => {
+            let private = sealer.unseal(KEY_NAME, &v.value).map_err(seal_err)?;
+            KeyPair::from_private(&private)
+        }
+        Err(None) => Err(VpcError::Key(format!(
+            "{KEY_NAME}: deleted while being created"
+        ))),
     }
 }
 
@@ -110,7 +117,7 @@ impl VpcNode {
         sealer: &dyn Sealer,
         attestor: &Attestor,
     ) -> Result<VpcNode, VpcError> {
-        let key = load_or_create_key(store.as_ref(), sealer)?;
+        let key = load_or_create_key(store.as_ref(), sealer).await?;
         let wg = wireguard_for(config.kind, &config.interface);
         let simulated = attestor.provider().kind() == TeeKind::Simulated;
         let policies = app_policies(config, simulated).map_err(VpcError::Config)?;
@@ -142,7 +149,7 @@ impl VpcNode {
         self.wg.configure(&self.key, Some(c.listen_port)).await?;
         set_address(&c.interface, c.gateway_address, c.prefix.len).await?;
         no_forwarding(&c.interface)?;
-        let leases = self.registrar.leases.all()?;
+        let leases = self.registrar.leases.all().await?;
         for lease in &leases {
             match parse_key(&lease.public_key) {
                 Some(public_key) => {
@@ -248,7 +255,7 @@ impl VpcNode {
                 .is_some_and(|t| t.elapsed().unwrap_or_default() < c.handshake_stale)
         };
         let mut by_app = SourceInstances::new();
-        for lease in self.registrar.leases.all()? {
+        for lease in self.registrar.leases.all().await? {
             let Some(key) = parse_key(&lease.public_key) else {
                 continue;
             };
@@ -280,7 +287,7 @@ impl VpcNode {
         if latest.elapsed().unwrap_or_default() < c.lease_reclaim {
             return Ok(());
         }
-        if self.registrar.leases.release_if_unchanged(lease)? {
+        if self.registrar.leases.release_if_unchanged(lease).await? {
             self.wg.remove_peer(&key).await?;
             tracing::info!(app = %lease.app_id, address = %lease.address, "lease reclaimed (no sign of life)");
         }

@@ -216,6 +216,7 @@ impl Registrar {
         let (lease, new) = self
             .leases
             .acquire(&req.app_id, &wg_key, now)
+            .await
             .map_err(|e| refuse("pool", e))?;
         let peer = PeerConfig {
             public_key: wg_key,
@@ -225,7 +226,7 @@ impl Registrar {
         };
         if let Err(e) = self.wg.set_peer(&peer).await {
             if new {
-                let _ = self.leases.release(lease.address);
+                let _ = self.leases.release(lease.address).await;
             }
             return Err(refuse("wireguard", e));
         }
