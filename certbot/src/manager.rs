@@ -7,11 +7,11 @@ use crate::keys::KeyType;
 use crate::order::{self, Request, Solver};
 use crate::pending::{PendingOrder, SavePending};
 use crate::schedule;
-use crate::stored::Issued;
+use crate::stored::{self, Issued};
 use crate::CertbotError;
 use gatehouse_caa::lookup::Checker;
 use gatehouse_caa::{Policy, Verdict};
-use gatehouse_store::{Sealer, Store};
+use gatehouse_store::{Event, Fence, Sealer, Store};
 use instant_acme::Account;
 use rustls::sign::CertifiedKey;
 use std::collections::BTreeMap;
@@ -103,6 +103,28 @@ pub struct CertManager {
     ari: std::sync::atomic::AtomicBool,
     /// Counters.
     pub stats: Arc<CertStats>,
+    /// Who this node is, in the renewal locks it takes (`<hostname>-<pid>` by default).
+    node: String,
+}
+
+/// How long a renewal lock outlives a holder that stopped keeping it alive (crash, pause,
+/// partition); another node takes the renewal over after that.
+pub const RENEWAL_LOCK_TTL: Duration = Duration::from_secs(10);
+/// How long a node waits before looking again while another node renews.
+const RENEWING_ELSEWHERE_WAIT: Duration = Duration::from_secs(3);
+
+/// What a renewal attempt came to, besides an error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Renewed {
+    /// This node ordered (or resumed) the certificate and published it.
+    Here,
+    /// Another node holds the renewal lock (named), or renewed meanwhile; nothing ordered.
+    Elsewhere(String),
+}
+
+fn node_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    format!("{}-{}", host.trim(), std::process::id())
 }
 
 /// CAA records to write at start, locking names to our account (`[acme] set_caa`).
@@ -145,7 +167,14 @@ impl CertManager {
             lock: None,
             ari: Default::default(),
             stats: Arc::default(),
+            node: node_name(),
         }
+    }
+
+    /// Names this node in the renewal locks it takes.
+    pub fn with_node(mut self, node: impl Into<String>) -> CertManager {
+        self.node = node.into();
+        self
     }
 
     /// Also writes CAA records locking `lock.names` to our account once it is known.
@@ -203,11 +232,12 @@ impl CertManager {
     /// served, an older one (a rollback) is refused and logged; what is held stays otherwise.
     pub async fn reload(&self, target: &Target) {
         let held = self.generation(target);
-        if held == 0 {
-            return;
-        }
         match Issued::load(&target.id, &*self.store, &*self.sealer, held).await {
-            Ok(Some(issued)) if issued.generation > held && issued.names == target.names => {
+            Ok(Some(issued))
+                if issued.generation > held
+                    && issued.names == target.names
+                    && issued.not_after > SystemTime::now() =>
+            {
                 if self.install(target, &issued).is_ok() {
                     tracing::info!(names = ?target.names, generation = issued.generation, "serving a newer stored certificate");
                     self.publish_all();
@@ -280,7 +310,29 @@ impl CertManager {
         for t in &targets {
             tokio::spawn(self.clone().maintain(account.clone(), t.clone()));
         }
+        tokio::spawn(self.clone().follow_store(targets.clone()));
         self.watch_caa(account, targets).await;
+    }
+
+    /// Serves each certificate another node (or an earlier run) stores, as the store's watch
+    /// reports it, so a renewal anywhere reaches every node's new handshakes.
+    pub async fn follow_store(self: Arc<Self>, targets: Vec<Target>) {
+        loop {
+            match self.store.watch(stored::PREFIX).await {
+                Ok((_, mut changes)) => {
+                    while let Some(change) = changes.next().await {
+                        let Event::Put { key, .. } = change else {
+                            continue;
+                        };
+                        for t in targets.iter().filter(|t| stored::store_key(&t.id) == key) {
+                            self.reload(t).await;
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!("cannot watch the stored certificates, retrying: {e}"),
+            }
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
     }
 
     /// Keeps `target` fresh forever: asks the CA's renewal information again whenever it
@@ -308,9 +360,13 @@ impl CertManager {
                 }
             }
             match self.renew(&account, &target).await {
-                Ok(()) => {
+                Ok(Renewed::Here) => {
                     failures = 0;
                     draw = fastrand::f64();
+                }
+                Ok(Renewed::Elsewhere(who)) => {
+                    tracing::info!(names = ?target.names, by = %who, "renewal in hand elsewhere: serving what the store gets");
+                    tokio::time::sleep(RENEWING_ELSEWHERE_WAIT).await;
                 }
                 Err(e) => {
                     self.stats.failed.fetch_add(1, Ordering::Relaxed);
@@ -381,13 +437,35 @@ impl CertManager {
     }
 
     /// One certificate for `target`, stored and published: the pending order's, if one is
-    /// stored and the CA still has it; else a new order, CAA-gated.
-    pub async fn renew(&self, account: &Account, target: &Target) -> Result<(), CertbotError> {
+    /// stored and the CA still has it; else a new order, CAA-gated. Only the holder of the
+    /// target's renewal lock orders (one order per renewal across a cluster), it looks at the
+    /// store again once it holds the lock (another node may just have renewed), and its
+    /// publish is fenced by the lock.
+    pub async fn renew(&self, account: &Account, target: &Target) -> Result<Renewed, CertbotError> {
+        let lock = match self
+            .store
+            .try_lock(
+                &format!("renew/{}", target.id),
+                &self.node,
+                RENEWAL_LOCK_TTL,
+            )
+            .await?
+        {
+            Ok(lock) => lock,
+            Err(holder) => return Ok(Renewed::Elsewhere(holder)),
+        };
+        let held = self.generation(target);
+        self.reload(target).await;
+        if self.generation(target) > held {
+            return Ok(Renewed::Elsewhere("a node that renewed meanwhile".into()));
+        }
         let issued = match self.resume(account, target).await? {
             Some(issued) => issued,
             None => self.order(account, target).await?,
         };
-        self.keep(target, issued).await
+        self.keep(target, issued, &lock.fence).await?;
+        drop(lock);
+        Ok(Renewed::Here)
     }
 
     /// Downloads the pending order's certificate, if there is one the CA can still give.
@@ -451,9 +529,16 @@ impl CertManager {
     }
 
     /// Stores `issued` (the next generation), forgets the pending order, serves it.
-    async fn keep(&self, target: &Target, mut issued: Issued) -> Result<(), CertbotError> {
+    async fn keep(
+        &self,
+        target: &Target,
+        mut issued: Issued,
+        fence: &Fence,
+    ) -> Result<(), CertbotError> {
         issued.generation = self.generation(target);
-        issued.save(&target.id, &*self.store, &*self.sealer).await?;
+        issued
+            .save(&target.id, &*self.store, &*self.sealer, Some(fence))
+            .await?;
         PendingOrder::clear(&target.id, &*self.store).await?;
         self.install(target, &issued)?;
         self.publish_all();

@@ -13,7 +13,7 @@
 use crate::keys::CertKey;
 use crate::CertbotError;
 use base64::Engine;
-use gatehouse_store::{Sealer, Store, Zeroizing};
+use gatehouse_store::{Fence, Fenced, Sealer, Store, Zeroizing};
 use rustls::client::danger::ServerCertVerifier;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateDer;
@@ -66,9 +66,12 @@ struct Contents {
 /// The format written by this version.
 const FORMAT: u8 = 2;
 
+/// Where certificate records live in the store.
+pub const PREFIX: &str = "certs/";
+
 /// The store key for target `id`.
 pub fn store_key(id: &str) -> String {
-    format!("certs/{id}")
+    format!("{PREFIX}{id}")
 }
 
 impl Issued {
@@ -98,11 +101,13 @@ impl Issued {
 
     /// Writes it, sealed whole, at the generation after the stored one; sets
     /// `self.generation`. A concurrent writer makes this retry on the newer record.
+    /// With `fence`, the write happens only while that renewal lock is held.
     pub async fn save(
         &mut self,
         id: &str,
         store: &dyn Store,
         sealer: &dyn Sealer,
+        fence: Option<&Fence>,
     ) -> Result<(), CertbotError> {
         let key = store_key(id);
         let chain_pem = self
@@ -137,7 +142,25 @@ impl Issued {
             };
             let bytes =
                 serde_json::to_vec(&envelope).map_err(|e| CertbotError::Cert(e.to_string()))?;
-            if store.compare_and_swap(&key, version, &bytes).await?.is_ok() {
+            let written = match fence {
+                None => store.compare_and_swap(&key, version, &bytes).await?.is_ok(),
+                Some(fence) => {
+                    match store
+                        .compare_and_swap_fenced(fence, &key, version, &bytes)
+                        .await?
+                    {
+                        Fenced::Written(_) => true,
+                        Fenced::Changed(_) => false,
+                        Fenced::LockLost => {
+                            return Err(CertbotError::Cert(format!(
+                                "{key}: not published: this node lost the renewal lock (paused \
+                                 or cut off past its lease); the node holding it now publishes"
+                            )))
+                        }
+                    }
+                }
+            };
+            if written {
                 self.generation = generation;
                 return Ok(());
             }

@@ -66,7 +66,9 @@ async fn cert_lifecycle_the_whole_record_is_sealed_and_bound_to_its_name() {
     let sealer = sealer();
     let ca = ca("Test CA");
     let mut ours = issued(&["web.gw.test"], &ca);
-    ours.save("web.gw.test", &store, &sealer).await.unwrap();
+    ours.save("web.gw.test", &store, &sealer, None)
+        .await
+        .unwrap();
     assert_eq!(ours.generation, 1);
     let back = Issued::load("web.gw.test", &store, &sealer, 0)
         .await
@@ -94,7 +96,7 @@ async fn cert_lifecycle_the_whole_record_is_sealed_and_bound_to_its_name() {
     let attacker = AesGcmSealer::from_key(&[9u8; 32], "development").unwrap();
     let (_d2, scratch) = self::store();
     forged
-        .save("web.gw.test", &scratch, &attacker)
+        .save("web.gw.test", &scratch, &attacker, None)
         .await
         .unwrap();
     let forged_raw = scratch
@@ -132,10 +134,16 @@ async fn cert_lifecycle_an_older_record_put_back_is_refused() {
     let sealer = sealer();
     let ca = ca("Test CA");
     let mut first = issued(&["web.gw.test"], &ca);
-    first.save("web.gw.test", &store, &sealer).await.unwrap();
+    first
+        .save("web.gw.test", &store, &sealer, None)
+        .await
+        .unwrap();
     let old_bytes = store.get("certs/web.gw.test").await.unwrap().unwrap().value;
     let mut second = issued(&["web.gw.test"], &ca);
-    second.save("web.gw.test", &store, &sealer).await.unwrap();
+    second
+        .save("web.gw.test", &store, &sealer, None)
+        .await
+        .unwrap();
     assert_eq!(second.generation, 2, "each write is a new generation");
 
     store.put("certs/web.gw.test", &old_bytes).await.unwrap();

@@ -3,7 +3,10 @@
 //! the key it writes (as etcd's `mod_revision`), so a version is never reused.
 
 use crate::watch::{Mirror, WATCH_CHANNEL};
-use crate::{check_key, Event, Listing, Store, StoreError, Version, Versioned, Watch};
+use crate::{
+    check_key, lock_key, Event, Fence, Fenced, Listing, Lock, Store, StoreError, Version,
+    Versioned, Watch,
+};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use std::path::Path;
 use std::sync::{Arc, Weak};
@@ -24,6 +27,10 @@ struct Inner {
     db: Database,
     /// Every committed change with its revision.
     events: broadcast::Sender<(u64, Event)>,
+    /// Locks held by this process's tasks: key → (fence revision, holder).
+    locks: std::sync::Mutex<std::collections::HashMap<String, (Version, String)>>,
+    /// The next lock's fence revision.
+    next_fence: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Embedded {
@@ -91,7 +98,12 @@ impl Embedded {
         tx.commit().map_err(backend)?;
         let (events, _) = broadcast::channel(WATCH_BUFFER);
         Ok(Embedded {
-            inner: Arc::new(Inner { db, events }),
+            inner: Arc::new(Inner {
+                db,
+                events,
+                locks: Default::default(),
+                next_fence: std::sync::atomic::AtomicU64::new(1),
+            }),
         })
     }
 }
@@ -236,16 +248,57 @@ impl Store for Embedded {
         expected: Version,
         value: &[u8],
     ) -> Result<Result<Version, Option<Versioned>>, StoreError> {
-        self.inner.update(key, |current, revision| {
-            let seen = current.as_ref().map_or(0, |c| c.version);
-            if seen == expected {
-                (Some(Some(value.to_vec())), Ok(revision))
-            } else {
-                (None, Err(current))
-            }
-        })
+        self.inner.compare_and_swap(key, expected, value)
     }
 
+    async fn try_lock(
+        &self,
+        name: &str,
+        holder: &str,
+        _ttl: std::time::Duration,
+    ) -> Result<Result<Lock, String>, StoreError> {
+        let key = lock_key(name)?;
+        let mut locks = self.inner.locks.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, theirs)) = locks.get(&key) {
+            return Ok(Err(theirs.clone()));
+        }
+        let revision = self
+            .inner
+            .next_fence
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        locks.insert(key.clone(), (revision, holder.to_owned()));
+        let inner = Arc::downgrade(&self.inner);
+        let fence = Fence { key, revision };
+        let held = fence.clone();
+        Ok(Ok(Lock::new(fence, move |_| {
+            let Some(inner) = inner.upgrade() else { return };
+            let mut locks = inner.locks.lock().unwrap_or_else(|p| p.into_inner());
+            if locks
+                .get(&held.key)
+                .is_some_and(|(r, _)| *r == held.revision)
+            {
+                locks.remove(&held.key);
+            }
+        })))
+    }
+
+    async fn compare_and_swap_fenced(
+        &self,
+        fence: &Fence,
+        key: &str,
+        expected: Version,
+        value: &[u8],
+    ) -> Result<Fenced, StoreError> {
+        // The lock table stays locked across the write: the lock cannot change hands mid-way.
+        let locks = self.inner.locks.lock().unwrap_or_else(|p| p.into_inner());
+        if locks.get(&fence.key).map(|(r, _)| *r) != Some(fence.revision) {
+            return Ok(Fenced::LockLost);
+        }
+        Ok(match self.inner.compare_and_swap(key, expected, value)? {
+            Ok(v) => Fenced::Written(v),
+            Err(current) => Fenced::Changed(current),
+        })
+    }
     async fn delete(&self, key: &str) -> Result<bool, StoreError> {
         self.inner.update(key, |current, _| match current {
             Some(_) => (Some(None), true),
@@ -279,6 +332,24 @@ impl Store for Embedded {
             tx,
         ));
         Ok((listing, Watch::new(rx, follower)))
+    }
+}
+
+impl Inner {
+    fn compare_and_swap(
+        &self,
+        key: &str,
+        expected: Version,
+        value: &[u8],
+    ) -> Result<Result<Version, Option<Versioned>>, StoreError> {
+        self.update(key, |current, revision| {
+            let seen = current.as_ref().map_or(0, |c| c.version);
+            if seen == expected {
+                (Some(Some(value.to_vec())), Ok(revision))
+            } else {
+                (None, Err(current))
+            }
+        })
     }
 }
 

@@ -11,9 +11,12 @@
 //! is [`StoreError::Unavailable`], so a node keeps serving what it holds (fail static).
 
 use crate::watch::{Mirror, WATCH_CHANNEL};
-use crate::{check_key, Event, Listing, Store, StoreError, Version, Versioned, Watch};
+use crate::{
+    check_key, lock_key, Event, Fence, Fenced, Listing, Lock, Store, StoreError, Version,
+    Versioned, Watch,
+};
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, KeyValue, TxnOp,
+    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, KeyValue, PutOptions, TxnOp,
     TxnOpResponse, WatchOptions,
 };
 use std::future::Future;
@@ -398,6 +401,140 @@ impl Store for Etcd {
         let watch = self.watch_after(prefix, &listing, revision);
         Ok((listing, watch))
     }
+
+    async fn try_lock(
+        &self,
+        name: &str,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<Result<Lock, String>, StoreError> {
+        let key = lock_key(name)?;
+        let full = self.full(&key)?;
+        let seconds = ttl.as_secs().max(2) as i64;
+        let lease = self
+            .call(|mut c| async move { c.lease_grant(seconds, None).await })
+            .await?
+            .id();
+        let txn = etcd_client::Txn::new()
+            .when([Compare::create_revision(full.clone(), CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(
+                full.clone(),
+                holder,
+                Some(PutOptions::new().with_lease(lease)),
+            )])
+            .or_else([TxnOp::get(full, None)]);
+        let resp = match self.call(|mut c| async move { c.txn(txn).await }).await {
+            Ok(r) => r,
+            Err(e) => {
+                self.revoke(lease);
+                return Err(e);
+            }
+        };
+        if !resp.succeeded() {
+            self.revoke(lease);
+            let theirs = resp
+                .op_responses()
+                .into_iter()
+                .find_map(|op| match op {
+                    TxnOpResponse::Get(g) => g
+                        .kvs()
+                        .first()
+                        .map(|kv| String::from_utf8_lossy(kv.value()).into_owned()),
+                    _ => None,
+                })
+                .unwrap_or_else(|| "another holder".into());
+            return Ok(Err(theirs));
+        }
+        let revision = resp.header().map_or(0, |h| h.revision()) as u64;
+        let keepalive = tokio::spawn(keep_alive(self.client(), lease, ttl, key.clone()));
+        let store = self.clone();
+        Ok(Ok(Lock::new(Fence { key, revision }, move |release| {
+            keepalive.abort();
+            if release {
+                store.revoke(lease);
+            }
+        })))
+    }
+
+    async fn compare_and_swap_fenced(
+        &self,
+        fence: &Fence,
+        key: &str,
+        expected: Version,
+        value: &[u8],
+    ) -> Result<Fenced, StoreError> {
+        let full = self.full(key)?;
+        let lock = self.full(&fence.key)?;
+        let compare = if expected == 0 {
+            Compare::create_revision(full.clone(), CompareOp::Equal, 0)
+        } else {
+            Compare::mod_revision(full.clone(), CompareOp::Equal, expected as i64)
+        };
+        let txn = etcd_client::Txn::new()
+            .when([
+                Compare::mod_revision(lock.clone(), CompareOp::Equal, fence.revision as i64),
+                compare,
+            ])
+            .and_then([TxnOp::put(full.clone(), value.to_vec(), None)])
+            .or_else([TxnOp::get(lock, None), TxnOp::get(full, None)]);
+        let resp = self.call(|mut c| async move { c.txn(txn).await }).await?;
+        if resp.succeeded() {
+            return Ok(Fenced::Written(
+                resp.header().map_or(0, |h| h.revision()) as u64
+            ));
+        }
+        let gets: Vec<Option<KeyValue>> = resp
+            .op_responses()
+            .into_iter()
+            .filter_map(|op| match op {
+                TxnOpResponse::Get(g) => Some(g.kvs().first().cloned()),
+                _ => None,
+            })
+            .collect();
+        match gets.as_slice() {
+            [Some(lock), current] if version(lock) == fence.revision => {
+                Ok(Fenced::Changed(match current {
+                    Some(kv) => Some(self.strip(kv)?.1),
+                    None => None,
+                }))
+            }
+            _ => Ok(Fenced::LockLost),
+        }
+    }
+}
+
+impl Etcd {
+    /// Revokes `lease` in the background (its keys go with it); an error leaves it to expire.
+    fn revoke(&self, lease: i64) {
+        let mut client = self.client();
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                let _ = client.lease_revoke(lease).await;
+            });
+        }
+    }
+}
+
+/// Keeps a lock's lease alive every third of its TTL until aborted; when etcd answers that the
+/// lease is gone (it expired while this process was paused or cut off), says so and stops: the
+/// holder's fenced writes then fail.
+async fn keep_alive(mut client: Client, lease: i64, ttl: Duration, key: String) {
+    let every = (ttl / 3).max(Duration::from_millis(500));
+    let lost = match client.lease_keep_alive(lease).await {
+        Ok((mut keeper, mut answers)) => loop {
+            tokio::time::sleep(every).await;
+            if let Err(e) = keeper.keep_alive().await {
+                break e.to_string();
+            }
+            match answers.message().await {
+                Ok(Some(a)) if a.ttl() > 0 => {}
+                Ok(_) => break "the lease expired".to_owned(),
+                Err(e) => break e.to_string(),
+            }
+        },
+        Err(e) => e.to_string(),
+    };
+    tracing::warn!(lock = %key, "lock lost: {lost}; writes fenced by it will be refused");
 }
 
 #[cfg(test)]

@@ -92,6 +92,68 @@ pub enum StoreError {
     Unavailable(String),
 }
 
+/// What a lock holder's writes carry: the lock's key and the revision at which it was taken.
+/// A fenced write succeeds only while the lock key is still at that revision, so a holder
+/// that was paused past its lease (and lost the lock to another) cannot publish.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fence {
+    /// The lock's key (`locks/<name>`).
+    pub key: String,
+    /// The revision at which this holder took it.
+    pub revision: Version,
+}
+
+/// A held lock. Dropping it releases the lock; with etcd, a holder that stops (crash, pause)
+/// loses it when its lease runs out, since only a live holder keeps the lease alive.
+pub struct Lock {
+    /// What the holder's writes carry.
+    pub fence: Fence,
+    release: Option<Box<dyn FnOnce(bool) + Send + Sync>>,
+}
+
+impl std::fmt::Debug for Lock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lock").field("fence", &self.fence).finish()
+    }
+}
+
+impl Lock {
+    pub(crate) fn new(fence: Fence, release: impl FnOnce(bool) + Send + Sync + 'static) -> Lock {
+        Lock {
+            fence,
+            release: Some(Box::new(release)),
+        }
+    }
+
+    /// Stops keeping the lock alive without releasing it: what a frozen or partitioned holder
+    /// looks like to the others (the lock expires after its lease). For tests of fencing.
+    #[doc(hidden)]
+    pub fn abandon(mut self) {
+        if let Some(r) = self.release.take() {
+            r(false);
+        }
+    }
+}
+
+impl Drop for Lock {
+    fn drop(&mut self) {
+        if let Some(r) = self.release.take() {
+            r(true);
+        }
+    }
+}
+
+/// What a fenced compare-and-swap did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fenced {
+    /// Written at this version.
+    Written(Version),
+    /// The key was not at the expected version (nothing written): its current value.
+    Changed(Option<Versioned>),
+    /// The lock is no longer held at the fence's revision (nothing written).
+    LockLost,
+}
+
 /// The state every gateway node reads and writes.
 #[async_trait::async_trait]
 pub trait Store: Send + Sync + std::fmt::Debug {
@@ -122,6 +184,32 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     /// The entries under `prefix` now, and a [`Watch`] of every change after them.
     async fn watch(&self, prefix: &str) -> Result<(Listing, Watch), StoreError>;
+
+    /// Takes the lock `name` for `holder` unless someone holds it (`Err(their holder)`).
+    /// With etcd the lock lives under a lease of `ttl` that the returned [`Lock`] keeps alive;
+    /// the embedded store's locks coordinate the tasks of its one process.
+    async fn try_lock(
+        &self,
+        name: &str,
+        holder: &str,
+        ttl: std::time::Duration,
+    ) -> Result<Result<Lock, String>, StoreError>;
+
+    /// [`Store::compare_and_swap`], and only while `fence`'s lock is still held.
+    async fn compare_and_swap_fenced(
+        &self,
+        fence: &Fence,
+        key: &str,
+        expected: Version,
+        value: &[u8],
+    ) -> Result<Fenced, StoreError>;
+}
+
+/// The key of lock `name`.
+pub fn lock_key(name: &str) -> Result<String, StoreError> {
+    let key = format!("locks/{name}");
+    check_key(&key)?;
+    Ok(key)
 }
 
 /// Checks a key: 1-1024 bytes, `/`-separated non-empty segments, no leading `/`.

@@ -1,7 +1,7 @@
 //! What every [`Store`] backend must do, as checks over `&dyn Store`. `tests/store_conformance.rs`
 //! runs each on the embedded (redb) backend and on a real etcd.
 
-use gatehouse_store::{Event, Store, StoreError, Versioned};
+use gatehouse_store::{Event, Fenced, Lock, Store, StoreError, Versioned};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -213,6 +213,78 @@ pub async fn a_slow_watcher_converges(s: &dyn Store) {
         s.delete(&format!("k/{i}")).await.unwrap();
     }
     converges(s, "k/", &mut w, BTreeMap::new()).await;
+}
+
+/// A lock has one holder at a time, per name; a holder's writes are fenced: once it released
+/// the lock (or lost it), a write through its old fence changes nothing.
+pub async fn locks_are_exclusive_and_fence_writes(s: &dyn Store) {
+    let ttl = Duration::from_secs(5);
+    let a = s
+        .try_lock("renew/web", "node-a", ttl)
+        .await
+        .unwrap()
+        .unwrap();
+    let refused = s.try_lock("renew/web", "node-b", ttl).await.unwrap();
+    assert_eq!(
+        refused.unwrap_err(),
+        "node-a",
+        "the refusal names the holder"
+    );
+    let _api = s
+        .try_lock("renew/api", "node-b", ttl)
+        .await
+        .unwrap()
+        .expect("another name is another lock");
+    let Fenced::Written(v1) = s
+        .compare_and_swap_fenced(&a.fence, "certs/web", 0, b"by a")
+        .await
+        .unwrap()
+    else {
+        panic!("the holder writes")
+    };
+    assert!(
+        matches!(
+            s.compare_and_swap_fenced(&a.fence, "certs/web", 0, b"x").await.unwrap(),
+            Fenced::Changed(Some(ref c)) if c.version == v1
+        ),
+        "a stale expected version is refused as in compare_and_swap"
+    );
+    let old = a.fence.clone();
+    drop(a);
+    let b = lock_within(s, "renew/web", "node-b", Duration::from_secs(10)).await;
+    assert_eq!(
+        s.compare_and_swap_fenced(&old, "certs/web", v1, b"late a")
+            .await
+            .unwrap(),
+        Fenced::LockLost,
+        "a released lock's fence writes nothing"
+    );
+    assert_eq!(s.get("certs/web").await.unwrap().unwrap().value, b"by a");
+    assert!(matches!(
+        s.compare_and_swap_fenced(&b.fence, "certs/web", v1, b"by b")
+            .await
+            .unwrap(),
+        Fenced::Written(_)
+    ));
+}
+
+/// Tries `name` until it is free (a released etcd lock goes when its lease is revoked).
+pub async fn lock_within(s: &dyn Store, name: &str, holder: &str, limit: Duration) -> Lock {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        match s
+            .try_lock(name, holder, Duration::from_secs(5))
+            .await
+            .unwrap()
+        {
+            Ok(lock) => return lock,
+            Err(theirs) => assert!(
+                std::time::Instant::now() < deadline,
+                "{name} still held by {theirs} after {limit:?}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// Reads `w` until what it reported, applied to `seen`, equals a listing of `prefix`.

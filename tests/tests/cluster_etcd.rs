@@ -2,11 +2,14 @@
 //! loopback, Pebble as the CA, Knot as the DNS server.
 
 use gatehouse_tests::acme_env::{acme_config, client, connect, echo_app, one_app, wait_metric};
+use gatehouse_tests::ari::AriShim;
 use gatehouse_tests::etcd::EtcdCluster;
 use gatehouse_tests::knot::{free_port, Knot, TsigSecret};
 use gatehouse_tests::pebble::{Pebble, PebbleOptions};
 use gatehouse_tests::Gateway;
+use serde_json::json;
 use std::time::Duration;
+use std::time::Instant;
 
 const ISSUED: &str = "gatehouse_acme_certificates_issued_total";
 
@@ -105,4 +108,118 @@ fn etcd_unreachable_at_start_is_one_clear_line() {
         .find(|l| l.contains("store unavailable"))
         .unwrap_or_else(|| panic!("no clear line in:\n{err}"));
     assert!(line.contains(&endpoint), "{line}");
+}
+
+/// The leaf a node serves for the echo app, once it serves one signed by `root`.
+fn served_within(gw: &Gateway, root: &str, limit: Duration) -> Vec<u8> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let got = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            connect(gw.addr, "echo.gw.test", client(root)).1.to_vec()
+        }));
+        match got {
+            Ok(leaf) => return leaf,
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(300)),
+            Err(_) => panic!("no certificate served within {limit:?}:\n{}", gw.log()),
+        }
+    }
+}
+
+fn issued(nodes: &[&Gateway]) -> u64 {
+    nodes.iter().map(|n| n.metric(ISSUED)).sum()
+}
+
+/// Issue 19 tests 1 and 2: three gateway nodes on a three-member etcd share one ACME account;
+/// the CA sees one order per certificate whichever nodes run, every node serves it; when the
+/// CA asks for a renewal, one node renews (the renewal lock); killed with SIGKILL after the CA
+/// finalized, another node takes the renewal over once the lock's lease runs out, resumes the
+/// stored order instead of ordering again, and every surviving node serves the new certificate.
+#[test]
+fn cluster_one_order_per_renewal_and_a_killed_renewer_is_taken_over() {
+    let etcd = EtcdCluster::start(3);
+    let (knot, pebble, dir, key_file) = ca_and_dns();
+    let shim = AriShim::start(&pebble, json!({"window": "future", "retry_after": 1}));
+    let echo = echo_app();
+    let config = acme_config(&pebble, &knot, &key_file, &one_app("echo", echo.port()), "")
+        .replace(&pebble.directory, &shim.directory);
+    let config = on_etcd(&config, &etcd.endpoints());
+    let mut nodes: Vec<Gateway> = vec![Gateway::start_in(dir, &config)];
+    for _ in 0..2 {
+        nodes.push(Gateway::start(&config));
+    }
+    let root = pebble.issuing_root();
+    let first: Vec<Vec<u8>> = nodes
+        .iter()
+        .map(|n| served_within(n, &root, Duration::from_secs(90)))
+        .collect();
+    assert!(
+        first.iter().all(|l| *l == first[0]),
+        "every node serves the one certificate"
+    );
+    let all: Vec<&Gateway> = nodes.iter().collect();
+    assert_eq!(issued(&all), 1, "one node ordered it");
+    assert_eq!(shim.named("new-order").len(), 1, "{:?}", shim.events());
+    let accounts = etcd.etcdctl(&["get", "--prefix", "--keys-only", "gh/acme/"]);
+    assert_eq!(
+        accounts.lines().filter(|l| !l.is_empty()).count(),
+        1,
+        "one account: {accounts}"
+    );
+    assert!(
+        nodes
+            .iter()
+            .any(|n| n.log().contains("renewal in hand elsewhere")),
+        "the other nodes waited for the lock holder"
+    );
+
+    // The CA asks for a renewal now; the renewer is killed after the CA finalized its order.
+    shim.set(json!({"window": "past", "retry_after": 1, "hold_finalize": true}));
+    shim.wait("held", 1, Duration::from_secs(60));
+    let orders_before = shim.named("new-order").len();
+    let holder = etcd.etcdctl(&["get", "gh/locks/renew/gw.test", "--print-value-only"]);
+    let pid: u32 = holder.trim().rsplit('-').next().unwrap().parse().unwrap();
+    let at = nodes
+        .iter()
+        .position(|n| n.pid() == pid)
+        .unwrap_or_else(|| panic!("the lock holder {holder:?} is one of the nodes"));
+    let mut renewer = nodes.remove(at);
+    renewer.kill();
+    shim.set(json!({"window": "future", "retry_after": 1}));
+
+    let second: Vec<Vec<u8>> = nodes
+        .iter()
+        .map(|n| {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                let leaf = served_within(n, &root, Duration::from_secs(10));
+                if leaf != first[0] || Instant::now() > deadline {
+                    return leaf;
+                }
+                std::thread::sleep(Duration::from_millis(500));
+            }
+        })
+        .collect();
+    assert!(
+        second.iter().all(|l| *l != first[0]),
+        "the renewal was completed"
+    );
+    assert!(
+        second.iter().all(|l| *l == second[0]),
+        "every node serves it"
+    );
+    assert_eq!(
+        shim.named("new-order").len(),
+        orders_before,
+        "the order of the killed node was resumed, not ordered again: {:?}",
+        shim.events()
+    );
+    let survivors: Vec<&Gateway> = nodes.iter().collect();
+    assert_eq!(issued(&survivors), 1, "one survivor completed it");
+    assert!(
+        nodes
+            .iter()
+            .any(|n| n.log().contains("resumed the pending order")),
+        "{}",
+        nodes[0].log()
+    );
 }

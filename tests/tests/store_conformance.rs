@@ -68,7 +68,50 @@ on_both!(
     bad_keys_are_refused,
     watch_follows_a_snapshot,
     a_slow_watcher_converges,
+    locks_are_exclusive_and_fence_writes,
 );
+
+/// Issue 19 test 3 at the store: a holder that stops keeping its lock alive (a paused or
+/// partitioned node) loses it when its lease runs out; another takes it, and the first
+/// holder's fenced publish is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_a_paused_lock_holder_cannot_publish() {
+    let cluster = EtcdCluster::single();
+    let s = etcd_store(&cluster, "gatehouse/").await;
+    let a = s
+        .try_lock("renew/web", "node-a", Duration::from_secs(2))
+        .await
+        .unwrap()
+        .unwrap();
+    let fence = a.fence.clone();
+    // While the holder keeps its lease alive, the lock outlives its TTL.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(s
+        .try_lock("renew/web", "node-b", Duration::from_secs(2))
+        .await
+        .unwrap()
+        .is_err());
+    a.abandon();
+    let started = std::time::Instant::now();
+    let b = check::lock_within(&s, "renew/web", "node-b", Duration::from_secs(15)).await;
+    assert!(
+        started.elapsed() >= Duration::from_millis(500),
+        "taken only once the lease ran out"
+    );
+    assert_eq!(
+        s.compare_and_swap_fenced(&fence, "certs/web", 0, b"late")
+            .await
+            .unwrap(),
+        gatehouse_store::Fenced::LockLost
+    );
+    assert!(s.get("certs/web").await.unwrap().is_none());
+    assert!(matches!(
+        s.compare_and_swap_fenced(&b.fence, "certs/web", 0, b"b")
+            .await
+            .unwrap(),
+        gatehouse_store::Fenced::Written(_)
+    ));
+}
 
 /// A watcher whose history etcd compacted away re-lists and receives the difference: the
 /// changes made while it lagged arrive (collapsed to their latest state), none twice.
