@@ -103,7 +103,7 @@ pub struct CertManager {
     ari: std::sync::atomic::AtomicBool,
     /// Counters.
     pub stats: Arc<CertStats>,
-    /// Who this node is, in the renewal locks it takes (`<hostname>-<pid>` by default).
+    /// Who this node is, in the renewal locks it takes.
     node: String,
 }
 
@@ -122,9 +122,9 @@ pub enum Renewed {
     Elsewhere(String),
 }
 
+/// The holder name of a manager not told its node's name.
 fn node_name() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
-    format!("{}-{}", host.trim(), std::process::id())
+    format!("pid-{}", std::process::id())
 }
 
 /// CAA records to write at start, locking names to our account (`[acme] set_caa`).

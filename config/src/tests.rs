@@ -435,3 +435,20 @@ ca_file = "etcd-ca.pem"
     assert_eq!(e.prefix, "gatehouse/");
     assert_eq!(e.ca_file.unwrap(), Path::new("/etc/gatehouse/etcd-ca.pem"));
 }
+
+/// The README's `[store.etcd]` example is a valid config as shown.
+#[test]
+fn etcd_store_example_in_the_readme_parses() {
+    let readme = include_str!("../../README.md");
+    let block = readme
+        .split("```toml\n")
+        .skip(1)
+        .filter_map(|b| b.split("```").next())
+        .find(|b| b.contains("backend = \"etcd\""))
+        .expect("the README shows an etcd store");
+    let c = Config::from_toml(block, Path::new("/etc/gatehouse")).unwrap_or_else(|e| {
+        panic!("{}", e.problems().join("\n"));
+    });
+    assert_eq!(c.store.backend, StoreBackend::Etcd);
+    assert_eq!(c.store.etcd.unwrap().endpoints.len(), 3);
+}

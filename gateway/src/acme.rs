@@ -85,7 +85,7 @@ pub async fn open_state(
 }
 
 /// The etcd client settings of `[store.etcd]`, with its PEM files read.
-fn etcd_options(etcd: &EtcdStoreConfig) -> Result<EtcdOptions, StartError> {
+pub fn etcd_options(etcd: &EtcdStoreConfig) -> Result<EtcdOptions, StartError> {
     let read = |what: &str, path: &Path| {
         std::fs::read(path).map_err(|e| fail(&format!("store.etcd.{what} {}", path.display()), e))
     };
@@ -240,7 +240,8 @@ pub async fn prepare(
     });
     let manager = Arc::new(
         CertManager::new(store, sealer, key_type, acme.profile.clone(), caa, publish)
-            .with_caa_lock(lock),
+            .with_caa_lock(lock)
+            .with_node(gatehouse_cluster::node_name()),
     );
     let served = manager.load_stored(&targets).await;
     tracing::info!(

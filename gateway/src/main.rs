@@ -51,6 +51,9 @@ enum Command {
     /// CAA records: who may obtain certificates for a domain.
     #[command(subcommand)]
     Caa(CaaCommand),
+    /// A cluster of nodes sharing one etcd store.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
     /// Check an attested gateway from the outside.
     ///
     /// One TLS connection (normal WebPKI validation, or --cacert) records the certificate
@@ -192,6 +195,22 @@ struct AgentArgs {
 }
 
 #[derive(Subcommand, Debug)]
+enum ClusterCommand {
+    /// The members (registered under a lease: a dead node is gone within seconds), each
+    /// one's last heartbeat, nodes that stopped heartbeating, and who holds each renewal
+    /// lock, as etcd holds them. Reads the store of `--config` (`[store] backend = "etcd"`).
+    /// Exit codes: 0 ok, 1 etcd unreachable, 2 bad config.
+    Status {
+        /// The config file of any node of the cluster.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
 enum CaaCommand {
     /// Check that only our ACME account may issue for each domain (RFC 8659 + RFC 8657).
     ///
@@ -303,6 +322,27 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Command::Cluster(ClusterCommand::Status { config, json }) => {
+            let config = match Config::from_file(&config) {
+                Ok(c) => c,
+                Err(e) => {
+                    for p in e.problems() {
+                        eprintln!("{}: {p}", config.display());
+                    }
+                    return ExitCode::from(2);
+                }
+            };
+            match cluster_status(&config, json) {
+                Ok(text) => {
+                    print!("{text}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("gatehouse: cluster status: {e:#}");
+                    ExitCode::from(1)
+                }
+            }
+        }
         Command::Caa(CaaCommand::Check {
             domains,
             accounts,
@@ -529,12 +569,14 @@ fn run(config: Option<Config>, state_dir: &Path) -> anyhow::Result<()> {
             ));
         }
         gatehouse::upstream::active::spawn(&gateway.shared);
+        let mut admin_addr = None;
         if let Some(admin) = &config.admin {
             let token = gatehouse::admin::load_token(admin).context("admin.token_file")?;
             let listener = tokio::net::TcpListener::bind(admin.listen)
                 .await
                 .with_context(|| format!("admin listener {}", admin.listen))?;
             gatehouse::upstream::own::register(listener.local_addr()?);
+            admin_addr = Some(listener.local_addr()?);
             println!(
                 "gatehouse: admin on http://{}/metrics",
                 listener.local_addr()?
@@ -555,6 +597,27 @@ fn run(config: Option<Config>, state_dir: &Path) -> anyhow::Result<()> {
                 "gatehouse: try it: curl --cacert {} https://demo.localhost:{port}/",
                 state_dir.join("dev-ca.pem").display()
             );
+        }
+        if let (Some(state), gatehouse_config::StoreBackend::Etcd) = (&state, config.store.backend)
+        {
+            let info = gatehouse_cluster::NodeInfo {
+                name: gatehouse_cluster::node_name(),
+                listen: gateway
+                    .local_addrs()
+                    .iter()
+                    .map(|a| a.to_string())
+                    .collect(),
+                admin: admin_addr.map(|a| a.to_string()),
+                vpc: config.vpc.as_ref().map(|v| {
+                    v.endpoint
+                        .map_or(format!(":{}", v.listen_port), |e| e.to_string())
+                }),
+                version: env!("CARGO_PKG_VERSION").into(),
+                started: gatehouse_attest::unix_now(),
+            };
+            let membership = gatehouse_cluster::Membership::new(state.store.clone(), info);
+            let _ = gateway.shared.metrics.store.set(membership.health());
+            tokio::spawn(membership.run());
         }
         if let Some(acme) = acme {
             acme.spawn();
@@ -613,6 +676,28 @@ fn agent(a: AgentArgs) -> anyhow::Result<()> {
 }
 
 /// Prints one verdict line per domain; true when all are locked.
+/// `gatehouse cluster status`: what the etcd of `config` says of the cluster.
+fn cluster_status(config: &Config, json: bool) -> anyhow::Result<String> {
+    let etcd = match (&config.store.backend, &config.store.etcd) {
+        (gatehouse_config::StoreBackend::Etcd, Some(e)) => e,
+        _ => anyhow::bail!(
+            "the config's store is embedded: a cluster needs [store] backend = \"etcd\""
+        ),
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let store = gatehouse_store::Etcd::connect(gatehouse::acme::etcd_options(etcd)?).await?;
+        let status = gatehouse_cluster::status(&store).await?;
+        Ok(if json {
+            serde_json::to_string_pretty(&status)? + "\n"
+        } else {
+            status.to_string()
+        })
+    })
+}
+
 fn caa_check(
     domains: &[String],
     policy: &gatehouse_caa::Policy,

@@ -103,6 +103,8 @@ pub struct Metrics {
     attestations: AtomicU64,
     /// ACME certificate counters, once the manager runs.
     pub acme: std::sync::OnceLock<std::sync::Arc<gatehouse_certbot::manager::CertStats>>,
+    /// The shared store's health, on a cluster node (etcd backend).
+    pub store: std::sync::OnceLock<std::sync::Arc<gatehouse_cluster::Health>>,
     rejected: [AtomicU64; Reject::ALL.len()],
 }
 
@@ -208,6 +210,30 @@ impl Metrics {
             "counter",
             get(&self.acme_challenges),
         );
+        if let Some(store) = self.store.get() {
+            for (name, help, kind, v) in [
+                (
+                    "gatehouse_store_available",
+                    "1 while the shared store answers this node's heartbeat; 0: serving what it holds, renewals and registrations wait.",
+                    "gauge",
+                    u64::from(store.available()),
+                ),
+                (
+                    "gatehouse_store_last_success_timestamp_seconds",
+                    "When a heartbeat last reached the shared store (unix seconds).",
+                    "gauge",
+                    store.last_success(),
+                ),
+                (
+                    "gatehouse_store_heartbeat_failures_total",
+                    "Heartbeats that did not reach the shared store.",
+                    "counter",
+                    store.failures(),
+                ),
+            ] {
+                counter(name, help, kind, v);
+            }
+        }
         if let Some(acme) = self.acme.get() {
             for (name, help, kind, v) in [
                 (

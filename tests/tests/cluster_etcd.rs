@@ -223,3 +223,135 @@ fn cluster_one_order_per_renewal_and_a_killed_renewer_is_taken_over() {
         nodes[0].log()
     );
 }
+
+/// `gatehouse cluster status` against the cluster's etcd.
+fn cluster_status(config: &std::path::Path) -> serde_json::Value {
+    let out = std::process::Command::new(gatehouse_tests::binary())
+        .args(["cluster", "status", "--json", "--config"])
+        .arg(config)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "cluster status: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn member_pids(status: &serde_json::Value) -> Vec<u32> {
+    let mut pids: Vec<u32> = status["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            let name = m["info"]["name"].as_str().unwrap();
+            name.rsplit('-').next().unwrap().parse().unwrap()
+        })
+        .collect();
+    pids.sort();
+    pids
+}
+
+/// Issue 19: `gatehouse cluster status` lists the members with their heartbeats, a killed
+/// node leaves the member list within seconds (its registration's lease runs out); and test
+/// 5: with two of three etcd members stopped every node keeps serving its certificate, says
+/// so in its log and `/metrics`, and recovers when etcd returns.
+#[test]
+fn cluster_status_and_a_node_that_loses_etcd_keeps_serving() {
+    let mut etcd = EtcdCluster::start(3);
+    let (knot, pebble, dir, key_file) = ca_and_dns();
+    let echo = echo_app();
+    let config = on_etcd(
+        &acme_config(&pebble, &knot, &key_file, &one_app("echo", echo.port()), ""),
+        &etcd.endpoints(),
+    );
+    let a = Gateway::start_in(dir, &config);
+    let mut b = Gateway::start(&config);
+    let config_file = a.path().join("gatehouse.toml");
+    let root = pebble.issuing_root();
+    let leaf = served_within(&a, &root, Duration::from_secs(90));
+    assert_eq!(served_within(&b, &root, Duration::from_secs(30)), leaf);
+
+    let mut both = vec![a.pid(), b.pid()];
+    both.sort();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        let s = cluster_status(&config_file);
+        if member_pids(&s) == both || Instant::now() > deadline {
+            break s;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    assert_eq!(member_pids(&status), both, "{status:#}");
+    for m in status["members"].as_array().unwrap() {
+        let beat = m["last_heartbeat"].as_u64().expect("a heartbeat");
+        assert!(status["read_at"].as_u64().unwrap() - beat <= 10, "{m}");
+        assert!(!m["info"]["listen"].as_array().unwrap().is_empty(), "{m}");
+    }
+    let text = std::process::Command::new(gatehouse_tests::binary())
+        .args(["cluster", "status", "--config"])
+        .arg(&config_file)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("members: 2"), "{text}");
+
+    let b_pid = b.pid();
+    b.kill();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let s = cluster_status(&config_file);
+        if member_pids(&s) == vec![a.pid()] {
+            let departed = s["departed"].as_array().unwrap();
+            assert!(
+                departed
+                    .iter()
+                    .any(|d| d[0].as_str().unwrap().ends_with(&format!("-{b_pid}"))),
+                "the killed node's last heartbeat stays visible: {s:#}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the killed node is still a member: {s:#}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+
+    // Two of three etcd members down: no quorum. The node keeps serving and says so.
+    assert_eq!(a.metric("gatehouse_store_available"), 1);
+    etcd.members[1].stop();
+    etcd.members[2].stop();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while a.metric("gatehouse_store_available") != 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the outage never showed:\n{}",
+            a.metrics()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert!(a.metric("gatehouse_store_heartbeat_failures_total") >= 1);
+    assert!(
+        a.log()
+            .contains("store unavailable, serving what this node holds"),
+        "{}",
+        a.log()
+    );
+    for _ in 0..5 {
+        assert_eq!(
+            served_within(&a, &root, Duration::from_secs(5)),
+            leaf,
+            "fail static: the held certificate is served"
+        );
+    }
+    etcd.members[1].restart();
+    etcd.members[2].restart();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while a.metric("gatehouse_store_available") != 1 {
+        assert!(Instant::now() < deadline, "never recovered:\n{}", a.log());
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert!(a.log().contains("store reachable"), "{}", a.log());
+}
