@@ -3,22 +3,117 @@
 //! `acmeIdentifier` extension (the SHA-256 of the key authorization), then closed.
 //!
 //! The gateway's accept loop routes such hellos here before any app routing.
+//!
+//! In a cluster the CA's validation may reach any node behind the name's address, so the
+//! renewer also writes each pending challenge to the shared store (`challenges/<name>`: the
+//! digest, nothing secret) and every node answers what [`AlpnChallenges::follow`] reads there.
 
 use crate::CertbotError;
+use gatehouse_store::{Event, Store};
 use rcgen::{CertificateParams, CustomExtension, KeyPair};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
+use std::time::Duration;
+
+/// Where pending challenges live in the shared store.
+const PREFIX: &str = "challenges/";
 
 /// The ALPN protocol id of TLS-ALPN-01.
 pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
 
-/// Pending TLS-ALPN-01 challenge certificates by lower-case name.
+/// Pending TLS-ALPN-01 challenge certificates by lower-case name (with their digest).
 #[derive(Debug, Default)]
-pub struct AlpnChallenges(RwLock<HashMap<String, Arc<CertifiedKey>>>);
+pub struct AlpnChallenges {
+    local: RwLock<HashMap<String, Answer>>,
+    shared: OnceLock<Arc<dyn Store>>,
+}
+
+/// A challenge's digest and the certificate that answers it.
+type Answer = (Vec<u8>, Arc<CertifiedKey>);
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(text: &[u8]) -> Option<Vec<u8>> {
+    let text = std::str::from_utf8(text).ok()?;
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+        .collect()
+}
 
 impl AlpnChallenges {
+    /// Also writes challenges to `store`, for the other nodes of a cluster.
+    pub fn share_through(&self, store: Arc<dyn Store>) {
+        let _ = self.shared.set(store);
+    }
+
+    /// Answers `name` for `digest` here and, in a cluster, on every node.
+    pub async fn publish(&self, name: &str, digest: &[u8]) -> Result<(), CertbotError> {
+        self.insert(name, digest)?;
+        if let Some(store) = self.shared.get() {
+            let key = format!("{PREFIX}{}", name.to_ascii_lowercase());
+            store.put(&key, hex(digest).as_bytes()).await?;
+        }
+        Ok(())
+    }
+
+    /// Stops answering `name` here and, in a cluster, on every node.
+    pub async fn withdraw(&self, name: &str) {
+        self.remove(name);
+        if let Some(store) = self.shared.get() {
+            let key = format!("{PREFIX}{}", name.to_ascii_lowercase());
+            if let Err(e) = store.delete(&key).await {
+                tracing::warn!("could not withdraw the shared challenge for {name}: {e}");
+            }
+        }
+    }
+
+    /// Answers the challenges other nodes publish in `store`, forever.
+    pub async fn follow(self: Arc<Self>, store: Arc<dyn Store>) {
+        loop {
+            match store.watch(PREFIX).await {
+                Ok((now, mut changes)) => {
+                    for (key, v) in now {
+                        self.apply(Event::Put { key, value: v });
+                    }
+                    while let Some(change) = changes.next().await {
+                        self.apply(change);
+                    }
+                }
+                Err(e) => tracing::warn!("cannot watch the shared challenges, retrying: {e}"),
+            }
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+    }
+
+    fn apply(&self, change: Event) {
+        let name = change.key().trim_start_matches(PREFIX).to_owned();
+        match change {
+            Event::Put { value, .. } => match unhex(&value.value) {
+                Some(digest) if self.digest(&name).as_deref() != Some(&digest[..]) => {
+                    if let Err(e) = self.insert(&name, &digest) {
+                        tracing::warn!("cannot answer the shared challenge for {name}: {e}");
+                    }
+                }
+                Some(_) => {}
+                None => tracing::warn!("shared challenge for {name} is not a hex digest"),
+            },
+            Event::Delete { .. } => self.remove(&name),
+        }
+    }
+
+    fn digest(&self, name: &str) -> Option<Vec<u8>> {
+        self.local
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .map(|(d, _)| d.clone())
+    }
+
     /// Answers `name` with a certificate for `digest` (SHA-256 of the key authorization).
     pub fn insert(&self, name: &str, digest: &[u8]) -> Result<(), CertbotError> {
         let key = KeyPair::generate().map_err(|e| CertbotError::Cert(e.to_string()))?;
@@ -32,16 +127,16 @@ impl AlpnChallenges {
         let signing = rustls::crypto::aws_lc_rs::sign::any_supported_type(&der)
             .map_err(|e| CertbotError::Cert(e.to_string()))?;
         let certified = Arc::new(CertifiedKey::new(vec![cert.der().clone()], signing));
-        self.0
+        self.local
             .write()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(name.to_ascii_lowercase(), certified);
+            .insert(name.to_ascii_lowercase(), (digest.to_vec(), certified));
         Ok(())
     }
 
     /// Stops answering for `name`.
     pub fn remove(&self, name: &str) {
-        self.0
+        self.local
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&name.to_ascii_lowercase());
@@ -49,7 +144,7 @@ impl AlpnChallenges {
 
     /// Whether a challenge for the lower-case `name` is pending.
     pub fn has(&self, name: &str) -> bool {
-        self.0
+        self.local
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .contains_key(name)
@@ -71,11 +166,11 @@ impl AlpnChallenges {
 impl ResolvesServerCert for AlpnChallenges {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         let name = hello.server_name()?.to_ascii_lowercase();
-        self.0
+        self.local
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .get(&name)
-            .cloned()
+            .map(|(_, key)| key.clone())
     }
 }
 
@@ -89,12 +184,13 @@ mod tests {
         let digest = [7u8; 32];
         c.insert("Shop.Example.test", &digest).unwrap();
         assert!(c.has("shop.example.test"));
-        let key =
-            c.0.read()
-                .unwrap()
-                .get("shop.example.test")
-                .cloned()
-                .unwrap();
+        let key = c
+            .local
+            .read()
+            .unwrap()
+            .get("shop.example.test")
+            .map(|(_, k)| k.clone())
+            .unwrap();
         let (_, cert) = x509_parser::parse_x509_certificate(&key.cert[0]).unwrap();
         let ext = cert
             .extensions()
@@ -107,5 +203,41 @@ mod tests {
         assert_eq!(&ext.value[2..], &digest);
         c.remove("shop.example.test");
         assert!(!c.has("shop.example.test"));
+    }
+
+    /// A challenge one node publishes is answered by another that follows the same store,
+    /// and withdrawn there too.
+    #[tokio::test]
+    async fn cluster_challenges_published_on_one_node_are_answered_on_another() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> =
+            Arc::new(gatehouse_store::Embedded::open(&dir.path().join("s.redb")).unwrap());
+        let renewer = AlpnChallenges::default();
+        renewer.share_through(store.clone());
+        let other = Arc::new(AlpnChallenges::default());
+        tokio::spawn(other.clone().follow(store.clone()));
+        renewer
+            .publish("Shop.Example.test", &[9u8; 32])
+            .await
+            .unwrap();
+        let seen = |want: bool| {
+            let other = other.clone();
+            async move {
+                for _ in 0..100 {
+                    if other.has("shop.example.test") == want {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                panic!(
+                    "the other node never saw the challenge {}",
+                    if want { "arrive" } else { "go" }
+                );
+            }
+        };
+        seen(true).await;
+        assert_eq!(other.digest("shop.example.test"), Some(vec![9u8; 32]));
+        renewer.withdraw("shop.example.test").await;
+        seen(false).await;
     }
 }

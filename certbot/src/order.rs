@@ -79,7 +79,7 @@ pub async fn issue(
                     tracing::warn!("could not remove the challenge record {name}: {e}");
                 }
             }
-            (Cleanup::Alpn(name), Solver::TlsAlpn01(alpn)) => alpn.remove(&name),
+            (Cleanup::Alpn(name), Solver::TlsAlpn01(alpn)) => alpn.withdraw(&name).await,
             _ => {}
         }
     }
@@ -230,7 +230,7 @@ async fn run(
                 wait_for_txt(&poll, &name, &value).await?;
             }
             Solver::TlsAlpn01(alpn) => {
-                alpn.insert(&domain, key_auth.digest().as_ref())?;
+                alpn.publish(&domain, key_auth.digest().as_ref()).await?;
                 cleanup.push(Cleanup::Alpn(domain.clone()));
             }
         }

@@ -184,6 +184,12 @@ pub async fn prepare(
         eab,
     };
 
+    if config.store.backend == StoreBackend::Etcd {
+        // TLS-ALPN-01 validations may reach any node: every node answers what the renewer
+        // publishes in the store.
+        shared.acme.challenges.share_through(store.clone());
+        tokio::spawn(shared.acme.challenges.clone().follow(store.clone()));
+    }
     let mut targets = Vec::new();
     if acme.base_domains {
         if let (Some(provider), Some(d)) = (&dns, &config.dns) {

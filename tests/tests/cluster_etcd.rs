@@ -61,7 +61,14 @@ fn etcd_gateway_keeps_its_state_sealed_in_etcd_and_serves_it_after_a_restart() {
         .unwrap_or_else(|| panic!("no certificate in etcd: {keys}"))
         .to_owned();
     let everything = etcd.etcdctl(&["get", "--prefix", "gh/"]);
-    for secret in ["BEGIN", "PRIVATE", "gw.test\"", "kid"] {
+    // Each needle holds a character base64 never produces (sealed data is base64 or binary).
+    for secret in [
+        "-----BEGIN",
+        "PRIVATE KEY",
+        "gw.test\"",
+        "\"kid\"",
+        "\"d\":",
+    ] {
         assert!(
             !everything.contains(secret),
             "{secret:?} reached etcd in the clear"
@@ -354,4 +361,83 @@ fn cluster_status_and_a_node_that_loses_etcd_keeps_serving() {
         std::thread::sleep(Duration::from_millis(300));
     }
     assert!(a.log().contains("store reachable"), "{}", a.log());
+}
+
+/// A node's config for a custom domain by TLS-ALPN-01 (no DNS provider), its listener on
+/// `port` (0: any), state in `etcd`.
+fn alpn_config(
+    pebble: &Pebble,
+    knot: &Knot,
+    port: u16,
+    app: u16,
+    domains: &str,
+    etcd: &EtcdCluster,
+) -> String {
+    let endpoints: Vec<String> = etcd.endpoints().iter().map(|e| format!("{e:?}")).collect();
+    format!(
+        r#"{head}
+[[apps]]
+id = "shop"
+default_port = {app}
+[[apps.instances]]
+address = "127.0.0.1"
+[acme]
+directory = "{dir}"
+ca_file = "{ca}"
+base_domains = false
+domains = [{domains}]
+caa_resolvers = ["{knot}"]
+[store]
+path = "state"
+backend = "etcd"
+[store.etcd]
+endpoints = [{endpoints}]
+prefix = "gh/"
+timeout = "2s"
+"#,
+        head = gatehouse_tests::acme_env::proxy_head(port),
+        dir = pebble.directory,
+        ca = pebble.api_ca.display(),
+        knot = knot.addr,
+        endpoints = endpoints.join(", "),
+    )
+}
+
+/// Issue 19: TLS-ALPN-01 answers live in the store, so the CA's validation may land on any
+/// node. Node A orders `shop.gw.test`; the CA validates at node B's listener (the only one it
+/// connects to here); B answers the challenge A published, and A gets the certificate.
+#[test]
+fn cluster_tls_alpn_validation_is_answered_by_another_node() {
+    let etcd = EtcdCluster::single();
+    let knot = Knot::start("test", &["shop.gw 60 A 127.0.0.1"]);
+    let port_b = free_port();
+    let pebble = Pebble::start(&PebbleOptions {
+        tls_port: port_b,
+        ..PebbleOptions::new(knot.addr)
+    });
+    let app = echo_app();
+    // B orders nothing (no domains): it only follows the store.
+    let b = Gateway::start(&alpn_config(&pebble, &knot, port_b, app.port(), "", &etcd));
+    let a = Gateway::start(&alpn_config(
+        &pebble,
+        &knot,
+        0,
+        app.port(),
+        "\"shop.gw.test\"",
+        &etcd,
+    ));
+    wait_metric(&a, ISSUED, 1, Duration::from_secs(60));
+    assert!(
+        b.metric("gatehouse_acme_tls_alpn_answered_total") >= 1,
+        "the validation reached B and B answered:\n{}",
+        b.log()
+    );
+    assert_eq!(a.metric("gatehouse_acme_tls_alpn_answered_total"), 0);
+    let (tls, _) = connect(a.addr, "shop.gw.test", client(&pebble.issuing_root()));
+    drop(tls);
+    let left = etcd.etcdctl(&["get", "--prefix", "--keys-only", "gh/challenges/"]);
+    assert!(
+        left.trim().is_empty(),
+        "the challenge was withdrawn: {left}"
+    );
 }
