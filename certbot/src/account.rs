@@ -8,6 +8,7 @@ use gatehouse_store::Zeroizing;
 use gatehouse_store::{Sealer, Store};
 use instant_acme::{Account, AccountBuilder, AccountCredentials, ExternalAccountKey, NewAccount};
 use std::path::PathBuf;
+use std::time::Duration;
 
 /// Where and how to hold an account.
 #[derive(Clone)]
@@ -65,6 +66,11 @@ fn builder(s: &AccountSettings) -> Result<AccountBuilder, CertbotError> {
     b.map_err(|e| CertbotError::acme("HTTP client", e))
 }
 
+/// The lock a node holds while it creates the account.
+const ACCOUNT_LOCK: &str = "acme-account";
+/// How long a node that died while creating the account keeps the others waiting.
+const ACCOUNT_LOCK_TTL: Duration = Duration::from_secs(30);
+
 /// The account for `s.directory`: restored from the store, or created and stored (sealed).
 /// Returns the account and whether it was created now.
 pub async fn load_or_create(
@@ -73,6 +79,27 @@ pub async fn load_or_create(
     sealer: &dyn Sealer,
 ) -> Result<(Account, bool), CertbotError> {
     let key = store_key(&s.directory);
+    if let Some(stored) = store.get(&key).await? {
+        return Ok((restore(s, &key, &stored.value, sealer).await?, false));
+    }
+    // One node creates the account, the others wait for it: the CA would otherwise see one
+    // account per node, all but one never used.
+    let _creating = loop {
+        match store
+            .try_lock(
+                ACCOUNT_LOCK,
+                &format!("pid-{}", std::process::id()),
+                ACCOUNT_LOCK_TTL,
+            )
+            .await?
+        {
+            Ok(lock) => break lock,
+            Err(_) => tokio::time::sleep(Duration::from_millis(300)).await,
+        }
+        if let Some(stored) = store.get(&key).await? {
+            return Ok((restore(s, &key, &stored.value, sealer).await?, false));
+        }
+    };
     if let Some(stored) = store.get(&key).await? {
         return Ok((restore(s, &key, &stored.value, sealer).await?, false));
     }

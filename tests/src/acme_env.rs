@@ -131,6 +131,39 @@ path = "state"
     )
 }
 
+/// A gateway ordering `domains` (a TOML list's inside) by TLS-ALPN-01 for the app `shop` on
+/// `app_port` (no DNS provider), its TLS listener on `port` (0: any); `extra_acme` adds lines
+/// to `[acme]`, and more sections may follow the returned text.
+pub fn alpn_config(
+    pebble: &Pebble,
+    knot: &Knot,
+    port: u16,
+    app_port: u16,
+    domains: &str,
+    extra_acme: &str,
+) -> String {
+    format!(
+        r#"{head}
+[[apps]]
+id = "shop"
+default_port = {app_port}
+[[apps.instances]]
+address = "127.0.0.1"
+[acme]
+directory = "{dir}"
+ca_file = "{ca}"
+base_domains = false
+domains = [{domains}]
+caa_resolvers = ["{knot}"]
+{extra_acme}
+"#,
+        head = proxy_head(port),
+        dir = pebble.directory,
+        ca = pebble.api_ca.display(),
+        knot = knot.addr,
+    )
+}
+
 pub fn wait_metric(gw: &Gateway, series: &str, at_least: u64, limit: Duration) -> u64 {
     let deadline = Instant::now() + limit;
     loop {

@@ -152,6 +152,11 @@ class Handler(http.server.BaseHTTPRequestHandler):
             event(ev="new-order", replaces=replaces, status=status, order=order_id)
             self.send(status, headers, data)
             return
+        if self.path.startswith("/sign-me-up"):
+            status, headers, data = self.upstream(body)
+            event(ev="new-account", status=status)
+            self.send(status, headers, data)
+            return
         if self.path.startswith("/my-order/"):
             order_id = self.path.rsplit("/", 1)[-1]
             if FORGOTTEN is not None and order_id in FORGOTTEN:

@@ -2,7 +2,7 @@
 //! server Pebble resolves through and the gateway updates (RFC 2136 + TSIG).
 
 use gatehouse_tests::acme_env::{
-    acme_config, client, connect, echo_app, one_app, proxy_head, serve_each, wait_metric,
+    acme_config, alpn_config, client, connect, echo_app, one_app, serve_each, wait_metric,
 };
 use gatehouse_tests::knot::{free_port, Knot, TsigSecret};
 use gatehouse_tests::pebble::{Pebble, PebbleOptions};
@@ -269,27 +269,13 @@ fn custom_domain_by_tls_alpn01_is_answered_by_the_gateway_listener_with_eab() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("eab.key"), format!("{hmac}\n")).unwrap();
     let app = http_app();
-    let config = format!(
-        r#"{head}
-[[apps]]
-id = "shop"
-default_port = {app_port}
-[[apps.instances]]
-address = "127.0.0.1"
-[acme]
-directory = "{dir}"
-ca_file = "{ca}"
-base_domains = false
-domains = ["shop.gw.test"]
-caa_resolvers = ["{knot}"]
-eab_kid = "kid-1"
-eab_hmac_key_file = "eab.key"
-"#,
-        head = proxy_head(port),
-        app_port = app.port(),
-        dir = pebble.directory,
-        ca = pebble.api_ca.display(),
-        knot = knot.addr,
+    let config = alpn_config(
+        &pebble,
+        &knot,
+        port,
+        app.port(),
+        "\"shop.gw.test\"",
+        "eab_kid = \"kid-1\"\neab_hmac_key_file = \"eab.key\"",
     );
     let gw = Gateway::start_in(dir, &config);
     wait_metric(&gw, ISSUED, 1, Duration::from_secs(60));

@@ -1,7 +1,9 @@
 //! The gateway on the etcd backend (issue 19), through the real binary: Debian's etcd on
 //! loopback, Pebble as the CA, Knot as the DNS server.
 
-use gatehouse_tests::acme_env::{acme_config, client, connect, echo_app, one_app, wait_metric};
+use gatehouse_tests::acme_env::{
+    acme_config, alpn_config, client, connect, echo_app, one_app, wait_metric,
+};
 use gatehouse_tests::ari::AriShim;
 use gatehouse_tests::etcd::EtcdCluster;
 use gatehouse_tests::knot::{free_port, Knot, TsigSecret};
@@ -166,6 +168,16 @@ fn cluster_one_order_per_renewal_and_a_killed_renewer_is_taken_over() {
     let all: Vec<&Gateway> = nodes.iter().collect();
     assert_eq!(issued(&all), 1, "one node ordered it");
     assert_eq!(shim.named("new-order").len(), 1, "{:?}", shim.events());
+    let created: Vec<_> = shim
+        .named("new-account")
+        .into_iter()
+        .filter(|e| e["status"] == 201)
+        .collect();
+    assert_eq!(
+        created.len(),
+        1,
+        "the CA saw one account created: {created:?}"
+    );
     let accounts = etcd.etcdctl(&["get", "--prefix", "--keys-only", "gh/acme/"]);
     assert_eq!(
         accounts.lines().filter(|l| !l.is_empty()).count(),
@@ -363,9 +375,9 @@ fn cluster_status_and_a_node_that_loses_etcd_keeps_serving() {
     assert!(a.log().contains("store reachable"), "{}", a.log());
 }
 
-/// A node's config for a custom domain by TLS-ALPN-01 (no DNS provider), its listener on
-/// `port` (0: any), state in `etcd`.
-fn alpn_config(
+/// A node's config for the custom domains `domains` by TLS-ALPN-01, its listener on `port`
+/// (0: any), state in `etcd`.
+fn alpn_on_etcd(
     pebble: &Pebble,
     knot: &Knot,
     port: u16,
@@ -373,34 +385,8 @@ fn alpn_config(
     domains: &str,
     etcd: &EtcdCluster,
 ) -> String {
-    let endpoints: Vec<String> = etcd.endpoints().iter().map(|e| format!("{e:?}")).collect();
-    format!(
-        r#"{head}
-[[apps]]
-id = "shop"
-default_port = {app}
-[[apps.instances]]
-address = "127.0.0.1"
-[acme]
-directory = "{dir}"
-ca_file = "{ca}"
-base_domains = false
-domains = [{domains}]
-caa_resolvers = ["{knot}"]
-[store]
-path = "state"
-backend = "etcd"
-[store.etcd]
-endpoints = [{endpoints}]
-prefix = "gh/"
-timeout = "2s"
-"#,
-        head = gatehouse_tests::acme_env::proxy_head(port),
-        dir = pebble.directory,
-        ca = pebble.api_ca.display(),
-        knot = knot.addr,
-        endpoints = endpoints.join(", "),
-    )
+    let config = alpn_config(pebble, knot, port, app, domains, "") + "[store]\npath = \"state\"\n";
+    on_etcd(&config, &etcd.endpoints())
 }
 
 /// Issue 19: TLS-ALPN-01 answers live in the store, so the CA's validation may land on any
@@ -417,8 +403,8 @@ fn cluster_tls_alpn_validation_is_answered_by_another_node() {
     });
     let app = echo_app();
     // B orders nothing (no domains): it only follows the store.
-    let b = Gateway::start(&alpn_config(&pebble, &knot, port_b, app.port(), "", &etcd));
-    let a = Gateway::start(&alpn_config(
+    let b = Gateway::start(&alpn_on_etcd(&pebble, &knot, port_b, app.port(), "", &etcd));
+    let a = Gateway::start(&alpn_on_etcd(
         &pebble,
         &knot,
         0,
