@@ -6,10 +6,9 @@
 //! - [`verify`]: DCAP quote verification (dcap-qvl) at an injected time, against the
 //!   [`policy`] (TCB statuses, measurements, RTMR3 event replay from the [`eventlog`]), with
 //!   [`collateral`] from a PCCS or carried along.
-//! - [`ratls`]: RA-TLS certificates (TCG DICE evidence extension; dstack's legacy format
-//!   parsed) and rustls verifiers that run the attestation check and fail closed.
 //! - [`ratls`]: RA-TLS certificates (TCG DICE evidence extension; dstack's format parsed) and
-//!   rustls verifiers that run the attestation check and fail closed.
+//!   rustls verifiers that run the attestation check and fail closed; [`ratls_cert`]: a
+//!   process's own rotating RA-TLS identity, for listeners and clients.
 //! - [`bundle`]: the public attestation bundle binding served keys, account and signing keys.
 //! - [`seal`]: the TEE-derived sealer; [`statement`]: verifiable signed messages.
 #![forbid(unsafe_code)]
@@ -27,6 +26,7 @@ pub mod pccs;
 pub mod policy;
 pub mod provider;
 pub mod ratls;
+pub mod ratls_cert;
 pub mod seal;
 pub mod simulator;
 pub mod statement;

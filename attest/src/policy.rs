@@ -183,16 +183,39 @@ impl Policy {
     }
 }
 
+fn td_report(
+    evidence: &crate::provider::Evidence,
+) -> Result<dcap_qvl::quote::TDReport10, AttestError> {
+    let quote = dcap_qvl::quote::Quote::parse(&evidence.quote)
+        .map_err(|e| AttestError::malformed("quote", format!("{e:#}")))?;
+    quote
+        .report
+        .as_td10()
+        .cloned()
+        .ok_or_else(|| AttestError::malformed("quote", "not a TDX quote"))
+}
+
+/// A policy admitting exactly the measurements of `evidence`: its MRTD and RTMR0-3 (no event
+/// log needed: RTMR3 itself is pinned, so any other runtime event is refused). The default
+/// of a cluster: members and joiners run the same software. Other settings are the defaults.
+pub fn same_measurements(evidence: &crate::provider::Evidence) -> Result<Policy, AttestError> {
+    let td = td_report(evidence)?;
+    let pin = |v: &[u8]| vec![crate::hex::encode(v)];
+    Ok(Policy {
+        mrtd: pin(&td.mr_td),
+        rtmr0: pin(&td.rt_mr0),
+        rtmr1: pin(&td.rt_mr1),
+        rtmr2: pin(&td.rt_mr2),
+        rtmr3: pin(&td.rt_mr3),
+        ..Policy::default()
+    })
+}
+
 /// A policy pinning what `evidence` measured: MRTD, RTMR0-2 and every runtime event whose name
 /// appears once (RTMR3 itself changes with any event; the events say what it means), as TOML
 /// with a comment per line. For `gatehouse policy-from-bundle`: pin a gateway you trust once.
 pub fn pinning(evidence: &crate::provider::Evidence) -> Result<String, AttestError> {
-    let quote = dcap_qvl::quote::Quote::parse(&evidence.quote)
-        .map_err(|e| AttestError::malformed("quote", format!("{e:#}")))?;
-    let td = quote
-        .report
-        .as_td10()
-        .ok_or_else(|| AttestError::malformed("quote", "not a TDX quote"))?;
+    let td = td_report(evidence)?;
     let hex = crate::hex::encode;
     let mut out = String::from(
         "# Pinned from an attestation bundle: the measurements of the TD that served it.\n",

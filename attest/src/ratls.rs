@@ -69,7 +69,8 @@ pub fn report_data_for_claims(claims: &[u8]) -> [u8; 64] {
 /// Issues a self-signed RA-TLS certificate for `key` (names as SANs), its quote from
 /// `provider` binding the key. It is valid from an hour ago (clock skew) for `validity`,
 /// which should match the key's life, and carries the usual server-certificate extensions
-/// (key usage digitalSignature, extended key usage serverAuth).
+/// (key usage digitalSignature, extended key usages serverAuth and clientAuth: the same
+/// identity serves a listener and authenticates a client, as in a cluster join).
 pub async fn certificate(
     provider: &dyn QuoteProvider,
     key: &KeyPair,
@@ -95,7 +96,10 @@ pub async fn certificate(
     params.not_before = now - time::Duration::hours(1);
     params.not_after = now + validity;
     params.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
-    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+    params.extended_key_usages = vec![
+        rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+        rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+    ];
     params.custom_extensions = vec![CustomExtension::from_oid_content(
         OID_TCG_EVIDENCE,
         value.into_writer(),
@@ -574,6 +578,71 @@ impl ServerCertVerifier for CheckAfterHandshake {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// A client config whose server check is deferred to [`check_peer`] (see
+/// [`CheckAfterHandshake`]); the caller picks the client certificate.
+pub fn check_after_handshake(
+) -> Result<rustls::ConfigBuilder<rustls::ClientConfig, rustls::client::WantsClientCert>, AttestError>
+{
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| err(e.to_string()))?
+        .dangerous() // check_peer runs before any byte is sent
+        .with_custom_certificate_verifier(Arc::new(CheckAfterHandshake::default())))
+}
+
+/// The whole attestation check of a peer's RA-TLS certificate after a handshake, with
+/// collateral fetched for its quote's platform (the simulator's own, else the PCCS).
+pub async fn check_peer(
+    policy: &Policy,
+    collateral: &crate::pccs::CollateralSource,
+    cert_der: &[u8],
+) -> Result<QuoteVerified, AttestError> {
+    let ev = evidence_of(cert_der)?;
+    let collateral = collateral.for_quote(&ev.quote, crate::unix_now()).await?;
+    AttestedPeer::new(policy.clone(), collateral).check(cert_der)
+}
+
+/// A client must present a certificate (mandatory), checked here only for the handshake
+/// signature: its attestation is checked with [`check_peer`] after the handshake, before
+/// the server reads a byte.
+impl ClientCertVerifier for CheckAfterHandshake {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        ServerCertVerifier::verify_tls12_signature(self, message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        ServerCertVerifier::verify_tls13_signature(self, message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        ServerCertVerifier::supported_verify_schemes(self)
     }
 }
 

@@ -22,6 +22,9 @@ pub struct NodeInfo {
     pub admin: Option<String>,
     /// Its VPC WireGuard endpoint, if it runs the VPC.
     pub vpc: Option<String>,
+    /// Its join listener (`host:port`), where it hands the cluster key to attested nodes.
+    #[serde(default)]
+    pub join: Option<String>,
     /// The Gatehouse version it runs.
     pub version: String,
     /// When it started (unix seconds).

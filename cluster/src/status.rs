@@ -90,11 +90,12 @@ impl std::fmt::Display for ClusterStatus {
         for m in &self.members {
             writeln!(
                 f,
-                "  {}  listen {}  admin {}  vpc {}  version {}  heartbeat {}",
+                "  {}  listen {}  admin {}  vpc {}  join {}  version {}  heartbeat {}",
                 m.info.name,
                 m.info.listen.join(","),
                 m.info.admin.as_deref().unwrap_or("-"),
                 m.info.vpc.as_deref().unwrap_or("-"),
+                m.info.join.as_deref().unwrap_or("-"),
                 m.info.version,
                 m.last_heartbeat.map_or("never".into(), ago),
             )?;

@@ -14,6 +14,7 @@
 mod acme;
 mod admin;
 mod apps;
+mod cluster;
 mod de;
 mod error;
 mod http;
@@ -27,6 +28,7 @@ mod vpc;
 pub use acme::{AcmeConfig, CloudflareConfig, DnsConfig, DnsProviderKind, KeyType, Rfc2136Config};
 pub use admin::AdminConfig;
 pub use apps::{app_id_problem, AppConfig, AppMode, InstanceConfig, ProxyProtocolVersion, Reach};
+pub use cluster::ClusterConfig;
 pub use de::parse_ip_net;
 pub use error::{ConfigError, Problem};
 pub use http::{ForwardedMode, HealthCheckConfig, HealthProtocol, HttpConfig};
@@ -61,11 +63,13 @@ pub struct Config {
     pub tee: TeeConfig,
     /// `[vpc]`: the WireGuard network to app CVMs, absent when not configured.
     pub vpc: Option<VpcConfig>,
+    /// `[cluster]`: joining the other nodes (etcd backend).
+    pub cluster: ClusterConfig,
 }
 
 /// Top-level sections this build understands, in the order they are documented.
 const SECTIONS: &[&str] = &[
-    "proxy", "apps", "tls", "acme", "dns", "store", "tee", "vpc", "admin",
+    "proxy", "apps", "tls", "acme", "dns", "store", "cluster", "tee", "vpc", "admin",
 ];
 
 impl Config {
@@ -105,6 +109,11 @@ impl Config {
         let mut dns: Option<Option<DnsConfig>> = optional(&table, "dns", &mut problems);
         let mut store: Option<StoreConfig> = section(&table, "store", &mut problems);
         let mut tee: Option<TeeConfig> = section(&table, "tee", &mut problems);
+        let mut cluster: Option<ClusterConfig> = section(&table, "cluster", &mut problems);
+        if let Some(c) = &mut cluster {
+            c.resolve_paths(base_dir);
+            c.check(&mut problems);
+        }
         let mut vpc: Option<Option<VpcConfig>> = optional(&table, "vpc", &mut problems);
         let (mut apps, apps_complete) = apps::decode_all(table.get("apps"), &mut problems);
 
@@ -149,6 +158,20 @@ impl Config {
                 ));
             }
         }
+        let etcd = store
+            .as_ref()
+            .is_some_and(|s| s.backend == StoreBackend::Etcd);
+        if etcd
+            && tee
+                .as_ref()
+                .is_some_and(|t| t.provider == TeeProvider::None)
+        {
+            problems.push(Problem::new(
+                "store.backend",
+                "etcd needs attestation: nodes join the cluster by mutual RA-TLS and get the \
+                 cluster sealing key only then (tee.provider = \"none\")",
+            ));
+        }
         validate::check(
             validate::Parts {
                 proxy: proxy.as_ref(),
@@ -170,6 +193,7 @@ impl Config {
             store.take(),
             tee.take(),
             vpc.take(),
+            cluster.take(),
         ) {
             (
                 Some(mut proxy),
@@ -180,6 +204,7 @@ impl Config {
                 Some(store),
                 Some(tee),
                 Some(vpc),
+                Some(cluster),
             ) if problems.is_empty() && apps_complete => {
                 proxy.normalize();
                 Ok(Config {
@@ -192,6 +217,7 @@ impl Config {
                     store,
                     tee,
                     vpc,
+                    cluster,
                 })
             }
             _ => Err(ConfigError::Invalid(problems)),

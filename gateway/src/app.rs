@@ -45,6 +45,9 @@ pub enum StartError {
     /// The TEE (quote provider, sealer) could not be set up.
     #[error("tee: {0}")]
     Tee(String),
+    /// This node could not join the cluster (no key: it serves nothing from the store).
+    #[error(transparent)]
+    Cluster(#[from] gatehouse_cluster::ClusterError),
     /// A socket could not be bound.
     #[error("{0}")]
     Listen(#[from] std::io::Error),

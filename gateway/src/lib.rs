@@ -19,6 +19,7 @@ pub mod admission;
 pub mod app;
 pub mod attestation;
 pub mod client_tls;
+pub mod cluster_node;
 pub mod conn;
 pub mod demo;
 pub mod devca;

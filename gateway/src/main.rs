@@ -506,11 +506,57 @@ fn run(config: Option<Config>, state_dir: &Path) -> anyhow::Result<()> {
         if let Some(attestor) = tee.attestor {
             let _ = gateway.shared.attest.set(attestor);
         }
-        let state = if config.acme.is_some() || config.vpc.is_some() {
+        let mut admin_addr = None;
+        if let Some(admin) = &config.admin {
+            let token = gatehouse::admin::load_token(admin).context("admin.token_file")?;
+            let listener = tokio::net::TcpListener::bind(admin.listen)
+                .await
+                .with_context(|| format!("admin listener {}", admin.listen))?;
+            gatehouse::upstream::own::register(listener.local_addr()?);
+            admin_addr = Some(listener.local_addr()?);
+            println!(
+                "gatehouse: admin on http://{}/metrics",
+                listener.local_addr()?
+            );
+            tokio::spawn(gatehouse::admin::run(
+                listener,
+                token,
+                gateway.shared.clone(),
+            ));
+        }
+        let etcd = config.store.backend == gatehouse_config::StoreBackend::Etcd;
+        let mut state = if config.acme.is_some() || config.vpc.is_some() || etcd {
             Some(gatehouse::acme::open_state(&config, state_dir, tee.sealer.clone()).await?)
         } else {
             None
         };
+        if let (Some(state), true) = (&mut state, etcd) {
+            let attestor = gateway.shared.attest.get().context(
+                "[store] backend = \"etcd\" needs attestation ([tee] provider): nodes join \
+                 the cluster by mutual RA-TLS",
+            )?;
+            let name = gatehouse_cluster::node_name();
+            let joined = gatehouse::cluster_node::join(&config, state, attestor, &name).await?;
+            let info = gatehouse_cluster::NodeInfo {
+                name,
+                listen: gateway
+                    .local_addrs()
+                    .iter()
+                    .map(|a| a.to_string())
+                    .collect(),
+                admin: admin_addr.map(|a| a.to_string()),
+                vpc: config.vpc.as_ref().map(|v| {
+                    v.endpoint
+                        .map_or(format!(":{}", v.listen_port), |e| e.to_string())
+                }),
+                join: Some(joined.join),
+                version: env!("CARGO_PKG_VERSION").into(),
+                started: gatehouse_attest::unix_now(),
+            };
+            let membership = gatehouse_cluster::Membership::new(state.store.clone(), info);
+            let _ = gateway.shared.metrics.store.set(membership.health());
+            tokio::spawn(membership.run());
+        }
         let acme = match &state {
             Some(state) => {
                 gatehouse::acme::prepare(
@@ -569,24 +615,6 @@ fn run(config: Option<Config>, state_dir: &Path) -> anyhow::Result<()> {
             ));
         }
         gatehouse::upstream::active::spawn(&gateway.shared);
-        let mut admin_addr = None;
-        if let Some(admin) = &config.admin {
-            let token = gatehouse::admin::load_token(admin).context("admin.token_file")?;
-            let listener = tokio::net::TcpListener::bind(admin.listen)
-                .await
-                .with_context(|| format!("admin listener {}", admin.listen))?;
-            gatehouse::upstream::own::register(listener.local_addr()?);
-            admin_addr = Some(listener.local_addr()?);
-            println!(
-                "gatehouse: admin on http://{}/metrics",
-                listener.local_addr()?
-            );
-            tokio::spawn(gatehouse::admin::run(
-                listener,
-                token,
-                gateway.shared.clone(),
-            ));
-        }
         if dev {
             let port = gateway
                 .local_addrs()
@@ -597,27 +625,6 @@ fn run(config: Option<Config>, state_dir: &Path) -> anyhow::Result<()> {
                 "gatehouse: try it: curl --cacert {} https://demo.localhost:{port}/",
                 state_dir.join("dev-ca.pem").display()
             );
-        }
-        if let (Some(state), gatehouse_config::StoreBackend::Etcd) = (&state, config.store.backend)
-        {
-            let info = gatehouse_cluster::NodeInfo {
-                name: gatehouse_cluster::node_name(),
-                listen: gateway
-                    .local_addrs()
-                    .iter()
-                    .map(|a| a.to_string())
-                    .collect(),
-                admin: admin_addr.map(|a| a.to_string()),
-                vpc: config.vpc.as_ref().map(|v| {
-                    v.endpoint
-                        .map_or(format!(":{}", v.listen_port), |e| e.to_string())
-                }),
-                version: env!("CARGO_PKG_VERSION").into(),
-                started: gatehouse_attest::unix_now(),
-            };
-            let membership = gatehouse_cluster::Membership::new(state.store.clone(), info);
-            let _ = gateway.shared.metrics.store.set(membership.health());
-            tokio::spawn(membership.run());
         }
         if let Some(acme) = acme {
             acme.spawn();
@@ -793,11 +800,12 @@ fn caa_set(
                 .build()?;
             runtime.block_on(async {
                 let sealer = gatehouse::attestation::sealer(&config, state_dir).await?;
-                let state = gatehouse::acme::open_state(&config, state_dir, sealer)
+                let mut state = gatehouse::acme::open_state(&config, state_dir, sealer)
                     .await
                     .context(
                         "reading the stored account (a running gateway holds the store: pass --account)",
                     )?;
+                gatehouse::cluster_node::use_local_copy(&config, &mut state)?;
                 gatehouse_certbot::account::stored_uri(
                     &acme.directory,
                     &*state.store,

@@ -28,7 +28,8 @@ fn on_etcd(config: &str, endpoints: &[String]) -> String {
         out, config,
         "the ACME config has a [store] section to extend"
     );
-    out
+    // Every node on this machine joins through its own loopback port.
+    out + "\n[cluster]\nlisten = \"127.0.0.1:0\"\njoin_timeout = \"20s\"\n"
 }
 
 /// Knot for DNS-01 (TSIG key written into a fresh directory), Pebble resolving through it.
@@ -117,6 +118,26 @@ fn etcd_unreachable_at_start_is_one_clear_line() {
         .find(|l| l.contains("store unavailable"))
         .unwrap_or_else(|| panic!("no clear line in:\n{err}"));
     assert!(line.contains(&endpoint), "{line}");
+}
+
+/// Knot, Pebble, a node directory and the config of a node serving the echo app (ACME by
+/// DNS-01) on `etcd`, and the echo app's address.
+fn echo_on(
+    etcd: &EtcdCluster,
+) -> (
+    Knot,
+    Pebble,
+    tempfile::TempDir,
+    String,
+    std::net::SocketAddr,
+) {
+    let (knot, pebble, dir, key_file) = ca_and_dns();
+    let echo = echo_app();
+    let config = on_etcd(
+        &acme_config(&pebble, &knot, &key_file, &one_app("echo", echo.port()), ""),
+        &etcd.endpoints(),
+    );
+    (knot, pebble, dir, config, echo)
 }
 
 /// The leaf a node serves for the echo app, once it serves one signed by `root`.
@@ -279,12 +300,7 @@ fn member_pids(status: &serde_json::Value) -> Vec<u32> {
 #[test]
 fn cluster_status_and_a_node_that_loses_etcd_keeps_serving() {
     let mut etcd = EtcdCluster::start(3);
-    let (knot, pebble, dir, key_file) = ca_and_dns();
-    let echo = echo_app();
-    let config = on_etcd(
-        &acme_config(&pebble, &knot, &key_file, &one_app("echo", echo.port()), ""),
-        &etcd.endpoints(),
-    );
+    let (_knot, pebble, dir, config, _echo) = echo_on(&etcd);
     let a = Gateway::start_in(dir, &config);
     let mut b = Gateway::start(&config);
     let config_file = a.path().join("gatehouse.toml");
@@ -426,4 +442,103 @@ fn cluster_tls_alpn_validation_is_answered_by_another_node() {
         left.trim().is_empty(),
         "the challenge was withdrawn: {left}"
     );
+}
+
+/// Runs the binary on `config` in a fresh directory until it exits (within `limit`); returns
+/// its stderr and the directory.
+fn run_to_exit(config: &str, limit: Duration) -> (String, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gatehouse.toml");
+    std::fs::write(&path, config).unwrap();
+    let mut child = std::process::Command::new(gatehouse_tests::binary())
+        .args(["run", "--config", path.to_str().unwrap()])
+        .current_dir(dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + limit;
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!("still running after {limit:?}: it should have refused to start");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(!out.status.success());
+    (String::from_utf8_lossy(&out.stderr).into_owned(), dir)
+}
+
+/// Issue 19 test 6: the first node founds the cluster key in its TEE, a second node with the
+/// same measurements gets it over mutual RA-TLS and serves the shared certificate. A node
+/// whose simulated MRTD differs is refused by name and holds no cluster key: with a policy
+/// that would accept the members it asks and a member refuses it; with the default policy
+/// (its own measurements) it does not trust the members and asks nothing.
+#[test]
+fn cluster_join_is_attested_and_a_node_with_another_mrtd_is_refused() {
+    let etcd = EtcdCluster::single();
+    let (_knot, pebble, dir, config, _echo) = echo_on(&etcd);
+    let a = Gateway::start_in(dir, &config);
+    assert!(a.log().contains("founded the cluster"), "{}", a.log());
+    let b = Gateway::start(&config);
+    assert!(
+        b.log().contains("joined the cluster"),
+        "B got the key from A: {}",
+        b.log()
+    );
+    let root = pebble.issuing_root();
+    let leaf = served_within(&a, &root, Duration::from_secs(90));
+    assert_eq!(served_within(&b, &root, Duration::from_secs(30)), leaf);
+    assert!(a.path().join("state/cluster-key.sealed").exists());
+    assert!(b.path().join("state/cluster-key.sealed").exists());
+    let genesis = etcd.etcdctl(&["get", "gh/cluster/genesis", "--print-value-only"]);
+    assert!(genesis.contains("\"key_id\""), "{genesis}");
+
+    let other = config.replace(
+        "provider = \"simulator\"\n",
+        &format!(
+            "provider = \"simulator\"\n[tee.simulator]\nmrtd = \"{}\"\n",
+            "ab".repeat(48)
+        ),
+    );
+    assert_ne!(other, config);
+    let trusting = other.replace(
+        "[cluster]\n",
+        "[cluster]\npolicy_file = \"trust-any.toml\"\n",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("trust-any.toml"),
+        "insecure_trust_simulator_root = true\n",
+    )
+    .unwrap();
+    let trusting = trusting.replace(
+        "policy_file = \"trust-any.toml\"",
+        &format!("policy_file = {:?}", dir.path().join("trust-any.toml")),
+    );
+    let (err, rogue) = run_to_exit(&trusting, Duration::from_secs(60));
+    let line = err
+        .lines()
+        .find(|l| l.contains("cluster join refused by"))
+        .unwrap_or_else(|| panic!("no refusal in:\n{err}"));
+    assert!(line.contains("mrtd"), "the refusal names the check: {line}");
+    assert!(
+        !rogue.path().join("state/cluster-key.sealed").exists(),
+        "the refused node holds no cluster key"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !(a.log() + &b.log()).contains("cluster join refused") {
+        assert!(Instant::now() < deadline, "the member logged no refusal");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    let distrustful = other.replace("join_timeout = \"20s\"", "join_timeout = \"3s\"");
+    let (err, rogue) = run_to_exit(&distrustful, Duration::from_secs(60));
+    assert!(
+        err.contains("no cluster member handed over the cluster key")
+            && err.contains("fails the cluster policy"),
+        "{err}"
+    );
+    assert!(!rogue.path().join("state/cluster-key.sealed").exists());
 }

@@ -16,7 +16,7 @@ use super::VpcError;
 use bytes::Bytes;
 use gatehouse_attest::pccs::CollateralSource;
 use gatehouse_attest::policy::Policy;
-use gatehouse_attest::ratls::{AttestedPeer, CheckAfterHandshake};
+
 use gatehouse_attest::QuoteProvider;
 use gatehouse_store::Sealer;
 use http_body_util::{BodyExt, Full};
@@ -190,12 +190,8 @@ impl Agent {
             .await
             .map_err(|e| other(&format!("connect {host}:{port}"), e))?;
         let gateway_ip = tcp.peer_addr().map_err(|e| other("connect", e))?.ip();
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
+        let config = gatehouse_attest::ratls::check_after_handshake()
             .map_err(|e| other("TLS", e))?
-            .dangerous() // the attestation check below runs before any byte is sent
-            .with_custom_certificate_verifier(Arc::new(CheckAfterHandshake::default()))
             .with_no_client_auth();
         let name =
             rustls_pki_types::ServerName::try_from(host.clone()).map_err(|e| other(&host, e))?;
@@ -220,16 +216,9 @@ impl Agent {
     }
 
     async fn check_gateway(&self, cert: &[u8]) -> Result<(), AgentError> {
-        let untrusted = |e: &dyn std::fmt::Display| AgentError::UntrustedGateway(e.to_string());
-        let ev = gatehouse_attest::ratls::evidence_of(cert).map_err(|e| untrusted(&e))?;
-        let collateral = self
-            .collateral
-            .for_quote(&ev.quote, gatehouse_attest::unix_now())
+        gatehouse_attest::ratls::check_peer(&self.gateway_policy, &self.collateral, cert)
             .await
-            .map_err(|e| untrusted(&e))?;
-        AttestedPeer::new(self.gateway_policy.clone(), collateral)
-            .check(cert)
-            .map_err(|e| untrusted(&e))?;
+            .map_err(|e| AgentError::UntrustedGateway(e.to_string()))?;
         Ok(())
     }
 

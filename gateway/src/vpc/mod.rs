@@ -13,7 +13,6 @@ pub mod agent;
 pub mod leases;
 pub mod node;
 pub mod register;
-pub mod registration_tls;
 pub mod wireguard;
 
 /// Why a VPC operation failed.

@@ -9,7 +9,6 @@
 
 use super::leases::{Lease, Leases};
 use super::register::{RegisterRequest, Registrar};
-use super::registration_tls::RegistrationCert;
 use super::wireguard::{parse_key, set_address, KeyPair, PeerConfig, Uapi, WgTool, WireGuard};
 use super::VpcError;
 use crate::attestation::Attestor;
@@ -17,6 +16,7 @@ use crate::http_server::{json, read_json, serve_tls, text, Limits};
 use crate::route::SourceInstances;
 use gatehouse_attest::policy::Policy;
 use gatehouse_attest::provider::TeeKind;
+use gatehouse_attest::ratls_cert::RotatingCert;
 use gatehouse_config::{VpcConfig, WireGuardKind};
 use gatehouse_store::{Sealer, Store};
 use std::collections::HashMap;
@@ -68,7 +68,7 @@ pub struct VpcNode {
     wg: Arc<dyn WireGuard>,
     key: KeyPair,
     /// The registration listener's RA-TLS certificate (rotated daily) and its TLS.
-    cert: Arc<RegistrationCert>,
+    cert: Arc<RotatingCert>,
     tls: tokio_rustls::TlsAcceptor,
 }
 
@@ -130,12 +130,17 @@ impl VpcNode {
             policies,
             attestor.collateral_source().clone(),
         );
-        let cert = RegistrationCert::new(attestor.provider().clone()).await?;
+        let cert = RotatingCert::new(attestor.provider().clone(), "gatehouse-vpc-register")
+            .await
+            .map_err(|e| VpcError::Config(format!("RA-TLS certificate: {e}")))?;
+        let tls = cert
+            .server_config(false)
+            .map_err(|e| VpcError::Config(format!("registration TLS: {e}")))?;
         let node = VpcNode {
             registrar: Arc::new(registrar),
             wg,
             key,
-            tls: cert.acceptor()?,
+            tls: tokio_rustls::TlsAcceptor::from(Arc::new(tls)),
             cert,
         };
         node.configure().await?;
