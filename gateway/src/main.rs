@@ -525,6 +525,7 @@ fn run(config: Option<Config>, state_dir: &Path) -> anyhow::Result<()> {
             ));
         }
         let etcd = config.store.backend == gatehouse_config::StoreBackend::Etcd;
+        let node_name = gatehouse_cluster::node_name();
         let mut state = if config.acme.is_some() || config.vpc.is_some() || etcd {
             Some(gatehouse::acme::open_state(&config, state_dir, tee.sealer.clone()).await?)
         } else {
@@ -535,10 +536,10 @@ fn run(config: Option<Config>, state_dir: &Path) -> anyhow::Result<()> {
                 "[store] backend = \"etcd\" needs attestation ([tee] provider): nodes join \
                  the cluster by mutual RA-TLS",
             )?;
-            let name = gatehouse_cluster::node_name();
-            let joined = gatehouse::cluster_node::join(&config, state, attestor, &name).await?;
+            let joined =
+                gatehouse::cluster_node::join(&config, state, attestor, &node_name).await?;
             let info = gatehouse_cluster::NodeInfo {
-                name,
+                name: node_name.clone(),
                 listen: gateway
                     .local_addrs()
                     .iter()
@@ -579,6 +580,7 @@ fn run(config: Option<Config>, state_dir: &Path) -> anyhow::Result<()> {
                 state.store.clone(),
                 state.sealer.as_ref(),
                 attestor,
+                &node_name,
             )
             .await
             .context("vpc")?;
@@ -594,6 +596,7 @@ fn run(config: Option<Config>, state_dir: &Path) -> anyhow::Result<()> {
                 vpc.gateway_address
             );
             tokio::spawn(node.clone().serve(listener));
+            tokio::spawn(node.clone().follow_leases());
             tokio::spawn(node.watch(gateway.shared.clone()));
         }
         for addr in gateway.local_addrs() {

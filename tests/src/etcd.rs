@@ -9,8 +9,11 @@ use std::time::{Duration, Instant};
 /// One running etcd member. Killed on drop.
 pub struct EtcdMember {
     child: Option<Child>,
-    /// `http://127.0.0.1:<port>`, where clients connect.
+    /// `http://127.0.0.1:<port>` (or each `https://<host>:<port>` of a TLS member, joined
+    /// by commas), where clients connect.
     pub client_url: String,
+    /// The CA of a TLS member's certificate.
+    ca_file: Option<std::path::PathBuf>,
     name: String,
     args: Vec<String>,
     dir: tempfile::TempDir,
@@ -35,9 +38,48 @@ impl EtcdCluster {
         EtcdCluster::start(1)
     }
 
+    /// One member serving clients over TLS on `hosts` (IP addresses, one port), with a
+    /// certificate from `ca` naming them; `etcdctl` is pointed at the CA.
+    pub fn single_tls(hosts: &[&str], ca: &crate::pki::TestCa) -> EtcdCluster {
+        let mut cluster = EtcdCluster::start_members(1, false);
+        let m = &mut cluster.members[0];
+        let port = free_port();
+        let dir = m.dir.path().to_owned();
+        ca.write(&dir, "etcd", hosts);
+        std::fs::write(dir.join("ca.pem"), &ca.pem).unwrap();
+        let urls: Vec<String> = hosts
+            .iter()
+            .map(|h| format!("https://{h}:{port}"))
+            .collect();
+        m.client_url = urls.join(",");
+        m.ca_file = Some(dir.join("ca.pem"));
+        let listen = m
+            .args
+            .iter()
+            .position(|a| a == "--listen-client-urls")
+            .unwrap();
+        m.args[listen + 1] = m.client_url.clone();
+        m.args[listen + 3] = m.client_url.clone();
+        m.args.extend([
+            "--cert-file".to_owned(),
+            dir.join("etcd.pem").display().to_string(),
+            "--key-file".to_owned(),
+            dir.join("etcd.key").display().to_string(),
+        ]);
+        m.launch();
+        cluster.wait_healthy(Duration::from_secs(30));
+        cluster
+    }
+
     /// `n` members on fresh loopback ports, each with its own data directory; returns once
     /// every member answers its client port and the cluster has a leader.
     pub fn start(n: usize) -> EtcdCluster {
+        let cluster = EtcdCluster::start_members(n, true);
+        cluster.wait_healthy(Duration::from_secs(30));
+        cluster
+    }
+
+    fn start_members(n: usize, launch: bool) -> EtcdCluster {
         let token = format!("gatehouse-test-{}", fastrand::u64(..));
         let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
         let initial: Vec<String> = ports
@@ -82,17 +124,18 @@ impl EtcdCluster {
                 let mut m = EtcdMember {
                     child: None,
                     client_url,
+                    ca_file: None,
                     name,
                     args,
                     dir,
                 };
-                m.launch();
+                if launch {
+                    m.launch();
+                }
                 m
             })
             .collect();
-        let cluster = EtcdCluster { members };
-        cluster.wait_healthy(Duration::from_secs(30));
-        cluster
+        EtcdCluster { members }
     }
 
     /// The client URLs of every member.
@@ -108,9 +151,8 @@ impl EtcdCluster {
             .filter(|m| m.child.is_some())
             .map(|m| m.client_url.clone())
             .collect();
-        let out = Command::new("etcdctl")
-            .env("ETCDCTL_API", "3")
-            .arg(format!("--endpoints={}", live.join(",")))
+        let out = self
+            .ctl(&live.join(","))
             .args(args)
             .output()
             .expect("etcdctl not installed: run ./scripts/test.sh (Debian's etcd-client)");
@@ -127,15 +169,22 @@ impl EtcdCluster {
         let deadline = Instant::now() + limit;
         for m in self.members.iter().filter(|m| m.child.is_some()) {
             let port: u16 = m.client_url.rsplit(':').next().unwrap().parse().unwrap();
-            while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            let host = m
+                .client_url
+                .split(',')
+                .next()
+                .and_then(|u| u.split("://").nth(1))
+                .and_then(|u| u.rsplit_once(':'))
+                .map_or("127.0.0.1".to_owned(), |(h, _)| h.to_owned());
+            while TcpStream::connect((host.as_str(), port)).is_err() {
                 assert!(Instant::now() < deadline, "etcd {} never listened", m.name);
                 std::thread::sleep(Duration::from_millis(50));
             }
         }
         loop {
-            let ok = Command::new("etcdctl")
-                .env("ETCDCTL_API", "3")
-                .arg(format!("--endpoints={}", self.endpoints()[0]))
+            let first = self.endpoints()[0].split(',').next().unwrap().to_owned();
+            let ok = self
+                .ctl(&first)
                 .args(["endpoint", "health", "--command-timeout=2s"])
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
@@ -148,6 +197,19 @@ impl EtcdCluster {
             assert!(Instant::now() < deadline, "etcd never became healthy");
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+}
+
+impl EtcdCluster {
+    /// `etcdctl` for `endpoints`, trusting a TLS member's CA.
+    fn ctl(&self, endpoints: &str) -> Command {
+        let mut c = Command::new("etcdctl");
+        c.env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints={endpoints}"));
+        if let Some(ca) = self.members.iter().find_map(|m| m.ca_file.as_ref()) {
+            c.arg(format!("--cacert={}", ca.display()));
+        }
+        c
     }
 }
 

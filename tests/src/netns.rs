@@ -88,6 +88,29 @@ impl Net {
         let _ = child.wait();
     }
 
+    /// A veth pair `<name>a` in `a` with `a_cidr`, `<name>b` in `b` with `b_cidr` (`None`:
+    /// this namespace), both up. Names: at most 14 characters (the ends add one).
+    pub fn link(
+        &mut self,
+        name: &str,
+        a: Option<&str>,
+        a_cidr: &str,
+        b: Option<&str>,
+        b_cidr: &str,
+    ) {
+        let (ea, eb) = (format!("{name}a"), format!("{name}b"));
+        ip(&["link", "add", &ea, "type", "veth", "peer", "name", &eb]);
+        for (end, ns, cidr) in [(&ea, a, a_cidr), (&eb, b, b_cidr)] {
+            let mut pre: Vec<&str> = Vec::new();
+            if let Some(ns) = ns {
+                ip(&["link", "set", end, "netns", ns]);
+                pre = vec!["-n", ns];
+            }
+            ip(&[&pre[..], &["addr", "add", cidr, "dev", end]].concat());
+            ip(&[&pre[..], &["link", "set", end, "up"]].concat());
+        }
+    }
+
     /// Keeps `child` to be killed on drop.
     pub fn keep(&mut self, child: Child) {
         self.processes.push(child);

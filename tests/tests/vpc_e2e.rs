@@ -276,27 +276,9 @@ async fn apps_join_the_vpc_with_attestation_and_receive_traffic_without_exposure
         ),
     )
     .unwrap();
+    let head = gateway_head(&cert);
     let config = format!(
-        r#"
-[proxy]
-listen = ["127.0.0.1:8443"]
-base_domains = ["gw.test"]
-allow_local_instances = true
-workers = 1
-[proxy.timeouts]
-connect = "1s"
-[proxy.custom_domains]
-enabled = false
-
-[[apps]]
-id = "shop"
-default_port = 8080
-
-[tls]
-certificates = [{cert}]
-
-[tee]
-provider = "simulator"
+        r#"{head}
 
 [vpc]
 prefix = "10.88.0.0/24"
@@ -496,4 +478,257 @@ policy = "shop-policy.toml"
     assert!(!log_has(&gw.log(), "lease reclaimed", &a1_field, 0));
     let seen = until_seen(&gw_ns, &ca_pem, &["app1", "app2"], limit);
     assert_eq!(seen.len(), 2, "both replicas still served: {seen:?}");
+}
+
+/// The gateway's listener, the `shop` app, its certificate `cert` and the simulated TEE.
+fn gateway_head(cert: &str) -> String {
+    format!(
+        r#"
+[proxy]
+listen = ["127.0.0.1:8443"]
+base_domains = ["gw.test"]
+allow_local_instances = true
+workers = 1
+[proxy.timeouts]
+connect = "1s"
+[proxy.custom_domains]
+enabled = false
+
+[[apps]]
+id = "shop"
+default_port = 8080
+
+[tls]
+certificates = [{cert}]
+
+[tee]
+provider = "simulator"
+"#
+    )
+}
+
+/// One gateway node of the cluster VPC test: its namespace, WireGuard interface, VPC address,
+/// WireGuard endpoint, etcd URL and join listener.
+struct ClusterNode {
+    ns: String,
+    wg: String,
+    gw: &'static str,
+    endpoint: &'static str,
+    etcd: String,
+    join: &'static str,
+}
+
+/// A gateway node's config for the cluster VPC test: static certificate, VPC address `gw`
+/// with `endpoint`, state in the TLS etcd at `etcd`, join listener on `join`, the app's
+/// `policy`.
+fn cluster_node_config(node: &ClusterNode, cert: &str, ca: &Path, policy: &Path) -> String {
+    let ClusterNode {
+        wg,
+        gw,
+        endpoint,
+        etcd,
+        join,
+        ..
+    } = node;
+    let head = gateway_head(cert);
+    format!(
+        r#"{head}
+
+[store]
+path = "state"
+backend = "etcd"
+[store.etcd]
+endpoints = ["{etcd}"]
+ca_file = {ca:?}
+prefix = "vpc-cluster/"
+
+[cluster]
+listen = "{join}"
+
+[vpc]
+prefix = "10.89.0.0/24"
+gateway_address = "{gw}"
+endpoint = "{endpoint}"
+interface = "{wg}"
+kind = "userspace"
+handshake_stale = "6s"
+register_listen = "0.0.0.0:8444"
+[vpc.apps.shop]
+policy = {policy:?}
+"#
+    )
+}
+
+/// Issue 19 test 7: two gateway nodes (each in its own namespace, with its own VPC address
+/// and WireGuard key) share one etcd over TLS. An agent registers through node A; the answer
+/// lists node B as a peer for B's address, B adds the instance as a peer from the store's
+/// watch, and requests through B reach the app, which sees B's VPC address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_vpc_an_instance_registered_through_one_node_is_reached_through_another() {
+    if !wireguard_ready() {
+        return;
+    }
+    let tag = std::process::id() % 100_000;
+    let (ga, gb, app) = (
+        format!("ghca{tag}"),
+        format!("ghcb{tag}"),
+        format!("ghcp{tag}"),
+    );
+    let (wg_a, wg_b, wg_app) = (
+        format!("wca{tag}"),
+        format!("wcb{tag}"),
+        format!("wcp{tag}"),
+    );
+    let mut net = Net::default();
+    for ns in [&ga, &gb, &app] {
+        net.namespace(ns);
+    }
+    net.link(
+        &format!("c0{tag}"),
+        None,
+        "198.18.90.1/24",
+        Some(&ga),
+        "198.18.90.2/24",
+    );
+    net.link(
+        &format!("c1{tag}"),
+        None,
+        "198.18.91.1/24",
+        Some(&gb),
+        "198.18.91.2/24",
+    );
+    net.link(
+        &format!("c2{tag}"),
+        Some(&ga),
+        "198.18.92.1/24",
+        Some(&app),
+        "198.18.92.2/24",
+    );
+    net.link(
+        &format!("c3{tag}"),
+        Some(&gb),
+        "198.18.93.1/24",
+        Some(&app),
+        "198.18.93.2/24",
+    );
+    net.link(
+        &format!("c4{tag}"),
+        Some(&ga),
+        "198.18.94.1/24",
+        Some(&gb),
+        "198.18.94.2/24",
+    );
+    net.wireguard(&ga, &wg_a);
+    net.wireguard(&gb, &wg_b);
+    net.wireguard(&app, &wg_app);
+
+    let ca = TestCa::new();
+    let etcd = gatehouse_tests::etcd::EtcdCluster::single_tls(&["198.18.90.1", "198.18.91.1"], &ca);
+    let urls: Vec<String> = etcd.members[0]
+        .client_url
+        .split(',')
+        .map(str::to_owned)
+        .collect();
+
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_owned();
+    let cert = ca.write(&d, "wild", &["*.gw.test"]);
+    std::fs::write(d.join("ca.pem"), &ca.pem).unwrap();
+    let mrtd = gatehouse_attest::hex::encode(&SimulatorConfig::default().mrtd);
+    let pinned = format!("insecure_trust_simulator_root = true\nmrtd = [\"{mrtd}\"]\n");
+    std::fs::write(d.join("shop-policy.toml"), &pinned).unwrap();
+    std::fs::write(d.join("gateway-policy.toml"), &pinned).unwrap();
+    std::fs::write(d.join("agent.toml"), "[tee]\nprovider = \"simulator\"\n").unwrap();
+    let ca_file = d.join("ca.pem");
+    let nodes = [
+        ClusterNode {
+            ns: ga.clone(),
+            wg: wg_a.clone(),
+            gw: "10.89.0.1",
+            endpoint: "198.18.92.1:51820",
+            etcd: urls[0].clone(),
+            join: "198.18.94.1:8445",
+        },
+        ClusterNode {
+            ns: gb.clone(),
+            wg: wg_b.clone(),
+            gw: "10.89.0.2",
+            endpoint: "198.18.93.1:51820",
+            etcd: urls[1].clone(),
+            join: "198.18.94.2:8445",
+        },
+    ];
+    let policy = d.join("shop-policy.toml");
+    let mut gws = Vec::new();
+    for node in &nodes {
+        let config = cluster_node_config(node, &cert, &ca_file, &policy);
+        // Each node in its own directory: its state (and its copy of the cluster key) apart.
+        let node_dir = tempfile::tempdir_in(&d).unwrap();
+        let file = node_dir.path().join("gatehouse.toml");
+        std::fs::write(&file, config).unwrap();
+        let gw = Gateway::spawn_wrapped(
+            node_dir,
+            &["ip", "netns", "exec", &node.ns],
+            &["run", "--config", file.to_str().unwrap()],
+        );
+        gw.wait_log("VPC interface configured", Duration::from_secs(30));
+        gws.push(gw);
+    }
+    let (a, b) = (&gws[0], &gws[1]);
+    assert!(a.log().contains("founded the cluster"), "{}", a.log());
+    assert!(b.log().contains("joined the cluster"), "{}", b.log());
+
+    let args = [
+        "--register=https://198.18.92.1:8444".to_owned(),
+        "--app-id=shop".into(),
+        format!(
+            "--gateway-policy={}",
+            d.join("gateway-policy.toml").display()
+        ),
+        format!("--interface={wg_app}"),
+        format!("--config={}", d.join("agent.toml").display()),
+        format!("--state-dir={}", d.join("agent-state").display()),
+    ];
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut agent = AgentProc::start(&app, &args);
+    let limit = Duration::from_secs(30);
+    let addr = address_of(&agent.wait_line("registered shop at", 1, limit));
+    assert_eq!(
+        addr,
+        Ipv4Addr::new(10, 89, 0, 3),
+        "the gateway nodes' addresses are never leased"
+    );
+    let app_log = http_app(&mut net, &app, addr, "app1", &d);
+
+    // The agent has both nodes as peers: A for the prefix, B for its own address.
+    let (_, peers) = Uapi::new(&wg_app).state().await.unwrap();
+    assert_eq!(peers.len(), 2, "{peers:?}");
+    // B added the instance from the watch, without a registration of its own.
+    let deadline = Instant::now() + limit;
+    while Uapi::new(&wg_b).state().await.unwrap().1.is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "B never added the instance:\n{}",
+            b.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        !b.log().contains("instance registered"),
+        "registered through A only"
+    );
+
+    let seen = until_seen(&gb, &ca_file, &["app1"], limit);
+    assert!(
+        seen.contains("app1"),
+        "a request through B reaches the instance:\n{}",
+        b.log()
+    );
+    let log = std::fs::read_to_string(&app_log).unwrap();
+    assert!(
+        log.contains("10.89.0.2 - - "),
+        "the app saw node B's VPC address: {log}"
+    );
+    let seen = until_seen(&ga, &ca_file, &["app1"], limit);
+    assert!(seen.contains("app1"), "and through A");
 }

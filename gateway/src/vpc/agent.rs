@@ -222,23 +222,41 @@ impl Agent {
         Ok(())
     }
 
-    /// Our interface from the answer: key, address, the gateway as the only peer.
+    /// Our interface from the answer: key, address, the gateway we registered with as the
+    /// peer for the whole prefix, and each other gateway node of its cluster as the peer for
+    /// its own address (WireGuard routes by the longest allowed prefix, so an answer to a
+    /// request from node B goes back to B).
     async fn apply(&self, resp: &RegisterResponse, endpoint: SocketAddr) -> Result<(), VpcError> {
-        let gateway = parse_key(&resp.gateway_public_key)
-            .ok_or_else(|| VpcError::Key("the gateway's key is not base64 of 32 bytes".into()))?;
+        let key = |text: &str| {
+            parse_key(text)
+                .ok_or_else(|| VpcError::Key("a gateway's key is not base64 of 32 bytes".into()))
+        };
+        let gateway = key(&resp.gateway_public_key)?;
+        let mut peers = vec![PeerConfig {
+            public_key: gateway,
+            allowed_ips: vec![(resp.network, resp.prefix_len)],
+            endpoint: Some(endpoint),
+            keepalive: resp.keepalive,
+        }];
+        for g in &resp.gateways {
+            peers.push(PeerConfig {
+                public_key: key(&g.public_key)?,
+                allowed_ips: vec![(g.address, 32)],
+                endpoint: Some(g.endpoint),
+                keepalive: resp.keepalive,
+            });
+        }
         self.wg.configure(&self.key, None).await?;
-        let (_, peers) = self.wg.state().await?;
-        for p in peers.iter().filter(|p| p.public_key != gateway) {
+        let (_, present) = self.wg.state().await?;
+        for p in present
+            .iter()
+            .filter(|p| !peers.iter().any(|q| q.public_key == p.public_key))
+        {
             self.wg.remove_peer(&p.public_key).await?; // a gateway key of the past
         }
-        self.wg
-            .set_peer(&PeerConfig {
-                public_key: gateway,
-                allowed_ips: vec![(resp.network, resp.prefix_len)],
-                endpoint: Some(endpoint),
-                keepalive: resp.keepalive,
-            })
-            .await?;
+        for peer in &peers {
+            self.wg.set_peer(peer).await?;
+        }
         set_address(self.wg.interface(), resp.address, resp.prefix_len).await
     }
 

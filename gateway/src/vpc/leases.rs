@@ -10,7 +10,8 @@ use serde::{Deserialize, Serialize};
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 
-const PREFIX: &str = "vpc/leases/";
+/// Where the leases live.
+pub const PREFIX: &str = "vpc/leases/";
 
 /// One lease: an address held by an instance's WireGuard key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -34,7 +35,8 @@ pub struct Leases {
 }
 
 impl Leases {
-    /// Leases from `prefix`, never handing out `reserved` (the gateway's own address).
+    /// Leases from `prefix`, never handing out `reserved` (the gateway's own address) nor a
+    /// gateway node's address (see [`super::gateways`]).
     pub fn new(store: Arc<dyn Store>, prefix: Ipv4Prefix, reserved: Vec<Ipv4Addr>) -> Leases {
         Leases {
             store,
@@ -55,6 +57,16 @@ impl Leases {
         }
         out.sort_by_key(|l| u32::from(l.address));
         Ok(out)
+    }
+
+    /// The gateway nodes' records (their addresses are never leased).
+    pub async fn gateways(&self) -> Result<Vec<super::gateways::GatewayRecord>, VpcError> {
+        super::gateways::all(self.store.as_ref()).await
+    }
+
+    /// The store the leases live in.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
     }
 
     fn key(address: Ipv4Addr) -> String {
@@ -83,8 +95,10 @@ impl Leases {
                 .await?;
             return Ok((lease, false));
         }
-        let taken: std::collections::HashSet<Ipv4Addr> =
+        let mut taken: std::collections::HashSet<Ipv4Addr> =
             existing.iter().map(|l| l.address).collect();
+        let leased = taken.len();
+        taken.extend(self.gateways().await?.iter().map(|g| g.address));
         for address in self.prefix.hosts() {
             if taken.contains(&address) || self.reserved.contains(&address) {
                 continue;
@@ -106,7 +120,7 @@ impl Leases {
         }
         Err(VpcError::PoolExhausted {
             prefix: self.prefix.to_string(),
-            leased: taken.len(),
+            leased,
         })
     }
 

@@ -4,12 +4,15 @@
 //!   socket, or the kernel module through the `wg` tool; keys made in-process.
 //! - [`leases`]: instance addresses from the configured prefix, kept in the `Store` (one key
 //!   per address, taken by compare-and-swap: no two peers ever share one).
+//! - [`gateways`]: one record per gateway node (address, WireGuard key, endpoint): several
+//!   nodes of a cluster serve one VPC, each instance a peer of every node.
 //! - [`register`]: the checks an app CVM's registration passes (quote, policy, binding).
 //! - [`node`]: the gateway at run time: interface, RA-TLS registration listener, liveness
 //!   into the route table, lease reclaim.
 //! - [`agent`]: `gatehouse agent`, the app CVM's side.
 
 pub mod agent;
+pub mod gateways;
 pub mod leases;
 pub mod node;
 pub mod register;

@@ -24,8 +24,6 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-/// The store key of the gateway's sealed WireGuard private key.
-const KEY_NAME: &str = "vpc/wireguard-key";
 /// The route source name of VPC instances.
 const SOURCE: &str = "vpc";
 /// The largest registration body (a quote is ~5 KB; event logs add a few KB).
@@ -36,29 +34,6 @@ pub fn wireguard_for(kind: WireGuardKind, interface: &str) -> Arc<dyn WireGuard>
     match kind {
         WireGuardKind::Userspace => Arc::new(Uapi::new(interface)),
         WireGuardKind::Kernel => Arc::new(WgTool::new(interface)),
-    }
-}
-
-/// The gateway's key: unsealed from the store, or made and stored sealed.
-async fn load_or_create_key(store: &dyn Store, sealer: &dyn Sealer) -> Result<KeyPair, VpcError> {
-    let seal_err = |e: gatehouse_store::SealError| VpcError::Key(format!("{KEY_NAME}: {e}"));
-    if let Some(v) = store.get(KEY_NAME).await? {
-        let private = sealer.unseal(KEY_NAME, &v.value).map_err(seal_err)?;
-        return KeyPair::from_private(&private);
-    }
-    let key = KeyPair::generate()?;
-    let sealed = sealer.seal(KEY_NAME, key.private()).map_err(seal_err)?;
-    // Created only if absent: a concurrent start on a shared store keeps the first key.
-    match store.compare_and_swap(KEY_NAME, 0, &sealed).await? {
-        Ok(_) => Ok(key),
-        // Another node stored one first: use that one.
-        Err(Some(v)) => {
-            let private = sealer.unseal(KEY_NAME, &v.value).map_err(seal_err)?;
-            KeyPair::from_private(&private)
-        }
-        Err(None) => Err(VpcError::Key(format!(
-            "{KEY_NAME}: deleted while being created"
-        ))),
     }
 }
 
@@ -116,8 +91,9 @@ impl VpcNode {
         store: Arc<dyn Store>,
         sealer: &dyn Sealer,
         attestor: &Attestor,
+        node: &str,
     ) -> Result<VpcNode, VpcError> {
-        let key = load_or_create_key(store.as_ref(), sealer).await?;
+        let key = super::gateways::claim(store.as_ref(), sealer, config, node).await?;
         let wg = wireguard_for(config.kind, &config.interface);
         let simulated = attestor.provider().kind() == TeeKind::Simulated;
         let policies = app_policies(config, simulated).map_err(VpcError::Config)?;
@@ -179,6 +155,69 @@ impl VpcNode {
             "VPC interface configured"
         );
         Ok(())
+    }
+
+    /// Adds every lease registered through any node as a peer as soon as the store says so,
+    /// and removes the peer of a lease given back (on a cluster, an instance registered
+    /// through another node is reached from this one). Runs until dropped; after a lost
+    /// watch it starts again from a fresh snapshot.
+    pub async fn follow_leases(self: Arc<Self>) {
+        let store = self.registrar.leases.store().clone();
+        loop {
+            let (listing, mut watch) = match store.watch(super::leases::PREFIX).await {
+                Ok(w) => w,
+                Err(e) => {
+                    tracing::warn!("VPC: cannot watch the leases, retrying: {e}");
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                    continue;
+                }
+            };
+            let mut peers: HashMap<String, [u8; 32]> = HashMap::new();
+            for (key, v) in listing {
+                self.lease_changed(&mut peers, &key, Some(&v.value)).await;
+            }
+            while let Some(event) = watch.next().await {
+                match event {
+                    gatehouse_store::Event::Put { key, value } => {
+                        self.lease_changed(&mut peers, &key, Some(&value.value))
+                            .await
+                    }
+                    gatehouse_store::Event::Delete { key } => {
+                        self.lease_changed(&mut peers, &key, None).await
+                    }
+                }
+            }
+        }
+    }
+
+    async fn lease_changed(
+        &self,
+        peers: &mut HashMap<String, [u8; 32]>,
+        key: &str,
+        value: Option<&[u8]>,
+    ) {
+        let lease = value.and_then(|v| serde_json::from_slice::<Lease>(v).ok());
+        let public = lease.as_ref().and_then(|l| parse_key(&l.public_key));
+        let before = match public {
+            Some(k) => peers.insert(key.to_owned(), k),
+            None => peers.remove(key),
+        };
+        if let Some(old) = before.filter(|old| Some(*old) != public) {
+            if let Err(e) = self.wg.remove_peer(&old).await {
+                tracing::warn!(%key, "VPC: removing the peer of a released lease: {e}");
+            }
+        }
+        if let (Some(lease), Some(public_key)) = (lease, public) {
+            let peer = PeerConfig {
+                public_key,
+                allowed_ips: vec![(lease.address, 32)],
+                endpoint: None,
+                keepalive: 0,
+            };
+            if let Err(e) = self.wg.set_peer(&peer).await {
+                tracing::warn!(address = %lease.address, "VPC: adding the peer of a lease: {e}");
+            }
+        }
     }
 
     /// Serves registration on `listener` until dropped.

@@ -70,6 +70,21 @@ pub struct RegisterResponse {
     /// The persistent-keepalive interval the instance must use (seconds): the gateway takes
     /// an instance whose packets stop for `handshake_stale` out of rotation.
     pub keepalive: u16,
+    /// The cluster's other gateway nodes: peers for their own address each, so traffic from
+    /// any node reaches the instance (empty for a single node).
+    #[serde(default)]
+    pub gateways: Vec<GatewayPeer>,
+}
+
+/// Another gateway node, as an agent's peer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GatewayPeer {
+    /// Its VPC address (the peer's allowed IP, /32).
+    pub address: Ipv4Addr,
+    /// Its WireGuard public key (base64).
+    pub public_key: String,
+    /// Where to reach it.
+    pub endpoint: SocketAddr,
 }
 
 /// The keepalive that keeps a live instance well inside `stale`: a third of it, 1-25 s.
@@ -231,10 +246,17 @@ impl Registrar {
             return Err(refuse("wireguard", e));
         }
         tracing::info!(app = %req.app_id, address = %lease.address, key = %req.wg_public_key, new, "instance registered");
-        Ok(self.response(&lease))
+        let gateways = match self.leases.gateways().await {
+            Ok(all) => super::gateways::others(&all, self.config.gateway_address),
+            Err(e) => {
+                tracing::warn!("the other gateway nodes could not be read: {e}");
+                Vec::new()
+            }
+        };
+        Ok(self.response(&lease, gateways))
     }
 
-    fn response(&self, lease: &Lease) -> RegisterResponse {
+    fn response(&self, lease: &Lease, gateways: Vec<GatewayPeer>) -> RegisterResponse {
         RegisterResponse {
             address: lease.address,
             prefix_len: self.config.prefix.len,
@@ -244,6 +266,7 @@ impl Registrar {
             endpoint: self.config.endpoint,
             listen_port: self.config.listen_port,
             keepalive: keepalive_for(self.config.handshake_stale),
+            gateways,
         }
     }
 }
