@@ -107,6 +107,14 @@ impl CertbotError {
     pub fn is_rate_limit(&self) -> bool {
         matches!(self, CertbotError::RateLimited { .. })
     }
+
+    /// Whether the shared store did not answer (the CA is not at fault: no backoff).
+    pub fn is_store_unavailable(&self) -> bool {
+        matches!(
+            self,
+            CertbotError::Store(gatehouse_store::StoreError::Unavailable(_))
+        )
+    }
 }
 
 /// A problem document as one line: type, detail, subproblems.

@@ -112,6 +112,9 @@ pub struct CertManager {
 pub const RENEWAL_LOCK_TTL: Duration = Duration::from_secs(10);
 /// How long a node waits before looking again while another node renews.
 const RENEWING_ELSEWHERE_WAIT: Duration = Duration::from_secs(3);
+/// How often a renewal looks again for a store that did not answer (fail static: the node
+/// serves what it holds meanwhile, and renews as soon as the store is back).
+const STORE_WAIT: Duration = Duration::from_secs(3);
 
 /// What a renewal attempt came to, besides an error.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -341,6 +344,7 @@ impl CertManager {
     pub async fn maintain(self: Arc<Self>, account: Arc<Account>, target: Target) {
         let mut failures = 0u32;
         let mut draw = fastrand::f64();
+        let mut store_down = false;
         loop {
             self.reload(&target).await;
             let plan = self.plan(&account, &target, draw).await;
@@ -359,7 +363,14 @@ impl CertManager {
                     continue; // ask the CA again before renewing
                 }
             }
-            match self.renew(&account, &target).await {
+            let renewed = self.renew(&account, &target).await;
+            let was_down = std::mem::replace(
+                &mut store_down,
+                renewed
+                    .as_ref()
+                    .is_err_and(CertbotError::is_store_unavailable),
+            );
+            match renewed {
                 Ok(Renewed::Here) => {
                     failures = 0;
                     draw = fastrand::f64();
@@ -367,6 +378,13 @@ impl CertManager {
                 Ok(Renewed::Elsewhere(who)) => {
                     tracing::info!(names = ?target.names, by = %who, "renewal in hand elsewhere: serving what the store gets");
                     tokio::time::sleep(RENEWING_ELSEWHERE_WAIT).await;
+                }
+                Err(e) if e.is_store_unavailable() => {
+                    if !was_down {
+                        tracing::warn!(names = ?target.names, "renewal waits for the store, serving the certificate held: {e}");
+                    }
+                    tokio::time::sleep(STORE_WAIT).await;
+                    continue;
                 }
                 Err(e) => {
                     self.stats.failed.fetch_add(1, Ordering::Relaxed);

@@ -301,6 +301,8 @@ fn member_pids(status: &serde_json::Value) -> Vec<u32> {
 fn cluster_status_and_a_node_that_loses_etcd_keeps_serving() {
     let mut etcd = EtcdCluster::start(3);
     let (_knot, pebble, dir, config, _echo) = echo_on(&etcd);
+    let shim = AriShim::start(&pebble, json!({"window": "future", "retry_after": 1}));
+    let config = config.replace(&pebble.directory, &shim.directory);
     let a = Gateway::start_in(dir, &config);
     let mut b = Gateway::start(&config);
     let config_file = a.path().join("gatehouse.toml");
@@ -374,6 +376,11 @@ fn cluster_status_and_a_node_that_loses_etcd_keeps_serving() {
         "{}",
         a.log()
     );
+    // The CA asks for a renewal during the outage: the node cannot take the renewal lock,
+    // orders nothing, says so once, and keeps serving.
+    let orders = shim.named("new-order").len();
+    shim.set(json!({"window": "past", "retry_after": 1}));
+    a.wait_log("renewal waits for the store", Duration::from_secs(30));
     for _ in 0..5 {
         assert_eq!(
             served_within(&a, &root, Duration::from_secs(5)),
@@ -381,6 +388,11 @@ fn cluster_status_and_a_node_that_loses_etcd_keeps_serving() {
             "fail static: the held certificate is served"
         );
     }
+    assert_eq!(
+        shim.named("new-order").len(),
+        orders,
+        "no order without the lock"
+    );
     etcd.members[1].restart();
     etcd.members[2].restart();
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -389,6 +401,19 @@ fn cluster_status_and_a_node_that_loses_etcd_keeps_serving() {
         std::thread::sleep(Duration::from_millis(300));
     }
     assert!(a.log().contains("store reachable"), "{}", a.log());
+    // The renewal resumes once the store answers.
+    shim.wait("new-order", orders + 1, Duration::from_secs(60));
+    shim.set(json!({"window": "future", "retry_after": 1}));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while served_within(&a, &root, Duration::from_secs(5)) == leaf {
+        assert!(
+            Instant::now() < deadline,
+            "the renewal never resumed:\n{}",
+            a.log()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert_eq!(shim.named("new-order").len(), orders + 1, "one order");
 }
 
 /// A node's config for the custom domains `domains` by TLS-ALPN-01, its listener on `port`
@@ -541,4 +566,65 @@ fn cluster_join_is_attested_and_a_node_with_another_mrtd_is_refused() {
         "{err}"
     );
     assert!(!rogue.path().join("state/cluster-key.sealed").exists());
+}
+
+/// Issue 19 test 3: the renewer is paused (SIGSTOP) after the CA finalized its order, past
+/// its lock's lease; the other node takes the lock over, resumes the stored order and
+/// publishes. Resumed (SIGCONT), the paused node completes its download but its publish is
+/// refused (the fence: its lock is gone), and it serves what the store holds.
+#[test]
+fn cluster_a_renewer_paused_past_its_lease_cannot_publish() {
+    let etcd = EtcdCluster::single();
+    let (_knot, pebble, dir, config, _echo) = echo_on(&etcd);
+    let shim = AriShim::start(&pebble, json!({"window": "future", "retry_after": 1}));
+    let config = config.replace(&pebble.directory, &shim.directory);
+    let mut nodes = vec![Gateway::start_in(dir, &config), Gateway::start(&config)];
+    let root = pebble.issuing_root();
+    let first = served_within(&nodes[0], &root, Duration::from_secs(90));
+    assert_eq!(
+        served_within(&nodes[1], &root, Duration::from_secs(30)),
+        first
+    );
+
+    shim.set(json!({"window": "past", "retry_after": 1, "hold_finalize": true}));
+    shim.wait("held", 1, Duration::from_secs(60));
+    let holder = etcd.etcdctl(&["get", "gh/locks/renew/gw.test", "--print-value-only"]);
+    let pid: u32 = holder.trim().rsplit('-').next().unwrap().parse().unwrap();
+    let at = nodes
+        .iter()
+        .position(|n| n.pid() == pid)
+        .unwrap_or_else(|| panic!("the lock holder {holder:?} is one of the nodes"));
+    let paused = nodes.remove(at);
+    let other = &nodes[0];
+    paused.signal("STOP");
+    // The held answer goes out now and waits in the paused node's socket.
+    shim.set(json!({"window": "future", "retry_after": 1}));
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let second = loop {
+        let leaf = served_within(other, &root, Duration::from_secs(10));
+        if leaf != first {
+            break leaf;
+        }
+        assert!(Instant::now() < deadline, "no takeover:\n{}", other.log());
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert!(
+        other.log().contains("resumed the pending order"),
+        "{}",
+        other.log()
+    );
+
+    paused.signal("CONT");
+    paused.wait_log("lost the renewal lock", Duration::from_secs(30));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while served_within(&paused, &root, Duration::from_secs(10)) != second {
+        assert!(Instant::now() < deadline, "{}", paused.log());
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert_eq!(
+        served_within(other, &root, Duration::from_secs(10)),
+        second,
+        "the refused publish changed nothing"
+    );
 }
