@@ -32,6 +32,8 @@ pub struct ClusterStatus {
     pub departed: Vec<(String, u64)>,
     /// Renewals in progress.
     pub renewal_locks: Vec<RenewalLock>,
+    /// Which cluster key the cluster uses, who founded it and when (none yet: no node ran).
+    pub genesis: Option<crate::key::Genesis>,
     /// When this was read (unix seconds).
     pub read_at: u64,
 }
@@ -76,6 +78,7 @@ pub async fn status(store: &dyn Store) -> Result<ClusterStatus, ClusterError> {
         })
         .collect();
     Ok(ClusterStatus {
+        genesis: crate::key::genesis(store).await?,
         members,
         departed: heartbeats.into_iter().collect(),
         renewal_locks,
@@ -86,6 +89,16 @@ pub async fn status(store: &dyn Store) -> Result<ClusterStatus, ClusterError> {
 impl std::fmt::Display for ClusterStatus {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let ago = |t: u64| format!("{}s ago", self.read_at.saturating_sub(t));
+        match &self.genesis {
+            Some(g) => writeln!(
+                f,
+                "cluster key: {}, founded by {} {}",
+                g.key_id,
+                g.founded_by,
+                ago(g.at)
+            )?,
+            None => writeln!(f, "cluster key: none yet (no node has started)")?,
+        }
         writeln!(f, "members: {}", self.members.len())?;
         for m in &self.members {
             writeln!(

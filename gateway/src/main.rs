@@ -309,6 +309,16 @@ fn main() -> ExitCode {
                             e.prefix,
                             if e.ca_file.is_some() { " (TLS)" } else { "" },
                             e.timeout
+                        );
+                        let c = &config.cluster;
+                        println!(
+                            "  cluster: join listener {}, policy {}, a new node looks {:?} for a member",
+                            c.advertise.clone().unwrap_or_else(|| c.listen.to_string()),
+                            c.policy_file.as_ref().map_or(
+                                "= this node's own MRTD and RTMR0-3 (default)".into(),
+                                |p| p.display().to_string()
+                            ),
+                            c.join_timeout
                         )
                     }
                     _ => println!("  store: embedded (state.redb in the state directory)"),

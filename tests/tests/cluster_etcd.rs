@@ -628,3 +628,39 @@ fn cluster_a_renewer_paused_past_its_lease_cannot_publish() {
         "the refused publish changed nothing"
     );
 }
+
+/// The README's cluster: the three configs of `examples/cluster`, one command each, on one
+/// etcd (the test's, in place of 127.0.0.1:2379): the first node founds the cluster key, the
+/// other two join over RA-TLS, `gatehouse cluster status` lists all three and the key.
+#[test]
+fn cluster_readme_example_three_nodes_one_command_each() {
+    let etcd = EtcdCluster::single();
+    let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/cluster");
+    let nodes: Vec<Gateway> = (1..=3)
+        .map(|i| {
+            let text = std::fs::read_to_string(examples.join(format!("node{i}.toml"))).unwrap();
+            let text = text.replace("http://127.0.0.1:2379", &etcd.endpoints()[0]);
+            Gateway::start(&text)
+        })
+        .collect();
+    assert!(nodes[0].log().contains("founded the cluster"));
+    for n in &nodes[1..] {
+        assert!(n.log().contains("joined the cluster"), "{}", n.log());
+    }
+    let config = nodes[0].path().join("gatehouse.toml");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = std::process::Command::new(gatehouse_tests::binary())
+            .args(["cluster", "status", "--config"])
+            .arg(&config)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        if text.contains("members: 3") {
+            assert!(text.contains("cluster key: "), "{text}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "{text}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
