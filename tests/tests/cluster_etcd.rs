@@ -223,6 +223,7 @@ fn cluster_one_order_per_renewal_and_a_killed_renewer_is_taken_over() {
         .position(|n| n.pid() == pid)
         .unwrap_or_else(|| panic!("the lock holder {holder:?} is one of the nodes"));
     let mut renewer = nodes.remove(at);
+    let issued_before = issued(&nodes.iter().collect::<Vec<_>>());
     renewer.kill();
     shim.set(json!({"window": "future", "retry_after": 1}));
 
@@ -254,7 +255,11 @@ fn cluster_one_order_per_renewal_and_a_killed_renewer_is_taken_over() {
         shim.events()
     );
     let survivors: Vec<&Gateway> = nodes.iter().collect();
-    assert_eq!(issued(&survivors), 1, "one survivor completed it");
+    assert_eq!(
+        issued(&survivors),
+        issued_before + 1,
+        "one survivor completed it"
+    );
     assert!(
         nodes
             .iter()
@@ -663,4 +668,81 @@ fn cluster_readme_example_three_nodes_one_command_each() {
         assert!(Instant::now() < deadline, "{text}");
         std::thread::sleep(Duration::from_millis(300));
     }
+}
+
+/// Writes and deletes `n` filler records of 4 KiB under `gh/certs/` (changes a watcher of
+/// `certs/` must take), then compacts etcd's history at the latest revision.
+fn flood_and_compact(etcd: &EtcdCluster, n: usize) {
+    use gatehouse_store::{Etcd, EtcdOptions, Store};
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let store = Etcd::connect(EtcdOptions {
+            endpoints: etcd.endpoints(),
+            prefix: "gh/".into(),
+            tls: None,
+            timeout: Duration::from_secs(5),
+        })
+        .await
+        .unwrap();
+        let filler = vec![b'x'; 4096];
+        for i in 0..n {
+            store
+                .put(&format!("certs/zz-filler-{i}"), &filler)
+                .await
+                .unwrap();
+        }
+        for i in 0..n {
+            store.delete(&format!("certs/zz-filler-{i}")).await.unwrap();
+        }
+    });
+    let status = etcd.etcdctl(&["endpoint", "status", "-w", "json"]);
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    let revision = status[0]["Status"]["header"]["revision"].as_u64().unwrap();
+    etcd.etcdctl(&["compact", &revision.to_string()]);
+}
+
+/// Issue 19 test 4: node B is frozen (SIGSTOP) while node A renews the certificate and
+/// megabytes of other changes pass under the prefix B watches; etcd compacts its history, so
+/// B's watch cannot be caught up. Resumed, B's watch is told its history is gone, re-lists,
+/// and B serves A's new certificate: the nodes converge.
+#[test]
+fn cluster_etcd_compaction_while_a_node_lags_and_the_nodes_converge() {
+    let etcd = EtcdCluster::single();
+    let (_knot, pebble, dir, config, _echo) = echo_on(&etcd);
+    let shim = AriShim::start(&pebble, json!({"window": "future", "retry_after": 1}));
+    let config = config.replace(&pebble.directory, &shim.directory);
+    let a = Gateway::start_in(dir, &config);
+    let b = Gateway::start(&config);
+    let root = pebble.issuing_root();
+    let first = served_within(&a, &root, Duration::from_secs(90));
+    assert_eq!(served_within(&b, &root, Duration::from_secs(30)), first);
+
+    let b_issued = b.metric(ISSUED);
+    b.signal("STOP");
+    let orders = shim.named("new-order").len();
+    shim.set(json!({"window": "past", "retry_after": 1}));
+    shim.wait("new-order", orders + 1, Duration::from_secs(60));
+    shim.set(json!({"window": "future", "retry_after": 1}));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let second = loop {
+        let leaf = served_within(&a, &root, Duration::from_secs(10));
+        if leaf != first {
+            break leaf;
+        }
+        assert!(Instant::now() < deadline, "A never renewed:\n{}", a.log());
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    flood_and_compact(&etcd, 2000);
+
+    b.signal("CONT");
+    b.wait_log("was compacted", Duration::from_secs(30));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while served_within(&b, &root, Duration::from_secs(10)) != second {
+        assert!(Instant::now() < deadline, "B never converged:\n{}", b.log());
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert_eq!(b.metric(ISSUED), b_issued, "B ordered nothing");
 }
