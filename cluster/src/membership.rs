@@ -25,6 +25,10 @@ pub struct NodeInfo {
     /// Its join listener (`host:port`), where it hands the cluster key to attested nodes.
     #[serde(default)]
     pub join: Option<String>,
+    /// Its attestation bundle when it registered (quote, claims; without collateral, which
+    /// a verifier fetches itself): what it runs, checkable with `gatehouse verify`'s code.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attestation: Option<serde_json::Value>,
     /// The Gatehouse version it runs.
     pub version: String,
     /// When it started (unix seconds).

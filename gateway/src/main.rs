@@ -561,6 +561,16 @@ fn run(config: Option<Config>, state_dir: &Path) -> anyhow::Result<()> {
                         .map_or(format!(":{}", v.listen_port), |e| e.to_string())
                 }),
                 join: Some(joined.join),
+                attestation: match attestor.bundle(&gateway.shared, None).await {
+                    Ok(mut b) => {
+                        b.collateral = None;
+                        serde_json::to_value(b).ok()
+                    }
+                    Err(e) => {
+                        tracing::warn!("no attestation bundle in this node's registration: {e}");
+                        None
+                    }
+                },
                 version: env!("CARGO_PKG_VERSION").into(),
                 started: gatehouse_attest::unix_now(),
             };

@@ -330,6 +330,11 @@ fn cluster_status_and_a_node_that_loses_etcd_keeps_serving() {
         let beat = m["last_heartbeat"].as_u64().expect("a heartbeat");
         assert!(status["read_at"].as_u64().unwrap() - beat <= 10, "{m}");
         assert!(!m["info"]["listen"].as_array().unwrap().is_empty(), "{m}");
+        let bundle = &m["info"]["attestation"];
+        assert!(
+            bundle["quote"].is_string() && bundle["report_data"].is_string(),
+            "each node registers its attestation bundle: {m}"
+        );
     }
     let text = std::process::Command::new(gatehouse_tests::binary())
         .args(["cluster", "status", "--config"])
