@@ -135,7 +135,8 @@ pub fn open(choice: &ProviderChoice, probe: &Probe) -> Result<Arc<dyn QuoteProvi
             Some(real) => open(&real, probe),
             None => Err(AttestError::NoTee(format!(
                 "tee.provider = \"auto\" found no TEE (no tdx_guest provider under {}, no dstack \
-                 agent at {}); set tee.provider = \"simulator\" for development",
+                 agent at {}); add `[tee] provider = \"none\"` to run as a plain router without \
+                 attestation, or `provider = \"simulator\"` to try it with simulated quotes",
                 probe.tsm_root.display(),
                 probe
                     .dstack_sockets

@@ -109,6 +109,14 @@ impl Config {
         let mut dns: Option<Option<DnsConfig>> = optional(&table, "dns", &mut problems);
         let mut store: Option<StoreConfig> = section(&table, "store", &mut problems);
         let mut tee: Option<TeeConfig> = section(&table, "tee", &mut problems);
+        // `provider = "none"` has no TEE to seal with: unless told otherwise, it seals with
+        // the development key (announced at every start), so one setting makes a plain router.
+        let sealing_given = table.get("tee").and_then(|t| t.get("sealing")).is_some();
+        if let Some(t) = tee.as_mut().filter(|t| t.provider == TeeProvider::None) {
+            if !sealing_given {
+                t.sealing = Sealing::Development;
+            }
+        }
         let mut cluster: Option<ClusterConfig> = section(&table, "cluster", &mut problems);
         if let Some(c) = &mut cluster {
             c.resolve_paths(base_dir);

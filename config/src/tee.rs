@@ -2,7 +2,7 @@
 //!
 //! Absent, the section means `provider = "auto"`: a gateway that finds no TEE refuses to
 //! start rather than run unattested. `provider = "none"` runs a plain router (no bundle,
-//! development sealer) and says so at every start.
+//! development sealer unless `sealing` says otherwise) and says so at every start.
 
 use crate::Problem;
 use serde::Deserialize;

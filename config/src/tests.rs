@@ -145,7 +145,10 @@ fn each_problem_names_its_key() {
         ("[[apps]]\nid = \"a\"\n[apps.health_check]\npath = \"/h\"\ninterval = \"1s\"\ntimeout = \"2s\"", "apps[0].health_check.timeout: 2s is longer than interval 1s"),
         ("[[apps]]\nid = \"a\"\n[apps.health_check]\npath = \"/h\"\nfall = 0", "apps[0].health_check.fall: must be at least 1"),
         ("[tee]\nprovider = \"x\"", "tee.provider: unknown variant `x`"),
-        ("[tee]\nprovider = \"none\"", "tee.sealing: provider = \"none\" has no TEE to seal with"),
+        (
+            "[tee]\nprovider = \"none\"\nsealing = \"tee\"",
+            "tee.sealing: provider = \"none\" has no TEE to seal with",
+        ),
         ("[tee.simulator]\nmrtd = \"abcd\"", "tee.simulator.mrtd: must be 48 bytes as 96 hex digits"),
         ("[tee]\nquote = \"x\"", "tee.quote: unknown field `quote`"),
         ("[tea]\nprovider = \"x\"", "tea: unknown section"),

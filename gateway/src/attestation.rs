@@ -134,7 +134,9 @@ pub async fn sealer(config: &Config, state_dir: &Path) -> Result<Arc<dyn Sealer>
              dstack, or set sealing = \"development\" and protect the state directory",
         )),
         Some(ProviderChoice::Auto) | None => Err(fail(
-            "tee.sealing = \"tee\" needs a TEE (tee.provider found none)",
+            "tee.sealing = \"tee\" needs a TEE and this machine has none (no configfs-tsm, no \
+             dstack agent): add `[tee] provider = \"none\"` to run as a plain router without \
+             attestation, or `provider = \"simulator\"` to try it with simulated quotes",
         )),
     }
 }

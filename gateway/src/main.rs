@@ -36,7 +36,7 @@ enum Command {
     /// directory (trust `<state-dir>/dev-ca.pem`), a built-in `demo` app, admin and
     /// /metrics on 127.0.0.1:8001. The start-up output prints a ready `curl` line.
     Run {
-        /// A TOML config file (see config/examples/ and INTERFACE.md).
+        /// A TOML config file (see config/examples/ and README.md's Configuration section).
         #[arg(long, short)]
         config: Option<PathBuf>,
         /// Where the development defaults keep their CA.

@@ -184,3 +184,31 @@ fn security_agent_refuses_an_unpinned_gateway_policy() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("pins no measurement"), "{err}");
 }
+
+/// On a machine without a TEE (this one), a config without `[tee]` refuses to start in one
+/// line that says the fix; with the fix (`[tee] provider = "none"`, one setting) it starts as
+/// a plain router and says it seals with the development key.
+#[test]
+fn config_ux_no_tee_says_the_fix_and_provider_none_alone_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("minimal.toml");
+    let minimal = "[proxy]\nlisten = [\"127.0.0.1:0\"]\nbase_domains = [\"gw.example.com\"]\n";
+    std::fs::write(&path, minimal).unwrap();
+    let out = Command::new(binary())
+        .args(["run", "--config", path.to_str().unwrap()])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    let line = err
+        .lines()
+        .find(|l| l.starts_with("gatehouse: "))
+        .unwrap_or_else(|| panic!("{err}"));
+    assert!(
+        line.contains("needs a TEE") && line.contains("[tee] provider = \"none\""),
+        "one line naming the cause and the fix: {line}"
+    );
+    let gw = Gateway::start(&format!("{minimal}[tee]\nprovider = \"none\"\n"));
+    assert!(gw.log().contains("DEVELOPMENT SEALER"), "{}", gw.log());
+}

@@ -1,4 +1,4 @@
-//! The name grammar: `<app-id>[-<port>][s|g].<base-domain>` (see INTERFACE.md).
+//! The name grammar: `<app-id>[-<port>][s|g].<base-domain>` (README.md, "Names that route").
 //!
 //! Parsing is strict and never guesses. A label ending in `s`/`g` without a port is read two
 //! ways (`demos` = app `demos`, or app `demo` with the `s` flag); the route table resolves
