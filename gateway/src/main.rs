@@ -598,7 +598,7 @@ fn run(config: Option<Config>, state_dir: &Path) -> anyhow::Result<()> {
             let node = gatehouse::vpc::node::VpcNode::start(
                 vpc,
                 state.store.clone(),
-                state.sealer.as_ref(),
+                state.sealer.clone(),
                 attestor,
                 &node_name,
             )

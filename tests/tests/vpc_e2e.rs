@@ -678,6 +678,19 @@ async fn cluster_vpc_an_instance_registered_through_one_node_is_reached_through_
     assert!(a.log().contains("founded the cluster"), "{}", a.log());
     assert!(b.log().contains("joined the cluster"), "{}", b.log());
 
+    // Whoever runs etcd forges a gateway record (their key, their endpoint): it does not
+    // open under the cluster key, so no agent is told to take it as a peer.
+    let forged = serde_json::json!({
+        "address": "10.89.0.9", "node": "intruder", "listen_port": 51820,
+        "public_key": "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=",
+        "endpoint": "198.18.92.2:51999", "private_key": "",
+    });
+    etcd.etcdctl(&[
+        "put",
+        "vpc-cluster/vpc/gateways/10.89.0.9",
+        &forged.to_string(),
+    ]);
+
     let args = [
         "--register=https://198.18.92.1:8444".to_owned(),
         "--app-id=shop".into(),
@@ -700,9 +713,14 @@ async fn cluster_vpc_an_instance_registered_through_one_node_is_reached_through_
     );
     let app_log = http_app(&mut net, &app, addr, "app1", &d);
 
-    // The agent has both nodes as peers: A for the prefix, B for its own address.
+    // The agent has both nodes as peers: A for the prefix, B for its own address; not the
+    // forged one.
     let (_, peers) = Uapi::new(&wg_app).state().await.unwrap();
     assert_eq!(peers.len(), 2, "{peers:?}");
+    assert!(
+        peers.iter().all(|p| p.public_key != [1u8; 32]),
+        "the forged gateway is not a peer"
+    );
     // B added the instance from the watch, without a registration of its own.
     let deadline = Instant::now() + limit;
     while Uapi::new(&wg_b).state().await.unwrap().1.is_empty() {

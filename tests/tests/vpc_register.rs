@@ -39,7 +39,8 @@ async fn registration_checks_change_nothing_until_all_pass() {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(gatehouse_store::Embedded::open(&dir.path().join("state.redb")).unwrap());
     let config = vpc_config();
-    let leases = Leases::new(store, config.prefix, vec![config.gateway_address]);
+    let sealer = Arc::new(gatehouse_store::AesGcmSealer::from_key(&[9; 32], "test").unwrap());
+    let leases = Leases::new(store, sealer, config.prefix, vec![config.gateway_address]);
     let good = SimulatorConfig::default();
     let policy = Policy::parse(&format!(
         "insecure_trust_simulator_root = true\nmrtd = [\"{}\"]",
@@ -151,7 +152,8 @@ async fn security_relabelled_event_is_refused_at_registration() {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(gatehouse_store::Embedded::open(&dir.path().join("state.redb")).unwrap());
     let config = vpc_config();
-    let leases = Leases::new(store, config.prefix, vec![config.gateway_address]);
+    let sealer = Arc::new(gatehouse_store::AesGcmSealer::from_key(&[9; 32], "test").unwrap());
+    let leases = Leases::new(store, sealer, config.prefix, vec![config.gateway_address]);
     let measured = SimulatorConfig {
         events: vec![Event::runtime("app-id", b"evil")],
         ..SimulatorConfig::default()
@@ -212,7 +214,8 @@ async fn security_challenge_flood_keeps_nonces_and_refusals_are_bounded() {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(gatehouse_store::Embedded::open(&dir.path().join("state.redb")).unwrap());
     let config = vpc_config();
-    let leases = Leases::new(store, config.prefix, vec![config.gateway_address]);
+    let sealer = Arc::new(gatehouse_store::AesGcmSealer::from_key(&[9; 32], "test").unwrap());
+    let leases = Leases::new(store, sealer, config.prefix, vec![config.gateway_address]);
     let sim = Simulator::new(SimulatorConfig::default()).unwrap();
     let policy = Policy::parse(&format!(
         "insecure_trust_simulator_root = true\nmrtd = [\"{}\"]",

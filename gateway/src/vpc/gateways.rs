@@ -8,6 +8,10 @@
 //! A node claims its configured address by compare-and-swap at start; a restarted node takes
 //! its record back (same address, same key), a node configured with the address of a live
 //! node is refused, and the address of a leased instance cannot become a gateway's.
+//!
+//! Records are sealed whole under the store's sealer (the cluster key on etcd), bound to their
+//! key: a record forged by whoever runs etcd does not open, so it never becomes an agent's
+//! peer (which would let it send into the app's tunnel).
 
 use super::wireguard::{base64, parse_key, KeyPair};
 use super::VpcError;
@@ -34,32 +38,37 @@ pub struct GatewayRecord {
     pub endpoint: Option<SocketAddr>,
     /// Its WireGuard port.
     pub listen_port: u16,
-    /// Its private key, sealed under the store's sealer (base64).
-    pub sealed_key: String,
+    /// Its private key (base64; the whole record is sealed).
+    pub private_key: String,
 }
 
-fn record_err(key: &str, e: impl std::fmt::Display) -> VpcError {
-    VpcError::Lease {
-        key: key.to_owned(),
-        reason: e.to_string(),
-    }
+/// The addresses gateway records are stored under (opened or not: a record that does not
+/// open still keeps its address out of the lease pool).
+pub async fn addresses(store: &dyn Store) -> Result<Vec<Ipv4Addr>, VpcError> {
+    Ok(store
+        .list(PREFIX)
+        .await?
+        .into_iter()
+        .filter_map(|(key, _)| key.strip_prefix(PREFIX)?.parse().ok())
+        .collect())
 }
 
-/// Every gateway record, in address order.
-pub async fn all(store: &dyn Store) -> Result<Vec<GatewayRecord>, VpcError> {
-    let mut out = Vec::new();
-    for (key, v) in store.list(PREFIX).await? {
-        out.push(
-            serde_json::from_slice::<GatewayRecord>(&v.value).map_err(|e| record_err(&key, e))?,
-        );
-    }
+/// Every gateway record that opens under `sealer`, in address order.
+pub async fn all(store: &dyn Store, sealer: &dyn Sealer) -> Result<Vec<GatewayRecord>, VpcError> {
+    let mut out: Vec<GatewayRecord> = store
+        .list(PREFIX)
+        .await?
+        .into_iter()
+        .filter_map(|(key, v)| open(sealer, &key, &v.value))
+        .collect();
     out.sort_by_key(|g| u32::from(g.address));
     Ok(out)
 }
 
-fn unseal(sealer: &dyn Sealer, name: &str, sealed: &[u8]) -> Option<KeyPair> {
-    let private = sealer.unseal(name, sealed).ok()?;
-    KeyPair::from_private(&private).ok()
+fn open(sealer: &dyn Sealer, key: &str, sealed: &[u8]) -> Option<GatewayRecord> {
+    let plain = sealer.unseal(key, sealed).ok()?;
+    let rec: GatewayRecord = serde_json::from_slice(&plain).ok()?;
+    (format!("{PREFIX}{}", rec.address) == key).then_some(rec)
 }
 
 /// Claims `config.gateway_address` for `node`: its key (kept from the record, else the
@@ -74,59 +83,59 @@ pub async fn claim(
     let b64 = base64::engine::general_purpose::STANDARD;
     let address = config.gateway_address;
     let key = format!("{PREFIX}{address}");
-    if let Some(v) = store.get(&format!("vpc/leases/{address}")).await? {
-        let holder = String::from_utf8_lossy(&v.value);
+    if store.get(&format!("vpc/leases/{address}")).await?.is_some() {
         return Err(VpcError::Config(format!(
-            "vpc.gateway_address {address} is leased to an instance ({holder}): give this node \
-             an address outside the leases"
+            "vpc.gateway_address {address} is leased to an instance: give this node an \
+             address outside the leases"
         )));
     }
     loop {
         let current = store.get(&key).await?;
-        let (expected, pair) = match &current {
-            Some(v) => {
-                let rec: GatewayRecord =
-                    serde_json::from_slice(&v.value).map_err(|e| record_err(&key, e))?;
-                let member = gatehouse_store::lock_key(&format!("nodes/{}", rec.node))?;
-                if rec.node != node && store.get(&member).await?.is_some() {
-                    return Err(VpcError::Config(format!(
-                        "vpc.gateway_address {address} belongs to the live node {}: each node \
-                         needs its own address",
-                        rec.node
-                    )));
-                }
-                let sealed = b64.decode(&rec.sealed_key).unwrap_or_default();
-                let pair = match unseal(sealer, &key, &sealed) {
-                    Some(p) => p,
-                    None => {
-                        tracing::warn!(%address, "the stored WireGuard key of this address does not open (another sealing key); a new one is made and agents register again");
-                        KeyPair::generate()?
-                    }
-                };
-                (v.version, pair)
+        let opened = current.as_ref().and_then(|v| open(sealer, &key, &v.value));
+        if let Some(rec) = &opened {
+            let member = gatehouse_store::lock_key(&format!("nodes/{}", rec.node))?;
+            if rec.node != node && store.get(&member).await?.is_some() {
+                return Err(VpcError::Config(format!(
+                    "vpc.gateway_address {address} belongs to the live node {}: each node \
+                     needs its own address",
+                    rec.node
+                )));
             }
-            None => {
-                let legacy = match store.get(LEGACY_KEY).await? {
-                    Some(v) => unseal(sealer, LEGACY_KEY, &v.value),
-                    None => None,
-                };
-                (0, legacy.map_or_else(KeyPair::generate, Ok)?)
+        }
+        let kept = opened
+            .and_then(|rec| b64.decode(&rec.private_key).ok())
+            .and_then(|k| KeyPair::from_private(&k).ok());
+        let pair = match (kept, &current) {
+            (Some(p), _) => p,
+            (None, Some(_)) => {
+                tracing::warn!(%address, "the stored record of this gateway address does not open (another sealing key, or forged); replaced with a new key: agents register again");
+                KeyPair::generate()?
             }
+            (None, None) => match store.get(LEGACY_KEY).await? {
+                Some(v) => match sealer.unseal(LEGACY_KEY, &v.value) {
+                    Ok(k) => KeyPair::from_private(&k)?,
+                    Err(_) => KeyPair::generate()?,
+                },
+                None => KeyPair::generate()?,
+            },
         };
-        let sealed = sealer
-            .seal(&key, pair.private())
-            .map_err(|e| VpcError::Key(format!("{key}: {e}")))?;
         let record = GatewayRecord {
             address,
             node: node.to_owned(),
             public_key: base64(&pair.public),
             endpoint: config.endpoint,
             listen_port: config.listen_port,
-            sealed_key: b64.encode(sealed),
+            private_key: b64.encode(pair.private()),
         };
-        let bytes = serde_json::to_vec(&record).expect("a record serializes");
+        let plain = gatehouse_store::Zeroizing::new(
+            serde_json::to_vec(&record).expect("a record serializes"),
+        );
+        let sealed = sealer
+            .seal(&key, &plain)
+            .map_err(|e| VpcError::Key(format!("{key}: {e}")))?;
+        let expected = current.map_or(0, |v| v.version);
         if store
-            .compare_and_swap(&key, expected, &bytes)
+            .compare_and_swap(&key, expected, &sealed)
             .await?
             .is_ok()
         {

@@ -2,10 +2,15 @@
 //! address (`vpc/leases/<ip>`), created by compare-and-swap from "absent", so two
 //! registrations racing for an address cannot both win, on one node or on several sharing a
 //! store. A key that registers again keeps its address.
+//!
+//! Each record is sealed under the store's sealer (the cluster key on etcd), bound to its
+//! key: whoever runs etcd cannot forge a lease (which would make every node add their
+//! WireGuard key as a peer and route an app's traffic to it). A record that does not open is
+//! ignored, and its address is skipped when leasing.
 
 use super::VpcError;
 use gatehouse_config::Ipv4Prefix;
-use gatehouse_store::Store;
+use gatehouse_store::{Sealer, Store};
 use serde::{Deserialize, Serialize};
 use std::net::Ipv4Addr;
 use std::sync::Arc;
@@ -30,6 +35,7 @@ pub struct Lease {
 #[derive(Debug, Clone)]
 pub struct Leases {
     store: Arc<dyn Store>,
+    sealer: Arc<dyn Sealer>,
     prefix: Ipv4Prefix,
     reserved: Vec<Ipv4Addr>,
 }
@@ -37,31 +43,44 @@ pub struct Leases {
 impl Leases {
     /// Leases from `prefix`, never handing out `reserved` (the gateway's own address) nor a
     /// gateway node's address (see [`super::gateways`]).
-    pub fn new(store: Arc<dyn Store>, prefix: Ipv4Prefix, reserved: Vec<Ipv4Addr>) -> Leases {
+    pub fn new(
+        store: Arc<dyn Store>,
+        sealer: Arc<dyn Sealer>,
+        prefix: Ipv4Prefix,
+        reserved: Vec<Ipv4Addr>,
+    ) -> Leases {
         Leases {
             store,
+            sealer,
             prefix,
             reserved,
         }
     }
 
-    /// Every lease, in address order.
+    /// Every lease that opens, in address order (see [`Leases::decode`]).
     pub async fn all(&self) -> Result<Vec<Lease>, VpcError> {
-        let mut out = Vec::new();
-        for (key, v) in self.store.list(PREFIX).await? {
-            let lease: Lease = serde_json::from_slice(&v.value).map_err(|e| VpcError::Lease {
-                key: key.clone(),
-                reason: e.to_string(),
-            })?;
-            out.push(lease);
-        }
+        let mut out: Vec<Lease> = self
+            .store
+            .list(PREFIX)
+            .await?
+            .into_iter()
+            .filter_map(|(key, v)| self.decode(&key, &v.value))
+            .collect();
         out.sort_by_key(|l| u32::from(l.address));
         Ok(out)
     }
 
-    /// The gateway nodes' records (their addresses are never leased).
+    /// The lease stored at `key`, if its record opens under our sealer and names that
+    /// address (a forged, replayed-under-another-name or foreign record is `None`).
+    pub fn decode(&self, key: &str, value: &[u8]) -> Option<Lease> {
+        let plain = self.sealer.unseal(key, value).ok()?;
+        let lease: Lease = serde_json::from_slice(&plain).ok()?;
+        (Leases::key(lease.address) == key).then_some(lease)
+    }
+
+    /// The gateway nodes' records that open (see [`super::gateways`]).
     pub async fn gateways(&self) -> Result<Vec<super::gateways::GatewayRecord>, VpcError> {
-        super::gateways::all(self.store.as_ref()).await
+        super::gateways::all(self.store.as_ref(), self.sealer.as_ref()).await
     }
 
     /// The store the leases live in.
@@ -73,8 +92,12 @@ impl Leases {
         format!("{PREFIX}{address}")
     }
 
-    fn encode(lease: &Lease) -> Vec<u8> {
-        serde_json::to_vec(lease).expect("a lease serializes")
+    fn encode(&self, lease: &Lease) -> Result<Vec<u8>, VpcError> {
+        let plain = serde_json::to_vec(lease).expect("a lease serializes");
+        let key = Leases::key(lease.address);
+        self.sealer
+            .seal(&key, &plain)
+            .map_err(|e| VpcError::Key(format!("{key}: {e}")))
     }
 
     /// The address for `public_key` registering as `app_id`: its existing lease (kept, app and
@@ -91,14 +114,14 @@ impl Leases {
             lease.app_id = app_id.to_owned();
             lease.registered_at = now;
             self.store
-                .put(&Leases::key(lease.address), &Leases::encode(&lease))
+                .put(&Leases::key(lease.address), &self.encode(&lease)?)
                 .await?;
             return Ok((lease, false));
         }
         let mut taken: std::collections::HashSet<Ipv4Addr> =
             existing.iter().map(|l| l.address).collect();
         let leased = taken.len();
-        taken.extend(self.gateways().await?.iter().map(|g| g.address));
+        taken.extend(super::gateways::addresses(self.store.as_ref()).await?);
         for address in self.prefix.hosts() {
             if taken.contains(&address) || self.reserved.contains(&address) {
                 continue;
@@ -111,7 +134,7 @@ impl Leases {
             };
             match self
                 .store
-                .compare_and_swap(&Leases::key(address), 0, &Leases::encode(&lease))
+                .compare_and_swap(&Leases::key(address), 0, &self.encode(&lease)?)
                 .await?
             {
                 Ok(_) => return self.settle(lease).await,
@@ -148,7 +171,7 @@ impl Leases {
         match self.store.get(&key).await? {
             // Deleted only at the version read: a registration between the read and the
             // delete (on this node or another) keeps its lease.
-            Some(v) if v.value == Leases::encode(lease) => {
+            Some(v) if self.decode(&key, &v.value).as_ref() == Some(lease) => {
                 Ok(self.store.compare_and_delete(&key, v.version).await?)
             }
             _ => Ok(false),
@@ -170,7 +193,8 @@ mod tests {
         let store = Arc::new(Embedded::open(&dir.join("state.redb")).unwrap());
         let prefix: Ipv4Prefix = prefix.parse().unwrap();
         let gw = prefix.hosts().next().unwrap();
-        Leases::new(store, prefix, vec![gw])
+        let sealer = Arc::new(gatehouse_store::AesGcmSealer::from_key(&[7; 32], "test").unwrap());
+        Leases::new(store, sealer, prefix, vec![gw])
     }
 
     fn key(i: u8) -> [u8; 32] {
@@ -197,6 +221,49 @@ mod tests {
         assert!(l.release(a.address).await.unwrap());
         let (c, _) = l.acquire("bank", &key(3), 4).await.unwrap();
         assert_eq!(c.address, a.address, "a released address is reused");
+    }
+
+    /// Whoever writes the store without the sealing key cannot add a lease (every node would
+    /// make its WireGuard key a peer): a forged record is ignored and its address skipped, a
+    /// sealed lease replayed under another address does not open there.
+    #[tokio::test]
+    async fn security_a_forged_lease_is_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = leases(dir.path(), "10.88.0.0/24");
+        let forged = Lease {
+            address: Ipv4Addr::new(10, 88, 0, 2),
+            app_id: "shop".into(),
+            public_key: super::super::wireguard::base64(&key(66)),
+            registered_at: 1,
+        };
+        l.store
+            .put(
+                "vpc/leases/10.88.0.2",
+                &serde_json::to_vec(&forged).unwrap(),
+            )
+            .await
+            .unwrap();
+        assert!(
+            l.all().await.unwrap().is_empty(),
+            "the forged lease does not open"
+        );
+        let (real, _) = l.acquire("shop", &key(1), 2).await.unwrap();
+        assert_eq!(
+            real.address,
+            Ipv4Addr::new(10, 88, 0, 3),
+            "its address is skipped"
+        );
+        let sealed = l.store.get("vpc/leases/10.88.0.3").await.unwrap().unwrap();
+        l.store
+            .put("vpc/leases/10.88.0.9", &sealed.value)
+            .await
+            .unwrap();
+        let all = l.all().await.unwrap();
+        assert_eq!(
+            all,
+            vec![real],
+            "a sealed lease moved to another address does not open"
+        );
     }
 
     #[tokio::test]

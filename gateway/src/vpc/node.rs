@@ -89,15 +89,15 @@ impl VpcNode {
     pub async fn start(
         config: &VpcConfig,
         store: Arc<dyn Store>,
-        sealer: &dyn Sealer,
+        sealer: Arc<dyn Sealer>,
         attestor: &Attestor,
         node: &str,
     ) -> Result<VpcNode, VpcError> {
-        let key = super::gateways::claim(store.as_ref(), sealer, config, node).await?;
+        let key = super::gateways::claim(store.as_ref(), sealer.as_ref(), config, node).await?;
         let wg = wireguard_for(config.kind, &config.interface);
         let simulated = attestor.provider().kind() == TeeKind::Simulated;
         let policies = app_policies(config, simulated).map_err(VpcError::Config)?;
-        let leases = Leases::new(store, config.prefix, vec![config.gateway_address]);
+        let leases = Leases::new(store, sealer, config.prefix, vec![config.gateway_address]);
         let registrar = Registrar::new(
             config.clone(),
             leases,
@@ -196,7 +196,7 @@ impl VpcNode {
         key: &str,
         value: Option<&[u8]>,
     ) {
-        let lease = value.and_then(|v| serde_json::from_slice::<Lease>(v).ok());
+        let lease = value.and_then(|v| self.registrar.leases.decode(key, v));
         let public = lease.as_ref().and_then(|l| parse_key(&l.public_key));
         let before = match public {
             Some(k) => peers.insert(key.to_owned(), k),
