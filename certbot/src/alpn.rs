@@ -6,10 +6,12 @@
 //!
 //! In a cluster the CA's validation may reach any node behind the name's address, so the
 //! renewer also writes each pending challenge to the shared store (`challenges/<name>`: the
-//! digest, nothing secret) and every node answers what [`AlpnChallenges::follow`] reads there.
+//! digest) and every node answers what [`AlpnChallenges::follow`] reads there. The digest is
+//! not secret, but it is sealed (the cluster key, bound to the name): whoever runs etcd must
+//! not make our nodes answer a validation for an order of theirs.
 
 use crate::CertbotError;
-use gatehouse_store::{Event, Store};
+use gatehouse_store::{Event, Sealer, Store};
 use rcgen::{CertificateParams, CustomExtension, KeyPair};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
@@ -27,36 +29,31 @@ pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
 #[derive(Debug, Default)]
 pub struct AlpnChallenges {
     local: RwLock<HashMap<String, Answer>>,
-    shared: OnceLock<Arc<dyn Store>>,
+    shared: OnceLock<Shared>,
 }
+
+/// The store challenges are shared through and the sealer that vouches for them.
+type Shared = (Arc<dyn Store>, Arc<dyn Sealer>);
 
 /// A challenge's digest and the certificate that answers it.
 type Answer = (Vec<u8>, Arc<CertifiedKey>);
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn unhex(text: &[u8]) -> Option<Vec<u8>> {
-    let text = std::str::from_utf8(text).ok()?;
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
-        .collect()
-}
-
 impl AlpnChallenges {
-    /// Also writes challenges to `store`, for the other nodes of a cluster.
-    pub fn share_through(&self, store: Arc<dyn Store>) {
-        let _ = self.shared.set(store);
+    /// Also writes challenges to `store` sealed by `sealer`, for the other nodes of a
+    /// cluster (and reads theirs, with [`AlpnChallenges::follow`]).
+    pub fn share_through(&self, store: Arc<dyn Store>, sealer: Arc<dyn Sealer>) {
+        let _ = self.shared.set((store, sealer));
     }
 
     /// Answers `name` for `digest` here and, in a cluster, on every node.
     pub async fn publish(&self, name: &str, digest: &[u8]) -> Result<(), CertbotError> {
         self.insert(name, digest)?;
-        if let Some(store) = self.shared.get() {
+        if let Some((store, sealer)) = self.shared.get() {
             let key = format!("{PREFIX}{}", name.to_ascii_lowercase());
-            store.put(&key, hex(digest).as_bytes()).await?;
+            let sealed = sealer
+                .seal(&key, digest)
+                .map_err(|e| CertbotError::Cert(format!("{key}: {e}")))?;
+            store.put(&key, &sealed).await?;
         }
         Ok(())
     }
@@ -64,7 +61,7 @@ impl AlpnChallenges {
     /// Stops answering `name` here and, in a cluster, on every node.
     pub async fn withdraw(&self, name: &str) {
         self.remove(name);
-        if let Some(store) = self.shared.get() {
+        if let Some((store, _)) = self.shared.get() {
             let key = format!("{PREFIX}{}", name.to_ascii_lowercase());
             if let Err(e) = store.delete(&key).await {
                 tracing::warn!("could not withdraw the shared challenge for {name}: {e}");
@@ -72,16 +69,20 @@ impl AlpnChallenges {
         }
     }
 
-    /// Answers the challenges other nodes publish in `store`, forever.
-    pub async fn follow(self: Arc<Self>, store: Arc<dyn Store>) {
+    /// Answers the challenges other nodes publish in the store given to
+    /// [`AlpnChallenges::share_through`], forever (at once if none was given).
+    pub async fn follow(self: Arc<Self>) {
+        let Some((store, sealer)) = self.shared.get().cloned() else {
+            return;
+        };
         loop {
             match store.watch(PREFIX).await {
                 Ok((now, mut changes)) => {
                     for (key, v) in now {
-                        self.apply(Event::Put { key, value: v });
+                        self.apply(Event::Put { key, value: v }, sealer.as_ref());
                     }
                     while let Some(change) = changes.next().await {
-                        self.apply(change);
+                        self.apply(change, sealer.as_ref());
                     }
                 }
                 Err(e) => tracing::warn!("cannot watch the shared challenges, retrying: {e}"),
@@ -90,17 +91,17 @@ impl AlpnChallenges {
         }
     }
 
-    fn apply(&self, change: Event) {
+    fn apply(&self, change: Event, sealer: &dyn Sealer) {
         let name = change.key().trim_start_matches(PREFIX).to_owned();
         match change {
-            Event::Put { value, .. } => match unhex(&value.value) {
-                Some(digest) if self.digest(&name).as_deref() != Some(&digest[..]) => {
+            Event::Put { key, value } => match sealer.unseal(&key, &value.value) {
+                Ok(digest) if self.digest(&name).as_deref() != Some(&digest[..]) => {
                     if let Err(e) = self.insert(&name, &digest) {
                         tracing::warn!("cannot answer the shared challenge for {name}: {e}");
                     }
                 }
-                Some(_) => {}
-                None => tracing::warn!("shared challenge for {name} is not a hex digest"),
+                Ok(_) => {}
+                Err(e) => tracing::warn!("shared challenge for {name} not answered: {e}"),
             },
             Event::Delete { .. } => self.remove(&name),
         }
@@ -212,10 +213,18 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store: Arc<dyn Store> =
             Arc::new(gatehouse_store::Embedded::open(&dir.path().join("s.redb")).unwrap());
+        let sealer: Arc<dyn Sealer> =
+            Arc::new(gatehouse_store::AesGcmSealer::from_key(&[3; 32], "test").unwrap());
         let renewer = AlpnChallenges::default();
-        renewer.share_through(store.clone());
+        renewer.share_through(store.clone(), sealer.clone());
         let other = Arc::new(AlpnChallenges::default());
-        tokio::spawn(other.clone().follow(store.clone()));
+        other.share_through(store.clone(), sealer.clone());
+        tokio::spawn(other.clone().follow());
+        // Written without the sealing key (whoever runs etcd): never answered.
+        store
+            .put("challenges/forged.example.test", &[7u8; 32])
+            .await
+            .unwrap();
         renewer
             .publish("Shop.Example.test", &[9u8; 32])
             .await
@@ -237,6 +246,10 @@ mod tests {
         };
         seen(true).await;
         assert_eq!(other.digest("shop.example.test"), Some(vec![9u8; 32]));
+        assert!(
+            !other.has("forged.example.test"),
+            "a challenge written without the key is not answered"
+        );
         renewer.withdraw("shop.example.test").await;
         seen(false).await;
     }

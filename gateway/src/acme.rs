@@ -187,8 +187,11 @@ pub async fn prepare(
     if config.store.backend == StoreBackend::Etcd {
         // TLS-ALPN-01 validations may reach any node: every node answers what the renewer
         // publishes in the store.
-        shared.acme.challenges.share_through(store.clone());
-        tokio::spawn(shared.acme.challenges.clone().follow(store.clone()));
+        shared
+            .acme
+            .challenges
+            .share_through(store.clone(), state.sealer.clone());
+        tokio::spawn(shared.acme.challenges.clone().follow());
     }
     let mut targets = Vec::new();
     if acme.base_domains {
