@@ -70,6 +70,21 @@ impl Leases {
         Ok(out)
     }
 
+    /// Deletes the lease records that do not open (forged, or sealed under a key this node
+    /// no longer has: a single node whose TEE key changed); returns how many. Without this
+    /// their addresses would stay taken forever.
+    pub async fn purge_unreadable(&self) -> Result<usize, VpcError> {
+        let mut purged = 0;
+        for (key, v) in self.store.list(PREFIX).await? {
+            if self.decode(&key, &v.value).is_none()
+                && self.store.compare_and_delete(&key, v.version).await?
+            {
+                purged += 1;
+            }
+        }
+        Ok(purged)
+    }
+
     /// The lease stored at `key`, if its record opens under our sealer and names that
     /// address (a forged, replayed-under-another-name or foreign record is `None`).
     pub fn decode(&self, key: &str, value: &[u8]) -> Option<Lease> {

@@ -130,6 +130,10 @@ impl VpcNode {
         self.wg.configure(&self.key, Some(c.listen_port)).await?;
         set_address(&c.interface, c.gateway_address, c.prefix.len).await?;
         no_forwarding(&c.interface)?;
+        let purged = self.registrar.leases.purge_unreadable().await?;
+        if purged > 0 {
+            tracing::warn!(purged, "VPC lease records that do not open under this node's sealing key were deleted (forged, or from before a key change): their instances register again");
+        }
         let leases = self.registrar.leases.all().await?;
         for lease in &leases {
             match parse_key(&lease.public_key) {
