@@ -270,6 +270,32 @@ impl Drop for Gateway {
     }
 }
 
+/// Runs `gatehouse run` on `config` in a fresh directory and expects it to refuse to start
+/// within `limit`; returns its stderr and the directory (to look at what it left).
+pub fn run_until_refused(config: &str, limit: Duration) -> (String, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gatehouse.toml");
+    std::fs::write(&path, config).unwrap();
+    let mut child = Command::new(binary())
+        .args(["run", "--config", path.to_str().unwrap()])
+        .current_dir(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + limit;
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!("still running after {limit:?}: it should have refused to start");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(!out.status.success());
+    (String::from_utf8_lossy(&out.stderr).into_owned(), dir)
+}
+
 /// The config header used by most tests: one loopback listener, base domain `gw.test`, short
 /// timeouts, admin on loopback.
 pub fn base_config(extra_proxy: &str) -> String {

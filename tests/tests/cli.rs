@@ -190,17 +190,9 @@ fn security_agent_refuses_an_unpinned_gateway_policy() {
 /// a plain router and says it seals with the development key.
 #[test]
 fn config_ux_no_tee_says_the_fix_and_provider_none_alone_runs() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("minimal.toml");
     let minimal = "[proxy]\nlisten = [\"127.0.0.1:0\"]\nbase_domains = [\"gw.example.com\"]\n";
-    std::fs::write(&path, minimal).unwrap();
-    let out = Command::new(binary())
-        .args(["run", "--config", path.to_str().unwrap()])
-        .current_dir(dir.path())
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let (err, _dir) =
+        gatehouse_tests::run_until_refused(minimal, std::time::Duration::from_secs(60));
     let line = err
         .lines()
         .find(|l| l.starts_with("gatehouse: "))

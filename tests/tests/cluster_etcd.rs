@@ -111,15 +111,8 @@ fn etcd_unreachable_at_start_is_one_clear_line() {
         &acme_config(&pebble, &knot, &key_file, &one_app("web", 9), ""),
         std::slice::from_ref(&endpoint),
     );
-    let path = dir.path().join("gatehouse.toml");
-    std::fs::write(&path, config).unwrap();
-    let out = std::process::Command::new(gatehouse_tests::binary())
-        .args(["run", "--config", path.to_str().unwrap()])
-        .current_dir(dir.path())
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let _keys = dir; // the TSIG key file the config names
+    let (err, _dir) = gatehouse_tests::run_until_refused(&config, Duration::from_secs(60));
     let line = err
         .lines()
         .find(|l| l.contains("store unavailable"))
@@ -160,6 +153,42 @@ fn served_within(gw: &Gateway, root: &str, limit: Duration) -> Vec<u8> {
             Err(_) => panic!("no certificate served within {limit:?}:\n{}", gw.log()),
         }
     }
+}
+
+/// The first leaf `gw` serves that is not `old` (bounded by `limit`).
+fn served_other_than(gw: &Gateway, root: &str, old: &[u8], limit: Duration) -> Vec<u8> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let leaf = served_within(gw, root, Duration::from_secs(10));
+        if leaf != old {
+            return leaf;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still the old certificate:\n{}",
+            gw.log()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+/// Waits until `gw` serves `want` (bounded by `limit`).
+fn serves(gw: &Gateway, root: &str, want: &[u8], limit: Duration) {
+    let deadline = Instant::now() + limit;
+    while served_within(gw, root, Duration::from_secs(10)) != want {
+        assert!(Instant::now() < deadline, "never served it:\n{}", gw.log());
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+/// The index in `nodes` of the node holding `gw.test`'s renewal lock.
+fn renewer(etcd: &EtcdCluster, nodes: &[Gateway]) -> usize {
+    let holder = etcd.etcdctl(&["get", "gh/locks/renew/gw.test", "--print-value-only"]);
+    let pid: u32 = holder.trim().rsplit('-').next().unwrap().parse().unwrap();
+    nodes
+        .iter()
+        .position(|n| n.pid() == pid)
+        .unwrap_or_else(|| panic!("the lock holder {holder:?} is one of the nodes"))
 }
 
 fn issued(nodes: &[&Gateway]) -> u64 {
@@ -223,12 +252,7 @@ fn cluster_one_order_per_renewal_and_a_killed_renewer_is_taken_over() {
     shim.set(json!({"window": "past", "retry_after": 1, "hold_finalize": true}));
     shim.wait("held", 1, Duration::from_secs(60));
     let orders_before = shim.named("new-order").len();
-    let holder = etcd.etcdctl(&["get", "gh/locks/renew/gw.test", "--print-value-only"]);
-    let pid: u32 = holder.trim().rsplit('-').next().unwrap().parse().unwrap();
-    let at = nodes
-        .iter()
-        .position(|n| n.pid() == pid)
-        .unwrap_or_else(|| panic!("the lock holder {holder:?} is one of the nodes"));
+    let at = renewer(&etcd, &nodes);
     let mut renewer = nodes.remove(at);
     let issued_before = issued(&nodes.iter().collect::<Vec<_>>());
     renewer.kill();
@@ -236,16 +260,7 @@ fn cluster_one_order_per_renewal_and_a_killed_renewer_is_taken_over() {
 
     let second: Vec<Vec<u8>> = nodes
         .iter()
-        .map(|n| {
-            let deadline = Instant::now() + Duration::from_secs(60);
-            loop {
-                let leaf = served_within(n, &root, Duration::from_secs(10));
-                if leaf != first[0] || Instant::now() > deadline {
-                    return leaf;
-                }
-                std::thread::sleep(Duration::from_millis(500));
-            }
-        })
+        .map(|n| served_other_than(n, &root, &first[0], Duration::from_secs(60)))
         .collect();
     assert!(
         second.iter().all(|l| *l != first[0]),
@@ -421,15 +436,7 @@ fn cluster_status_and_a_node_that_loses_etcd_keeps_serving() {
     // The renewal resumes once the store answers.
     shim.wait("new-order", orders + 1, Duration::from_secs(60));
     shim.set(json!({"window": "future", "retry_after": 1}));
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while served_within(&a, &root, Duration::from_secs(5)) == leaf {
-        assert!(
-            Instant::now() < deadline,
-            "the renewal never resumed:\n{}",
-            a.log()
-        );
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    served_other_than(&a, &root, &leaf, Duration::from_secs(60));
     assert_eq!(shim.named("new-order").len(), orders + 1, "one order");
 }
 
@@ -486,32 +493,6 @@ fn cluster_tls_alpn_validation_is_answered_by_another_node() {
     );
 }
 
-/// Runs the binary on `config` in a fresh directory until it exits (within `limit`); returns
-/// its stderr and the directory.
-fn run_to_exit(config: &str, limit: Duration) -> (String, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("gatehouse.toml");
-    std::fs::write(&path, config).unwrap();
-    let mut child = std::process::Command::new(gatehouse_tests::binary())
-        .args(["run", "--config", path.to_str().unwrap()])
-        .current_dir(dir.path())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + limit;
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            child.kill().unwrap();
-            panic!("still running after {limit:?}: it should have refused to start");
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    let out = child.wait_with_output().unwrap();
-    assert!(!out.status.success());
-    (String::from_utf8_lossy(&out.stderr).into_owned(), dir)
-}
-
 /// Issue 19 test 6: the first node founds the cluster key in its TEE, a second node with the
 /// same measurements gets it over mutual RA-TLS and serves the shared certificate. A node
 /// whose simulated MRTD differs is refused by name and holds no cluster key: with a policy
@@ -559,7 +540,7 @@ fn cluster_join_is_attested_and_a_node_with_another_mrtd_is_refused() {
         "policy_file = \"trust-any.toml\"",
         &format!("policy_file = {:?}", dir.path().join("trust-any.toml")),
     );
-    let (err, rogue) = run_to_exit(&trusting, Duration::from_secs(60));
+    let (err, rogue) = gatehouse_tests::run_until_refused(&trusting, Duration::from_secs(60));
     let line = err
         .lines()
         .find(|l| l.contains("cluster join refused by"))
@@ -576,7 +557,7 @@ fn cluster_join_is_attested_and_a_node_with_another_mrtd_is_refused() {
     }
 
     let distrustful = other.replace("join_timeout = \"20s\"", "join_timeout = \"3s\"");
-    let (err, rogue) = run_to_exit(&distrustful, Duration::from_secs(60));
+    let (err, rogue) = gatehouse_tests::run_until_refused(&distrustful, Duration::from_secs(60));
     assert!(
         err.contains("no cluster member handed over the cluster key")
             && err.contains("fails the cluster policy"),
@@ -605,27 +586,14 @@ fn cluster_a_renewer_paused_past_its_lease_cannot_publish() {
 
     shim.set(json!({"window": "past", "retry_after": 1, "hold_finalize": true}));
     shim.wait("held", 1, Duration::from_secs(60));
-    let holder = etcd.etcdctl(&["get", "gh/locks/renew/gw.test", "--print-value-only"]);
-    let pid: u32 = holder.trim().rsplit('-').next().unwrap().parse().unwrap();
-    let at = nodes
-        .iter()
-        .position(|n| n.pid() == pid)
-        .unwrap_or_else(|| panic!("the lock holder {holder:?} is one of the nodes"));
+    let at = renewer(&etcd, &nodes);
     let paused = nodes.remove(at);
     let other = &nodes[0];
     paused.signal("STOP");
     // The held answer goes out now and waits in the paused node's socket.
     shim.set(json!({"window": "future", "retry_after": 1}));
 
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let second = loop {
-        let leaf = served_within(other, &root, Duration::from_secs(10));
-        if leaf != first {
-            break leaf;
-        }
-        assert!(Instant::now() < deadline, "no takeover:\n{}", other.log());
-        std::thread::sleep(Duration::from_millis(500));
-    };
+    let second = served_other_than(other, &root, &first, Duration::from_secs(60));
     assert!(
         other.log().contains("resumed the pending order"),
         "{}",
@@ -634,11 +602,7 @@ fn cluster_a_renewer_paused_past_its_lease_cannot_publish() {
 
     paused.signal("CONT");
     paused.wait_log("lost the renewal lock", Duration::from_secs(30));
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while served_within(&paused, &root, Duration::from_secs(10)) != second {
-        assert!(Instant::now() < deadline, "{}", paused.log());
-        std::thread::sleep(Duration::from_millis(300));
-    }
+    serves(&paused, &root, &second, Duration::from_secs(30));
     assert_eq!(
         served_within(other, &root, Duration::from_secs(10)),
         second,
@@ -738,23 +702,11 @@ fn cluster_etcd_compaction_while_a_node_lags_and_the_nodes_converge() {
     shim.set(json!({"window": "past", "retry_after": 1}));
     shim.wait("new-order", orders + 1, Duration::from_secs(60));
     shim.set(json!({"window": "future", "retry_after": 1}));
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let second = loop {
-        let leaf = served_within(&a, &root, Duration::from_secs(10));
-        if leaf != first {
-            break leaf;
-        }
-        assert!(Instant::now() < deadline, "A never renewed:\n{}", a.log());
-        std::thread::sleep(Duration::from_millis(300));
-    };
+    let second = served_other_than(&a, &root, &first, Duration::from_secs(60));
     flood_and_compact(&etcd, 2000);
 
     b.signal("CONT");
     b.wait_log("was compacted", Duration::from_secs(30));
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while served_within(&b, &root, Duration::from_secs(10)) != second {
-        assert!(Instant::now() < deadline, "B never converged:\n{}", b.log());
-        std::thread::sleep(Duration::from_millis(300));
-    }
+    serves(&b, &root, &second, Duration::from_secs(30));
     assert_eq!(b.metric(ISSUED), b_issued, "B ordered nothing");
 }
