@@ -31,7 +31,7 @@ if [[ " $* " != *" --quick "* && " $* " != *" --oha "* ]] && { [ -z "$only" ] ||
   fi
   command -v oha >/dev/null && oha=(--oha "$(command -v oha)")
 fi
-echo "== cargo build --release -p gatehouse"
-cargo build --release -q -p gatehouse
+echo "== cargo build --release -p gatehouse-cli"
+cargo build --release -q -p gatehouse-cli
 # The harness itself runs on the load CPU; it pins each proxy to the other one.
 exec taskset -c 0 python3 benches/harness.py "${oha[@]}" "$@"

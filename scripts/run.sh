@@ -15,4 +15,4 @@ if [ ${#need[@]} -gt 0 ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
-exec cargo run --release -p gatehouse -- run "$@"
+exec cargo run --release -p gatehouse-cli -- run "$@"

@@ -66,6 +66,26 @@ impl QuoteVerified {
     }
 }
 
+/// MRTD and RTMR0-3 of a TDX quote, hex: what the quote says, not verified here.
+pub fn measurements(quote: &[u8]) -> Result<(String, [String; 4]), AttestError> {
+    let parsed =
+        Quote::parse(quote).map_err(|e| AttestError::malformed("quote", format!("{e:#}")))?;
+    let td = parsed
+        .report
+        .as_td10()
+        .ok_or_else(|| AttestError::malformed("quote", "not a TDX quote"))?;
+    let hex = crate::hex::encode;
+    Ok((
+        hex(&td.mr_td),
+        [
+            hex(&td.rt_mr0),
+            hex(&td.rt_mr1),
+            hex(&td.rt_mr2),
+            hex(&td.rt_mr3),
+        ],
+    ))
+}
+
 /// The report data of a parsed TDX quote.
 pub fn report_data_of(quote: &Quote) -> Result<[u8; 64], AttestError> {
     quote

@@ -77,6 +77,8 @@ pub struct CertStats {
     pub caa_verdicts: Mutex<BTreeMap<String, String>>,
     /// Each target's renewal plan (by target id), as last computed.
     pub schedule: Mutex<BTreeMap<String, schedule::Plan>>,
+    /// When this node last renewed each target (by target id).
+    pub renewed_at: Mutex<BTreeMap<String, SystemTime>>,
 }
 
 /// A certificate being served.
@@ -105,6 +107,8 @@ pub struct CertManager {
     pub stats: Arc<CertStats>,
     /// Who this node is, in the renewal locks it takes.
     node: String,
+    /// Wakes a target's renewal loop to renew now (the admin API's "renew").
+    wake: Mutex<BTreeMap<String, Arc<tokio::sync::Notify>>>,
 }
 
 /// How long a renewal lock outlives a holder that stopped keeping it alive (crash, pause,
@@ -171,6 +175,7 @@ impl CertManager {
             ari: Default::default(),
             stats: Arc::default(),
             node: node_name(),
+            wake: Mutex::default(),
         }
     }
 
@@ -338,6 +343,30 @@ impl CertManager {
         }
     }
 
+    fn waker(&self, id: &str) -> Arc<tokio::sync::Notify> {
+        self.wake
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(id.to_owned())
+            .or_default()
+            .clone()
+    }
+
+    /// Asks the renewal loop of target `id` to renew now rather than on schedule (it still
+    /// takes the renewal lock and checks CAA first). False when no loop keeps that target.
+    pub fn renew_now(&self, id: &str) -> bool {
+        let wake = self.wake.lock().unwrap_or_else(|p| p.into_inner());
+        match wake.get(id) {
+            Some(n) => {
+                // Wakes a loop waiting for its renewal time; one renewing already is not
+                // asked again (no stored permit to renew twice).
+                n.notify_waiters();
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Keeps `target` fresh forever: asks the CA's renewal information again whenever it
     /// says to (`Retry-After`, capped at 6 h), renews in its window and never later than
     /// expiry minus a margin.
@@ -345,12 +374,14 @@ impl CertManager {
         let mut failures = 0u32;
         let mut draw = fastrand::f64();
         let mut store_down = false;
+        let wake = self.waker(&target.id);
         loop {
             self.reload(&target).await;
             let plan = self.plan(&account, &target, draw).await;
             let now = SystemTime::now();
+            let asked = std::pin::pin!(wake.notified());
             if plan.renew_at > now {
-                let wake = plan.poll_at.map_or(plan.renew_at, |p| p.min(plan.renew_at));
+                let wake_at = plan.poll_at.map_or(plan.renew_at, |p| p.min(plan.renew_at));
                 tracing::info!(
                     names = ?target.names,
                     renew = %humantime(plan.renew_at),
@@ -358,8 +389,14 @@ impl CertManager {
                     ari_window = %plan.window.map_or("none".into(), |(s, e)| format!("{} to {}", humantime(s), humantime(e))),
                     "next renewal"
                 );
-                tokio::time::sleep(wake.duration_since(now).unwrap_or_default()).await;
-                if wake < plan.renew_at {
+                let until = wake_at.duration_since(now).unwrap_or_default();
+                let asked = tokio::select! {
+                    _ = tokio::time::sleep(until) => false,
+                    _ = asked => true,
+                };
+                if asked {
+                    tracing::info!(names = ?target.names, "renewal asked for: renewing now");
+                } else if wake_at < plan.renew_at {
                     continue; // ask the CA again before renewing
                 }
             }
@@ -374,6 +411,11 @@ impl CertManager {
                 Ok(Renewed::Here) => {
                     failures = 0;
                     draw = fastrand::f64();
+                    self.stats
+                        .renewed_at
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(target.id.clone(), SystemTime::now());
                 }
                 Ok(Renewed::Elsewhere(who)) => {
                     tracing::info!(names = ?target.names, by = %who, "renewal in hand elsewhere: serving what the store gets");

@@ -1,9 +1,9 @@
 use crate::{decode, Problem};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::net::IpAddr;
 
 /// `[[apps]]`: one app, reachable as `<id>[-<port>][s|g].<base-domain>`.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AppConfig {
     /// Lowercase letters, digits and inner `-`; see [`app_id_problem`].
@@ -77,7 +77,7 @@ fn default_port() -> u16 {
 }
 
 /// What the gateway does with the bytes after terminating TLS.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum AppMode {
     /// Relay the plaintext bytes to the instance (SSH, databases, any TCP protocol).
@@ -88,7 +88,7 @@ pub enum AppMode {
 }
 
 /// One way a name reaches an app.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Reach {
     /// TLS terminated by the gateway (`<app>`).
@@ -110,7 +110,7 @@ impl Reach {
 }
 
 /// PROXY protocol version sent to instances.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ProxyProtocolVersion {
     /// Text header.
@@ -120,7 +120,7 @@ pub enum ProxyProtocolVersion {
 }
 
 /// `[[apps.instances]]`: where one instance of the app listens.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct InstanceConfig {
     /// The instance's IP (on the VPC); the port comes from the name or `default_port`.
@@ -185,4 +185,44 @@ pub(crate) fn decode_all(
         .collect();
     let complete = apps.len() == list.len();
     (apps, complete)
+}
+
+/// Checks one app given at run time (the admin API), in the schema of `[[apps]]` and with
+/// the same messages; key paths start with `app`. `others` are the apps it will sit beside,
+/// each labelled with where it comes from (e.g. `apps[0]` for the file's first, `api app
+/// "web"`); an app replacing one of them must be left out of `others`.
+pub fn check_app(
+    value: toml::Value,
+    others: &[(String, AppConfig)],
+    allow_local: bool,
+) -> Result<AppConfig, Vec<Problem>> {
+    let mut problems = Vec::new();
+    let Some(app) = decode::<AppConfig>(value, "app", &mut problems) else {
+        return Err(problems);
+    };
+    let mut all: Vec<(String, &AppConfig)> =
+        others.iter().map(|(label, a)| (label.clone(), a)).collect();
+    all.push(("app".into(), &app));
+    // `web` beside `webs`: either order is ambiguous, reported on the new one.
+    for (label, other) in others {
+        if other.id.strip_suffix(['s', 'g']) == Some(app.id.as_str()) {
+            problems.push(Problem::new(
+                "app.id",
+                format!(
+                    "{:?} is ambiguous: {label} {:?} also reads as this app with the '{}' flag",
+                    app.id,
+                    other.id,
+                    &other.id[app.id.len()..]
+                ),
+            ));
+        }
+    }
+    let mut push = |path: String, reason: String| problems.push(Problem::new(path, reason));
+    crate::validate::check_apps(&all, allow_local, &mut push);
+    // Only the new app's problems: the others were accepted already.
+    problems.retain(|p| p.path == "app" || p.path.starts_with("app."));
+    match problems.is_empty() {
+        true => Ok(app),
+        false => Err(problems),
+    }
 }

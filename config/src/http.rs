@@ -78,7 +78,7 @@ pub enum ForwardedMode {
 /// `[apps.health_check]`: active checks, `GET <path>` on each instance every `interval`.
 /// An instance leaves rotation after `fall` failed checks in a row and returns after `rise`
 /// good ones; a good check is a 2xx or 3xx answer within `timeout`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct HealthCheckConfig {
     /// Request path, starting with `/`.
@@ -105,7 +105,7 @@ pub struct HealthCheckConfig {
 }
 
 /// How a health check talks to an instance.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum HealthProtocol {
     /// HTTP/1.1.

@@ -13,6 +13,7 @@
 
 mod acme;
 mod admin;
+mod admission;
 mod apps;
 mod cluster;
 mod de;
@@ -26,8 +27,11 @@ mod validate;
 mod vpc;
 
 pub use acme::{AcmeConfig, CloudflareConfig, DnsConfig, DnsProviderKind, KeyType, Rfc2136Config};
-pub use admin::AdminConfig;
-pub use apps::{app_id_problem, AppConfig, AppMode, InstanceConfig, ProxyProtocolVersion, Reach};
+pub use admin::{AdminConfig, AdminToken, Scope};
+pub use admission::AdmissionConfig;
+pub use apps::{
+    app_id_problem, check_app, AppConfig, AppMode, InstanceConfig, ProxyProtocolVersion, Reach,
+};
 pub use cluster::ClusterConfig;
 pub use de::parse_ip_net;
 pub use error::{ConfigError, Problem};
@@ -65,11 +69,23 @@ pub struct Config {
     pub vpc: Option<VpcConfig>,
     /// `[cluster]`: joining the other nodes (etcd backend).
     pub cluster: ClusterConfig,
+    /// `[admission]`: who admits apps and app CVMs, absent when every app is admitted.
+    pub admission: Option<AdmissionConfig>,
 }
 
 /// Top-level sections this build understands, in the order they are documented.
 const SECTIONS: &[&str] = &[
-    "proxy", "apps", "tls", "acme", "dns", "store", "cluster", "tee", "vpc", "admin",
+    "proxy",
+    "apps",
+    "tls",
+    "acme",
+    "dns",
+    "store",
+    "cluster",
+    "tee",
+    "vpc",
+    "admin",
+    "admission",
 ];
 
 impl Config {
@@ -123,6 +139,12 @@ impl Config {
             c.check(&mut problems);
         }
         let mut vpc: Option<Option<VpcConfig>> = optional(&table, "vpc", &mut problems);
+        let mut admission: Option<Option<AdmissionConfig>> =
+            optional(&table, "admission", &mut problems);
+        if let Some(Some(a)) = &mut admission {
+            a.resolve_paths(base_dir);
+            a.check(&mut problems);
+        }
         let (mut apps, apps_complete) = apps::decode_all(table.get("apps"), &mut problems);
 
         // Check whatever decoded, so one bad section does not hide the problems of another.
@@ -202,6 +224,7 @@ impl Config {
             tee.take(),
             vpc.take(),
             cluster.take(),
+            admission.take(),
         ) {
             (
                 Some(mut proxy),
@@ -213,6 +236,7 @@ impl Config {
                 Some(tee),
                 Some(vpc),
                 Some(cluster),
+                Some(admission),
             ) if problems.is_empty() && apps_complete => {
                 proxy.normalize();
                 Ok(Config {
@@ -226,6 +250,7 @@ impl Config {
                     tee,
                     vpc,
                     cluster,
+                    admission,
                 })
             }
             _ => Err(ConfigError::Invalid(problems)),

@@ -455,3 +455,56 @@ fn etcd_store_example_in_the_readme_parses() {
     assert_eq!(c.store.backend, StoreBackend::Etcd);
     assert_eq!(c.store.etcd.unwrap().endpoints.len(), 3);
 }
+
+/// An app given through the admin API is checked with the file's messages, under `app`.
+#[test]
+fn admin_api_app_checks_name_keys_under_app() {
+    let file: AppConfig = toml::from_str("id = \"web\"").unwrap();
+    let others = vec![("config apps[0]".to_owned(), file)];
+    let check = |text: &str| check_app(toml::from_str(text).unwrap(), &others, false);
+    let p = check("id = \"web\"").unwrap_err();
+    assert_eq!(
+        p[0].to_string(),
+        "app.id: \"web\" is already config apps[0].id"
+    );
+    let p = check("id = \"webs\"").unwrap_err();
+    assert!(p[0].to_string().contains("ambiguous"), "{p:?}");
+    let p = check("id = \"we\"\ndefault_port = 0\ninstances = [{ address = \"127.0.0.1\" }]")
+        .unwrap_err();
+    let p: Vec<String> = p.iter().map(|p| p.to_string()).collect();
+    assert!(
+        p.iter()
+            .any(|p| p.starts_with("app.default_port: must be 1-65535")),
+        "{p:?}"
+    );
+    assert!(
+        p.iter()
+            .any(|p| p.starts_with("app.instances[0].address: 127.0.0.1 is on the gateway host")),
+        "{p:?}"
+    );
+    let p = check("id = \"x\"\nport = 1").unwrap_err();
+    assert!(
+        p[0].to_string().starts_with("app.port: unknown field"),
+        "{p:?}"
+    );
+    assert!(check("id = \"api\"\ninstances = [{ address = \"10.0.0.2\" }]").is_ok());
+}
+
+#[test]
+fn admin_api_tokens_and_admission_are_checked() {
+    let p = problems(
+        "[admin]\nlisten = \"127.0.0.1:1\"\ntoken_file = \"t\"\ntokens = [{ id = \"default\", file = \"t\", scope = \"read\" }, { id = \"a b\", file = \"missing\", scope = \"write\" }]\n[admission]\nwebhook = \"https://x\"\nallow_list = \"t\"\n",
+    );
+    let p = p.join("\n");
+    for want in [
+        "admin.tokens[0].id: \"default\" is already taken",
+        "admin.tokens[1].id: \"a b\" is not 1-64 letters",
+        "admin.tokens[1].file:",
+        "admission.allow_list: contradicts admission.webhook",
+        "admission.webhook: \"https://x\" is not an http:// URL",
+    ] {
+        assert!(p.contains(want), "{want} in:\n{p}");
+    }
+    let p = problems("[admission]\n").join("\n");
+    assert!(p.contains("admission: set webhook or allow_list"), "{p}");
+}

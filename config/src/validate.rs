@@ -24,7 +24,12 @@ pub(crate) fn check(c: Parts<'_>, problems: &mut Vec<Problem>) {
         check_proxy(proxy, &mut push);
     }
     let allow_local = c.proxy.is_some_and(|p| p.allow_local_instances);
-    check_apps(c.apps, allow_local, &mut push);
+    let labelled: Vec<(String, &AppConfig)> = c
+        .apps
+        .iter()
+        .map(|(i, a)| (format!("apps[{i}]"), a))
+        .collect();
+    check_apps(&labelled, allow_local, &mut push);
     let certificates = c.tls.map(|t| &t.certificates[..]).unwrap_or_default();
     for (i, pair) in certificates.iter().enumerate() {
         for (field, path) in [("cert", &pair.cert), ("key", &pair.key)] {
@@ -38,33 +43,10 @@ pub(crate) fn check(c: Parts<'_>, problems: &mut Vec<Problem>) {
     }
     check_acme(&c, &mut push);
     if let Some(admin) = c.admin {
-        let loopback = admin.listen.ip().is_loopback();
-        if admin.insecure_no_auth && !loopback {
-            push(
-                "admin.insecure_no_auth".into(),
-                format!(
-                    "only allowed on a loopback listener, and {} is not",
-                    admin.listen
-                ),
-            );
-        }
-        if admin.token_file.is_none() && !admin.insecure_no_auth {
-            push(
-                "admin.token_file".into(),
-                "required (or set insecure_no_auth = true on a loopback listener)".into(),
-            );
-        }
-        if admin.token_file.is_some() && admin.insecure_no_auth {
-            push(
-                "admin.insecure_no_auth".into(),
-                "contradicts admin.token_file: choose one".into(),
-            );
-        }
-        if let Some(t) = admin.token_file.as_ref().filter(|t| !t.is_file()) {
-            push(
-                "admin.token_file".into(),
-                format!("{} is not a readable file", t.display()),
-            );
+        let mut found = Vec::new();
+        admin.check(&mut found);
+        for p in found {
+            push(p.path, p.reason);
         }
     }
 }
@@ -215,56 +197,56 @@ pub fn is_local_address(ip: std::net::IpAddr) -> bool {
     }
 }
 
-fn check_apps(
-    apps: &[(usize, AppConfig)],
+/// Checks apps each labelled with its key path (`apps[1]` in a file, `app` through the API).
+pub(crate) fn check_apps(
+    apps: &[(String, &AppConfig)],
     allow_local: bool,
     push: &mut impl FnMut(String, String),
 ) {
-    let mut ids: HashMap<&str, usize> = HashMap::new();
-    for (i, app) in apps {
-        let i = *i;
+    let mut ids: HashMap<&str, &str> = HashMap::new();
+    for (at, app) in apps {
         if let Some(why) = app_id_problem(&app.id) {
-            push(format!("apps[{i}].id"), why);
-        } else if let Some(first) = ids.insert(&app.id, i) {
+            push(format!("{at}.id"), why);
+        } else if let Some(first) = ids.insert(&app.id, at) {
             push(
-                format!("apps[{i}].id"),
-                format!("{:?} is already apps[{first}].id", app.id),
+                format!("{at}.id"),
+                format!("{:?} is already {first}.id", app.id),
             );
         }
         if app.mode == AppMode::Http && app.proxy_protocol.is_some() {
             push(
-                format!("apps[{i}].proxy_protocol"),
+                format!("{at}.proxy_protocol"),
                 "not sent in mode \"http\" (instances get X-Forwarded-For and Forwarded)".into(),
             );
         }
         if app.default_port == 0 {
-            push(format!("apps[{i}].default_port"), "must be 1-65535".into());
+            push(format!("{at}.default_port"), "must be 1-65535".into());
         }
         for (j, port) in app.ports.iter().enumerate() {
             if *port == 0 {
-                push(format!("apps[{i}].ports[{j}]"), "must be 1-65535".into());
+                push(format!("{at}.ports[{j}]"), "must be 1-65535".into());
             }
         }
         if !app.ports.is_empty() && !app.ports.contains(&app.default_port) {
             push(
-                format!("apps[{i}].default_port"),
-                format!("{} is not in apps[{i}].ports", app.default_port),
+                format!("{at}.default_port"),
+                format!("{} is not in {at}.ports", app.default_port),
             );
         }
         if app.reachable_by.as_ref().is_some_and(|r| r.is_empty()) {
             push(
-                format!("apps[{i}].reachable_by"),
+                format!("{at}.reachable_by"),
                 "empty: no name could reach the app (list terminate, passthrough or h2)".into(),
             );
         }
         if let Some(hc) = &app.health_check {
-            check_health_check(hc, &format!("apps[{i}].health_check"), push);
+            check_health_check(hc, &format!("{at}.health_check"), push);
         }
         let mut addrs = HashSet::new();
         for (j, inst) in app.instances.iter().enumerate() {
             if is_local_address(inst.address) && (!allow_local || inst.address.is_unspecified()) {
                 push(
-                    format!("apps[{i}].instances[{j}].address"),
+                    format!("{at}.instances[{j}].address"),
                     format!(
                         "{} is on the gateway host itself (loopback, link-local or unspecified): \
                          names of this app could reach the gateway's own services; set \
@@ -275,20 +257,20 @@ fn check_apps(
             }
             if !addrs.insert(inst.address) {
                 push(
-                    format!("apps[{i}].instances[{j}].address"),
+                    format!("{at}.instances[{j}].address"),
                     format!("{} is listed twice", inst.address),
                 );
             }
         }
     }
     // `demo` and `demos` cannot both exist: `demos.<base>` would mean either.
-    for (i, app) in apps {
+    for (at, app) in apps {
         if let Some(stem) = app.id.strip_suffix(['s', 'g']) {
             if let Some(&other) = ids.get(stem) {
                 push(
-                    format!("apps[{i}].id"),
+                    format!("{at}.id"),
                     format!(
-                        "{:?} is ambiguous: it also reads as app {stem:?} (apps[{other}]) with the '{}' flag",
+                        "{:?} is ambiguous: it also reads as app {stem:?} ({other}) with the '{}' flag",
                         app.id,
                         &app.id[stem.len()..]
                     ),

@@ -6,7 +6,7 @@
 
 use crate::app::StartError;
 use crate::conn::Shared;
-use crate::terminate::certs::{CertResolver, CertSet, KeyOrigin};
+use crate::terminate::certs::CertResolver;
 use gatehouse_caa::lookup::Checker;
 use gatehouse_certbot::account::{decode_eab_key, AccountSettings};
 use gatehouse_certbot::keys::KeyType;
@@ -29,17 +29,12 @@ pub struct Acme {
 
 /// Publishes ACME certificates over the static set.
 struct LiveCerts {
-    base: CertSet,
     resolver: Arc<CertResolver>,
 }
 
 impl Publish for LiveCerts {
     fn publish(&self, certs: Vec<(Vec<String>, Arc<CertifiedKey>)>) {
-        let mut set = self.base.clone();
-        for (names, key) in certs {
-            set.insert(&names, key, KeyOrigin::Sealed);
-        }
-        self.resolver.publish(set);
+        self.resolver.set_acme(certs);
     }
 }
 
@@ -153,7 +148,6 @@ pub async fn prepare(
     config: &Config,
     state: &State,
     shared: &Arc<Shared>,
-    static_certs: CertSet,
 ) -> Result<Option<Acme>, StartError> {
     let Some(acme) = &config.acme else {
         return Ok(None);
@@ -244,7 +238,6 @@ pub async fn prepare(
         gatehouse_config::KeyType::EcdsaP384 => KeyType::EcdsaP384,
     };
     let publish = Arc::new(LiveCerts {
-        base: static_certs,
         resolver: shared.tls.resolver.clone(),
     });
     let manager = Arc::new(
@@ -267,6 +260,19 @@ pub async fn prepare(
 }
 
 impl Acme {
+    /// The certificate manager (renewals, counters).
+    pub fn manager(&self) -> Arc<CertManager> {
+        self.manager.clone()
+    }
+
+    /// Each target's id and names.
+    pub fn targets(&self) -> Vec<(String, Vec<String>)> {
+        self.targets
+            .iter()
+            .map(|t| (t.id.clone(), t.names.clone()))
+            .collect()
+    }
+
     /// Runs the account and renewal loops on the current runtime.
     pub fn spawn(self) -> tokio::task::JoinHandle<()> {
         tokio::spawn(self.manager.run(self.settings, self.targets))

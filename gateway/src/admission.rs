@@ -46,9 +46,9 @@ impl SourceCounts {
 /// The accept-time caps and what is held against them.
 #[derive(Debug)]
 pub struct Admission {
-    max_total: usize,
-    per_source: u32,
-    unlimited: Vec<ipnet::IpNet>,
+    max_total: AtomicUsize,
+    per_source: std::sync::atomic::AtomicU32,
+    unlimited: arc_swap::ArcSwap<Vec<ipnet::IpNet>>,
     total: AtomicUsize,
     sources: SourceCounts,
 }
@@ -112,20 +112,33 @@ pub fn global_cap(configured: usize, nofile: Option<u64>, reserve: usize) -> usi
 impl Admission {
     /// The caps of `limits` under a descriptor limit of `nofile`.
     pub fn new(limits: &ConnectionLimits, nofile: Option<u64>) -> Admission {
-        Admission {
-            max_total: global_cap(limits.max_connections, nofile, limits.descriptor_reserve),
-            per_source: u32::try_from(limits.max_connections_per_source)
-                .unwrap_or(u32::MAX)
-                .max(1),
-            unlimited: limits.unlimited_sources.clone(),
+        let a = Admission {
+            max_total: AtomicUsize::new(0),
+            per_source: std::sync::atomic::AtomicU32::new(0),
+            unlimited: Default::default(),
             total: AtomicUsize::new(0),
             sources: SourceCounts::default(),
-        }
+        };
+        a.update(limits, nofile);
+        a
+    }
+
+    /// Puts new caps in force (a reload). Connections held stay held and count against
+    /// them: lowering a cap refuses new connections until enough old ones end.
+    pub fn update(&self, limits: &ConnectionLimits, nofile: Option<u64>) {
+        let max = global_cap(limits.max_connections, nofile, limits.descriptor_reserve);
+        self.max_total.store(max, Ordering::Relaxed);
+        let per_source = u32::try_from(limits.max_connections_per_source)
+            .unwrap_or(u32::MAX)
+            .max(1);
+        self.per_source.store(per_source, Ordering::Relaxed);
+        self.unlimited
+            .store(Arc::new(limits.unlimited_sources.clone()));
     }
 
     /// The global cap in force.
     pub fn max_total(&self) -> usize {
-        self.max_total
+        self.max_total.load(Ordering::Relaxed)
     }
 
     /// Connections held now.
@@ -135,20 +148,22 @@ impl Admission {
 
     /// Admits a connection from `peer`, or says which cap it would break.
     pub fn admit(self: &Arc<Self>, peer: IpAddr) -> Result<Ticket, Refusal> {
-        if self.total.fetch_add(1, Ordering::Relaxed) >= self.max_total {
+        let max_total = self.max_total();
+        if self.total.fetch_add(1, Ordering::Relaxed) >= max_total {
             self.total.fetch_sub(1, Ordering::Relaxed);
-            return Err(Refusal::Global(self.max_total));
+            return Err(Refusal::Global(max_total));
         }
         let mut ticket = Ticket {
             admission: self.clone(),
             source: None,
         };
-        if self.unlimited.iter().any(|n| n.contains(&peer)) {
+        if self.unlimited.load().iter().any(|n| n.contains(&peer)) {
             return Ok(ticket);
         }
         let key = source_key(peer);
-        if !self.sources.take(key, self.per_source) {
-            return Err(Refusal::Source(key, self.per_source)); // the ticket releases the total
+        let per_source = self.per_source.load(Ordering::Relaxed);
+        if !self.sources.take(key, per_source) {
+            return Err(Refusal::Source(key, per_source)); // the ticket releases the total
         }
         ticket.source = Some(key);
         Ok(ticket)

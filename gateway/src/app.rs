@@ -58,9 +58,6 @@ pub enum StartError {
 pub struct Gateway {
     /// What every connection reads.
     pub shared: Arc<Shared>,
-    /// The certificates from config and development defaults; ACME certificates are
-    /// published on top of them.
-    pub static_certs: CertSet,
     sockets: Vec<Vec<std::net::TcpListener>>,
     drain: Duration,
 }
@@ -90,18 +87,12 @@ impl Gateway {
         );
         let shared = Arc::new(Shared {
             routes: Routes::new(config.proxy.base_domains.clone(), specs, custom)?,
-            tls: TlsConfigs::new(
-                Arc::new(CertResolver::new(certs.clone())),
-                config.tls.resumption,
-            )?,
-            timeouts: config.proxy.timeouts,
-            proxy_protocol_inbound: config.proxy.proxy_protocol_inbound,
-            proxy_protocol_trusted: config.proxy.proxy_protocol_trusted.clone(),
+            tls: TlsConfigs::new(Arc::new(CertResolver::new(certs)), config.tls.resumption)?,
+            tunables: arc_swap::ArcSwap::from_pointee(crate::conn::Tunables::of(&config.proxy)),
             admission: Arc::new(crate::admission::Admission::new(
                 &config.proxy.limits,
                 crate::fdlimit::current(),
             )),
-            app_share_per_source: config.proxy.limits.app_share_per_source,
             metrics: Metrics::default(),
             acme: crate::conn::AcmeTls::new()?,
             attest: std::sync::OnceLock::new(),
@@ -116,7 +107,6 @@ impl Gateway {
         let sockets = listener::bind_all(&config.proxy.listen, workers)?;
         Ok(Gateway {
             shared,
-            static_certs: certs,
             sockets,
             drain: config.proxy.timeouts.drain,
         })

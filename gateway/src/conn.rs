@@ -25,16 +25,11 @@ pub struct Shared {
     pub routes: Routes,
     /// rustls configs and the live certificates.
     pub tls: TlsConfigs,
-    /// Data-path timeouts.
-    pub timeouts: Timeouts,
-    /// Whether every connection starts with a PROXY header.
-    pub proxy_protocol_inbound: bool,
-    /// The sources whose PROXY headers are believed (others are refused).
-    pub proxy_protocol_trusted: Vec<ipnet::IpNet>,
-    /// Accept-time caps: global and per source.
+    /// Timeouts and trust that a reload may change: each connection reads them once, as
+    /// they are when it arrives.
+    pub tunables: arc_swap::ArcSwap<Tunables>,
+    /// Accept-time caps: global and per source (a reload changes the caps in place).
     pub admission: Arc<crate::admission::Admission>,
-    /// The share of a capped app's slots one client address may hold.
-    pub app_share_per_source: f64,
     /// Counters.
     pub metrics: Metrics,
     /// Pending ACME TLS-ALPN-01 challenges, answered before any routing.
@@ -43,6 +38,31 @@ pub struct Shared {
     pub attest: std::sync::OnceLock<Arc<crate::attestation::Attestor>>,
     /// The L7 proxy of `mode = "http"` apps.
     pub http: crate::http::HttpEngine,
+}
+
+/// What a connection reads once when it arrives, and a reload replaces for later ones.
+#[derive(Debug, Clone)]
+pub struct Tunables {
+    /// Data-path timeouts.
+    pub timeouts: Timeouts,
+    /// Whether every connection starts with a PROXY header.
+    pub proxy_protocol_inbound: bool,
+    /// The sources whose PROXY headers are believed (others are refused).
+    pub proxy_protocol_trusted: Vec<ipnet::IpNet>,
+    /// The share of a capped app's slots one client address may hold.
+    pub app_share_per_source: f64,
+}
+
+impl Tunables {
+    /// The tunables of `proxy`.
+    pub fn of(proxy: &gatehouse_config::ProxyConfig) -> Tunables {
+        Tunables {
+            timeouts: proxy.timeouts,
+            proxy_protocol_inbound: proxy.proxy_protocol_inbound,
+            proxy_protocol_trusted: proxy.proxy_protocol_trusted.clone(),
+            app_share_per_source: proxy.limits.app_share_per_source,
+        }
+    }
 }
 
 /// The TLS-ALPN-01 responder: the pending challenges and the rustls config over them.
@@ -97,11 +117,12 @@ async fn handle(shared: &Shared, stream: TcpStream, peer: SocketAddr) -> Result<
         Next::AcmeChallenge(c) => return answer_acme_challenge(shared, c).await,
         Next::Attestation(c) => return answer_attestation(shared, c).await,
     };
+    let t = routed.tunables.timeouts;
     let limits = RelayLimits {
-        idle: shared.timeouts.idle,
-        write: shared.timeouts.write,
-        linger: shared.timeouts.linger,
-        first_data: shared.timeouts.first_data,
+        idle: t.idle,
+        write: t.write,
+        linger: t.linger,
+        first_data: t.first_data,
     };
     match routed.route.mode {
         Mode::Passthrough => {
@@ -139,15 +160,16 @@ async fn route(
     mut stream: TcpStream,
     peer: SocketAddr,
 ) -> Result<Next, ConnError> {
-    let t = &shared.timeouts;
+    let tunables = shared.tunables.load_full();
+    let t = &tunables.timeouts;
     let deadline = Instant::now() + t.handshake;
     // TCP_NODELAY is inherited from the listener (listener.rs).
     let mut buf = Vec::with_capacity(2048);
 
     // The addresses an instance's PROXY header will carry; `None` = this socket's own
     // (looked up only if an app asks for a header: one syscall saved per connection).
-    let (client_addrs, start) = if shared.proxy_protocol_inbound {
-        if !shared
+    let (client_addrs, start) = if tunables.proxy_protocol_inbound {
+        if !tunables
             .proxy_protocol_trusted
             .iter()
             .any(|n| n.contains(&peer.ip()))
@@ -223,15 +245,16 @@ async fn route(
         proxy_header,
         deadline,
         client,
+        tunables,
     };
     Ok(Next::App(routed, hello))
 }
 
 /// Takes one of the app's connection slots for `client`.
-fn admit(shared: &Shared, route: &Route, client: SocketAddr) -> Result<AppSlot, ConnError> {
+fn admit(route: &Route, client: SocketAddr, share: f64) -> Result<AppSlot, ConnError> {
     route
         .app
-        .admit(client.ip(), shared.app_share_per_source)
+        .admit(client.ip(), share)
         .map_err(|full| ConnError::AppFull {
             app: route.app.spec.id.clone(),
             full,
@@ -243,7 +266,13 @@ fn admit(shared: &Shared, route: &Route, client: SocketAddr) -> Result<AppSlot, 
 async fn answer_acme_challenge(shared: &Shared, c: Challenge) -> Result<(), ConnError> {
     let replay = Prefixed::new(c.stream, c.buf, c.start);
     let config = shared.acme.config.clone();
-    let mut tls = accept(config, replay, c.deadline, shared.timeouts.handshake).await?;
+    let mut tls = accept(
+        config,
+        replay,
+        c.deadline,
+        shared.tunables.load().timeouts.handshake,
+    )
+    .await?;
     shared.metrics.acme_challenge_answered();
     tracing::info!(name = %c.sni, "answered a TLS-ALPN-01 validation");
     let _ = tls.shutdown().await;
@@ -259,7 +288,13 @@ async fn answer_attestation(shared: &Shared, c: Challenge) -> Result<(), ConnErr
     let client = c.client;
     let replay = Prefixed::new(c.stream, c.buf, c.start);
     let config = shared.tls.attest.clone();
-    let tls = accept(config, replay, c.deadline, shared.timeouts.handshake).await?;
+    let tls = accept(
+        config,
+        replay,
+        c.deadline,
+        shared.tunables.load().timeouts.handshake,
+    )
+    .await?;
     shared.metrics.attestation_served();
     let service =
         hyper::service::service_fn(|req: hyper::Request<hyper::body::Incoming>| async move {
@@ -303,6 +338,8 @@ struct Routed {
     deadline: Instant,
     /// The client (the PROXY header's source, else the peer).
     client: SocketAddr,
+    /// The tunables as they were when the connection arrived.
+    tunables: Arc<Tunables>,
 }
 
 /// `s`: connect, send [PROXY header +] the buffered hello, relay.
@@ -314,11 +351,12 @@ async fn passthrough(shared: &Shared, c: Routed, limits: RelayLimits) -> Result<
         route,
         proxy_header,
         client,
+        tunables,
         ..
     } = c;
-    let t = &shared.timeouts;
+    let t = &tunables.timeouts;
     // Passthrough has no handshake of ours to wait for: the slot is taken at once.
-    let _slot = match admit(shared, &route, client) {
+    let _slot = match admit(&route, client, tunables.app_share_per_source) {
         Ok(slot) => slot,
         Err(e) => return Err(refuse(&mut stream, e).await),
     };
@@ -352,8 +390,9 @@ async fn terminate(
         proxy_header,
         deadline,
         client,
+        tunables,
     } = c;
-    let t = &shared.timeouts;
+    let t = &tunables.timeouts;
     if !shared.tls.resolver.has(&hello.sni) {
         return Err(refuse(&mut stream, ConnError::NoCertificate(hello.sni)).await);
     }
@@ -383,7 +422,7 @@ async fn terminate(
     shared.metrics.handshake(resumed);
     // A capped app's slot is taken once the handshake is done: a client that never finishes
     // one holds none.
-    let _slot = match admit(shared, &route, client) {
+    let _slot = match admit(&route, client, tunables.app_share_per_source) {
         Ok(slot) => slot,
         Err(e) => {
             let _ = tls.shutdown().await;

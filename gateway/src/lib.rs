@@ -14,9 +14,9 @@
 #![warn(missing_docs)]
 
 pub mod acme;
-pub mod admin;
 pub mod admission;
 pub mod app;
+pub mod app_admission;
 pub mod attestation;
 pub mod client_tls;
 pub mod cluster_node;

@@ -148,7 +148,12 @@ impl Metrics {
         self.acme_challenges.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Connections currently open.
+    /// Connections accepted since start.
+    pub fn accepted_total(&self) -> u64 {
+        self.accepted.load(Ordering::Relaxed)
+    }
+
+    /// Connections open now.
     pub fn active(&self) -> u64 {
         self.active.load(Ordering::Relaxed)
     }

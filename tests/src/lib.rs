@@ -2,6 +2,7 @@
 //! TLS/TCP servers on loopback (ephemeral ports, a temp dir per test, kill on drop).
 
 pub mod acme_env;
+pub mod admin;
 pub mod ari;
 pub mod etcd;
 pub mod http;

@@ -40,6 +40,17 @@ impl AppStats {
             .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
     }
 
+    /// Requests finished so far (any status, or none), and the sum of their times in
+    /// microseconds: a client that samples both twice gets the rate and the mean latency.
+    pub fn totals(&self) -> (u64, u64) {
+        let n = self
+            .by_class
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .sum();
+        (n, self.sum_micros.load(Ordering::Relaxed))
+    }
+
     /// Requests answered with a status of class `c` (1..=5).
     pub fn count_class(&self, c: usize) -> u64 {
         self.by_class[c - 1].load(Ordering::Relaxed)

@@ -252,6 +252,23 @@ impl CustomDomains {
         cached.answer.clone()
     }
 
+    /// The cached mappings: domain → target (or why it does not route), sorted.
+    pub fn cached(&self) -> Vec<(String, Result<CustomTarget, CustomDomainError>)> {
+        let mut all: Vec<_> = self
+            .cache
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.answer.clone()))
+            .collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all
+    }
+
+    /// Forgets the cached mapping of `domain` and looks it up again.
+    pub async fn relookup(&self, domain: &str) -> Result<CustomTarget, CustomDomainError> {
+        self.cache.invalidate(domain).await;
+        self.resolve(domain).await
+    }
+
     async fn fetch(&self, domain: &str) -> Result<Arc<Cached>, CustomDomainError> {
         let name = format!("{}.{domain}.", self.config.txt_prefix);
         let zone_slot = ZoneSlot::take(&self.per_zone, domain, self.config.max_lookups_per_zone)

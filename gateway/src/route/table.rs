@@ -31,6 +31,20 @@ pub struct AppSpec {
     pub instances: Vec<IpAddr>,
     /// Active health checks.
     pub health_check: Option<HealthCheckConfig>,
+    /// Where the app was declared.
+    pub origin: Origin,
+}
+
+/// Where an app was declared: what may change it at run time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Origin {
+    /// `[[apps]]` in the config file: changed by editing the file and reloading.
+    Config,
+    /// Created through the admin API: stored, changed through the API.
+    Api,
+    /// Built in (the development demo app).
+    Builtin,
 }
 
 impl AppSpec {
@@ -62,6 +76,7 @@ impl AppSpec {
             mode: AppMode::Tcp,
             instances,
             health_check: None,
+            origin: Origin::Builtin,
         }
     }
 }
@@ -81,6 +96,7 @@ impl From<&AppConfig> for AppSpec {
             mode: c.mode,
             health_check: c.health_check.clone(),
             instances: c.instances.iter().map(|i| i.address).collect(),
+            origin: Origin::Config,
         }
     }
 }
@@ -230,6 +246,18 @@ impl RouteTable {
         specs: Vec<AppSpec>,
         previous: Option<&RouteTable>,
     ) -> Result<RouteTable, BuildError> {
+        RouteTable::build_draining(base_domains, specs, previous, &Default::default())
+    }
+
+    /// [`RouteTable::build`], with the `drained` instances (app id, address) marked: the
+    /// balancer gives them no new connection or request, and the mark is shared with older
+    /// snapshots (connections already open see it too).
+    pub fn build_draining(
+        base_domains: &[String],
+        specs: Vec<AppSpec>,
+        previous: Option<&RouteTable>,
+        drained: &std::collections::BTreeSet<(String, IpAddr)>,
+    ) -> Result<RouteTable, BuildError> {
         let mut bases: Vec<Box<str>> = base_domains
             .iter()
             .map(|b| b.to_ascii_lowercase().into())
@@ -242,8 +270,11 @@ impl RouteTable {
                 .instances
                 .iter()
                 .map(|addr| {
-                    old.and_then(|o| o.instances.iter().find(|i| i.addr == *addr).cloned())
-                        .unwrap_or_else(|| Arc::new(Instance::new(*addr)))
+                    let instance = old
+                        .and_then(|o| o.instances.iter().find(|i| i.addr == *addr).cloned())
+                        .unwrap_or_else(|| Arc::new(Instance::new(*addr)));
+                    instance.set_drained(drained.contains(&(spec.id.clone(), *addr)));
+                    instance
                 })
                 .collect();
             let active = old.map(|o| o.active.clone()).unwrap_or_default();

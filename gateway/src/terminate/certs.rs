@@ -138,19 +138,50 @@ pub fn dns_names(der: &CertificateDer<'_>) -> Result<Vec<String>, String> {
         .unwrap_or_default())
 }
 
-/// The rustls resolver over the live [`CertSet`].
+/// The rustls resolver over the live [`CertSet`]: the static certificates (config files,
+/// development CA; a reload replaces them) with the ACME ones on top.
 #[derive(Debug, Default)]
-pub struct CertResolver(ArcSwap<CertSet>);
+pub struct CertResolver(ArcSwap<CertSet>, std::sync::Mutex<Layers>);
+
+/// What the live set is made of.
+#[derive(Debug, Default)]
+struct Layers {
+    base: CertSet,
+    acme: Vec<(Vec<String>, Arc<CertifiedKey>)>,
+}
 
 impl CertResolver {
-    /// Starts with `set`.
+    /// Starts with the static certificates `set`.
     pub fn new(set: CertSet) -> CertResolver {
-        CertResolver(ArcSwap::from_pointee(set))
+        CertResolver(
+            ArcSwap::from_pointee(set.clone()),
+            std::sync::Mutex::new(Layers {
+                base: set,
+                acme: Vec::new(),
+            }),
+        )
     }
 
-    /// Replaces the live set; handshakes in progress keep the one they started with.
-    pub fn publish(&self, set: CertSet) {
+    /// Rebuilds and publishes the live set; handshakes in progress keep the one they
+    /// started with.
+    fn change(&self, change: impl FnOnce(&mut Layers)) {
+        let mut layers = self.1.lock().unwrap_or_else(|p| p.into_inner());
+        change(&mut layers);
+        let mut set = layers.base.clone();
+        for (names, key) in &layers.acme {
+            set.insert(names, key.clone(), KeyOrigin::Sealed);
+        }
         self.0.store(Arc::new(set));
+    }
+
+    /// Replaces the static certificates (a reload).
+    pub fn set_static(&self, set: CertSet) {
+        self.change(|l| l.base = set);
+    }
+
+    /// Replaces the ACME certificates (names, key).
+    pub fn set_acme(&self, certs: Vec<(Vec<String>, Arc<CertifiedKey>)>) {
+        self.change(|l| l.acme = certs);
     }
 
     /// Whether a certificate covers the lower-case `sni`.

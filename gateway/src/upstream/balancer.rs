@@ -18,6 +18,8 @@ pub struct Instance {
     pub health: PassiveHealth,
     /// The active checks' verdict (always up for apps without `health_check`).
     pub checked: ActiveHealth,
+    /// Drained by an operator: no new connection or request; open ones finish.
+    drained: std::sync::atomic::AtomicBool,
 }
 
 impl Instance {
@@ -28,7 +30,18 @@ impl Instance {
             active: AtomicU32::new(0),
             health: PassiveHealth::default(),
             checked: ActiveHealth::default(),
+            drained: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// Whether an operator drained it.
+    pub fn is_drained(&self) -> bool {
+        self.drained.load(Ordering::Relaxed)
+    }
+
+    /// Drains it (no new connection or request) or takes it back.
+    pub fn set_drained(&self, drained: bool) {
+        self.drained.store(drained, Ordering::Relaxed);
     }
 
     /// Connections (or requests) in flight to it.
@@ -63,10 +76,13 @@ impl Drop for Load {
 /// Picks an instance index not in `tried`: two random candidates among the healthy ones, the
 /// less loaded wins. When none is healthy, the untried instances that pass their active checks
 /// are candidates (passive data may be stale, and refusing every connection is worse than one
-/// more try); an instance that fails its active checks is never chosen.
+/// more try); an instance that fails its active checks, or that an operator drained, is never
+/// chosen.
 pub fn pick(instances: &[Arc<Instance>], tried: &[usize]) -> Option<usize> {
     let now = now_ms();
-    let eligible = |i: usize| !tried.contains(&i) && instances[i].checked.is_up();
+    let eligible = |i: usize| {
+        !tried.contains(&i) && instances[i].checked.is_up() && !instances[i].is_drained()
+    };
     let healthy = |i: usize| eligible(i) && instances[i].health.is_healthy(now);
     choose(instances, &healthy).or_else(|| choose(instances, &eligible))
 }
@@ -142,6 +158,21 @@ mod tests {
         }
         // all unhealthy: still answers with an untried one
         assert_eq!(pick(&v, &[2]).map(|i| i < 2), Some(true));
+    }
+
+    #[test]
+    fn admin_api_drained_instances_get_nothing_new_even_when_alone() {
+        let v = instances(2);
+        v[0].set_drained(true);
+        for _ in 0..50 {
+            assert_eq!(pick(&v, &[]), Some(1));
+        }
+        v[1].health.record_failure(now_ms());
+        assert_eq!(pick(&v, &[]), Some(1), "unhealthy beats drained");
+        v[1].set_drained(true);
+        assert_eq!(pick(&v, &[]), None, "all drained: nothing");
+        v[0].set_drained(false);
+        assert_eq!(pick(&v, &[]), Some(0));
     }
 
     #[test]

@@ -47,6 +47,73 @@ pub struct VpcNode {
     tls: tokio_rustls::TlsAcceptor,
 }
 
+/// What the VPC holds now, for the admin API and the dashboard.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Overview {
+    /// The interface.
+    pub interface: String,
+    /// Every lease in the store (all nodes').
+    pub leases: Vec<super::leases::Lease>,
+    /// The peers of this node's interface.
+    pub peers: Vec<PeerView>,
+}
+
+/// One WireGuard peer as the interface reports it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PeerView {
+    /// Its public key (base64).
+    pub public_key: String,
+    /// Its current endpoint.
+    pub endpoint: Option<String>,
+    /// The last completed handshake (unix seconds), if any.
+    pub last_handshake: Option<u64>,
+    /// Bytes received from it.
+    pub rx_bytes: u64,
+    /// Bytes sent to it.
+    pub tx_bytes: u64,
+}
+
+impl VpcNode {
+    /// Asks `admission` before each registration (after the quote, policy and binding
+    /// passed). Set once, before the registration listener serves.
+    pub fn set_admission(&self, admission: Arc<dyn crate::app_admission::AdmitApps>) {
+        let _ = self.registrar.admission.set(admission);
+    }
+
+    /// The leases and the interface's peers (an unreadable part is left empty and logged).
+    pub async fn overview(&self) -> Overview {
+        let leases = self.registrar.leases.all().await.unwrap_or_else(|e| {
+            tracing::warn!("vpc overview: leases: {e}");
+            Vec::new()
+        });
+        let peers = match self.wg.state().await {
+            Ok((_, peers)) => peers
+                .into_iter()
+                .map(|p| PeerView {
+                    public_key: super::wireguard::base64(&p.public_key),
+                    endpoint: p.endpoint.map(|e| e.to_string()),
+                    last_handshake: p.last_handshake.and_then(|t| {
+                        t.duration_since(std::time::UNIX_EPOCH)
+                            .ok()
+                            .map(|d| d.as_secs())
+                    }),
+                    rx_bytes: p.rx_bytes,
+                    tx_bytes: p.tx_bytes,
+                })
+                .collect(),
+            Err(e) => {
+                tracing::warn!("vpc overview: peers: {e}");
+                Vec::new()
+            }
+        };
+        Overview {
+            interface: self.wg.interface().to_owned(),
+            leases,
+            peers,
+        }
+    }
+}
+
 impl std::fmt::Debug for VpcNode {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "VpcNode({})", self.wg.interface())

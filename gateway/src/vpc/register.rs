@@ -4,7 +4,7 @@
 //! `SHA-512("gatehouse-register-v1:" ‖ app_id ‖ wg_public_key(32) ‖ nonce(32))` (the two
 //! fixed-length tails make the split unambiguous). Checks, in order, each refusal naming
 //! itself and changing no state: app known → nonce ours and fresh → quote → policy →
-//! binding → nonce unused → address lease → WireGuard peer (the lease is given back if the
+//! binding → admission (`[admission]`, if any) → nonce unused → address lease → WireGuard peer (the lease is given back if the
 //! peer cannot be set).
 //!
 //! Nonces are stateless: `issued_at(8) ‖ random(8) ‖ HMAC-SHA256(key, both)[..16]` under a
@@ -96,7 +96,8 @@ pub fn keepalive_for(stale: Duration) -> u16 {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 #[error("registration refused: {check}: {reason}")]
 pub struct Refusal {
-    /// `app`, `nonce`, `quote`, `policy`, `binding`, `pool`, `wireguard`, `request`.
+    /// `app`, `nonce`, `quote`, `policy`, `binding`, `admission`, `pool`, `wireguard`,
+    /// `request`.
     pub check: String,
     /// Why.
     pub reason: String,
@@ -122,6 +123,8 @@ pub struct Registrar {
     nonce_key: aws_lc_rs::hmac::Key,
     /// Nonces consumed by a successful registration, until they expire.
     used: Mutex<HashMap<[u8; 32], Instant>>,
+    /// The operator's admission decision (`[admission]`), asked after the quote passed.
+    pub admission: std::sync::OnceLock<Arc<dyn crate::app_admission::AdmitApps>>,
 }
 
 impl std::fmt::Debug for Registrar {
@@ -154,6 +157,7 @@ impl Registrar {
             )
             .expect("random HMAC key"),
             used: Mutex::new(HashMap::new()),
+            admission: std::sync::OnceLock::new(),
         }
     }
 
@@ -225,6 +229,17 @@ impl Registrar {
             &report_data(&req.app_id, &wg_key, &nonce),
         )
         .map_err(|e| refuse("binding", e))?;
+        if let Some(admission) = self.admission.get() {
+            let candidate = crate::app_admission::Candidate {
+                app_id: req.app_id.clone(),
+                purpose: "vpc-register",
+                measurements: Some(crate::app_admission::Measurements::of(&req.evidence, &q)),
+            };
+            admission
+                .admit(&candidate)
+                .await
+                .map_err(|e| refuse("admission", e))?;
+        }
         if !self.consume(&nonce) {
             return Err(refuse("nonce", "already used: ask /v1/challenge again"));
         }

@@ -1,4 +1,8 @@
-//! The `gatehouse` command line. Thin: parsing, logging set-up, and the two modes of `run`.
+//! The `gatehouse` command line. Thin: parsing, logging set-up, the two modes of `run`, and
+//! the admin API's client commands.
+
+mod admin_client;
+mod api_commands;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -54,6 +58,24 @@ enum Command {
     /// A cluster of nodes sharing one etcd store.
     #[command(subcommand)]
     Cluster(ClusterCommand),
+    /// Apps of a running gateway (through its admin API): list, get, add, rm.
+    #[command(subcommand)]
+    Apps(api_commands::AppsCommand),
+    /// Instances of a running gateway's apps: add, rm, drain, undrain.
+    #[command(subcommand)]
+    Instances(api_commands::InstancesCommand),
+    /// Certificates a running gateway serves: list, renew.
+    #[command(subcommand)]
+    Certs(api_commands::CertsCommand),
+    /// Make a running gateway re-read its config file (as SIGHUP does).
+    ///
+    /// All or nothing: a file with problems is refused (each printed with its key path) and
+    /// the running config stays. Routes, certificates, limits, timeouts, admin tokens and
+    /// admission change for new connections; established ones keep theirs.
+    Reload {
+        #[command(flatten)]
+        target: admin_client::Target,
+    },
     /// Check an attested gateway from the outside.
     ///
     /// One TLS connection (normal WebPKI validation, or --cacert) records the certificate
@@ -274,6 +296,10 @@ fn main() -> ExitCode {
     // Two providers may be compiled in (via dependencies); pin ours process-wide.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     match cli.command {
+        Command::Apps(c) => api_commands::apps(c),
+        Command::Instances(c) => api_commands::instances(c),
+        Command::Certs(c) => api_commands::certs(c),
+        Command::Reload { target } => api_commands::reload(target),
         Command::CheckConfig { file } => match Config::from_file(&file) {
             Ok(config) => {
                 let simulated = config.tee.provider == gatehouse_config::TeeProvider::Simulator;
@@ -471,8 +497,11 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         },
-        Command::Run { config, state_dir } => {
-            let config = match config.as_deref().map(Config::from_file).transpose() {
+        Command::Run {
+            config: path,
+            state_dir,
+        } => {
+            let config = match path.as_deref().map(Config::from_file).transpose() {
                 Ok(c) => c,
                 Err(e) => {
                     for p in e.problems() {
@@ -481,7 +510,7 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            match run(config, &state_dir) {
+            match run(config, path, &state_dir) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("gatehouse: {e:#}");
@@ -492,7 +521,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(config: Option<Config>, state_dir: &Path) -> anyhow::Result<()> {
+fn run(config: Option<Config>, path: Option<PathBuf>, state_dir: &Path) -> anyhow::Result<()> {
     match gatehouse::fdlimit::raise_to_hard() {
         Ok((before, after)) if before != after => {
             tracing::info!("descriptor limit raised from {before} to {after}")
@@ -517,8 +546,9 @@ fn run(config: Option<Config>, state_dir: &Path) -> anyhow::Result<()> {
             let _ = gateway.shared.attest.set(attestor);
         }
         let mut admin_addr = None;
+        let mut control = None;
         if let Some(admin) = &config.admin {
-            let token = gatehouse::admin::load_token(admin).context("admin.token_file")?;
+            let tokens = gatehouse_control::tokens::Tokens::load(admin)?;
             let listener = tokio::net::TcpListener::bind(admin.listen)
                 .await
                 .with_context(|| format!("admin listener {}", admin.listen))?;
@@ -528,19 +558,28 @@ fn run(config: Option<Config>, state_dir: &Path) -> anyhow::Result<()> {
                 "gatehouse: admin on http://{}/metrics",
                 listener.local_addr()?
             );
-            tokio::spawn(gatehouse::admin::run(
-                listener,
-                token,
+            println!(
+                "gatehouse: dashboard on http://{}/ (API under /v1/)",
+                listener.local_addr()?
+            );
+            let c = Arc::new(gatehouse_control::Control::new(
                 gateway.shared.clone(),
-            ));
+                config.clone(),
+                path.clone(),
+                tokens,
+            )?);
+            tokio::spawn(gatehouse_control::server::run(listener, c.clone()));
+            tokio::spawn(c.clone().reload_on_sighup());
+            control = Some(c);
         }
         let etcd = config.store.backend == gatehouse_config::StoreBackend::Etcd;
         let node_name = gatehouse_cluster::node_name();
-        let mut state = if config.acme.is_some() || config.vpc.is_some() || etcd {
-            Some(gatehouse::acme::open_state(&config, state_dir, tee.sealer.clone()).await?)
-        } else {
-            None
-        };
+        let mut state =
+            if config.acme.is_some() || config.vpc.is_some() || etcd || control.is_some() {
+                Some(gatehouse::acme::open_state(&config, state_dir, tee.sealer.clone()).await?)
+            } else {
+                None
+            };
         if let (Some(state), true) = (&mut state, etcd) {
             let attestor = gateway.shared.attest.get().context(
                 "[store] backend = \"etcd\" needs attestation ([tee] provider): nodes join \
@@ -574,22 +613,33 @@ fn run(config: Option<Config>, state_dir: &Path) -> anyhow::Result<()> {
                 version: env!("CARGO_PKG_VERSION").into(),
                 started: gatehouse_attest::unix_now(),
             };
+            if let Some(c) = &control {
+                c.set_cluster(state.store.clone());
+            }
             let membership = gatehouse_cluster::Membership::new(state.store.clone(), info);
             let _ = gateway.shared.metrics.store.set(membership.health());
             tokio::spawn(membership.run());
         }
+        if let (Some(c), Some(state)) = (&control, &state) {
+            c.set_records(gatehouse_control::records::Records::new(
+                state.store.clone(),
+                state.sealer.clone(),
+            ));
+            c.publish_records()
+                .await
+                .context("apps stored through the admin API")?;
+            tokio::spawn(c.clone().follow_records());
+        }
         let acme = match &state {
-            Some(state) => {
-                gatehouse::acme::prepare(
-                    &config,
-                    state,
-                    &gateway.shared,
-                    gateway.static_certs.clone(),
-                )
-                .await?
-            }
+            Some(state) => gatehouse::acme::prepare(&config, state, &gateway.shared).await?,
             None => None,
         };
+        if let (Some(c), Some(acme)) = (&control, &acme) {
+            c.set_acme(gatehouse_control::AcmeHandle {
+                manager: acme.manager(),
+                targets: acme.targets(),
+            });
+        }
         if let (Some(vpc), Some(state)) = (&config.vpc, &state) {
             let attestor = gateway.shared.attest.get().context(
                 "[vpc] needs attestation ([tee] provider): app CVMs only register with an \
@@ -605,6 +655,17 @@ fn run(config: Option<Config>, state_dir: &Path) -> anyhow::Result<()> {
             .await
             .context("vpc")?;
             let node = Arc::new(node);
+            match &control {
+                Some(c) => c.set_vpc(node.clone()),
+                None => {
+                    // No admin API, but the admission decision still applies to the VPC.
+                    if let Some(a) = &config.admission {
+                        node.set_admission(Arc::new(gatehouse_control::admission::Admission::new(
+                            a,
+                        )?));
+                    }
+                }
+            }
             let listener = tokio::net::TcpListener::bind(vpc.register_listen)
                 .await
                 .with_context(|| format!("vpc.register_listen {}", vpc.register_listen))?;
@@ -767,6 +828,7 @@ async fn development(state_dir: &Path) -> anyhow::Result<(Config, Vec<AppSpec>, 
     config.admin = Some(AdminConfig {
         listen: SocketAddr::from(([127, 0, 0, 1], 8001)),
         token_file: None,
+        tokens: Vec::new(),
         insecure_no_auth: true,
     });
     let ca = DevCa::load_or_create(state_dir).context("development CA")?;
