@@ -197,9 +197,16 @@ mod tests {
                         let mut quote = b"FAKEQUOTE".to_vec();
                         quote.extend_from_slice(&inblob);
                         quote.resize(2000, 0);
-                        fs::write(report.join("outblob"), &quote).unwrap();
+                        // Each file replaced at once, as the kernel's attributes change: a
+                        // reader never sees one half written.
+                        let put = |name: &str, bytes: &[u8]| {
+                            let tmp = report.with_extension(format!("{name}.tmp"));
+                            fs::write(&tmp, bytes).unwrap();
+                            fs::rename(&tmp, report.join(name)).unwrap();
+                        };
+                        put("outblob", &quote);
                         generation += if interloper { 2 } else { 1 };
-                        fs::write(report.join("generation"), format!("{generation}\n")).unwrap();
+                        put("generation", format!("{generation}\n").as_bytes());
                     }
                     std::thread::sleep(Duration::from_millis(1));
                 }

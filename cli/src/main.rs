@@ -25,7 +25,7 @@ use std::sync::Arc;
 /// failure, 2 bad usage or bad config. Logs go to stderr; set RUST_LOG (e.g.
 /// `RUST_LOG=gatehouse=debug`) for one line per refused connection.
 #[derive(Parser, Debug)]
-#[command(version, about, long_about)]
+#[command(name = "gatehouse", version, about, long_about)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -304,8 +304,7 @@ fn main() -> ExitCode {
             Ok(config) => {
                 let simulated = config.tee.provider == gatehouse_config::TeeProvider::Simulator;
                 let vpc = config.vpc.as_ref();
-                if let Some(Err(p)) = vpc.map(|v| gatehouse::vpc::node::app_policies(v, simulated))
-                {
+                if let Some(Err(p)) = vpc.map(|v| gatehouse_vpc::node::app_policies(v, simulated)) {
                     eprintln!("{}: {p}", file.display());
                     return ExitCode::from(2);
                 }
@@ -645,7 +644,7 @@ fn run(config: Option<Config>, path: Option<PathBuf>, state_dir: &Path) -> anyho
                 "[vpc] needs attestation ([tee] provider): app CVMs only register with an \
                  attested gateway",
             )?;
-            let node = gatehouse::vpc::node::VpcNode::start(
+            let node = gatehouse_vpc::node::VpcNode::start(
                 vpc,
                 state.store.clone(),
                 state.sealer.clone(),
@@ -751,14 +750,14 @@ fn agent(a: AgentArgs) -> anyhow::Result<()> {
         let sealer = gatehouse::attestation::sealer(&config, &a.state_dir).await?;
         let (provider, collateral) = gatehouse::attestation::quote_provider(&config.tee)?
             .context("[tee] provider = \"none\": the agent has no quote to register with")?;
-        let key = gatehouse::vpc::agent::load_or_create_key(&a.state_dir, sealer.as_ref())?;
-        let agent = gatehouse::vpc::agent::Agent {
+        let key = gatehouse_vpc::agent::load_or_create_key(&a.state_dir, sealer.as_ref())?;
+        let agent = gatehouse_vpc::agent::Agent {
             register_url: a.register,
             app_id: a.app_id,
             gateway_policy,
             provider,
             collateral,
-            wg: gatehouse::vpc::node::wireguard_for(kind, &a.interface),
+            wg: gatehouse_vpc::node::wireguard_for(kind, &a.interface),
             key,
         };
         agent.run(a.once).await?;

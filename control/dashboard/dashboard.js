@@ -128,7 +128,8 @@ function attestation(a) {
   const dl = $("attestation");
   if (a.error) { dl.replaceChildren(el("dt", {}, "status"), el("dd", { class: "warn" }, a.error)); return; }
   const ok = a.tcb_status === "UpToDate";
-  const keys = (a.keys || []).map((k) => k.spki_sha256.slice(0, 12) + "… made " + (k.origin === "tee" ? "in the TEE" : k.origin) + ", sealed by " + k.sealing).join("; ");
+  const keys = (a.keys || []).map((k) => k.spki_sha256.slice(0, 12) + "… " +
+    (k.origin === "tee" ? "made in the TEE, sealed by " + k.sealing : k.origin === "imported" ? "imported from a file (the operator holds it)" : k.origin)).join("; ");
   const facts = [["TEE", a.tee, a.tee === "tdx" ? "ok" : "warn"], ["TCB status", a.tcb_status, ok ? "ok" : "warn"],
     ["Sealing", a.sealing, a.sealing === "tee" ? "ok" : "warn"], ["MRTD", a.mrtd, "mono"],
     ["RTMR0", a.rtmr[0], "mono"], ["RTMR1", a.rtmr[1], "mono"], ["RTMR2", a.rtmr[2], "mono"], ["RTMR3", a.rtmr[3], "mono"],

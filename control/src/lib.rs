@@ -22,10 +22,10 @@ pub mod views;
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 use gatehouse::conn::Shared;
-use gatehouse::vpc::node::VpcNode;
 use gatehouse_certbot::manager::CertManager;
 use gatehouse_config::Config;
 use gatehouse_store::Store;
+use gatehouse_vpc::node::VpcNode;
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 

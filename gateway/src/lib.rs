@@ -37,4 +37,3 @@ pub mod shutdown;
 pub mod terminate;
 pub mod upstream;
 pub mod verifier;
-pub mod vpc;

@@ -560,12 +560,12 @@ async fn admission_webhook_admits_one_app_denies_another_and_fails_closed() {
 /// peer, and the webhook saw its measurements.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admission_webhook_decides_vpc_registrations_after_the_quote() {
-    use gatehouse::vpc::leases::Leases;
-    use gatehouse::vpc::register::{report_data, RegisterRequest, Registrar};
-    use gatehouse::vpc::wireguard::{base64, KeyPair, Uapi, WireGuard};
     use gatehouse_attest::pccs::{CollateralSource, Pccs, DEFAULT_PCCS};
     use gatehouse_attest::simulator::{Simulator, SimulatorConfig};
     use gatehouse_attest::QuoteProvider;
+    use gatehouse_vpc::leases::Leases;
+    use gatehouse_vpc::register::{report_data, RegisterRequest, Registrar};
+    use gatehouse_vpc::wireguard::{base64, KeyPair, Uapi, WireGuard};
     if !gatehouse_tests::netns::wireguard_ready() {
         return;
     }

@@ -9,8 +9,6 @@
 //! packet. Needs root; skipped otherwise.
 //! Namespaces and processes are removed by PID on every exit path.
 
-use gatehouse::vpc::agent::Agent;
-use gatehouse::vpc::wireguard::{KeyPair, Uapi, WireGuard};
 use gatehouse_attest::pccs::{CollateralSource, Pccs, DEFAULT_PCCS};
 use gatehouse_attest::policy::Policy;
 use gatehouse_attest::simulator::{Simulator, SimulatorConfig};
@@ -18,6 +16,8 @@ use gatehouse_attest::QuoteProvider;
 use gatehouse_tests::netns::{ip, wireguard_ready, Net};
 use gatehouse_tests::pki::TestCa;
 use gatehouse_tests::{binary, Gateway};
+use gatehouse_vpc::agent::Agent;
+use gatehouse_vpc::wireguard::{KeyPair, Uapi, WireGuard};
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader};
 use std::net::Ipv4Addr;

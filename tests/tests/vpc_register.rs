@@ -3,14 +3,14 @@
 //! address and a peer; each refusal (unknown app, reused nonce, measurement outside the
 //! policy, quote binding another key) names its check and leaves no lease and no peer.
 
-use gatehouse::vpc::leases::Leases;
-use gatehouse::vpc::register::{report_data, RegisterRequest, Registrar};
-use gatehouse::vpc::wireguard::{base64, KeyPair, Uapi, WireGuard};
 use gatehouse_attest::pccs::{CollateralSource, Pccs, DEFAULT_PCCS};
 use gatehouse_attest::policy::Policy;
 use gatehouse_attest::simulator::{Simulator, SimulatorConfig};
 use gatehouse_attest::QuoteProvider;
 use gatehouse_tests::netns::{wireguard_ready, Net};
+use gatehouse_vpc::leases::Leases;
+use gatehouse_vpc::register::{report_data, RegisterRequest, Registrar};
+use gatehouse_vpc::wireguard::{base64, KeyPair, Uapi, WireGuard};
 use std::collections::HashMap;
 use std::sync::Arc;
 

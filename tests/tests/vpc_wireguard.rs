@@ -1,11 +1,11 @@
 //! WireGuard control against real userspace daemons (wireguard-go) in network namespaces this
-//! test creates: two interfaces configured only through `gatehouse::vpc::wireguard` (UAPI),
+//! test creates: two interfaces configured only through `gatehouse_vpc::wireguard` (UAPI),
 //! a handshake and HTTP through the tunnel, then the counters and last handshake read back
 //! through both the UAPI client and the `wg` tool. Needs root (namespaces, TUN); skipped with
 //! a message otherwise. Namespaces and daemons are removed by PID on every exit path.
 
-use gatehouse::vpc::wireguard::{KeyPair, PeerConfig, Uapi, WgTool, WireGuard};
 use gatehouse_tests::netns::{ip, wireguard_ready, Net};
+use gatehouse_vpc::wireguard::{KeyPair, PeerConfig, Uapi, WgTool, WireGuard};
 use std::net::Ipv4Addr;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};

@@ -124,7 +124,7 @@ pub struct Registrar {
     /// Nonces consumed by a successful registration, until they expire.
     used: Mutex<HashMap<[u8; 32], Instant>>,
     /// The operator's admission decision (`[admission]`), asked after the quote passed.
-    pub admission: std::sync::OnceLock<Arc<dyn crate::app_admission::AdmitApps>>,
+    pub admission: std::sync::OnceLock<Arc<dyn gatehouse::app_admission::AdmitApps>>,
 }
 
 impl std::fmt::Debug for Registrar {
@@ -230,10 +230,13 @@ impl Registrar {
         )
         .map_err(|e| refuse("binding", e))?;
         if let Some(admission) = self.admission.get() {
-            let candidate = crate::app_admission::Candidate {
+            let candidate = gatehouse::app_admission::Candidate {
                 app_id: req.app_id.clone(),
                 purpose: "vpc-register",
-                measurements: Some(crate::app_admission::Measurements::of(&req.evidence, &q)),
+                measurements: Some(gatehouse::app_admission::Measurements::of(
+                    &req.evidence,
+                    &q,
+                )),
             };
             admission
                 .admit(&candidate)

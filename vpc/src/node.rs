@@ -11,9 +11,9 @@ use super::leases::{Lease, Leases};
 use super::register::{RegisterRequest, Registrar};
 use super::wireguard::{parse_key, set_address, KeyPair, PeerConfig, Uapi, WgTool, WireGuard};
 use super::VpcError;
-use crate::attestation::Attestor;
-use crate::http_server::{json, read_json, serve_tls, text, Limits};
-use crate::route::SourceInstances;
+use gatehouse::attestation::Attestor;
+use gatehouse::http_server::{json, read_json, serve_tls, text, Limits};
+use gatehouse::route::SourceInstances;
 use gatehouse_attest::policy::Policy;
 use gatehouse_attest::provider::TeeKind;
 use gatehouse_attest::ratls_cert::RotatingCert;
@@ -76,7 +76,7 @@ pub struct PeerView {
 impl VpcNode {
     /// Asks `admission` before each registration (after the quote, policy and binding
     /// passed). Set once, before the registration listener serves.
-    pub fn set_admission(&self, admission: Arc<dyn crate::app_admission::AdmitApps>) {
+    pub fn set_admission(&self, admission: Arc<dyn gatehouse::app_admission::AdmitApps>) {
         let _ = self.registrar.admission.set(admission);
     }
 
@@ -316,7 +316,7 @@ impl VpcNode {
     /// Every third of `handshake_stale` (0.5-10 s): reads the peers, publishes the live
     /// instances into `routes`, reclaims leases idle for `lease_reclaim`, and re-applies the
     /// interface when its daemon lost the configuration. Runs until dropped.
-    pub async fn watch(self: Arc<Self>, shared: Arc<crate::conn::Shared>) {
+    pub async fn watch(self: Arc<Self>, shared: Arc<gatehouse::conn::Shared>) {
         let c = self.registrar.config().clone();
         let interval =
             (c.handshake_stale / 3).clamp(Duration::from_millis(500), Duration::from_secs(10));
