@@ -567,6 +567,7 @@ fn run(config: Option<Config>, path: Option<PathBuf>, state_dir: &Path) -> anyho
                 path.clone(),
                 tokens,
             )?);
+            c.set_listeners(gateway.listeners());
             tokio::spawn(gatehouse_control::server::run(listener, c.clone()));
             tokio::spawn(c.clone().reload_on_sighup());
             control = Some(c);

@@ -70,6 +70,7 @@ pub struct Control {
     acme: OnceLock<AcmeHandle>,
     vpc: OnceLock<Arc<VpcNode>>,
     cluster: OnceLock<Arc<dyn Store>>,
+    listeners: OnceLock<Arc<gatehouse::app::Listeners>>,
     /// One reload (or API change of apps) at a time.
     changing: tokio::sync::Mutex<()>,
 }
@@ -107,6 +108,7 @@ impl Control {
             acme: OnceLock::new(),
             vpc: OnceLock::new(),
             cluster: OnceLock::new(),
+            listeners: OnceLock::new(),
             changing: tokio::sync::Mutex::new(()),
         })
     }
@@ -126,6 +128,11 @@ impl Control {
     pub fn set_vpc(self: &Arc<Self>, vpc: Arc<VpcNode>) {
         vpc.set_admission(Arc::new(LiveAdmission(self.clone())));
         let _ = self.vpc.set(vpc);
+    }
+
+    /// Lets a reload add and remove the data plane's listeners.
+    pub fn set_listeners(&self, listeners: Arc<gatehouse::app::Listeners>) {
+        let _ = self.listeners.set(listeners);
     }
 
     /// Shows the cluster's members from this store.

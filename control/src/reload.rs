@@ -4,9 +4,11 @@
 //! without touching the running gateway (certificates loaded, tokens read, the route table
 //! built). Only when all of them succeeded are they swapped in: routes, certificates,
 //! connection caps, timeouts and PROXY trust, admin tokens, admission. New connections see
-//! them; established ones keep what they started with. Anything else that changed is bound
-//! at start (listeners, store, TEE, ACME, DNS, VPC, cluster, the HTTP engine): a reload that
-//! changes it is refused, naming each key, and the running config stays.
+//! them; established ones keep what they started with. Listeners added start (bound before
+//! anything is swapped, so a port in use refuses the reload); listeners removed stop
+//! accepting while their connections finish. Anything else that changed is bound at start
+//! (workers, store, TEE, ACME, DNS, VPC, cluster, the HTTP engine): a reload that changes it
+//! is refused, naming each key, and the running config stays.
 
 use crate::Control;
 use gatehouse::route::{AppSpec, Origin};
@@ -26,6 +28,10 @@ pub struct ReloadReport {
     pub apps_removed: Vec<String>,
     /// Sections whose settings changed (`tls`, `proxy.timeouts`, `proxy.limits`, `admin`, ...).
     pub changed: Vec<String>,
+    /// TLS listeners started (as bound: a port 0 resolved).
+    pub listeners_added: Vec<String>,
+    /// TLS listeners that stopped accepting (their connections go on).
+    pub listeners_removed: Vec<String>,
 }
 
 /// The sections a running gateway cannot change: they are bound at start.
@@ -39,7 +45,6 @@ fn fixed(old: &Config, new: &Config) -> Vec<String> {
             ));
         }
     };
-    differs("proxy.listen", old.proxy.listen == new.proxy.listen);
     differs("proxy.workers", old.proxy.workers == new.proxy.workers);
     differs("proxy.http", old.proxy.http == new.proxy.http);
     differs(
@@ -130,6 +135,16 @@ impl Control {
             Some(Ok(a)) => Some(Arc::new(a)),
             None => None,
         };
+        let listeners = match self.listeners.get() {
+            Some(l) if problems.is_empty() => match l.prepare(&new.proxy.listen) {
+                Ok(n) => Some(n),
+                Err(e) => {
+                    problems.push(format!("proxy.listen: {e}"));
+                    None
+                }
+            },
+            _ => None,
+        };
         if !problems.is_empty() {
             return Err(problems);
         }
@@ -148,6 +163,19 @@ impl Control {
             .map_err(|e| vec![format!("apps: {e}")])?;
 
         let mut changed = Vec::new();
+        let (mut listeners_added, mut listeners_removed) = (Vec::new(), Vec::new());
+        if let (Some(l), Some(new_listeners)) = (self.listeners.get(), listeners) {
+            let (added, removed) = l.apply(new_listeners);
+            for addr in &added {
+                gatehouse::upstream::own::register(*addr);
+                tracing::info!("listening on {addr} (TLS), added by a reload");
+            }
+            for addr in &removed {
+                tracing::info!("stopped accepting on {addr}; its connections go on");
+            }
+            listeners_added = added.iter().map(|a| a.to_string()).collect();
+            listeners_removed = removed.iter().map(|a| a.to_string()).collect();
+        }
         if old.tls.certificates != new.tls.certificates {
             changed.push("tls.certificates".to_owned());
         }
@@ -207,6 +235,8 @@ impl Control {
                 .map(|s| s.id.clone())
                 .collect(),
             changed,
+            listeners_added,
+            listeners_removed,
         };
         self.config.store(Arc::new(new));
         Ok(report)

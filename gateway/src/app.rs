@@ -59,7 +59,87 @@ pub struct Gateway {
     /// What every connection reads.
     pub shared: Arc<Shared>,
     sockets: Vec<Vec<std::net::TcpListener>>,
+    commands: Vec<tokio::sync::mpsc::UnboundedReceiver<WorkerCommand>>,
+    listeners: Arc<Listeners>,
     drain: Duration,
+}
+
+/// What a worker is told at run time: take a listening socket, or stop accepting on one.
+#[derive(Debug)]
+enum WorkerCommand {
+    Add(std::net::TcpListener),
+    Remove(SocketAddr),
+}
+
+/// The listeners at run time: a reload adds (each worker gets its `SO_REUSEPORT` socket) and
+/// removes them (each worker stops accepting there; connections already accepted go on).
+#[derive(Debug)]
+pub struct Listeners {
+    workers: Vec<tokio::sync::mpsc::UnboundedSender<WorkerCommand>>,
+    /// Each configured address and the address it is bound to (a port 0 resolved).
+    bound: std::sync::Mutex<Vec<(SocketAddr, SocketAddr)>>,
+}
+
+/// Listeners a reload bound, not yet handed to the workers.
+#[derive(Debug)]
+pub struct NewListeners {
+    add: Vec<(SocketAddr, Vec<std::net::TcpListener>)>,
+    remove: Vec<SocketAddr>,
+}
+
+impl Listeners {
+    /// Binds what `wanted` (configured addresses) adds and finds what it drops; changes
+    /// nothing yet. The error names the address that could not be bound.
+    pub fn prepare(&self, wanted: &[SocketAddr]) -> std::io::Result<NewListeners> {
+        let bound = self.bound.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let mut add = Vec::new();
+        for addr in wanted
+            .iter()
+            .filter(|a| !bound.iter().any(|(c, _)| c == *a))
+        {
+            let per_worker = listener::bind_all(&[*addr], self.workers.len())?;
+            add.push((*addr, per_worker.into_iter().flatten().collect()));
+        }
+        let remove = bound
+            .iter()
+            .filter(|(c, _)| !wanted.contains(c))
+            .map(|(c, _)| *c)
+            .collect();
+        Ok(NewListeners { add, remove })
+    }
+
+    /// Hands the new sockets to the workers and stops the removed ones; returns the
+    /// addresses added and removed (as bound).
+    pub fn apply(&self, new: NewListeners) -> (Vec<SocketAddr>, Vec<SocketAddr>) {
+        let mut bound = self.bound.lock().unwrap_or_else(|p| p.into_inner());
+        let (mut added, mut removed) = (Vec::new(), Vec::new());
+        for (configured, sockets) in new.add {
+            let Some(actual) = sockets.first().and_then(|s| s.local_addr().ok()) else {
+                continue;
+            };
+            for (worker, socket) in self.workers.iter().zip(sockets) {
+                let _ = worker.send(WorkerCommand::Add(socket));
+            }
+            bound.push((configured, actual));
+            added.push(actual);
+        }
+        for configured in new.remove {
+            if let Some(i) = bound.iter().position(|(c, _)| *c == configured) {
+                let (_, actual) = bound.remove(i);
+                for worker in &self.workers {
+                    let _ = worker.send(WorkerCommand::Remove(actual));
+                }
+                removed.push(actual);
+            }
+        }
+        (added, removed)
+    }
+
+    /// The bound addresses.
+    pub fn addrs(&self) -> Vec<SocketAddr> {
+        let bound = self.bound.lock().unwrap_or_else(|p| p.into_inner());
+        bound.iter().map(|(_, a)| *a).collect()
+    }
 }
 
 impl Gateway {
@@ -105,11 +185,29 @@ impl Gateway {
             n => n,
         };
         let sockets = listener::bind_all(&config.proxy.listen, workers)?;
+        let (senders, commands) = (0..workers)
+            .map(|_| tokio::sync::mpsc::unbounded_channel())
+            .unzip();
+        let actual = sockets
+            .first()
+            .map(|s| s.iter().filter_map(|l| l.local_addr().ok()).collect())
+            .unwrap_or_else(Vec::new);
+        let listeners = Arc::new(Listeners {
+            workers: senders,
+            bound: std::sync::Mutex::new(config.proxy.listen.iter().copied().zip(actual).collect()),
+        });
         Ok(Gateway {
             shared,
             sockets,
+            commands,
+            listeners,
             drain: config.proxy.timeouts.drain,
         })
+    }
+
+    /// The listeners, for a reload to change.
+    pub fn listeners(&self) -> Arc<Listeners> {
+        self.listeners.clone()
     }
 
     /// The bound addresses (ports resolved).
@@ -126,14 +224,15 @@ impl Gateway {
         let workers: Vec<_> = self
             .sockets
             .into_iter()
+            .zip(self.commands)
             .enumerate()
-            .map(|(i, sockets)| {
+            .map(|(i, (sockets, commands))| {
                 let shared = self.shared.clone();
                 let stop = stop.clone();
                 let drain = self.drain;
                 std::thread::Builder::new()
                     .name(format!("gatehouse-worker-{i}"))
-                    .spawn(move || worker(i, sockets, shared, stop, drain))
+                    .spawn(move || worker(i, sockets, commands, shared, stop, drain))
             })
             .collect();
         let (done_tx, done_rx) = tokio::sync::oneshot::channel();
@@ -150,6 +249,7 @@ impl Gateway {
 fn worker(
     index: usize,
     sockets: Vec<std::net::TcpListener>,
+    mut commands: tokio::sync::mpsc::UnboundedReceiver<WorkerCommand>,
     shared: Arc<Shared>,
     mut stop: watch::Receiver<bool>,
     drain: Duration,
@@ -166,20 +266,47 @@ fn worker(
     };
     runtime.block_on(async move {
         let tracker = Arc::new(Tracker::default());
-        for socket in sockets {
-            match tokio::net::TcpListener::from_std(socket) {
-                Ok(l) => {
+        // Each listener's own stop, for a reload that removes it.
+        let mut own: std::collections::HashMap<SocketAddr, watch::Sender<bool>> =
+            Default::default();
+        let global = stop.clone();
+        let start = |socket: std::net::TcpListener, own: &mut std::collections::HashMap<_, _>| {
+            let addr = socket.local_addr();
+            match (tokio::net::TcpListener::from_std(socket), addr) {
+                (Ok(l), Ok(addr)) => {
+                    let (tx, rx) = watch::channel(false);
+                    own.insert(addr, tx);
                     tokio::spawn(accept_loop(
                         l,
                         shared.clone(),
-                        stop.clone(),
+                        global.clone(),
+                        rx,
                         tracker.clone(),
                     ));
                 }
-                Err(e) => tracing::error!(worker = index, "listener: {e}"),
+                (Err(e), _) | (_, Err(e)) => tracing::error!(worker = index, "listener: {e}"),
+            }
+        };
+        for socket in sockets {
+            start(socket, &mut own);
+        }
+        loop {
+            tokio::select! {
+                _ = stopped(&mut stop) => break,
+                command = commands.recv() => match command {
+                    Some(WorkerCommand::Add(socket)) => start(socket, &mut own),
+                    Some(WorkerCommand::Remove(addr)) => {
+                        if let Some(tx) = own.remove(&addr) {
+                            let _ = tx.send(true);
+                        }
+                    }
+                    None => {
+                        stopped(&mut stop).await;
+                        break;
+                    }
+                },
             }
         }
-        stopped(&mut stop).await;
         let deadline = tokio::time::Instant::now() + drain;
         while tracker.count() > 0 {
             let notified = tracker.idle.notified();
@@ -205,12 +332,14 @@ async fn accept_loop(
     listener: tokio::net::TcpListener,
     shared: Arc<Shared>,
     mut stop: watch::Receiver<bool>,
+    mut removed: watch::Receiver<bool>,
     tracker: Arc<Tracker>,
 ) {
     loop {
         tokio::select! {
             biased;
             _ = stopped(&mut stop) => return, // drops the listener: no more accepts
+            _ = stopped(&mut removed) => return, // a reload removed it: the same
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     // Checked before any work: a refused connection costs one accept and

@@ -399,19 +399,55 @@ async fn reload_under_load_drops_nothing_and_a_bad_reload_changes_nothing() {
         problems.contains("proxy.bogus") && problems.contains("apps[0].instances[1].address"),
         "{problems}"
     );
-    let moved = two.replace(
-        "listen = [\"127.0.0.1:0\"]",
-        "listen = [\"127.0.0.1:0\", \"127.0.0.1:1\"]",
-    );
-    std::fs::write(&path, &moved).unwrap();
+    // Settings bound at start are refused by name.
+    let workers = two.replace("workers = 2", "workers = 3");
+    std::fs::write(&path, &workers).unwrap();
     let a = api.ops("POST", "/v1/reload", "/v1/reload", None);
-    assert!(
-        a.body["problems"][0]
-            .as_str()
-            .unwrap()
-            .starts_with("proxy.listen: changed"),
+    let first = a.body["problems"][0].as_str().unwrap_or_default();
+    assert!(first.starts_with("proxy.workers: changed"), "{:?}", a.body);
+
+    // A listener added starts; removed, it stops accepting while its connections go on.
+    let extra = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let more = two.replace(
+        "listen = [\"127.0.0.1:0\"]",
+        &format!("listen = [\"127.0.0.1:0\", \"{extra}\"]"),
+    );
+    std::fs::write(&path, &more).unwrap();
+    let a = api.ops("POST", "/v1/reload", "/v1/reload", None);
+    assert_eq!(
+        a.body["listeners_added"],
+        json!([extra.to_string()]),
         "{:?}",
         a.body
+    );
+    let mut held = tls_connect(extra, "web.gw.test", ca.client(&[]))
+        .await
+        .unwrap();
+    assert!(
+        !read_line(&mut held).await.is_empty(),
+        "served on the new listener"
+    );
+    std::fs::write(&path, &two).unwrap();
+    let a = api.ops("POST", "/v1/reload", "/v1/reload", None);
+    assert_eq!(
+        a.body["listeners_removed"],
+        json!([extra.to_string()]),
+        "{:?}",
+        a.body
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        tokio::net::TcpStream::connect(extra).await.is_err(),
+        "the removed listener accepts nothing"
+    );
+    held.write_all(b"after\n").await.unwrap();
+    assert_eq!(
+        read_line(&mut held).await,
+        "after",
+        "its connection goes on"
     );
     std::fs::write(&path, &bad).unwrap();
     gw.signal("HUP");
