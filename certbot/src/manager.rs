@@ -109,6 +109,18 @@ pub struct CertManager {
     node: String,
     /// Wakes a target's renewal loop to renew now (the admin API's "renew").
     wake: Mutex<BTreeMap<String, Arc<tokio::sync::Notify>>>,
+    /// Every target kept (config and run time), the account once ready, and each target's
+    /// renewal loop: one lock, so a target added while the account is being made gets
+    /// exactly one loop.
+    running: Mutex<Running>,
+}
+
+/// The targets and their renewal loops.
+#[derive(Default)]
+struct Running {
+    targets: Vec<Target>,
+    account: Option<Arc<Account>>,
+    loops: BTreeMap<String, tokio::task::AbortHandle>,
 }
 
 /// How long a renewal lock outlives a holder that stopped keeping it alive (crash, pause,
@@ -176,6 +188,7 @@ impl CertManager {
             stats: Arc::default(),
             node: node_name(),
             wake: Mutex::default(),
+            running: Mutex::default(),
         }
     }
 
@@ -315,22 +328,84 @@ impl CertManager {
             }
         };
         self.lock_caa(&account).await;
-        for t in &targets {
-            tokio::spawn(self.clone().maintain(account.clone(), t.clone()));
+        {
+            let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+            running.account = Some(account.clone());
+            for t in &targets {
+                if !running.targets.iter().any(|r| r.id == t.id) {
+                    running.targets.push(t.clone());
+                }
+            }
+            let all = running.targets.clone();
+            for t in all {
+                let task = tokio::spawn(self.clone().maintain(account.clone(), t.clone()));
+                running.loops.insert(t.id.clone(), task.abort_handle());
+            }
         }
-        tokio::spawn(self.clone().follow_store(targets.clone()));
+        tokio::spawn(self.clone().follow_store());
         self.watch_caa(account, targets).await;
+    }
+
+    /// Keeps `target` too, from now on (a custom domain added at run time): its stored
+    /// certificate is served at once, and it is ordered and renewed like the others (once the
+    /// account is ready). False when a target with its id is kept already.
+    pub async fn add_target(self: &Arc<Self>, target: Target) -> bool {
+        {
+            let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+            if running.targets.iter().any(|t| t.id == target.id) {
+                return false;
+            }
+            running.targets.push(target.clone());
+            if let Some(account) = running.account.clone() {
+                let task = tokio::spawn(self.clone().maintain(account, target.clone()));
+                running.loops.insert(target.id.clone(), task.abort_handle());
+            }
+        }
+        tracing::info!(names = ?target.names, "certificate target added");
+        self.load_stored(std::slice::from_ref(&target)).await;
+        true
+    }
+
+    /// Stops keeping target `id`: its renewal loop ends and its certificate is no longer
+    /// served (the stored record stays, for a later add). False when no such target.
+    pub fn remove_target(&self, id: &str) -> bool {
+        let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(i) = running.targets.iter().position(|t| t.id == id) else {
+            return false;
+        };
+        let target = running.targets.remove(i);
+        if let Some(task) = running.loops.remove(id) {
+            task.abort();
+        }
+        drop(running);
+        self.live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
+        self.publish_all();
+        tracing::info!(names = ?target.names, "certificate target removed");
+        true
+    }
+
+    /// The ids of every target kept.
+    pub fn target_ids(&self) -> Vec<String> {
+        let running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        running.targets.iter().map(|t| t.id.clone()).collect()
     }
 
     /// Serves each certificate another node (or an earlier run) stores, as the store's watch
     /// reports it, so a renewal anywhere reaches every node's new handshakes.
-    pub async fn follow_store(self: Arc<Self>, targets: Vec<Target>) {
+    pub async fn follow_store(self: Arc<Self>) {
         loop {
             match self.store.watch(stored::PREFIX).await {
                 Ok((_, mut changes)) => {
                     while let Some(change) = changes.next().await {
                         let Event::Put { key, .. } = change else {
                             continue;
+                        };
+                        let targets = {
+                            let running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+                            running.targets.clone()
                         };
                         for t in targets.iter().filter(|t| stored::store_key(&t.id) == key) {
                             self.reload(t).await;

@@ -639,6 +639,10 @@ fn run(config: Option<Config>, path: Option<PathBuf>, state_dir: &Path) -> anyho
                 manager: acme.manager(),
                 targets: acme.targets(),
             });
+            // The custom domains added through the API join the certificate targets.
+            c.publish_records()
+                .await
+                .context("custom domains stored through the admin API")?;
         }
         if let (Some(vpc), Some(state)) = (&config.vpc, &state) {
             let attestor = gateway.shared.attest.get().context(

@@ -40,7 +40,7 @@ pub use proxy::{parse_dot_server, ConnectionLimits, CustomDomainsConfig, ProxyCo
 pub use store::{EtcdStoreConfig, StoreBackend, StoreConfig};
 pub use tee::{Sealing, SimulatorSettings, TeeConfig, TeeProvider};
 pub use tls::{CertificatePair, TlsConfig};
-pub use validate::is_local_address;
+pub use validate::{dns_name_problem, is_local_address};
 pub use vpc::{Ipv4Prefix, VpcApp, VpcConfig, WireGuardKind};
 
 use serde::de::DeserializeOwned;

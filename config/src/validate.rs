@@ -344,7 +344,7 @@ fn check_health_check(
 }
 
 /// Why `name` is not a DNS host name we accept (LDH labels, no trailing dot), if it is not.
-fn dns_name_problem(name: &str) -> Option<String> {
+pub fn dns_name_problem(name: &str) -> Option<String> {
     if name.is_empty() || name.len() > 253 {
         return Some(format!("{name:?} must be 1 to 253 characters"));
     }

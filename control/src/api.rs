@@ -53,6 +53,8 @@ pub async fn route(
             drain(control, id, addr, false, caller).await
         }
         ("GET", ["custom-domains"]) => json(200, &views::custom_domains(control)),
+        ("POST", ["custom-domains"]) => views::add_domain(control, req, caller).await,
+        ("DELETE", ["custom-domains", name]) => views::delete_domain(control, name).await,
         ("POST", ["custom-domains", name, "lookup"]) => views::relookup(control, name).await,
         ("GET", ["certificates"]) => json(200, &views::certificates(control)),
         ("POST", ["certificates", id, "renew"]) => views::renew(control, id),

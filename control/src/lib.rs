@@ -71,6 +71,8 @@ pub struct Control {
     vpc: OnceLock<Arc<VpcNode>>,
     cluster: OnceLock<Arc<dyn Store>>,
     listeners: OnceLock<Arc<gatehouse::app::Listeners>>,
+    /// The custom domains this node added to ACME (from the stored records).
+    domains: std::sync::Mutex<std::collections::BTreeSet<String>>,
     /// One reload (or API change of apps) at a time.
     changing: tokio::sync::Mutex<()>,
 }
@@ -109,6 +111,7 @@ impl Control {
             vpc: OnceLock::new(),
             cluster: OnceLock::new(),
             listeners: OnceLock::new(),
+            domains: Default::default(),
             changing: tokio::sync::Mutex::new(()),
         })
     }
@@ -156,6 +159,25 @@ impl Control {
             tracing::error!("apps from the admin API not published: {e}");
         }
         self.shared.routes.set_drained(records.drained().await?);
+        if let Some(acme) = self.acme.get() {
+            let wanted: std::collections::BTreeSet<String> =
+                records.domains().await?.into_keys().collect();
+            let held = self
+                .domains
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+            for gone in held.difference(&wanted) {
+                acme.manager
+                    .remove_target(&domain_target(&self.shared, gone).id);
+            }
+            for new in wanted.difference(&held) {
+                acme.manager
+                    .add_target(domain_target(&self.shared, new))
+                    .await;
+            }
+            *self.domains.lock().unwrap_or_else(|p| p.into_inner()) = wanted;
+        }
         Ok(())
     }
 
@@ -195,6 +217,14 @@ impl Control {
             None => Ok(()),
         }
     }
+}
+
+/// The certificate target of a custom domain: TLS-ALPN-01, answered by every node.
+pub fn domain_target(shared: &Shared, domain: &str) -> gatehouse_certbot::manager::Target {
+    gatehouse_certbot::manager::Target::new(
+        vec![domain.to_owned()],
+        gatehouse_certbot::order::Solver::TlsAlpn01(shared.acme.challenges.clone()),
+    )
 }
 
 /// The admission in force, as the VPC asks it (a reload may change it).

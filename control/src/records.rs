@@ -16,6 +16,18 @@ use std::sync::Arc;
 pub const PREFIX: &str = "control/";
 const APPS: &str = "control/apps/";
 const DRAINED: &str = "control/drained/";
+const DOMAINS: &str = "control/domains/";
+
+/// A custom domain added through the API (its certificate is kept by ACME).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct DomainRecord {
+    /// The app its TXT record named when it was added.
+    pub app: String,
+    /// Unix seconds.
+    pub at: u64,
+    /// The token id that added it.
+    pub by: String,
+}
 
 /// A drained instance's record.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -166,6 +178,35 @@ impl Records {
             self.store.delete(&key).await?;
         }
         Ok(())
+    }
+}
+
+impl Records {
+    /// Every custom domain added through the API.
+    pub async fn domains(&self) -> Result<BTreeMap<String, DomainRecord>, ControlError> {
+        let mut out = BTreeMap::new();
+        for (key, v) in self.store.list(DOMAINS).await? {
+            if let Some(d) = self.open::<DomainRecord>(&key, &v.value) {
+                out.insert(key[DOMAINS.len()..].to_owned(), d);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Adds a custom domain; false when it is added already.
+    pub async fn add_domain(
+        &self,
+        domain: &str,
+        record: &DomainRecord,
+    ) -> Result<bool, ControlError> {
+        let key = format!("{DOMAINS}{domain}");
+        let sealed = self.seal(&key, record)?;
+        Ok(self.store.compare_and_swap(&key, 0, &sealed).await?.is_ok())
+    }
+
+    /// Removes a custom domain; false when it was not added.
+    pub async fn delete_domain(&self, domain: &str) -> Result<bool, ControlError> {
+        Ok(self.store.delete(&format!("{DOMAINS}{domain}")).await?)
     }
 }
 

@@ -89,6 +89,14 @@ pub struct CertificateView {
 /// The certificates served now, soonest expiry first.
 pub fn certificates(control: &Control) -> Vec<CertificateView> {
     let acme = control.acme.get();
+    let mut targets: Vec<(String, Vec<String>)> =
+        acme.map(|a| a.targets.clone()).unwrap_or_default();
+    let added = control
+        .domains
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    targets.extend(added.into_iter().map(|d| (d.clone(), vec![d])));
     let now = unix(SystemTime::now()) as i64;
     let mut out: Vec<CertificateView> = control
         .shared
@@ -101,12 +109,10 @@ pub fn certificates(control: &Control) -> Vec<CertificateView> {
             let names = gatehouse::terminate::certs::dns_names(&der).unwrap_or_default();
             let not_before = cert.validity().not_before.timestamp();
             let not_after = cert.validity().not_after.timestamp();
-            let target = acme.and_then(|a| {
-                a.targets
-                    .iter()
-                    .find(|(_, t)| t.iter().all(|n| names.contains(n)))
-                    .map(|(id, _)| id.clone())
-            });
+            let target = targets
+                .iter()
+                .find(|(_, t)| t.iter().all(|n| names.contains(n)))
+                .map(|(id, _)| id.clone());
             let stats = acme.map(|a| a.manager.stats.clone());
             let lookup = |m: &std::sync::Mutex<std::collections::BTreeMap<String, SystemTime>>| {
                 let id = target.as_ref()?;
@@ -149,8 +155,8 @@ pub fn renew(control: &Control, id: &str) -> Reply {
     let Some(acme) = control.acme.get() else {
         return error(404, "no ACME certificates here ([acme] is not configured)");
     };
-    if !acme.targets.iter().any(|(t, _)| t == id) {
-        let ids: Vec<&str> = acme.targets.iter().map(|(t, _)| t.as_str()).collect();
+    let ids = acme.manager.target_ids();
+    if !ids.iter().any(|t| t == id) {
         return error(
             404,
             format!("no certificate target {id:?} (targets: {ids:?})"),
@@ -307,4 +313,104 @@ pub async fn overview(control: &Control) -> serde_json::Value {
         "vpc": vpc,
         "nodes": nodes,
     })
+}
+
+/// The largest custom-domain request read.
+const DOMAIN_BODY: usize = 4096;
+
+/// `POST /v1/custom-domains {"domain"}`: keep a certificate for a custom domain whose TXT
+/// record names an app here (TLS-ALPN-01, no restart).
+pub async fn add_domain(
+    control: &Control,
+    req: hyper::Request<hyper::body::Incoming>,
+    caller: &crate::tokens::Caller,
+) -> Reply {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Add {
+        domain: String,
+    }
+    let add: Add = match gatehouse::http_server::read_json(req, DOMAIN_BODY, "{\"domain\"}").await {
+        Ok(a) => a,
+        Err(r) => return r,
+    };
+    let domain = add.domain.trim_end_matches('.').to_ascii_lowercase();
+    if let Some(why) = gatehouse_config::dns_name_problem(&domain) {
+        return error(422, format!("domain: {why}"));
+    }
+    let config = control.config();
+    if let Some(base) = config
+        .proxy
+        .base_domains
+        .iter()
+        .find(|b| domain == **b || domain.ends_with(&format!(".{b}")))
+    {
+        return error(
+            422,
+            format!("domain: {domain} is under the base domain {base}: its names route already"),
+        );
+    }
+    if control.acme.get().is_none() {
+        return error(
+            409,
+            "no ACME here ([acme] is not configured): no certificate to keep",
+        );
+    }
+    let Some(records) = control.records.get() else {
+        return error(503, "this gateway has no store yet");
+    };
+    // The TXT record must name an app here now: no certificate is ordered for a name that
+    // would not route (the CA's rate limits are shared by everyone behind this account).
+    let target = match control
+        .shared
+        .routes
+        .custom_domains()
+        .relookup(&domain)
+        .await
+    {
+        Ok(t) => t,
+        Err(e) => return error(422, format!("domain: {domain} does not route here: {e}")),
+    };
+    if control.shared.routes.table().app(&target.app).is_none() {
+        return error(
+            422,
+            format!(
+                "domain: {domain}'s TXT record names app {:?}, which is not here",
+                target.app
+            ),
+        );
+    }
+    let record = crate::records::DomainRecord {
+        app: target.app.clone(),
+        at: unix(SystemTime::now()),
+        by: caller.id.clone(),
+    };
+    match records.add_domain(&domain, &record).await {
+        Ok(true) => {}
+        Ok(false) => return error(409, format!("{domain} is added already")),
+        Err(e) => return error(503, e),
+    }
+    if let Err(e) = control.publish_records().await {
+        return error(503, format!("stored, but not yet applied: {e}"));
+    }
+    json(
+        201,
+        &serde_json::json!({ "domain": domain, "app": target.app }),
+    )
+}
+
+/// `DELETE /v1/custom-domains/<name>`: stop keeping its certificate.
+pub async fn delete_domain(control: &Control, name: &str) -> Reply {
+    let Some(records) = control.records.get() else {
+        return error(503, "this gateway has no store yet");
+    };
+    let name = name.trim_end_matches('.').to_ascii_lowercase();
+    match records.delete_domain(&name).await {
+        Ok(true) => match control.publish_records().await {
+            Ok(()) => json(200, &serde_json::json!({ "deleted": name })),
+            Err(e) => error(503, format!("deleted, but not yet applied: {e}")),
+        },
+        Ok(false) => error(404, format!("{name} was not added through the API")),
+        Err(e) => error(503, e),
+    }
 }

@@ -355,3 +355,110 @@ fn a_short_lived_certificate_is_renewed_while_a_connection_stays_open() {
     assert_eq!(&got, b"before after");
     assert!(gw.log().contains("next renewal"));
 }
+
+/// Issue 20: a custom domain added through the admin API gets its certificate by TLS-ALPN-01
+/// without a restart (the TXT record must name an app here first), is served and renewed like
+/// the config's, and stops being served when deleted.
+#[test]
+fn admin_api_custom_domain_added_at_run_time_gets_its_certificate_by_tls_alpn01() {
+    use gatehouse_tests::admin::{call, conforms, openapi};
+    let knot = Knot::start(
+        "test",
+        &[
+            "web.custom 60 A 127.0.0.1",
+            "_gatehouse-app-address.web.custom 60 TXT \"shop\"",
+            "nowhere.custom 60 A 127.0.0.1",
+        ],
+    );
+    let port = free_port();
+    let pebble = Pebble::start(&PebbleOptions {
+        tls_port: port,
+        ..PebbleOptions::new(knot.addr)
+    });
+    let app = http_app();
+    let config = alpn_config(&pebble, &knot, port, app.port(), "", "").replace(
+        "[proxy.custom_domains]\nenabled = false",
+        &format!(
+            "[proxy.custom_domains]\nenabled = true\nnameservers = [\"{}\"]",
+            knot.addr
+        ),
+    );
+    let gw = Gateway::start(&config);
+    let admin = gw.admin.unwrap();
+    let doc = openapi();
+    gw.wait_log("ACME account", Duration::from_secs(30));
+    // A name whose TXT record names no app here is refused: nothing is ordered for it.
+    let a = call(
+        admin,
+        "POST",
+        "/v1/custom-domains",
+        None,
+        Some(&serde_json::json!({ "domain": "nowhere.custom.test" })),
+    );
+    assert_eq!(a.status, 422, "{:?}", a.body);
+    conforms(&doc, "POST", "/v1/custom-domains", &a);
+    let a = call(
+        admin,
+        "POST",
+        "/v1/custom-domains",
+        None,
+        Some(&serde_json::json!({ "domain": "web.custom.test" })),
+    );
+    assert_eq!(a.status, 201, "{:?}", a.body);
+    conforms(&doc, "POST", "/v1/custom-domains", &a);
+    assert_eq!(a.body["app"], "shop");
+    wait_metric(&gw, ISSUED, 1, Duration::from_secs(60));
+    let (mut tls, _) = connect(gw.addr, "web.custom.test", client(&pebble.issuing_root()));
+    assert_eq!(peer_names(&tls.conn), vec!["web.custom.test"]);
+    tls.write_all(b"GET / HTTP/1.1\r\nHost: web.custom.test\r\n\r\n")
+        .unwrap();
+    let mut body = String::new();
+    let _ = tls.read_to_string(&mut body);
+    assert!(body.ends_with("hello from web"), "{body}");
+    let a = call(admin, "GET", "/v1/certificates", None, None);
+    conforms(&doc, "GET", "/v1/certificates", &a);
+    let cert = a
+        .body
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["names"][0] == "web.custom.test")
+        .cloned()
+        .unwrap();
+    assert_eq!(
+        (cert["id"].as_str(), cert["key_origin"].as_str()),
+        (Some("web.custom.test"), Some("sealed"))
+    );
+    // Renew now, through the API: a second certificate.
+    let a = call(
+        admin,
+        "POST",
+        "/v1/certificates/web.custom.test/renew",
+        None,
+        None,
+    );
+    assert_eq!(a.status, 202, "{:?}", a.body);
+    conforms(&doc, "POST", "/v1/certificates/{id}/renew", &a);
+    wait_metric(&gw, ISSUED, 2, Duration::from_secs(60));
+    // Deleted: no longer served.
+    let a = call(
+        admin,
+        "DELETE",
+        "/v1/custom-domains/web.custom.test",
+        None,
+        None,
+    );
+    assert_eq!(a.status, 200, "{:?}", a.body);
+    conforms(&doc, "DELETE", "/v1/custom-domains/{name}", &a);
+    let mut tcp = std::net::TcpStream::connect(gw.addr).unwrap();
+    let mut conn = rustls::ClientConnection::new(
+        client(&pebble.issuing_root()),
+        "web.custom.test".try_into().unwrap(),
+    )
+    .unwrap();
+    let mut s = rustls::Stream::new(&mut conn, &mut tcp);
+    assert!(
+        s.write_all(b"x").is_err(),
+        "no certificate for a deleted domain"
+    );
+}
