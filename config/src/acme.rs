@@ -54,6 +54,44 @@ pub struct AcmeConfig {
     /// An ACME profile to request (`tlsserver`, `shortlived`), when the CA offers profiles.
     #[serde(default)]
     pub profile: Option<String>,
+    /// Certificates ordered at the first handshake for a custom domain (`[acme.on_demand]`).
+    #[serde(default)]
+    pub on_demand: OnDemandConfig,
+}
+
+/// `[acme.on_demand]`: a custom domain whose TXT record names an app here gets its
+/// certificate when a client first asks for it (as Caddy's on-demand TLS), if `[admission]`
+/// admits it and within the rate limits. The handshake that asked is refused; the next ones,
+/// a second or two later, get the certificate.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OnDemandConfig {
+    /// Off by default.
+    #[serde(default)]
+    pub enabled: bool,
+    /// Orders per hour at most, over all apps.
+    #[serde(default = "default_per_hour")]
+    pub max_per_hour: u32,
+    /// Orders per hour at most for one app's domains.
+    #[serde(default = "default_per_app")]
+    pub max_per_app_per_hour: u32,
+}
+
+impl Default for OnDemandConfig {
+    fn default() -> Self {
+        OnDemandConfig {
+            enabled: false,
+            max_per_hour: default_per_hour(),
+            max_per_app_per_hour: default_per_app(),
+        }
+    }
+}
+
+fn default_per_hour() -> u32 {
+    20
+}
+fn default_per_app() -> u32 {
+    5
 }
 
 /// Certificate key algorithm; the key is generated in-process and sealed at rest.

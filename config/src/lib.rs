@@ -26,7 +26,10 @@ mod tls;
 mod validate;
 mod vpc;
 
-pub use acme::{AcmeConfig, CloudflareConfig, DnsConfig, DnsProviderKind, KeyType, Rfc2136Config};
+pub use acme::{
+    AcmeConfig, CloudflareConfig, DnsConfig, DnsProviderKind, KeyType, OnDemandConfig,
+    Rfc2136Config,
+};
 pub use admin::{AdminConfig, AdminToken, Scope};
 pub use admission::AdmissionConfig;
 pub use apps::{
@@ -187,6 +190,20 @@ impl Config {
                      (tee.provider = \"none\")",
                 ));
             }
+        }
+        let on_demand = matches!(&acme, Some(Some(a)) if a.on_demand.enabled);
+        if on_demand && matches!(admission, Some(None)) {
+            problems.push(Problem::new(
+                "acme.on_demand.enabled",
+                "needs [admission] (a webhook or an allow list) to decide which domains get \
+                 certificates: anyone can point a TXT record at an app",
+            ));
+        }
+        if on_demand && matches!(admin, Some(None)) {
+            problems.push(Problem::new(
+                "acme.on_demand.enabled",
+                "needs [admin]: the control plane keeps the domains it orders",
+            ));
         }
         let etcd = store
             .as_ref()

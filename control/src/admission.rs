@@ -166,6 +166,7 @@ mod tests {
             app_id: id.into(),
             purpose: "create",
             measurements: None,
+            domain: None,
         };
         assert!(a.admit(&c("web")).await.is_ok());
         let denied = a.admit(&c("db")).await.unwrap_err();

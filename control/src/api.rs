@@ -298,6 +298,7 @@ async fn create_app(control: &Arc<Control>, value: serde_json::Value) -> Reply {
         app_id: app.id.clone(),
         purpose: "create",
         measurements: None,
+        domain: None,
     };
     if let Err(why) = control.admit(&candidate).await {
         return error(403, format!("admission denied app {:?}: {why}", app.id));

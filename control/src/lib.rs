@@ -14,6 +14,7 @@
 pub mod admission;
 pub mod api;
 pub mod dashboard;
+pub mod on_demand;
 pub mod records;
 pub mod reload;
 pub mod server;
@@ -71,6 +72,7 @@ pub struct Control {
     vpc: OnceLock<Arc<VpcNode>>,
     cluster: OnceLock<Arc<dyn Store>>,
     listeners: OnceLock<Arc<gatehouse::app::Listeners>>,
+    on_demand: OnceLock<Arc<on_demand::OnDemand>>,
     /// The custom domains this node added to ACME (from the stored records).
     domains: std::sync::Mutex<std::collections::BTreeSet<String>>,
     /// One reload (or API change of apps) at a time.
@@ -111,6 +113,7 @@ impl Control {
             vpc: OnceLock::new(),
             cluster: OnceLock::new(),
             listeners: OnceLock::new(),
+            on_demand: OnceLock::new(),
             domains: Default::default(),
             changing: tokio::sync::Mutex::new(()),
         })
@@ -122,9 +125,21 @@ impl Control {
         let _ = self.records.set(records);
     }
 
-    /// Shows and drives the ACME certificates.
-    pub fn set_acme(&self, acme: AcmeHandle) {
+    /// Shows and drives the ACME certificates; with `[acme.on_demand]` enabled, the data
+    /// plane asks for certificates of custom domains at their first handshake.
+    pub fn set_acme(self: &Arc<Self>, acme: AcmeHandle) {
         let _ = self.acme.set(acme);
+        let config = self.config();
+        if let Some(limits) = config
+            .acme
+            .as_ref()
+            .map(|a| &a.on_demand)
+            .filter(|o| o.enabled)
+        {
+            let gate = Arc::new(on_demand::OnDemand::new(self, limits.clone()));
+            let _ = self.on_demand.set(gate.clone());
+            let _ = self.shared.on_demand.set(gate);
+        }
     }
 
     /// Shows the VPC, and asks `[admission]` before each registration.

@@ -177,6 +177,7 @@ impl Gateway {
             acme: crate::conn::AcmeTls::new()?,
             attest: std::sync::OnceLock::new(),
             http: crate::http::HttpEngine::new(&config.proxy.timeouts, &config.proxy.http),
+            on_demand: std::sync::OnceLock::new(),
         });
         let workers = match config.proxy.workers {
             0 => std::thread::available_parallelism()

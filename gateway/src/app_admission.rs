@@ -9,8 +9,12 @@ use serde::Serialize;
 pub struct Candidate {
     /// The app id.
     pub app_id: String,
-    /// `create` (an app through the admin API) or `vpc-register` (an app CVM joining).
+    /// `create` (an app through the admin API), `vpc-register` (an app CVM joining) or
+    /// `certificate` (a custom domain's certificate on demand).
     pub purpose: &'static str,
+    /// The custom domain a certificate is asked for (`certificate` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub domain: Option<String>,
     /// What the CVM's verified quote measured (VPC registrations only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub measurements: Option<Measurements>,
@@ -64,4 +68,11 @@ impl Measurements {
 pub trait AdmitApps: Send + Sync + std::fmt::Debug {
     /// `Ok` admits; `Err` denies and says why (one line).
     async fn admit(&self, candidate: &Candidate) -> Result<(), String>;
+}
+
+/// Asked when a name routes to an app but no certificate covers it (on-demand TLS).
+pub trait OnDemandCerts: Send + Sync + std::fmt::Debug {
+    /// Starts getting a certificate for `domain`, which routes to `app`, if the operator's
+    /// rules allow it. Returns at once: the handshake that asked is not held.
+    fn ask(&self, domain: &str, app: &str);
 }

@@ -38,6 +38,8 @@ pub struct Shared {
     pub attest: std::sync::OnceLock<Arc<crate::attestation::Attestor>>,
     /// The L7 proxy of `mode = "http"` apps.
     pub http: crate::http::HttpEngine,
+    /// Certificates on demand (`[acme.on_demand]`), asked when a name has none.
+    pub on_demand: std::sync::OnceLock<Arc<dyn crate::app_admission::OnDemandCerts>>,
 }
 
 /// What a connection reads once when it arrives, and a reload replaces for later ones.
@@ -394,6 +396,9 @@ async fn terminate(
     } = c;
     let t = &tunables.timeouts;
     if !shared.tls.resolver.has(&hello.sni) {
+        if let Some(on_demand) = shared.on_demand.get() {
+            on_demand.ask(&hello.sni, &route.app.spec.id);
+        }
         return Err(refuse(&mut stream, ConnError::NoCertificate(hello.sni)).await);
     }
     // `g` names offer h2, and browsers reuse an h2 connection for any other name its

@@ -73,6 +73,23 @@ pub fn connect(
     (tls, leaf)
 }
 
+/// Whether a verified TLS handshake for `sni` completes through the gateway.
+pub fn handshake_ok(gw: SocketAddr, sni: &str, config: Arc<rustls::ClientConfig>) -> bool {
+    let Ok(tcp) = TcpStream::connect(gw) else {
+        return false;
+    };
+    tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let conn = rustls::ClientConnection::new(config, ServerName::try_from(sni.to_owned()).unwrap())
+        .unwrap();
+    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    while tls.conn.is_handshaking() {
+        if tls.conn.complete_io(&mut tls.sock).is_err() {
+            return false;
+        }
+    }
+    true
+}
+
 /// `[[apps]]` for app `id` with one loopback instance on `port`.
 pub fn one_app(id: &str, port: u16) -> String {
     format!("[[apps]]\nid = \"{id}\"\ndefault_port = {port}\n[[apps.instances]]\naddress = \"127.0.0.1\"\n")

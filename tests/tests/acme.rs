@@ -462,3 +462,86 @@ fn admin_api_custom_domain_added_at_run_time_gets_its_certificate_by_tls_alpn01(
         "no certificate for a deleted domain"
     );
 }
+
+/// Issue 20: certificates on demand. A custom domain's first handshake asks for one; it is
+/// ordered only if the name routes, `[admission]` admits it and the rate limits allow, so
+/// neither a denied app nor a flood of names reaches the CA.
+#[test]
+fn admission_gates_on_demand_certificates_and_rate_limits_hold() {
+    use gatehouse_tests::acme_env::handshake_ok;
+    let mut records = vec![
+        "bank.custom 60 A 127.0.0.1".to_owned(),
+        "_gatehouse-app-address.bank.custom 60 TXT \"bank\"".to_owned(),
+    ];
+    for n in ["web", "x1", "x2", "x3"] {
+        records.push(format!("{n}.custom 60 A 127.0.0.1"));
+        records.push(format!("_gatehouse-app-address.{n}.custom 60 TXT \"shop\""));
+    }
+    let records: Vec<&str> = records.iter().map(String::as_str).collect();
+    let knot = Knot::start("test", &records);
+    let port = free_port();
+    let pebble = Pebble::start(&PebbleOptions {
+        tls_port: port,
+        ..PebbleOptions::new(knot.addr)
+    });
+    let app = http_app();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("allowed"), "shop\n").unwrap();
+    let config = alpn_config(
+        &pebble,
+        &knot,
+        port,
+        app.port(),
+        "",
+        "[acme.on_demand]\nenabled = true\nmax_per_app_per_hour = 2\n",
+    )
+    .replace(
+        "[proxy.custom_domains]\nenabled = false",
+        &format!(
+            "[proxy.custom_domains]\nenabled = true\nnameservers = [\"{}\"]",
+            knot.addr
+        ),
+    ) + &format!(
+        "{}\n[admission]\nallow_list = \"allowed\"\n",
+        one_app("bank", app.port())
+    );
+    let gw = Gateway::start_in(dir, &config);
+    gw.wait_log("ACME account", Duration::from_secs(30));
+    let root = client(&pebble.issuing_root());
+    // The first handshake asks; the certificate follows.
+    assert!(
+        !handshake_ok(gw.addr, "web.custom.test", root.clone()),
+        "no certificate yet"
+    );
+    wait_metric(&gw, ISSUED, 1, Duration::from_secs(60));
+    let (tls, _) = connect(gw.addr, "web.custom.test", root.clone());
+    assert_eq!(peer_names(&tls.conn), vec!["web.custom.test"]);
+    // An app the admission does not list gets nothing.
+    assert!(!handshake_ok(gw.addr, "bank.custom.test", root.clone()));
+    gw.wait_log("not in the allow list", Duration::from_secs(10));
+    // A name with no TXT record never routes, so it never reaches the gate.
+    assert!(!handshake_ok(
+        gw.addr,
+        "random-4711.custom.test",
+        root.clone()
+    ));
+    // Two orders per hour for shop: x1 is the second, x2 and x3 are refused.
+    for n in ["x1", "x2", "x3"] {
+        assert!(!handshake_ok(
+            gw.addr,
+            &format!("{n}.custom.test"),
+            root.clone()
+        ));
+    }
+    wait_metric(&gw, ISSUED, 2, Duration::from_secs(60));
+    gw.wait_log(
+        "its most (acme.on_demand.max_per_app_per_hour)",
+        Duration::from_secs(10),
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(gw.metric(ISSUED), 2, "nothing more reached the CA");
+    let log = gw.log();
+    assert!(!log.contains("random-4711.custom.test: ordering"), "{log}");
+    assert!(handshake_ok(gw.addr, "x1.custom.test", root.clone()));
+    assert!(!handshake_ok(gw.addr, "x3.custom.test", root));
+}

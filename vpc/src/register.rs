@@ -237,6 +237,7 @@ impl Registrar {
                     &req.evidence,
                     &q,
                 )),
+                domain: None,
             };
             admission
                 .admit(&candidate)
