@@ -327,7 +327,7 @@ fn member_pids(status: &serde_json::Value) -> Vec<u32> {
 #[test]
 fn cluster_status_and_a_node_that_loses_etcd_keeps_serving() {
     let mut etcd = EtcdCluster::start(3);
-    let (_knot, pebble, dir, config, _echo) = echo_on(&etcd);
+    let (_knot, pebble, dir, config, echo) = echo_on(&etcd);
     let shim = AriShim::start(&pebble, json!({"window": "future", "retry_after": 1}));
     let config = config.replace(&pebble.directory, &shim.directory);
     let a = Gateway::start_in(dir, &config);
@@ -348,6 +348,28 @@ fn cluster_status_and_a_node_that_loses_etcd_keeps_serving() {
         std::thread::sleep(Duration::from_millis(300));
     };
     assert_eq!(member_pids(&status), both, "{status:#}");
+    // Issue 20: the admin API shows the same members, and an app made through one node's API
+    // is served by the other (the records reach it through the etcd watch).
+    use gatehouse_tests::admin::{call, conforms, openapi};
+    let nodes = call(a.admin.unwrap(), "GET", "/v1/nodes", None, None);
+    conforms(&openapi(), "GET", "/v1/nodes", &nodes);
+    assert_eq!(
+        nodes.body["members"].as_array().unwrap().len(),
+        2,
+        "{:?}",
+        nodes.body
+    );
+    let made = json!({ "id": "made", "default_port": echo.port(), "instances": [{ "address": "127.0.0.1" }] });
+    let created = call(a.admin.unwrap(), "POST", "/v1/apps", None, Some(&made));
+    assert_eq!(created.status, 201, "{:?}", created.body);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while call(b.admin.unwrap(), "GET", "/v1/apps/made", None, None).status != 200 {
+        assert!(
+            Instant::now() < deadline,
+            "the app made on a never reached b"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
     for m in status["members"].as_array().unwrap() {
         let beat = m["last_heartbeat"].as_u64().expect("a heartbeat");
         assert!(status["read_at"].as_u64().unwrap() - beat <= 10, "{m}");

@@ -287,6 +287,17 @@ async fn admin_api_apps_instances_drain_tokens_audit_and_the_document() {
     }
     let a = api.ops("GET", "/v1/certificates", "/v1/certificates", None);
     assert_eq!(a.body[0]["key_origin"], "imported");
+    let a = api.ops(
+        "POST",
+        "/v1/custom-domains/shop.example.com/lookup",
+        "/v1/custom-domains/{name}/lookup",
+        None,
+    );
+    assert_eq!(
+        a.body["error"], "custom domains are disabled",
+        "{:?}",
+        a.body
+    );
     let a = api.ops("GET", "/v1/vpc", "/v1/vpc", None);
     assert_eq!(a.status, 404);
     let served = call(api.admin, "GET", "/v1/openapi.json", None, None);
@@ -688,4 +699,53 @@ async fn admission_webhook_decides_vpc_registrations_after_the_quote() {
     );
     assert_eq!(seen[0]["measurements"]["tee"], "tdx-simulated");
     drop(net);
+}
+
+/// The README's curl examples of the admin API run as shown against the development defaults
+/// (`gatehouse run`: admin on 127.0.0.1:8001, no token), each answering JSON that is not an
+/// error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_api_readme_examples_run_as_shown() {
+    let readme = include_str!("../../README.md");
+    let section = readme
+        .split("## Control plane")
+        .nth(1)
+        .expect("the README has a control-plane section");
+    let block = section
+        .split("```sh\n")
+        .nth(1)
+        .and_then(|b| b.split("```").next())
+        .expect("a shell block");
+    let commands: Vec<String> = block
+        .replace("\\\n", " ")
+        .lines()
+        .map(|l| l.split(" # ").next().unwrap_or("").trim().to_owned())
+        .filter(|l| !l.is_empty())
+        .collect();
+    assert!(commands.len() >= 6, "{commands:?}");
+    let gw = Gateway::spawn(tempfile::tempdir().unwrap(), &["run"]);
+    for c in &commands {
+        assert!(c.starts_with("curl "), "{c}");
+        let out = tokio::task::block_in_place(|| {
+            std::process::Command::new("sh")
+                .args(["-c", c])
+                .current_dir(gw.path())
+                .output()
+                .unwrap()
+        });
+        assert!(
+            out.status.success(),
+            "{c}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "{c}: not JSON ({e}): {}",
+                String::from_utf8_lossy(&out.stdout)
+            )
+        });
+        assert!(v.get("error").is_none(), "{c}: {v}");
+    }
+    let log = gw.log();
+    assert!(log.contains("POST /v1/apps -> 201"), "{log}");
 }
