@@ -508,3 +508,47 @@ fn admin_api_tokens_and_admission_are_checked() {
     let p = problems("[admission]\n").join("\n");
     assert!(p.contains("admission: set webhook or allow_list"), "{p}");
 }
+
+/// Every `toml` block of the README is a valid config as shown (fragments under a minimal
+/// `[proxy]` and `[tee]`), but for the files it names, which a reader makes first. The policy
+/// example (not a config) is checked by the attest crate.
+#[test]
+fn readme_toml_examples_are_valid_configs() {
+    let readme = include_str!("../../README.md");
+    let blocks: Vec<&str> = readme
+        .split("```toml\n")
+        .skip(1)
+        .filter_map(|b| b.split("```").next())
+        .filter(|b| !b.trim_start().starts_with("tcb_statuses"))
+        .collect();
+    assert!(blocks.len() >= 10, "{}", blocks.len());
+    for block in blocks {
+        let mut doc = String::new();
+        if !block.contains("[proxy]") {
+            doc.push_str(
+                "[proxy]\nlisten = [\"127.0.0.1:443\"]\nbase_domains = [\"gw.example.com\"]\n",
+            );
+        }
+        if !block.contains("[tee]") {
+            doc.push_str("[tee]\nprovider = \"simulator\"\n");
+        }
+        if block.contains("on_demand") && !block.contains("[acme]") {
+            doc.push_str("[acme]\ndirectory = \"https://ca.example/dir\"\nbase_domains = false\n");
+        }
+        if block.contains("on_demand") {
+            doc.push_str("[admin]\nlisten = \"127.0.0.1:8001\"\ninsecure_no_auth = true\n[admission]\nallow_list = \"apps.allowed\"\n");
+        }
+        doc.push_str(block);
+        if let Err(e) = Config::from_toml(&doc, Path::new("/nonexistent")) {
+            let real: Vec<String> = e
+                .problems()
+                .into_iter()
+                .filter(|p| !p.contains("is not a readable file"))
+                .collect();
+            assert!(
+                real.is_empty(),
+                "README block:\n{block}\nproblems: {real:#?}"
+            );
+        }
+    }
+}
