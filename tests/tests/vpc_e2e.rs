@@ -290,8 +290,19 @@ lease_reclaim = "40s"
 register_listen = "0.0.0.0:8444"
 [vpc.apps.shop]
 policy = "shop-policy.toml"
+[vpc.apps.bank]
+policy = "shop-policy.toml"
+
+[[apps]]
+id = "bank"
+default_port = 8080
+
+[admission]
+allow_list = "allowed-apps"
 "#
     );
+    // Issue 20: `[admission]` decides after the quote: shop is listed, bank is not.
+    std::fs::write(d.join("allowed-apps"), "shop\n").unwrap();
     std::fs::write(d.join("gatehouse.toml"), config).unwrap();
     let gw_dir = tempfile::tempdir_in(&d).unwrap();
     let config_path = d.join("gatehouse.toml");
@@ -384,6 +395,17 @@ policy = "shop-policy.toml"
         "{text}"
     );
     let gw_wg = Uapi::new(&wg_gw);
+    assert_eq!(gw_wg.state().await.unwrap().1.len(), 2, "no peer for it");
+
+    // An app the policy admits but `[admission]` does not list: refused after its quote.
+    let mut bank = agent_args(&a2, "wgnone", "bank", "agent.toml", "gateway-policy.toml");
+    bank[1] = "--app-id=bank".into();
+    let (code, text) = agent_once(&a2, &bank);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains("registration refused: admission:") && text.contains("not in the allow list"),
+        "admission_denies_an_unlisted_app: {text}"
+    );
     assert_eq!(gw_wg.state().await.unwrap().1.len(), 2, "no peer for it");
 
     // A gateway that does not meet the agent's gateway policy gets nothing.
