@@ -210,4 +210,5 @@ document.addEventListener("DOMContentLoaded", () => {
   });
   $("signout").addEventListener("click", () => signOut());
   if (sessionStorage.getItem(KEY)) signedIn();
+  document.body.dataset.ready = "1"; // the handlers are in place (tests wait for this)
 });

@@ -518,6 +518,31 @@ async fn reload_under_load_drops_nothing_and_a_bad_reload_changes_nothing() {
         ok + failed.len(),
         &failed[..failed.len().min(5)]
     );
+
+    // Admin tokens change by reload: once the file names one, a request without it is
+    // refused; a rotated token file refuses the old token and takes the new one.
+    std::fs::write(gw.path().join("ops.token"), OPS).unwrap();
+    let text = std::fs::read_to_string(&path).unwrap().replace(
+        "insecure_no_auth = true",
+        "tokens = [{ id = \"ops\", file = \"ops.token\", scope = \"write\" }]",
+    );
+    std::fs::write(&path, text).unwrap();
+    let a = call(api.admin, "POST", "/v1/reload", None, None);
+    assert_eq!(a.status, 200, "{:?}", a.body);
+    assert_eq!(call(api.admin, "GET", "/v1/apps", None, None).status, 401);
+    assert_eq!(
+        call(api.admin, "GET", "/v1/apps", Some(OPS), None).status,
+        200
+    );
+    std::fs::write(gw.path().join("ops.token"), "ops-rotated-7d3e").unwrap();
+    let a = call(api.admin, "POST", "/v1/reload", Some(OPS), None);
+    assert_eq!(a.status, 200, "{:?}", a.body);
+    assert_eq!(
+        call(api.admin, "GET", "/v1/apps", Some(OPS), None).status,
+        401
+    );
+    let rotated = call(api.admin, "GET", "/v1/apps", Some("ops-rotated-7d3e"), None);
+    assert_eq!(rotated.status, 200);
 }
 
 /// A webhook that admits the apps in `allowed` and records every question.

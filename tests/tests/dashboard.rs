@@ -76,8 +76,8 @@ async fn dashboard_in_chromium_signs_in_shows_the_app_and_drains_an_instance() {
     tokio::task::block_in_place(|| {
         page.goto(&url);
         page.wait_for(
-            "!!document.getElementById('login')",
-            "the sign-in form",
+            "document.body && document.body.dataset.ready === '1'",
+            "the sign-in form with its handlers",
             Duration::from_secs(10),
         );
         // A wrong token is refused, and nothing is shown.
