@@ -4,7 +4,9 @@
 Pebble 2.4 has no `renewalInfo`. This HTTPS server sits in front of it, passes every request
 through unchanged (the Host header too, so Pebble's URLs and JWS `url` checks name this
 server), and adds what Boulder does:
-- `renewalInfo` in the directory, answered from the control file (window, Retry-After);
+- `renewalInfo` in the directory, answered from the control file (window, Retry-After;
+  `until_orders: N` turns a past window into a future one once N new orders were seen, so a
+  test asking for exactly one renewal does not race the client's next ARI query);
 - `replaces` in new orders: reflected in the response, and refused with 409
   `alreadyReplaced` when an order replacing that certificate was already finalized;
 - order fetches answered 404 for orders the control file says to forget.
@@ -42,7 +44,13 @@ def control():
         return {}
 
 
+NEW_ORDERS = 0
+
+
 def event(**fields):
+    global NEW_ORDERS
+    if fields.get("ev") == "new-order":
+        NEW_ORDERS += 1
     fields["t"] = time.time()
     with LOCK, open(os.path.join(STATE, "events.log"), "a") as f:
         f.write(json.dumps(fields) + "\n")
@@ -106,11 +114,14 @@ class Handler(http.server.BaseHTTPRequestHandler):
             cert_id = self.path[len("/renewal-info/"):]
             c = control()
             now = time.time()
-            if c.get("window") == "past":
+            window = c.get("window", "future")
+            if window == "past" and NEW_ORDERS >= c.get("until_orders", float("inf")):
+                window = "future"
+            if window == "past":
                 start, end = now - 7200, now - 3600
             else:
                 start, end = now + 30 * 86400, now + 31 * 86400
-            event(ev="ari", cert=cert_id, window=c.get("window", "future"))
+            event(ev="ari", cert=cert_id, window=window)
             body = json.dumps({"suggestedWindow": {"start": rfc3339(start),
                                                    "end": rfc3339(end)}}).encode()
             self.send(200, [("Content-Type", "application/json"),

@@ -433,7 +433,8 @@ fn cluster_status_and_a_node_that_loses_etcd_keeps_serving() {
     // The CA asks for a renewal during the outage: the node cannot take the renewal lock,
     // orders nothing, says so once, and keeps serving.
     let orders = shim.named("new-order").len();
-    shim.set(json!({"window": "past", "retry_after": 1}));
+    // Past until one more order: the renewal after the outage is asked for exactly once.
+    shim.set(json!({"window": "past", "retry_after": 1, "until_orders": orders + 1}));
     a.wait_log("renewal waits for the store", Duration::from_secs(30));
     for _ in 0..5 {
         assert_eq!(

@@ -355,6 +355,43 @@ allow_list = "allowed-apps"
         "both replicas answer: {seen:?}\n{}",
         gw.log()
     );
+    // Issue 20: the admin API (inside the gateway's namespace) shows both leases, and their
+    // peers with a handshake, as its document says.
+    let out = Command::new("ip")
+        .args(["netns", "exec", &gw_ns, "curl", "-sS", "--max-time", "10"])
+        .arg("http://127.0.0.1:8001/v1/vpc")
+        .output()
+        .unwrap();
+    let body: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("admin_api /v1/vpc: {e}: {out:?}"));
+    let answer = gatehouse_tests::admin::Answer {
+        status: 200,
+        body,
+        head: String::new(),
+    };
+    let doc = gatehouse_tests::admin::openapi();
+    gatehouse_tests::admin::conforms(&doc, "GET", "/v1/vpc", &answer);
+    let leased: HashSet<String> = answer.body["leases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["address"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        leased,
+        HashSet::from([addr1.to_string(), addr2.to_string()])
+    );
+    let shaken = answer.body["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["last_handshake"].is_u64())
+        .count();
+    assert!(
+        shaken >= 2,
+        "peers with a handshake: {:?}",
+        answer.body["peers"]
+    );
     let app_log = std::fs::read_to_string(&log1).unwrap();
     assert!(
         app_log.contains("10.88.0.1 - - ") && app_log.contains("GET /who"),
@@ -525,6 +562,10 @@ certificates = [{cert}]
 
 [tee]
 provider = "simulator"
+
+[admin]
+listen = "127.0.0.1:8001"
+insecure_no_auth = true
 "#
     )
 }
