@@ -69,14 +69,21 @@ async fn who(gw: &Gateway, ca: &TestCa, name: &str) -> Result<String, String> {
     Ok(read_line(&mut tls).await)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn admin_api_apps_instances_drain_tokens_audit_and_the_document() {
+/// Echo instances "one" on 127.0.0.1 and "two" on 127.0.0.2 (one port), a test CA, and a
+/// directory holding its `*.gw.test` certificate: (CA, port, directory, `[tls]` entry).
+async fn two_echoes() -> (TestCa, u16, tempfile::TempDir, String) {
     let ca = TestCa::new();
     let (port, mut listeners) = bind_same_port(&[[127, 0, 0, 1], [127, 0, 0, 2]]).await;
     echo(listeners.remove(0), "one");
     echo(listeners.remove(0), "two");
     let dir = tempfile::tempdir().unwrap();
     let cert = ca.write(dir.path(), "wild", &["*.gw.test"]);
+    (ca, port, dir, cert)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_api_apps_instances_drain_tokens_audit_and_the_document() {
+    let (ca, port, dir, cert) = two_echoes().await;
     let config = format!(
         "{}\n{}\n[tls]\ncertificates = [{cert}]\n",
         base_config(""),
@@ -361,12 +368,7 @@ fn load(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reload_under_load_drops_nothing_and_a_bad_reload_changes_nothing() {
-    let ca = TestCa::new();
-    let (port, mut listeners) = bind_same_port(&[[127, 0, 0, 1], [127, 0, 0, 2]]).await;
-    echo(listeners.remove(0), "one");
-    echo(listeners.remove(0), "two");
-    let dir = tempfile::tempdir().unwrap();
-    let cert = ca.write(dir.path(), "wild", &["*.gw.test"]);
+    let (ca, port, dir, cert) = two_echoes().await;
     let head = base_config("");
     let file = |apps: &str, cert: &str| format!("{head}\n{apps}\n[tls]\ncertificates = [{cert}]\n");
     let gw = Gateway::start_in(dir, &file(&app("web", port, &["127.0.0.1"]), &cert));
