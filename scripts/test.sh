@@ -35,6 +35,9 @@ if [ ${#need[@]} -gt 0 ]; then
   $SUDO rm -f /usr/sbin/policy-rc.d
 fi
 
+# Docker for the image and compose tests (skipped, saying why, where it cannot run).
+./scripts/docker-env.sh
+
 echo "== cargo build (the end-to-end tests spawn the real binary)"
 # The selection `cargo test` builds, so the harness's own build of the binary is a no-op.
 # (Not --all-targets: its features unify differently, and a second copy of the tree would

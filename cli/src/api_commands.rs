@@ -240,3 +240,25 @@ pub fn reload(target: Target) -> ExitCode {
         )
     })
 }
+
+/// `health`: `GET /healthz`; 0 when it answers 200, else 1 with what it saw.
+pub fn health(target: Target) -> ExitCode {
+    match target.call("GET", "/healthz", None) {
+        Ok(a) if a.status == 200 => {
+            println!("healthy");
+            ExitCode::SUCCESS
+        }
+        Ok(a) => {
+            eprintln!(
+                "unhealthy: /healthz answered {} {}",
+                a.status,
+                a.body["error"].as_str().unwrap_or_default()
+            );
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("unhealthy: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -3,16 +3,15 @@
 
 mod admin_client;
 mod api_commands;
+mod development;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use gatehouse::app::Gateway;
-use gatehouse::devca::DevCa;
-use gatehouse::route::AppSpec;
-use gatehouse::terminate::certs::{CertSet, KeyOrigin};
+use gatehouse::terminate::certs::CertSet;
 use gatehouse_attest::policy::Policy;
 use gatehouse_caa::{lookup::Checker, Verdict};
-use gatehouse_config::{AdminConfig, Config};
+use gatehouse_config::Config;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -46,6 +45,21 @@ enum Command {
         /// Where the development defaults keep their CA.
         #[arg(long, default_value = ".gatehouse")]
         state_dir: PathBuf,
+        /// Development defaults only: bind the TLS (:8443) and admin (:8001) listeners to
+        /// this address instead of 127.0.0.1, e.g. 0.0.0.0 in a container. Beyond loopback
+        /// the admin API needs the token kept in `<state-dir>/admin.token` (made once).
+        #[arg(long, conflicts_with = "config")]
+        bind: Option<std::net::IpAddr>,
+        /// Development defaults only: the demo app's instance (`IP:PORT`, e.g. an origin in
+        /// another container) instead of the built-in origin.
+        #[arg(long, conflicts_with = "config")]
+        demo_origin: Option<SocketAddr>,
+    },
+    /// Exit 0 when a running gateway's admin listener says it is healthy (`GET /healthz`),
+    /// else 1 with the reason: a probe for container HEALTHCHECKs, which need no curl.
+    Health {
+        #[command(flatten)]
+        target: admin_client::Target,
     },
     /// Validate a config file and print every problem with its key path (exit 2 if any).
     CheckConfig {
@@ -300,6 +314,7 @@ fn main() -> ExitCode {
         Command::Instances(c) => api_commands::instances(c),
         Command::Certs(c) => api_commands::certs(c),
         Command::Reload { target } => api_commands::reload(target),
+        Command::Health { target } => api_commands::health(target),
         Command::CheckConfig { file } => match Config::from_file(&file) {
             Ok(config) => {
                 let simulated = config.tee.provider == gatehouse_config::TeeProvider::Simulator;
@@ -499,7 +514,14 @@ fn main() -> ExitCode {
         Command::Run {
             config: path,
             state_dir,
+            bind,
+            demo_origin,
         } => {
+            let mut dev = development::DevOptions::default();
+            if let Some(ip) = bind {
+                dev.bind = ip;
+            }
+            dev.demo_origin = demo_origin;
             let config = match path.as_deref().map(Config::from_file).transpose() {
                 Ok(c) => c,
                 Err(e) => {
@@ -509,7 +531,7 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            match run(config, path, &state_dir) {
+            match run(config, path, &state_dir, &dev) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("gatehouse: {e:#}");
@@ -520,7 +542,12 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(config: Option<Config>, path: Option<PathBuf>, state_dir: &Path) -> anyhow::Result<()> {
+fn run(
+    config: Option<Config>,
+    path: Option<PathBuf>,
+    state_dir: &Path,
+    dev_options: &development::DevOptions,
+) -> anyhow::Result<()> {
     match gatehouse::fdlimit::raise_to_hard() {
         Ok((before, after)) if before != after => {
             tracing::info!("descriptor limit raised from {before} to {after}")
@@ -537,7 +564,7 @@ fn run(config: Option<Config>, path: Option<PathBuf>, state_dir: &Path) -> anyho
         let dev = config.is_none();
         let (config, apps, certs) = match config {
             Some(c) => (c, Vec::new(), CertSet::default()),
-            None => development(state_dir).await?,
+            None => development::development(state_dir, dev_options).await?,
         };
         let tee = gatehouse::attestation::open(&config, state_dir).await?;
         let gateway = Gateway::build(&config, apps, certs)?;
@@ -818,51 +845,6 @@ fn caa_check(
 }
 
 /// The embedded development defaults: a local CA, a demo app, loopback listeners.
-async fn development(state_dir: &Path) -> anyhow::Result<(Config, Vec<AppSpec>, CertSet)> {
-    tracing::warn!(
-        "DEVELOPMENT DEFAULTS: certificates from a local CA in {}, simulated TEE. \
-         Never expose this to a network.",
-        state_dir.display()
-    );
-    let mut config = Config::from_toml("", Path::new("."))?;
-    config.proxy.listen = vec![SocketAddr::from(([127, 0, 0, 1], 8443))];
-    config.proxy.base_domains = vec!["localhost".into()];
-    config.tee.provider = gatehouse_config::TeeProvider::Simulator;
-    config.proxy.allow_local_instances = true; // the demo app listens on loopback
-    config.admin = Some(AdminConfig {
-        listen: SocketAddr::from(([127, 0, 0, 1], 8001)),
-        token_file: None,
-        tokens: Vec::new(),
-        insecure_no_auth: true,
-    });
-    let ca = DevCa::load_or_create(state_dir).context("development CA")?;
-    tracing::info!("development CA: trust {}", ca.cert_path.display());
-    // curl (and browsers) refuse a wildcard directly under a single-label name like
-    // `*.localhost`, so the demo's names are listed explicitly beside it.
-    let names: Vec<String> = [
-        "localhost",
-        "*.localhost",
-        "demo.localhost",
-        "demog.localhost",
-    ]
-    .map(String::from)
-    .to_vec();
-    let (chain, key) = ca.issue(&names)?;
-    let mut certs = CertSet::default();
-    let provider = rustls::crypto::aws_lc_rs::default_provider();
-    let key = rustls::sign::CertifiedKey::from_der(chain, key, &provider)?;
-    certs.insert(&names, Arc::new(key), KeyOrigin::Generated);
-    let demo = tokio::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0)).await?;
-    let demo_port = demo.local_addr()?.port();
-    tokio::spawn(gatehouse::demo::run(demo));
-    let app = AppSpec::new(
-        "demo",
-        demo_port,
-        vec![std::net::IpAddr::from([127, 0, 0, 1])],
-    );
-    Ok((config, vec![app], certs))
-}
-
 /// `caa set`: writes the lock through [dns], then reads it back; true when all are locked.
 fn caa_set(
     domains: &[String],

@@ -46,11 +46,12 @@ pub async fn run(listener: TcpListener, control: Arc<Control>) {
     .await
 }
 
-/// Paths anyone may fetch: they hold no data (the page asks for a token before any).
+/// Paths anyone may fetch: they hold no data (the page asks for a token before any;
+/// `/healthz` says only "ok", for container and load-balancer probes, which carry no token).
 fn public(path: &str) -> bool {
     matches!(
         path,
-        "/" | "/dashboard" | "/dashboard.js" | "/dashboard.css" | "/v1/openapi.json"
+        "/" | "/dashboard" | "/dashboard.js" | "/dashboard.css" | "/v1/openapi.json" | "/healthz"
     )
 }
 
@@ -58,7 +59,10 @@ async fn handle(control: &Arc<Control>, req: Request<Incoming>) -> Reply {
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
     if method == hyper::Method::GET && public(&path) {
-        return crate::dashboard::asset(&path);
+        return match path.as_str() {
+            "/healthz" => gatehouse::http_server::text(200, "ok\n"),
+            _ => crate::dashboard::asset(&path),
+        };
     }
     let auth = req
         .headers()
@@ -106,7 +110,6 @@ async fn route(control: &Arc<Control>, req: Request<Incoming>, caller: &Caller) 
     let segments: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
     match (method.as_str(), segments.as_slice()) {
         ("GET", ["metrics"]) => metrics(control),
-        ("GET", ["healthz"]) => gatehouse::http_server::text(200, "ok\n"),
         ("POST", ["v1", "sign"]) => sign(control, req).await,
         ("POST", ["v1", "reload"]) => match control.reload("api").await {
             Ok(report) => json(200, &report),

@@ -100,6 +100,9 @@ async fn admin_api_apps_instances_drain_tokens_audit_and_the_document() {
     assert_eq!(none.status, 401, "{:?}", none.body);
     let wrong = call(api.admin, "GET", "/v1/apps", Some("not-a-token"), None);
     assert_eq!(wrong.status, 401);
+    // Probes carry no token: /healthz answers them, and says nothing else; /metrics does not.
+    assert_eq!(call(api.admin, "GET", "/healthz", None, None).status, 200);
+    assert_eq!(call(api.admin, "GET", "/metrics", None, None).status, 401);
     let read = call(api.admin, "GET", "/v1/apps", Some(VIEW), None);
     assert_eq!(read.status, 200);
     let refused = call(api.admin, "POST", "/v1/apps", Some(VIEW), Some(&web));

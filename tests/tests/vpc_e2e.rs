@@ -399,15 +399,19 @@ allow_list = "allowed-apps"
     );
 
     // Isolation between tenants does not hang on a host sysctl: with forwarding switched on
-    // in the gateway's namespace, app1 still cannot reach app2 through the gateway.
-    ip(&[
-        "netns",
-        "exec",
-        &gw_ns,
-        "sysctl",
-        "-qw",
-        "net.ipv4.ip_forward=1",
-    ]);
+    // in the gateway's namespace, app1 still cannot reach app2 through the gateway. Off,
+    // then on: a new namespace inherits the host's `all` setting (1 where Docker runs), and
+    // writing the value it already has does not reach the interfaces.
+    for value in ["0", "1"] {
+        ip(&[
+            "netns",
+            "exec",
+            &gw_ns,
+            "sysctl",
+            "-qw",
+            &format!("net.ipv4.ip_forward={value}"),
+        ]);
+    }
     let field = format!("interface={wg_gw}");
     wait_gateway_log(&gw, "IP forwarding was turned on", &field, 0, limit);
     let across = Command::new("ip")
