@@ -599,6 +599,22 @@ fn run(
             tokio::spawn(c.clone().reload_on_sighup());
             control = Some(c);
         }
+        // SIGHUP reloads the file with or without an admin listener (without one, the
+        // control plane runs for reloads only: no API, no stored records).
+        let reloader = match &control {
+            Some(c) => c.clone(),
+            None => {
+                let c = Arc::new(gatehouse_control::Control::new(
+                    gateway.shared.clone(),
+                    config.clone(),
+                    path.clone(),
+                    gatehouse_control::tokens::Tokens::from_pairs(&[]),
+                )?);
+                c.set_listeners(gateway.listeners());
+                tokio::spawn(c.clone().reload_on_sighup());
+                c
+            }
+        };
         let etcd = config.store.backend == gatehouse_config::StoreBackend::Etcd;
         let node_name = gatehouse_cluster::node_name();
         let mut state =
@@ -686,17 +702,14 @@ fn run(
             .await
             .context("vpc")?;
             let node = Arc::new(node);
-            match &control {
-                Some(c) => c.set_vpc(node.clone()),
-                None => {
-                    // No admin API, but the admission decision still applies to the VPC.
-                    if let Some(a) = &config.admission {
-                        node.set_admission(Arc::new(gatehouse_control::admission::Admission::new(
-                            a,
-                        )?));
-                    }
-                }
-            }
+            // Admission decisions and reloads of who may reach whom, with or without an
+            // admin API.
+            reloader.set_vpc(node.clone());
+            // `reach` set through the API (stored) replaces the file's.
+            reloader
+                .publish_reach()
+                .await
+                .context("vpc reach stored through the admin API")?;
             let listener = tokio::net::TcpListener::bind(vpc.register_listen)
                 .await
                 .with_context(|| format!("vpc.register_listen {}", vpc.register_listen))?;
@@ -791,6 +804,7 @@ fn agent(a: AgentArgs) -> anyhow::Result<()> {
             collateral,
             wg: gatehouse_vpc::node::wireguard_for(kind, &a.interface),
             key,
+            identity_file: Some(a.state_dir.join("peers.json")),
         };
         agent.run(a.once).await?;
         Ok(())

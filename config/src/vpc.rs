@@ -12,8 +12,10 @@
 //! handshake_stale = "3m"             # older last handshake: out of rotation
 //! lease_reclaim = "1h"               # no handshake for this long: address given back
 //! register_listen = "0.0.0.0:8444"   # RA-TLS registration RPC
+//! domain = "vpc.internal"            # names answered on gateway_address:53
 //! [vpc.apps.shop]
 //! policy = "shop-policy.toml"        # the attestation policy a `shop` instance must meet
+//! reach = ["db"]                     # apps whose instances a `shop` instance may reach
 //! ```
 
 use crate::Problem;
@@ -54,6 +56,15 @@ pub struct VpcConfig {
     /// App ids that may register, with their policies.
     #[serde(default)]
     pub apps: BTreeMap<String, VpcApp>,
+    /// The DNS domain of instance names (`<app>.<domain>`, `<n>.<app>.<domain>`).
+    #[serde(default = "default_domain")]
+    pub domain: String,
+    /// The port of the name server on `gateway_address` (inside the VPC only).
+    #[serde(default = "default_dns_port")]
+    pub dns_port: u16,
+    /// The port of the coordinator (netmaps for agents, whois) on `gateway_address`.
+    #[serde(default = "default_coordinator_port")]
+    pub coordinator_port: u16,
 }
 
 /// `[vpc.apps.<id>]`.
@@ -62,6 +73,11 @@ pub struct VpcConfig {
 pub struct VpcApp {
     /// The attestation policy file (see the attest crate's `Policy`).
     pub policy: PathBuf,
+    /// Other apps whose instances this app's instances may reach over the VPC (instances
+    /// of one app always reach each other). WireGuard peering is symmetric, so a pair that
+    /// may talk is a pair of peers both ways; names answer only in the direction allowed.
+    #[serde(default)]
+    pub reach: Vec<String>,
 }
 
 /// `[vpc] kind`.
@@ -77,6 +93,15 @@ pub enum WireGuardKind {
 
 fn default_port() -> u16 {
     51820
+}
+fn default_domain() -> String {
+    "vpc.internal".into()
+}
+fn default_dns_port() -> u16 {
+    53
+}
+fn default_coordinator_port() -> u16 {
+    51821
 }
 fn default_interface() -> String {
     "gatehouse0".into()
@@ -208,6 +233,17 @@ impl VpcConfig {
                     format!("{} is not a readable file", app.policy.display()),
                 );
             }
+            for (i, other) in app.reach.iter().enumerate() {
+                if !self.apps.contains_key(other) {
+                    push(
+                        &format!("apps.{id}.reach[{i}]"),
+                        format!("{other:?} is not a [vpc.apps] entry: nothing of it joins the VPC"),
+                    );
+                }
+            }
+        }
+        if let Some(problem) = crate::dns_name_problem(&self.domain) {
+            push("domain", problem);
         }
     }
 }

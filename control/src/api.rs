@@ -5,6 +5,7 @@
 use crate::server::{error, json, problems, Reply};
 use crate::tokens::Caller;
 use crate::views;
+use crate::vpc_reach;
 use crate::Control;
 use gatehouse::app_admission::Candidate;
 use gatehouse::route::{App, Origin};
@@ -61,6 +62,12 @@ pub async fn route(
         ("GET", ["caa"]) => json(200, &views::caa(control)),
         ("GET", ["attestation"]) => views::attestation(control).await,
         ("GET", ["vpc"]) => views::vpc(control).await,
+        ("GET", ["vpc", "reach"]) => vpc_reach::get(control).await,
+        ("PUT", ["vpc", "apps", id, "reach"]) => match body(req).await {
+            Ok(v) => vpc_reach::set(control, id, Some(v), caller).await,
+            Err(r) => r,
+        },
+        ("DELETE", ["vpc", "apps", id, "reach"]) => vpc_reach::set(control, id, None, caller).await,
         ("GET", ["nodes"]) => views::nodes(control).await,
         ("GET", ["overview"]) => json(200, &views::overview(control).await),
         ("GET", _) | ("POST", _) | ("PUT", _) | ("DELETE", _) => error(

@@ -20,6 +20,7 @@ pub mod reload;
 pub mod server;
 pub mod tokens;
 pub mod views;
+pub mod vpc_reach;
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 use gatehouse::conn::Shared;
@@ -193,7 +194,7 @@ impl Control {
             }
             *self.domains.lock().unwrap_or_else(|p| p.into_inner()) = wanted;
         }
-        Ok(())
+        self.publish_reach().await
     }
 
     /// Follows the store: every change to a control record (made here or on another node)

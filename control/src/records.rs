@@ -17,6 +17,7 @@ pub const PREFIX: &str = "control/";
 const APPS: &str = "control/apps/";
 const DRAINED: &str = "control/drained/";
 const DOMAINS: &str = "control/domains/";
+const REACH: &str = "control/vpc-reach/";
 
 /// A custom domain added through the API (its certificate is kept by ACME).
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -207,6 +208,48 @@ impl Records {
     /// Removes a custom domain; false when it was not added.
     pub async fn delete_domain(&self, domain: &str) -> Result<bool, ControlError> {
         Ok(self.store.delete(&format!("{DOMAINS}{domain}")).await?)
+    }
+}
+
+/// Who a VPC app may reach, as set through the API (it replaces the file's `reach`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ReachRecord {
+    /// The apps its instances may reach.
+    pub reach: Vec<String>,
+    /// Unix seconds.
+    pub at: u64,
+    /// The token id that set it.
+    pub by: String,
+}
+
+impl Records {
+    /// Every `reach` set through the API, by app.
+    pub async fn vpc_reach(&self) -> Result<BTreeMap<String, ReachRecord>, ControlError> {
+        let mut out = BTreeMap::new();
+        for (key, v) in self.store.list(REACH).await? {
+            if let Some(r) = self.open::<ReachRecord>(&key, &v.value) {
+                out.insert(key[REACH.len()..].to_owned(), r);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Sets (`Some`) or forgets (`None`: the file's again) an app's `reach`.
+    pub async fn set_vpc_reach(
+        &self,
+        app: &str,
+        record: Option<&ReachRecord>,
+    ) -> Result<(), ControlError> {
+        let key = format!("{REACH}{app}");
+        match record {
+            Some(r) => {
+                self.store.put(&key, &self.seal(&key, r)?).await?;
+            }
+            None => {
+                self.store.delete(&key).await?;
+            }
+        }
+        Ok(())
     }
 }
 

@@ -60,7 +60,14 @@ fn fixed(old: &Config, new: &Config) -> Vec<String> {
     differs("dns", old.dns == new.dns);
     differs("store", old.store == new.store);
     differs("tee", old.tee == new.tee);
-    differs("vpc", old.vpc == new.vpc);
+    // Who may reach whom over the VPC changes live; the rest of `[vpc]` is bound at start.
+    let without_reach = |v: &Option<gatehouse_config::VpcConfig>| {
+        v.clone().map(|mut v| {
+            v.apps.values_mut().for_each(|a| a.reach.clear());
+            v
+        })
+    };
+    differs("vpc", without_reach(&old.vpc) == without_reach(&new.vpc));
     differs("cluster", old.cluster == new.cluster);
     p
 }
@@ -209,6 +216,9 @@ impl Control {
             changed.push("admission".into());
         }
         self.admission.store(admission);
+        if old.vpc != new.vpc {
+            changed.push("vpc.apps.reach".into());
+        }
 
         let ids = |apps: &[AppSpec]| -> Vec<String> {
             apps.iter()
@@ -239,6 +249,9 @@ impl Control {
             listeners_removed,
         };
         self.config.store(Arc::new(new));
+        if let Err(e) = self.publish_reach().await {
+            tracing::warn!("vpc reach: {e}");
+        }
         Ok(report)
     }
 

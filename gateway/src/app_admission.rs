@@ -21,7 +21,7 @@ pub struct Candidate {
 }
 
 /// The measurements of a verified TDX quote, hex.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
 pub struct Measurements {
     /// `simulated` or `tdx`.
     pub tee: String,

@@ -1,7 +1,9 @@
 //! Network namespaces and userspace WireGuard daemons made by a test, removed (daemons killed
 //! by PID, namespaces deleted) when the [`Net`] is dropped, also on failure.
 
+use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 /// Whether this process may create namespaces and TUN devices.
@@ -127,5 +129,66 @@ impl Drop for Net {
         for ns in &self.namespaces {
             let _ = Command::new("ip").args(["netns", "del", ns]).status();
         }
+    }
+}
+
+/// A `gatehouse agent` in a namespace, its stdout lines collected; killed on drop.
+pub struct AgentProc {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl AgentProc {
+    pub fn start(ns: &str, args: &[&str]) -> AgentProc {
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", ns])
+            .arg(crate::binary())
+            .arg("agent")
+            .args(args)
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        AgentProc {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits for the `n`-th line containing `needle` (1-based); returns it.
+    pub fn wait_line(&mut self, needle: &str, n: usize, limit: Duration) -> String {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(l) = self.seen.iter().filter(|l| l.contains(needle)).nth(n - 1) {
+                return l.clone();
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(l) => self.seen.push(l),
+                Err(_) => panic!(
+                    "agent never printed {needle:?} ×{n}:\n{}",
+                    self.seen.join("\n")
+                ),
+            }
+        }
+    }
+}
+
+impl Drop for AgentProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }

@@ -549,6 +549,31 @@ async fn reload_under_load_drops_nothing_and_a_bad_reload_changes_nothing() {
     let rotated = call(api.admin, "GET", "/v1/apps", Some("ops-rotated-7d3e"), None);
     assert_eq!(rotated.status, 200);
 }
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_on_sighup_without_an_admin_listener() {
+    // Without [admin] there is no API, but SIGHUP still reloads the file (it used to end
+    // the process: the default action of the signal).
+    let (ca, port, dir, cert) = two_echoes().await;
+    let head = base_config("").replace(
+        "[admin]\nlisten = \"127.0.0.1:0\"\ninsecure_no_auth = true\n",
+        "",
+    );
+    assert!(!head.contains("[admin]"));
+    let file = |apps: &str| format!("{head}\n{apps}\n[tls]\ncertificates = [{cert}]\n");
+    let gw = Gateway::start_in(dir, &file(&app("web", port, &["127.0.0.1"])));
+    assert!(gw.admin.is_none());
+    assert_eq!(who(&gw, &ca, "web.gw.test").await.unwrap(), "one");
+    assert!(who(&gw, &ca, "api.gw.test").await.is_err());
+    std::fs::write(
+        gw.path().join("gatehouse.toml"),
+        file(&(app("web", port, &["127.0.0.1"]) + &app("api", port, &["127.0.0.2"]))),
+    )
+    .unwrap();
+    gw.signal("HUP");
+    gw.wait_log("config reloaded", Duration::from_secs(10));
+    assert_eq!(who(&gw, &ca, "api.gw.test").await.unwrap(), "two");
+    assert_eq!(who(&gw, &ca, "web.gw.test").await.unwrap(), "one");
+}
 
 /// A webhook that admits the apps in `allowed` and records every question.
 async fn webhook(

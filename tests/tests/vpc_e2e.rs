@@ -13,79 +13,17 @@ use gatehouse_attest::pccs::{CollateralSource, Pccs, DEFAULT_PCCS};
 use gatehouse_attest::policy::Policy;
 use gatehouse_attest::simulator::{Simulator, SimulatorConfig};
 use gatehouse_attest::QuoteProvider;
-use gatehouse_tests::netns::{ip, wireguard_ready, Net};
+use gatehouse_tests::netns::{ip, wireguard_ready, AgentProc, Net};
 use gatehouse_tests::pki::TestCa;
 use gatehouse_tests::{binary, Gateway};
 use gatehouse_vpc::agent::Agent;
 use gatehouse_vpc::wireguard::{KeyPair, Uapi, WireGuard};
 use std::collections::HashSet;
-use std::io::{BufRead, BufReader};
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{mpsc, Arc};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-/// A `gatehouse agent` in a namespace, its stdout lines collected; killed on drop.
-struct AgentProc {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    seen: Vec<String>,
-}
-
-impl AgentProc {
-    fn start(ns: &str, args: &[&str]) -> AgentProc {
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", ns])
-            .arg(binary())
-            .arg("agent")
-            .args(args)
-            .env("NO_COLOR", "1")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        AgentProc {
-            child,
-            lines,
-            seen: Vec::new(),
-        }
-    }
-
-    /// Waits for the `n`-th line containing `needle` (1-based); returns it.
-    fn wait_line(&mut self, needle: &str, n: usize, limit: Duration) -> String {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(l) = self.seen.iter().filter(|l| l.contains(needle)).nth(n - 1) {
-                return l.clone();
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(l) => self.seen.push(l),
-                Err(_) => panic!(
-                    "agent never printed {needle:?} ×{n}:\n{}",
-                    self.seen.join("\n")
-                ),
-            }
-        }
-    }
-}
-
-impl Drop for AgentProc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// `gatehouse agent --once ARGS` in `ns`: its exit code and output.
 fn agent_once(ns: &str, args: &[String]) -> (Option<i32>, String) {
@@ -513,6 +451,7 @@ allow_list = "allowed-apps"
                 collateral: collateral.clone(),
                 wg: Arc::new(Uapi::new("unused")),
                 key: KeyPair::generate().unwrap(),
+                identity_file: None,
             };
             tokio::spawn(async move { agent.register().await.map(|(r, _)| r.address) })
         })

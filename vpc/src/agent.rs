@@ -5,8 +5,9 @@
 //! against the gateway policy *before sending anything* (collateral for the gateway's quote
 //! comes from the agent's own TEE source: the simulator's, or the PCCS), asks for a nonce,
 //! quotes `SHA-512("gatehouse-register-v1:" ‖ app_id ‖ key ‖ nonce)`, and sends it. With the
-//! answer it configures its own interface: address, the gateway as its one peer (allowed IPs:
-//! the VPC prefix), the keepalive the gateway asked for. Then it watches the interface and
+//! answer it configures its own interface: address, the gateway as a peer for its own
+//! address, the keepalive the gateway asked for; then it follows its netmap
+//! ([`super::agent_mesh`]): the instances it may talk to become direct peers. Then it watches the interface and
 //! registers again (backing off 1 s … 60 s) when the daemon lost its configuration or the
 //! gateway stops completing handshakes (it restarted from scratch or forgot the lease).
 
@@ -79,6 +80,8 @@ pub struct Agent {
     pub wg: Arc<dyn WireGuard>,
     /// Our key.
     pub key: KeyPair,
+    /// Where the mesh peers' identities are kept (`peers.json`), if anywhere.
+    pub identity_file: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for Agent {
@@ -232,9 +235,11 @@ impl Agent {
                 .ok_or_else(|| VpcError::Key("a gateway's key is not base64 of 32 bytes".into()))
         };
         let gateway = key(&resp.gateway_public_key)?;
+        // The gateway for its own address only: other instances are direct peers (the
+        // mesh), each for its /32, and an address with no peer is reached by nobody.
         let mut peers = vec![PeerConfig {
             public_key: gateway,
-            allowed_ips: vec![(resp.network, resp.prefix_len)],
+            allowed_ips: vec![(resp.gateway_address, 32)],
             endpoint: Some(endpoint),
             keepalive: resp.keepalive,
         }];
@@ -248,11 +253,13 @@ impl Agent {
         }
         self.wg.configure(&self.key, None).await?;
         let (_, present) = self.wg.state().await?;
+        // Gateway keys of the past go, and mesh peers too: the netmap, followed right
+        // after, brings back those that still belong.
         for p in present
             .iter()
             .filter(|p| !peers.iter().any(|q| q.public_key == p.public_key))
         {
-            self.wg.remove_peer(&p.public_key).await?; // a gateway key of the past
+            self.wg.remove_peer(&p.public_key).await?;
         }
         for peer in &peers {
             self.wg.set_peer(peer).await?;
@@ -275,7 +282,10 @@ impl Agent {
                         return Ok(resp);
                     }
                     backoff = BACKOFF.0;
-                    let why = self.hold(&resp).await;
+                    let why = tokio::select! {
+                        why = self.hold(&resp) => why,
+                        () = self.follow_netmap(&resp) => "the netmap stopped".into(),
+                    };
                     println!("gatehouse agent: registering again: {why}");
                 }
                 Err(e) => {

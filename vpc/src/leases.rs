@@ -17,6 +17,10 @@ use std::sync::Arc;
 
 /// Where the leases live.
 pub const PREFIX: &str = "vpc/leases/";
+/// Ordinal claims: `vpc/ordinals/<app>/<n>` holds the address whose lease has that ordinal.
+const ORDINALS: &str = "vpc/ordinals/";
+/// The ordinal of a lease written before its ordinal is claimed.
+pub const CLAIMING: u32 = u32::MAX;
 
 /// One lease: an address held by an instance's WireGuard key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -29,6 +33,13 @@ pub struct Lease {
     pub public_key: String,
     /// When it last registered (unix seconds).
     pub registered_at: u64,
+    /// Its ordinal among its app's instances (the name `<n>.<app>.<domain>`): the lowest
+    /// free one when leased, kept while the lease lasts.
+    #[serde(default)]
+    pub ordinal: u32,
+    /// What its last registration's quote measured (whois answers with it).
+    #[serde(default)]
+    pub measurements: Option<gatehouse::app_admission::Measurements>,
 }
 
 /// The lease table.
@@ -123,11 +134,31 @@ impl Leases {
         public_key: &[u8; 32],
         now: u64,
     ) -> Result<(Lease, bool), VpcError> {
+        self.acquire_measured(app_id, public_key, None, now).await
+    }
+
+    /// As [`Leases::acquire`], recording what the registration's quote measured.
+    pub async fn acquire_measured(
+        &self,
+        app_id: &str,
+        public_key: &[u8; 32],
+        measurements: Option<gatehouse::app_admission::Measurements>,
+        now: u64,
+    ) -> Result<(Lease, bool), VpcError> {
         let key_b64 = super::wireguard::base64(public_key);
         let existing = self.all().await?;
         if let Some(mut lease) = existing.iter().find(|l| l.public_key == key_b64).cloned() {
-            lease.app_id = app_id.to_owned();
+            if lease.app_id != app_id {
+                // Recorded as claiming first, so that the claim looks live to others.
+                lease.app_id = app_id.to_owned();
+                lease.ordinal = CLAIMING;
+                self.store
+                    .put(&Leases::key(lease.address), &self.encode(&lease)?)
+                    .await?;
+                lease.ordinal = self.claim_ordinal(app_id, lease.address).await?;
+            }
             lease.registered_at = now;
+            lease.measurements = measurements;
             self.store
                 .put(&Leases::key(lease.address), &self.encode(&lease)?)
                 .await?;
@@ -146,6 +177,8 @@ impl Leases {
                 app_id: app_id.to_owned(),
                 public_key: key_b64.clone(),
                 registered_at: now,
+                ordinal: CLAIMING,
+                measurements: measurements.clone(),
             };
             match self
                 .store
@@ -162,21 +195,71 @@ impl Leases {
         })
     }
 
-    /// If the same key won two addresses in a race with itself, keeps the lowest.
-    async fn settle(&self, ours: Lease) -> Result<(Lease, bool), VpcError> {
+    /// If the same key won two addresses in a race with itself, keeps the lowest; then
+    /// claims the lease's ordinal and records it.
+    async fn settle(&self, mut ours: Lease) -> Result<(Lease, bool), VpcError> {
         let same: Vec<Lease> = self
             .all()
             .await?
             .into_iter()
             .filter(|l| l.public_key == ours.public_key)
             .collect();
-        match same.first() {
-            Some(first) if first.address != ours.address => {
-                self.store.delete(&Leases::key(ours.address)).await?;
-                Ok((first.clone(), false))
-            }
-            _ => Ok((ours, true)),
+        if let Some(first) = same.first().filter(|f| f.address != ours.address) {
+            self.store.delete(&Leases::key(ours.address)).await?;
+            return Ok((first.clone(), false));
         }
+        ours.ordinal = self.claim_ordinal(&ours.app_id, ours.address).await?;
+        self.store
+            .put(&Leases::key(ours.address), &self.encode(&ours)?)
+            .await?;
+        Ok((ours, true))
+    }
+
+    /// The lowest ordinal of `app_id` free for the lease at `address`, taken by
+    /// compare-and-swap on `vpc/ordinals/<app>/<n>` (which holds the address). A claim is
+    /// free again once its address holds no lease of the app with that ordinal (or one
+    /// still claiming): released and reclaimed leases need no clean-up.
+    async fn claim_ordinal(&self, app_id: &str, address: Ipv4Addr) -> Result<u32, VpcError> {
+        let mine = address.to_string();
+        for _ in 0..8 {
+            let leases = self.store.list(PREFIX).await?.len() as u32;
+            for n in 0..=leases {
+                let key = format!("{ORDINALS}{app_id}/{n}");
+                let (version, free) = match self.store.get(&key).await? {
+                    None => (0, true),
+                    Some(v) => {
+                        let holder = String::from_utf8_lossy(&v.value).into_owned();
+                        if holder == mine {
+                            return Ok(n);
+                        }
+                        // The holder's lease as it is now (a claim is made after its lease
+                        // is written, so a list read earlier could miss it).
+                        let key = format!("{PREFIX}{holder}");
+                        let lease = match self.store.get(&key).await? {
+                            Some(l) => self.decode(&key, &l.value),
+                            None => None,
+                        };
+                        let live = lease.is_some_and(|l| {
+                            l.app_id == app_id && (l.ordinal == n || l.ordinal == CLAIMING)
+                        });
+                        (v.version, !live)
+                    }
+                };
+                if free
+                    && self
+                        .store
+                        .compare_and_swap(&key, version, mine.as_bytes())
+                        .await?
+                        .is_ok()
+                {
+                    return Ok(n);
+                }
+            }
+        }
+        Err(VpcError::Lease {
+            key: format!("{ORDINALS}{app_id}"),
+            reason: "no ordinal could be claimed (the store keeps changing)".into(),
+        })
     }
 
     /// Gives `lease`'s address back if it is still exactly `lease` (not re-registered or
@@ -250,6 +333,8 @@ mod tests {
             app_id: "shop".into(),
             public_key: super::super::wireguard::base64(&key(66)),
             registered_at: 1,
+            ordinal: 0,
+            measurements: None,
         };
         l.store
             .put(
@@ -279,6 +364,40 @@ mod tests {
             vec![real],
             "a sealed lease moved to another address does not open"
         );
+    }
+
+    /// Ordinals name instances (`<n>.<app>`): the lowest free per app, kept by a key that
+    /// registers again, freed with the lease, unique under concurrent registrations.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn mesh_ordinals_are_per_app_stable_and_unique() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = leases(dir.path(), "10.88.0.0/24");
+        let (a, _) = l.acquire("db", &key(1), 1).await.unwrap();
+        let (b, _) = l.acquire("db", &key(2), 1).await.unwrap();
+        let (w, _) = l.acquire("web", &key(3), 1).await.unwrap();
+        assert_eq!((a.ordinal, b.ordinal, w.ordinal), (0, 1, 0));
+        assert_eq!(l.acquire("db", &key(2), 2).await.unwrap().0.ordinal, 1);
+        assert!(l.release(a.address).await.unwrap());
+        assert_eq!(l.acquire("db", &key(4), 3).await.unwrap().0.ordinal, 0);
+        let racing: Vec<_> = (10..30u8)
+            .map(|i| {
+                let l = l.clone();
+                tokio::spawn(async move { l.acquire("cache", &key(i), 1).await.unwrap() })
+            })
+            .collect();
+        for r in racing {
+            r.await.unwrap();
+        }
+        let mut ordinals: Vec<u32> = l
+            .all()
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|l| l.app_id == "cache")
+            .map(|l| l.ordinal)
+            .collect();
+        ordinals.sort();
+        assert_eq!(ordinals, (0..20).collect::<Vec<u32>>());
     }
 
     #[tokio::test]

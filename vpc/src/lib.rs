@@ -9,11 +9,17 @@
 //! - [`register`]: the checks an app CVM's registration passes (quote, policy, binding).
 //! - [`node`]: the gateway at run time: interface, RA-TLS registration listener, liveness
 //!   into the route table, lease reclaim.
+//! - [`mesh`]: who may reach whom (`reach`), each agent's netmap, the instance names.
+//! - [`coordinator`]: the mesh's coordinator on the gateway's VPC address (netmaps by long
+//!   poll, whois, DNS), answering each instance about what it may see.
 //! - [`agent`]: `gatehouse agent`, the app CVM's side.
 
 pub mod agent;
+pub mod agent_mesh;
+pub mod coordinator;
 pub mod gateways;
 pub mod leases;
+pub mod mesh;
 pub mod node;
 pub mod register;
 pub mod wireguard;

@@ -7,6 +7,7 @@
 //! threshold, moves the counter even when no request flows). WireGuard re-handshakes only
 //! every two minutes, so the counter is what makes a short threshold usable.
 
+use super::coordinator::Coordinator;
 use super::leases::{Lease, Leases};
 use super::register::{RegisterRequest, Registrar};
 use super::wireguard::{parse_key, set_address, KeyPair, PeerConfig, Uapi, WgTool, WireGuard};
@@ -40,6 +41,8 @@ pub fn wireguard_for(kind: WireGuardKind, interface: &str) -> Arc<dyn WireGuard>
 /// The running VPC of a gateway.
 pub struct VpcNode {
     registrar: Arc<Registrar>,
+    /// The mesh's coordinator (netmaps, whois, names) on the VPC address.
+    coordinator: Arc<Coordinator>,
     wg: Arc<dyn WireGuard>,
     key: KeyPair,
     /// The registration listener's RA-TLS certificate (rotated daily) and its TLS.
@@ -78,6 +81,16 @@ impl VpcNode {
     /// passed). Set once, before the registration listener serves.
     pub fn set_admission(&self, admission: Arc<dyn gatehouse::app_admission::AdmitApps>) {
         let _ = self.registrar.admission.set(admission);
+    }
+
+    /// Who may reach whom from now on (a reload changed `[vpc.apps.*] reach`).
+    pub fn set_reach(&self, reach: super::mesh::Reach) {
+        self.coordinator.set_reach(reach);
+    }
+
+    /// Who may reach whom now.
+    pub fn reach(&self) -> super::mesh::Reach {
+        self.coordinator.current_reach()
     }
 
     /// The leases and the interface's peers (an unreadable part is left empty and logged).
@@ -179,15 +192,47 @@ impl VpcNode {
         let tls = cert
             .server_config(false)
             .map_err(|e| VpcError::Config(format!("registration TLS: {e}")))?;
+        let coordinator = Coordinator::new(super::mesh::Reach::from_config(config), &config.domain);
         let node = VpcNode {
             registrar: Arc::new(registrar),
+            coordinator,
             wg,
             key,
             tls: tokio_rustls::TlsAcceptor::from(Arc::new(tls)),
             cert,
         };
         node.configure().await?;
+        node.serve_coordinator().await?;
         Ok(node)
+    }
+
+    /// Binds the coordinator's HTTP API and name server on the VPC address (reachable only
+    /// through WireGuard) and serves them.
+    async fn serve_coordinator(&self) -> Result<(), VpcError> {
+        let c = self.registrar.config();
+        let ip = IpAddr::V4(c.gateway_address);
+        let bind = |what: &str, port: u16, e: std::io::Error| {
+            VpcError::Config(format!("vpc.{what} {ip}:{port}: {e}"))
+        };
+        let http = tokio::net::TcpListener::bind((ip, c.coordinator_port))
+            .await
+            .map_err(|e| bind("coordinator_port", c.coordinator_port, e))?;
+        let udp = tokio::net::UdpSocket::bind((ip, c.dns_port))
+            .await
+            .map_err(|e| bind("dns_port", c.dns_port, e))?;
+        let tcp = tokio::net::TcpListener::bind((ip, c.dns_port))
+            .await
+            .map_err(|e| bind("dns_port", c.dns_port, e))?;
+        tokio::spawn(self.coordinator.clone().serve_http(http));
+        tokio::spawn(self.coordinator.clone().serve_dns_udp(udp));
+        tokio::spawn(self.coordinator.clone().serve_dns_tcp(tcp));
+        tracing::info!(
+            coordinator = %SocketAddr::new(ip, c.coordinator_port),
+            dns = %SocketAddr::new(ip, c.dns_port),
+            domain = %c.domain,
+            "VPC mesh coordinator and names on"
+        );
+        Ok(())
     }
 
     /// (Re)applies the interface: key, port, address, and a peer per lease (after a gateway
@@ -244,30 +289,50 @@ impl VpcNode {
                 }
             };
             let mut peers: HashMap<String, [u8; 32]> = HashMap::new();
+            let mut known: std::collections::BTreeMap<String, Lease> = Default::default();
             for (key, v) in listing {
-                self.lease_changed(&mut peers, &key, Some(&v.value)).await;
+                self.lease_changed(&mut peers, &mut known, &key, Some(&v.value))
+                    .await;
             }
+            self.publish_leases(&known);
             while let Some(event) = watch.next().await {
                 match event {
                     gatehouse_store::Event::Put { key, value } => {
-                        self.lease_changed(&mut peers, &key, Some(&value.value))
+                        self.lease_changed(&mut peers, &mut known, &key, Some(&value.value))
                             .await
                     }
                     gatehouse_store::Event::Delete { key } => {
-                        self.lease_changed(&mut peers, &key, None).await
+                        self.lease_changed(&mut peers, &mut known, &key, None).await
                     }
                 }
+                self.publish_leases(&known);
             }
         }
+    }
+
+    /// Hands the leases to the coordinator; a lease registered within `handshake_stale`
+    /// counts as live before its first handshake (it just proved itself), so agents hear of
+    /// a new instance at once rather than at the next liveness pass.
+    fn publish_leases(&self, known: &std::collections::BTreeMap<String, Lease>) {
+        let stale = self.registrar.config().handshake_stale;
+        let mut leases: Vec<Lease> = known.values().cloned().collect();
+        leases.sort_by_key(|l| u32::from(l.address));
+        self.coordinator
+            .add_fresh(leases, |l| registered_within(l, stale));
     }
 
     async fn lease_changed(
         &self,
         peers: &mut HashMap<String, [u8; 32]>,
+        known: &mut std::collections::BTreeMap<String, Lease>,
         key: &str,
         value: Option<&[u8]>,
     ) {
         let lease = value.and_then(|v| self.registrar.leases.decode(key, v));
+        match &lease {
+            Some(l) => known.insert(key.to_owned(), l.clone()),
+            None => known.remove(key),
+        };
         let public = lease.as_ref().and_then(|l| parse_key(&l.public_key));
         let before = match public {
             Some(k) => peers.insert(key.to_owned(), k),
@@ -370,7 +435,21 @@ impl VpcNode {
                 .is_some_and(|t| t.elapsed().unwrap_or_default() < c.handshake_stale)
         };
         let mut by_app = SourceInstances::new();
-        for lease in self.registrar.leases.all().await? {
+        let leases = self.registrar.leases.all().await?;
+        let endpoints: HashMap<String, SocketAddr> = peers
+            .iter()
+            .filter_map(|p| Some((super::wireguard::base64(&p.public_key), p.endpoint?)))
+            .collect();
+        let live: std::collections::HashSet<String> = leases
+            .iter()
+            .filter(|l| {
+                parse_key(&l.public_key).is_some_and(|k| is_live(&k))
+                    || registered_within(l, c.handshake_stale)
+            })
+            .map(|l| l.public_key.clone())
+            .collect();
+        self.coordinator.update(leases.clone(), live, endpoints);
+        for lease in leases {
             let Some(key) = parse_key(&lease.public_key) else {
                 continue;
             };
@@ -408,6 +487,12 @@ impl VpcNode {
         }
         Ok(())
     }
+}
+
+/// Whether `lease` registered less than `within` ago.
+fn registered_within(lease: &Lease, within: Duration) -> bool {
+    let at = SystemTime::UNIX_EPOCH + Duration::from_secs(lease.registered_at);
+    at.elapsed().unwrap_or_default() < within
 }
 
 /// One line per instance entering or leaving rotation.

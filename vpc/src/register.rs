@@ -74,6 +74,12 @@ pub struct RegisterResponse {
     /// any node reaches the instance (empty for a single node).
     #[serde(default)]
     pub gateways: Vec<GatewayPeer>,
+    /// The mesh coordinator's port on `gateway_address` (netmaps, whois).
+    #[serde(default)]
+    pub coordinator_port: Option<u16>,
+    /// The name server's port on `gateway_address`, and the names' domain.
+    #[serde(default)]
+    pub dns: Option<(u16, String)>,
 }
 
 /// Another gateway node, as an agent's peer.
@@ -229,14 +235,12 @@ impl Registrar {
             &report_data(&req.app_id, &wg_key, &nonce),
         )
         .map_err(|e| refuse("binding", e))?;
+        let measurements = gatehouse::app_admission::Measurements::of(&req.evidence, &q);
         if let Some(admission) = self.admission.get() {
             let candidate = gatehouse::app_admission::Candidate {
                 app_id: req.app_id.clone(),
                 purpose: "vpc-register",
-                measurements: Some(gatehouse::app_admission::Measurements::of(
-                    &req.evidence,
-                    &q,
-                )),
+                measurements: Some(measurements.clone()),
                 domain: None,
             };
             admission
@@ -249,7 +253,7 @@ impl Registrar {
         }
         let (lease, new) = self
             .leases
-            .acquire(&req.app_id, &wg_key, now)
+            .acquire_measured(&req.app_id, &wg_key, Some(measurements), now)
             .await
             .map_err(|e| refuse("pool", e))?;
         let peer = PeerConfig {
@@ -286,6 +290,8 @@ impl Registrar {
             listen_port: self.config.listen_port,
             keepalive: keepalive_for(self.config.handshake_stale),
             gateways,
+            coordinator_port: Some(self.config.coordinator_port),
+            dns: Some((self.config.dns_port, self.config.domain.clone())),
         }
     }
 }
