@@ -6,7 +6,10 @@ use crate::CertbotError;
 use base64::Engine;
 use gatehouse_store::Zeroizing;
 use gatehouse_store::{Sealer, Store};
-use instant_acme::{Account, AccountBuilder, AccountCredentials, ExternalAccountKey, NewAccount};
+use instant_acme::{
+    Account, AccountBuilder, AccountCredentials, ExternalAccountKey, Key, NewAccount,
+};
+use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -104,22 +107,39 @@ pub async fn load_or_create(
         return Ok((restore(s, &key, &stored.value, sealer).await?, false));
     }
     let contact: Vec<&str> = s.contact.iter().map(String::as_str).collect();
-    let eab = s
-        .eab
-        .as_ref()
-        .map(|(kid, hmac)| ExternalAccountKey::new(kid.clone(), hmac));
-    let (account, creds) = builder(s)?
-        .create(
-            &NewAccount {
-                contact: &contact,
-                terms_of_service_agreed: true,
-                only_return_existing: false,
-            },
-            s.directory.clone(),
-            eab.as_ref(),
-        )
-        .await
-        .map_err(|e| CertbotError::acme("new account", e))?;
+    let (account, creds) = match &s.eab {
+        // instant-acme has no key-first form with external account binding: a kill between
+        // the CA's answer and the store write below leaves one unused account at the CA.
+        Some((kid, hmac)) => builder(s)?
+            .create(
+                &NewAccount {
+                    contact: &contact,
+                    terms_of_service_agreed: true,
+                    only_return_existing: false,
+                },
+                s.directory.clone(),
+                Some(&ExternalAccountKey::new(kid.clone(), hmac)),
+            )
+            .await
+            .map_err(|e| CertbotError::acme("new account", e))?,
+        None => {
+            let pkcs8 = account_key(&s.directory, store, sealer).await?;
+            let key = Key::from_pkcs8_der(PrivatePkcs8KeyDer::from(pkcs8.as_slice()))
+                .map_err(|e| CertbotError::acme("the account key", e))?;
+            let pair = (key, PrivateKeyDer::Pkcs8(pkcs8.to_vec().into()));
+            let (account, creds) = builder(s)?
+                .create_from_key(pair, s.directory.clone())
+                .await
+                .map_err(|e| CertbotError::acme("new account", e))?;
+            if !contact.is_empty() {
+                account
+                    .update_contacts(&contact)
+                    .await
+                    .map_err(|e| CertbotError::acme("account contacts", e))?;
+            }
+            (account, creds)
+        }
+    };
     let plain = serde_json::to_vec(&creds)
         .map(Zeroizing::new)
         .map_err(|e| CertbotError::Config(format!("serializing the account: {e}")))?;
@@ -127,6 +147,11 @@ pub async fn load_or_create(
     // Another node may have created one meanwhile: keep the first one stored.
     if let Err(Some(theirs)) = store.compare_and_swap(&key, 0, &sealed).await? {
         return Ok((restore(s, &key, &theirs.value, sealer).await?, false));
+    }
+    // The credentials hold the key now; a failure here leaves a record the next creation
+    // would reuse, which is harmless.
+    if let Err(e) = store.delete(&account_key_store_key(&s.directory)).await {
+        tracing::warn!("the account's key record stays behind: {e}");
     }
     Ok((account, true))
 }
@@ -145,6 +170,42 @@ pub async fn stored_uri(
     let creds: serde_json::Value = serde_json::from_slice(&plain)
         .map_err(|e| CertbotError::Config(format!("stored account {key}: {e}")))?;
     Ok(creds["id"].as_str().map(str::to_owned))
+}
+
+/// Where the account's key waits, sealed, between being made and the account being stored.
+fn account_key_store_key(directory: &str) -> String {
+    store_key(directory).replacen("acme/accounts/", "acme/account-keys/", 1)
+}
+
+/// The key the account is created with (PKCS#8), stored sealed before the CA sees it: a kill
+/// after the CA made the account but before its credentials were stored leaves the key, and
+/// the next start asks for the account of that key, which the CA answers with the same
+/// account (RFC 8555 §7.3.1), so no second account is made and the URI that CAA `accounturi`
+/// records pin is the one stored.
+pub async fn account_key(
+    directory: &str,
+    store: &dyn Store,
+    sealer: &dyn Sealer,
+) -> Result<Zeroizing<Vec<u8>>, CertbotError> {
+    let key = account_key_store_key(directory);
+    let stored = match store.get(&key).await? {
+        Some(v) => v.value,
+        None => {
+            let (_, pkcs8) =
+                Key::generate_pkcs8().map_err(|e| CertbotError::acme("the account key", e))?;
+            let sealed = sealer.seal(&key, pkcs8.secret_pkcs8_der())?;
+            match store.compare_and_swap(&key, 0, &sealed).await? {
+                Ok(_) => sealed,
+                Err(Some(theirs)) => theirs.value,
+                Err(None) => {
+                    return Err(CertbotError::Config(format!(
+                        "{key}: changed while it was written"
+                    )))
+                }
+            }
+        }
+    };
+    Ok(sealer.unseal(&key, &stored)?)
 }
 
 /// The account from its sealed credentials (the CA's directory is fetched again).

@@ -21,6 +21,7 @@
 
 pub mod account;
 pub mod alpn;
+pub mod challenges;
 pub mod keys;
 pub mod manager;
 pub mod order;

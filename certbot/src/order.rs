@@ -2,6 +2,7 @@
 //! the outcome; the key generated here; only a CSR leaves.
 
 use crate::alpn::AlpnChallenges;
+use crate::challenges::{ChallengeRecord, Ledger};
 use crate::keys::{CertKey, KeyType};
 use crate::pending::{PendingOrder, SavePending};
 use crate::stored::Issued;
@@ -57,7 +58,8 @@ pub struct Request<'a> {
 
 /// Something to undo once the order ends.
 enum Cleanup {
-    Txt(String, String),
+    /// The TXT records in the ledger.
+    Txt,
     Alpn(String),
 }
 
@@ -70,13 +72,21 @@ pub async fn issue(
     req: Request<'_>,
     before_finalize: SavePending<'_>,
 ) -> Result<Issued, CertbotError> {
+    let ledger = Ledger {
+        id: before_finalize.id,
+        store: before_finalize.store,
+    };
+    // What an earlier order of this target left in DNS (it was killed before its clean-up).
+    if let Solver::Dns01 { provider, .. } = solver {
+        ledger.sweep(provider.as_ref()).await?;
+    }
     let mut cleanup = Vec::new();
-    let result = run(account, solver, &req, &mut cleanup, before_finalize).await;
+    let result = run(account, solver, &req, &mut cleanup, before_finalize, ledger).await;
     for c in cleanup {
         match (c, solver) {
-            (Cleanup::Txt(name, value), Solver::Dns01 { provider, .. }) => {
-                if let Err(e) = provider.remove_txt(&name, &value).await {
-                    tracing::warn!("could not remove the challenge record {name}: {e}");
+            (Cleanup::Txt, Solver::Dns01 { provider, .. }) => {
+                if let Err(e) = ledger.sweep(provider.as_ref()).await {
+                    tracing::warn!("the challenge records are left for the next order: {e}");
                 }
             }
             (Cleanup::Alpn(name), Solver::TlsAlpn01(alpn)) => alpn.withdraw(&name).await,
@@ -151,6 +161,7 @@ async fn run(
     req: &Request<'_>,
     cleanup: &mut Vec<Cleanup>,
     before_finalize: SavePending<'_>,
+    ledger: Ledger<'_>,
 ) -> Result<Issued, CertbotError> {
     let ids: Vec<Identifier> = req
         .names
@@ -216,8 +227,16 @@ async fn run(
             } => {
                 let name = format!("_acme-challenge.{domain}");
                 let value = key_auth.dns_value();
+                ledger
+                    .add(ChallengeRecord {
+                        name: name.clone(),
+                        value: value.clone(),
+                    })
+                    .await?;
+                if !matches!(cleanup.first(), Some(Cleanup::Txt)) {
+                    cleanup.insert(0, Cleanup::Txt);
+                }
                 provider.add_txt(&name, &value).await?;
-                cleanup.push(Cleanup::Txt(name.clone(), value.clone()));
                 let servers = match authoritative {
                     Some(s) if !s.is_empty() => s.clone(),
                     _ => authoritative_for(&domain, resolvers).await?,

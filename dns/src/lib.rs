@@ -16,7 +16,7 @@
 pub mod cloudflare;
 pub mod propagation;
 pub mod rfc2136;
-mod wire;
+pub mod wire;
 mod zones;
 
 pub use cloudflare::Cloudflare;

@@ -4,12 +4,12 @@
 //! plain length-prefixed TCP exchange (RFC 1035 §4.2.2), one connection per change, bounded
 //! by a timeout. Responses to signed updates must be signed with the same key.
 
-use crate::wire::{self, fqdn, hint, random_id};
+use crate::wire::{self, fqdn, hint, random_id, tsig_refusal};
 use crate::{zone_of, CaaRecord, DnsError, DnsProvider};
 use base64::Engine;
 use gatehouse_caa::plan::Step;
 use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
-use hickory_proto::rr::rdata::tsig::{TsigAlgorithm, TsigError};
+use hickory_proto::rr::rdata::tsig::TsigAlgorithm;
 use hickory_proto::rr::rdata::{CAA, TXT};
 use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType, TSigner};
 use std::net::SocketAddr;
@@ -122,12 +122,7 @@ impl Rfc2136 {
 
     /// Sends one update whose update section is `records` (already classed for add/delete).
     async fn update(&self, zone: Name, records: Vec<Record>) -> Result<(), DnsError> {
-        let mut msg = Message::new(random_id(), MessageType::Query, OpCode::Update);
-        let mut z = Query::new();
-        z.set_name(zone.clone())
-            .set_query_class(DNSClass::IN)
-            .set_query_type(RecordType::SOA);
-        msg.queries.push(z);
+        let mut msg = wire::update_request(&zone, random_id());
         msg.authorities = records;
         let response = self.signed_exchange(msg).await?;
         let rcode = response.metadata.response_code;
@@ -156,8 +151,7 @@ impl Rfc2136 {
                 .map_err(|e| DnsError::Config(format!("TSIG signing: {e}")))?;
         }
         let bytes = self.exchange(&msg).await?;
-        let response = Message::from_vec(&bytes).map_err(|e| self.bad(e.to_string()))?;
-        wire::check_pairs(&msg, &response).map_err(|r| self.bad(r.into()))?;
+        let response = wire::read_reply(&msg, &bytes).map_err(|r| self.bad(r))?;
         let Some(key) = &self.key else {
             return Ok(response);
         };
@@ -216,18 +210,6 @@ impl Rfc2136 {
             reason,
         }
     }
-}
-
-/// The TSIG error the server reported, if the response carries one.
-fn tsig_refusal(response: &Message) -> Option<String> {
-    let tsig = response.signature()?;
-    let error = tsig.data.error.as_ref()?;
-    Some(match error {
-        TsigError::BadKey => "BADKEY: the server does not know this key".into(),
-        TsigError::BadSig => "BADSIG: the signature did not verify (wrong secret?)".into(),
-        TsigError::BadTime => "BADTIME: clocks differ by more than the fudge".into(),
-        other => format!("{other:?}"),
-    })
 }
 
 fn txt(name: &str, value: &str) -> Result<Record, DnsError> {

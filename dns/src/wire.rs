@@ -1,8 +1,10 @@
-//! One DNS exchange over TCP (RFC 1035 §4.2.2 framing), bounded by a timeout.
+//! One DNS exchange over TCP (RFC 1035 §4.2.2 framing), bounded by a timeout, and how a
+//! reply is read (public for the fuzz targets: every byte of a reply comes from outside).
 
 use crate::DnsError;
 use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
-use hickory_proto::rr::{Name, Record, RecordType};
+use hickory_proto::rr::rdata::tsig::TsigError;
+use hickory_proto::rr::{DNSClass, Name, Record, RecordType};
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -39,6 +41,38 @@ pub(crate) async fn exchange(
     }
 }
 
+/// An UPDATE for `zone` (its zone section: `zone` SOA IN) with message id `id`; the caller
+/// fills the update section.
+pub fn update_request(zone: &Name, id: u16) -> Message {
+    let mut msg = Message::new(id, MessageType::Query, OpCode::Update);
+    let mut z = Query::new();
+    z.set_name(zone.clone())
+        .set_query_class(DNSClass::IN)
+        .set_query_type(RecordType::SOA);
+    msg.queries.push(z);
+    msg
+}
+
+/// Reads a reply to `request` from its wire bytes: a DNS message that is a response to this
+/// request (see [`check_pairs`]), or why not.
+pub fn read_reply(request: &Message, bytes: &[u8]) -> Result<Message, String> {
+    let reply = Message::from_vec(bytes).map_err(|e| e.to_string())?;
+    check_pairs(request, &reply)?;
+    Ok(reply)
+}
+
+/// The TSIG error the server reported, if the reply carries one.
+pub fn tsig_refusal(response: &Message) -> Option<String> {
+    let tsig = response.signature()?;
+    let error = tsig.data.error.as_ref()?;
+    Some(match error {
+        TsigError::BadKey => "BADKEY: the server does not know this key".into(),
+        TsigError::BadSig => "BADSIG: the signature did not verify (wrong secret?)".into(),
+        TsigError::BadTime => "BADTIME: clocks differ by more than the fudge".into(),
+        other => format!("{other:?}"),
+    })
+}
+
 /// Asks `server` (no recursion) for `name`/`rtype`; the answer section. NXDOMAIN = empty.
 pub(crate) async fn query(
     server: SocketAddr,
@@ -51,13 +85,9 @@ pub(crate) async fn query(
     q.set_name(name.clone()).set_query_type(rtype);
     msg.queries.push(q);
     let bytes = exchange(server, &msg, timeout).await?;
-    let response = Message::from_vec(&bytes).map_err(|e| DnsError::BadResponse {
+    let response = read_reply(&msg, &bytes).map_err(|reason| DnsError::BadResponse {
         server: server.to_string(),
-        reason: e.to_string(),
-    })?;
-    check_pairs(&msg, &response).map_err(|reason| DnsError::BadResponse {
-        server: server.to_string(),
-        reason: reason.into(),
+        reason,
     })?;
     match response.metadata.response_code {
         ResponseCode::NoError | ResponseCode::NXDomain => Ok(response.answers),
@@ -73,12 +103,12 @@ pub(crate) async fn query(
 /// Whether `response` answers `request`: a response, the same id, and the same question (name
 /// compared case-insensitively, type and class), so an answer for another question on the
 /// same connection is never taken for this one.
-pub(crate) fn check_pairs(request: &Message, response: &Message) -> Result<(), &'static str> {
+pub fn check_pairs(request: &Message, response: &Message) -> Result<(), String> {
     if response.metadata.message_type != MessageType::Response {
-        return Err("the reply is not a response");
+        return Err("the reply is not a response".into());
     }
     if response.metadata.id != request.metadata.id {
-        return Err("response id does not match the query");
+        return Err("response id does not match the query".into());
     }
     let same = response.queries.len() == request.queries.len()
         && response.queries.iter().zip(&request.queries).all(|(a, b)| {
@@ -89,7 +119,7 @@ pub(crate) fn check_pairs(request: &Message, response: &Message) -> Result<(), &
         });
     match same {
         true => Ok(()),
-        false => Err("the response's question is not the query's"),
+        false => Err("the response's question is not the query's".into()),
     }
 }
 

@@ -155,6 +155,17 @@ impl Leases {
                 self.store
                     .put(&Leases::key(lease.address), &self.encode(&lease)?)
                     .await?;
+            }
+            // A crash inside `settle` can leave this key a second, higher address: given
+            // back now (the lowest is the one kept, as `settle` would have).
+            for extra in existing
+                .iter()
+                .filter(|l| l.public_key == key_b64 && l.address != lease.address)
+            {
+                self.release_if_unchanged(extra).await?;
+            }
+            // Also a lease a crash left between its write and its ordinal's claim.
+            if lease.ordinal == CLAIMING {
                 lease.ordinal = self.claim_ordinal(app_id, lease.address).await?;
             }
             lease.registered_at = now;
@@ -398,6 +409,47 @@ mod tests {
             .collect();
         ordinals.sort();
         assert_eq!(ordinals, (0..20).collect::<Vec<u32>>());
+    }
+
+    /// A crash between a lease's first write (claiming) and its ordinal's claim leaves the
+    /// lease claiming, and one inside `settle` a second address for the same key; the
+    /// instance registering again gets its ordinal and one address.
+    #[tokio::test]
+    async fn crash_consistency_a_lease_left_half_made_is_completed_on_return() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = leases(dir.path(), "10.88.0.0/24");
+        let (a, _) = l.acquire("db", &key(1), 1).await.unwrap();
+        let mut cut = Lease {
+            address: "10.88.0.9".parse().unwrap(),
+            app_id: "db".into(),
+            public_key: super::super::wireguard::base64(&key(2)),
+            registered_at: 1,
+            ordinal: CLAIMING,
+            measurements: None,
+        };
+        l.store
+            .put(&Leases::key(cut.address), &l.encode(&cut).unwrap())
+            .await
+            .unwrap();
+        // ... and, as a crash inside `settle` can, a second address for the same key.
+        let extra = Lease {
+            address: "10.88.0.12".parse().unwrap(),
+            ..cut.clone()
+        };
+        l.store
+            .put(&Leases::key(extra.address), &l.encode(&extra).unwrap())
+            .await
+            .unwrap();
+        let (back, new) = l.acquire("db", &key(2), 2).await.unwrap();
+        assert!(!new);
+        assert_eq!(back.address, cut.address);
+        assert_eq!(back.ordinal, 1, "{back:?}");
+        cut.ordinal = 1;
+        cut.registered_at = 2;
+        let all = l.all().await.unwrap();
+        assert!(all.contains(&cut), "{all:?}");
+        assert!(!all.iter().any(|l| l.address == extra.address), "{all:?}");
+        assert_eq!(a.ordinal, 0);
     }
 
     #[tokio::test]
