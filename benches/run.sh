@@ -4,22 +4,7 @@
 # Installs what it needs from Debian (and oha from crates.io for the latency workload).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-need=()
-command -v nginx >/dev/null || need+=(nginx)
-[ -e /usr/lib/nginx/modules/ngx_stream_module.so ] || need+=(libnginx-mod-stream)
-command -v haproxy >/dev/null || need+=(haproxy)
-command -v wrk >/dev/null || need+=(wrk)
-command -v h2load >/dev/null || need+=(nghttp2-client)
-command -v taskset >/dev/null || need+=(util-linux)
-if [ ${#need[@]} -gt 0 ]; then
-  echo "== installing: ${need[*]}"
-  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-  printf '#!/bin/sh\nexit 101\n' | $SUDO tee /usr/sbin/policy-rc.d >/dev/null   # no service starts
-  $SUDO chmod +x /usr/sbin/policy-rc.d
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-  $SUDO rm -f /usr/sbin/policy-rc.d
-fi
+source benches/deps.sh
 oha=()
 # oha is only for L1, which --quick skips and --only runs only when it names L1.
 only=""; prev=""

@@ -24,6 +24,8 @@ command -v etcdctl >/dev/null || need+=(etcd-client)
 [ -x /usr/bin/chromium ] || need+=(chromium)     # the browser test of h2 coalescing
 command -v certutil >/dev/null || need+=(libnss3-tools)   # its trust store
 command -v unbound >/dev/null || need+=(unbound)   # DNS over TLS for custom domains
+[ -e /usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1 ] || need+=(libfaketime)   # clock jumps
+command -v mkfs.ext4 >/dev/null || need+=(e2fsprogs)   # a disk that fills or turns read-only
 if [ ${#need[@]} -gt 0 ]; then
   echo "== installing: ${need[*]}"
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"

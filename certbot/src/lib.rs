@@ -22,6 +22,7 @@
 pub mod account;
 pub mod alpn;
 pub mod challenges;
+pub mod clock;
 pub mod keys;
 pub mod manager;
 pub mod order;

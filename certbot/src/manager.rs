@@ -453,9 +453,8 @@ impl CertManager {
         loop {
             self.reload(&target).await;
             let plan = self.plan(&account, &target, draw).await;
-            let now = SystemTime::now();
-            let asked = std::pin::pin!(wake.notified());
-            if plan.renew_at > now {
+            let mut asked = std::pin::pin!(wake.notified());
+            if plan.renew_at > SystemTime::now() {
                 let wake_at = plan.poll_at.map_or(plan.renew_at, |p| p.min(plan.renew_at));
                 tracing::info!(
                     names = ?target.names,
@@ -464,11 +463,7 @@ impl CertManager {
                     ari_window = %plan.window.map_or("none".into(), |(s, e)| format!("{} to {}", humantime(s), humantime(e))),
                     "next renewal"
                 );
-                let until = wake_at.duration_since(now).unwrap_or_default();
-                let asked = tokio::select! {
-                    _ = tokio::time::sleep(until) => false,
-                    _ = asked => true,
-                };
+                let asked = until_wall_clock(wake_at, asked.as_mut()).await;
                 if asked {
                     tracing::info!(names = ?target.names, "renewal asked for: renewing now");
                 } else if wake_at < plan.renew_at {
@@ -751,6 +746,30 @@ pub fn policy(account: &Account, issuer: &str, methods: &[&str]) -> Policy {
         issuers: vec![issuer.to_owned()],
         accounts: vec![account.id().to_owned()],
         methods: methods.iter().map(|m| m.to_string()).collect(),
+    }
+}
+
+/// Waits until the wall clock reads `at`; true if `asked` completed first. The sleep is
+/// measured again after every wall-clock jump ([`crate::clock`]) and when it ends before the
+/// wall clock reads `at` (a jump back), so a jump neither skips a renewal nor brings one
+/// forward.
+async fn until_wall_clock(
+    at: SystemTime,
+    mut asked: std::pin::Pin<&mut tokio::sync::futures::Notified<'_>>,
+) -> bool {
+    loop {
+        let jumped = crate::clock::next_jump();
+        let Ok(left) = at.duration_since(SystemTime::now()) else {
+            return false;
+        };
+        if left.is_zero() {
+            return false;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(left) => {}
+            _ = asked.as_mut() => return true,
+            _ = jumped => {}
+        }
     }
 }
 

@@ -568,6 +568,10 @@ fn run(
         };
         let tee = gatehouse::attestation::open(&config, state_dir).await?;
         let gateway = Gateway::build(&config, apps, certs)?;
+        gateway
+            .shared
+            .metrics
+            .count_tasks_of(tokio::runtime::Handle::current());
         if let Some(attestor) = tee.attestor {
             let _ = gateway.shared.attest.set(attestor);
         }

@@ -265,6 +265,7 @@ fn worker(
             return;
         }
     };
+    shared.metrics.count_tasks_of(runtime.handle().clone());
     runtime.block_on(async move {
         let tracker = Arc::new(Tracker::default());
         // Each listener's own stop, for a reload that removes it.

@@ -106,6 +106,8 @@ pub struct Metrics {
     /// The shared store's health, on a cluster node (etcd backend).
     pub store: std::sync::OnceLock<std::sync::Arc<gatehouse_cluster::Health>>,
     rejected: [AtomicU64; Reject::ALL.len()],
+    /// The runtimes whose tasks `gatehouse_tasks_alive` counts (the workers', the control's).
+    runtimes: std::sync::Mutex<Vec<tokio::runtime::Handle>>,
 }
 
 impl Metrics {
@@ -114,6 +116,24 @@ impl Metrics {
         self.accepted.fetch_add(1, Ordering::Relaxed);
         self.active.fetch_add(1, Ordering::Relaxed);
         ActiveGuard(self)
+    }
+
+    /// Counts the tasks of `runtime` in `gatehouse_tasks_alive` (a leak shows as a climb).
+    pub fn count_tasks_of(&self, runtime: tokio::runtime::Handle) {
+        self.runtimes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(runtime);
+    }
+
+    /// Tasks alive now in every counted runtime.
+    pub fn tasks_alive(&self) -> u64 {
+        self.runtimes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|h| h.metrics().num_alive_tasks() as u64)
+            .sum()
     }
 
     /// A connection was refused for `why`.
@@ -184,6 +204,12 @@ impl Metrics {
             "Connections open now.",
             "gauge",
             get(&self.active),
+        );
+        counter(
+            "gatehouse_tasks_alive",
+            "Tasks alive now in the workers' and the control runtime.",
+            "gauge",
+            self.tasks_alive(),
         );
         counter(
             "gatehouse_connections_relayed_total",

@@ -8,8 +8,10 @@ use crate::{
     Versioned, Watch,
 };
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
-use std::path::Path;
-use std::sync::{Arc, Weak};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock, Weak};
+use std::time::{Duration, Instant};
 use tokio::sync::{broadcast, mpsc};
 
 const TABLE: TableDefinition<&str, &[u8]> = TableDefinition::new("state");
@@ -24,7 +26,16 @@ pub struct Embedded {
 }
 
 struct Inner {
-    db: Database,
+    path: PathBuf,
+    /// The open file. redb refuses every operation on a handle after one of its writes
+    /// failed (a full or read-only disk), until it is opened again: [`Inner::with_db`] does
+    /// that once the next operation comes, so the store recovers when the disk does.
+    db: RwLock<Option<Database>>,
+    /// A write failed: open the file again before the next operation.
+    failed: AtomicBool,
+    /// When the last attempt to open it again was made (at most one a second), and why it
+    /// failed.
+    reopened: std::sync::Mutex<(Option<Instant>, String)>,
     /// Every committed change with its revision.
     events: broadcast::Sender<(u64, Event)>,
     /// Locks held by this process's tasks: key → (fence revision, holder).
@@ -41,6 +52,32 @@ impl std::fmt::Debug for Embedded {
 
 fn backend(e: impl std::fmt::Display) -> StoreError {
     StoreError::Backend(e.to_string())
+}
+
+/// The shortest time between two attempts to open a failed file again.
+const REOPEN_EVERY: Duration = Duration::from_secs(1);
+
+/// Opens (or creates) the redb file and makes sure it has its tables and revision.
+fn open_db(path: &Path) -> Result<Database, StoreError> {
+    let db = Database::create(path)
+        .map_err(|e| StoreError::Backend(format!("{}: {e}", path.display())))?;
+    let tx = db.begin_write().map_err(backend)?;
+    {
+        let table = tx.open_table(TABLE).map_err(backend)?;
+        let mut meta = tx.open_table(META).map_err(backend)?;
+        if meta.get(REVISION).map_err(backend)?.is_none() {
+            // A file written before the store-wide revision: start above every version in
+            // it, so no version is ever handed out twice.
+            let mut highest = 0;
+            for entry in table.iter().map_err(backend)? {
+                let (_, v) = entry.map_err(backend)?;
+                highest = highest.max(decode(v.value())?.version);
+            }
+            meta.insert(REVISION, highest).map_err(backend)?;
+        }
+    }
+    tx.commit().map_err(backend)?;
+    Ok(db)
 }
 
 fn decode(raw: &[u8]) -> Result<Versioned, StoreError> {
@@ -78,28 +115,14 @@ impl Embedded {
             .open(path)
             .and_then(|f| f.set_permissions(std::fs::Permissions::from_mode(0o600)))
             .map_err(file_err)?;
-        let db = Database::create(path)
-            .map_err(|e| StoreError::Backend(format!("{}: {e}", path.display())))?;
-        let tx = db.begin_write().map_err(backend)?;
-        {
-            let table = tx.open_table(TABLE).map_err(backend)?;
-            let mut meta = tx.open_table(META).map_err(backend)?;
-            if meta.get(REVISION).map_err(backend)?.is_none() {
-                // A file written before the store-wide revision: start above every version in
-                // it, so no version is ever handed out twice.
-                let mut highest = 0;
-                for entry in table.iter().map_err(backend)? {
-                    let (_, v) = entry.map_err(backend)?;
-                    highest = highest.max(decode(v.value())?.version);
-                }
-                meta.insert(REVISION, highest).map_err(backend)?;
-            }
-        }
-        tx.commit().map_err(backend)?;
+        let db = open_db(path)?;
         let (events, _) = broadcast::channel(WATCH_BUFFER);
         Ok(Embedded {
             inner: Arc::new(Inner {
-                db,
+                path: path.to_owned(),
+                db: RwLock::new(Some(db)),
+                failed: AtomicBool::new(false),
+                reopened: std::sync::Mutex::new((None, String::new())),
                 events,
                 locks: Default::default(),
                 next_fence: std::sync::atomic::AtomicU64::new(1),
@@ -109,6 +132,63 @@ impl Embedded {
 }
 
 impl Inner {
+    /// A redb error as the store's: an I/O failure marks the handle for reopening and is
+    /// `Unavailable` (nothing was written; a later try may succeed), naming the file.
+    fn fail(&self, e: impl Into<redb::Error>) -> StoreError {
+        let e: redb::Error = e.into();
+        if matches!(e, redb::Error::Io(_) | redb::Error::PreviousIo) {
+            self.failed.store(true, Ordering::Release);
+            return StoreError::Unavailable(format!("{}: {e}", self.path.display()));
+        }
+        StoreError::Backend(e.to_string())
+    }
+
+    /// Runs `op` on the open database, opening the file again first if a write failed.
+    fn with_db<T>(
+        &self,
+        op: impl FnOnce(&Database) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        if self.failed.load(Ordering::Acquire) {
+            self.reopen()?;
+        }
+        let guard = self.db.read().unwrap_or_else(|p| p.into_inner());
+        let db = guard.as_ref().ok_or_else(|| {
+            StoreError::Unavailable(format!(
+                "{}: not open after an I/O failure",
+                self.path.display()
+            ))
+        })?;
+        op(db)
+    }
+
+    /// Closes the failed handle and opens the file again (redb recovers the last committed
+    /// transaction). At most one attempt a second; until one succeeds, operations are refused.
+    fn reopen(&self) -> Result<(), StoreError> {
+        let mut db = self.db.write().unwrap_or_else(|p| p.into_inner());
+        if !self.failed.load(Ordering::Acquire) {
+            return Ok(()); // another caller did it
+        }
+        let mut last = self.reopened.lock().unwrap_or_else(|p| p.into_inner());
+        if last.0.is_some_and(|t| t.elapsed() < REOPEN_EVERY) && db.is_none() {
+            return Err(StoreError::Unavailable(last.1.clone()));
+        }
+        last.0 = Some(Instant::now());
+        drop(db.take()); // releases the file lock
+        match open_db(&self.path) {
+            Ok(opened) => {
+                *db = Some(opened);
+                self.failed.store(false, Ordering::Release);
+                tracing::warn!(path = %self.path.display(), "store opened again after an I/O failure");
+                Ok(())
+            }
+            Err(e) => {
+                last.1 = format!("cannot open the store again after an I/O failure: {e}");
+                tracing::warn!("{}", last.1);
+                Err(StoreError::Unavailable(last.1.clone()))
+            }
+        }
+    }
+
     /// Runs `f` on the current value of `key` in one write transaction; `f` returns the new
     /// value (`Some(None)` deletes, `None` leaves the key unchanged) and gets the revision a
     /// change would be written at. Commits with fsync.
@@ -118,17 +198,26 @@ impl Inner {
         f: impl FnOnce(Option<Versioned>, u64) -> (Option<Option<Vec<u8>>>, T),
     ) -> Result<T, StoreError> {
         check_key(key)?;
-        let tx = self.db.begin_write().map_err(backend)?;
+        self.with_db(|db| self.update_in(db, key, f))
+    }
+
+    fn update_in<T>(
+        &self,
+        db: &Database,
+        key: &str,
+        f: impl FnOnce(Option<Versioned>, u64) -> (Option<Option<Vec<u8>>>, T),
+    ) -> Result<T, StoreError> {
+        let tx = db.begin_write().map_err(|e| self.fail(e))?;
         let (change, out) = {
-            let mut table = tx.open_table(TABLE).map_err(backend)?;
-            let mut meta = tx.open_table(META).map_err(backend)?;
-            let current = match table.get(key).map_err(backend)? {
+            let mut table = tx.open_table(TABLE).map_err(|e| self.fail(e))?;
+            let mut meta = tx.open_table(META).map_err(|e| self.fail(e))?;
+            let current = match table.get(key).map_err(|e| self.fail(e))? {
                 Some(raw) => Some(decode(raw.value())?),
                 None => None,
             };
             let revision = meta
                 .get(REVISION)
-                .map_err(backend)?
+                .map_err(|e| self.fail(e))?
                 .map_or(0, |r| r.value())
                 + 1;
             let (change, out) = f(current, revision);
@@ -137,7 +226,7 @@ impl Inner {
                 Some(Some(value)) => {
                     table
                         .insert(key, encode(revision, &value).as_slice())
-                        .map_err(backend)?;
+                        .map_err(|e| self.fail(e))?;
                     Some(Event::Put {
                         key: key.to_owned(),
                         value: Versioned {
@@ -147,22 +236,22 @@ impl Inner {
                     })
                 }
                 Some(None) => {
-                    table.remove(key).map_err(backend)?;
+                    table.remove(key).map_err(|e| self.fail(e))?;
                     Some(Event::Delete {
                         key: key.to_owned(),
                     })
                 }
             };
             if event.is_some() {
-                meta.insert(REVISION, revision).map_err(backend)?;
+                meta.insert(REVISION, revision).map_err(|e| self.fail(e))?;
             }
             (event.map(|e| (revision, e)), out)
         };
         if change.is_none() {
-            tx.abort().map_err(backend)?;
+            tx.abort().map_err(|e| self.fail(e))?;
             return Ok(out);
         }
-        tx.commit().map_err(backend)?;
+        tx.commit().map_err(|e| self.fail(e))?;
         if let Some(change) = change {
             let _ = self.events.send(change); // no watcher is fine
         }
@@ -171,16 +260,20 @@ impl Inner {
 
     /// Every key under `prefix`, and the revision they were read at.
     fn list(&self, prefix: &str) -> Result<(Listing, u64), StoreError> {
-        let tx = self.db.begin_read().map_err(backend)?;
-        let table = tx.open_table(TABLE).map_err(backend)?;
-        let meta = tx.open_table(META).map_err(backend)?;
+        self.with_db(|db| self.list_in(db, prefix))
+    }
+
+    fn list_in(&self, db: &Database, prefix: &str) -> Result<(Listing, u64), StoreError> {
+        let tx = db.begin_read().map_err(|e| self.fail(e))?;
+        let table = tx.open_table(TABLE).map_err(|e| self.fail(e))?;
+        let meta = tx.open_table(META).map_err(|e| self.fail(e))?;
         let revision = meta
             .get(REVISION)
-            .map_err(backend)?
+            .map_err(|e| self.fail(e))?
             .map_or(0, |r| r.value());
         let mut out = Vec::new();
-        for entry in table.range(prefix..).map_err(backend)? {
-            let (k, v) = entry.map_err(backend)?;
+        for entry in table.range(prefix..).map_err(|e| self.fail(e))? {
+            let (k, v) = entry.map_err(|e| self.fail(e))?;
             if !k.value().starts_with(prefix) {
                 break;
             }
@@ -229,12 +322,15 @@ async fn follow(
 impl Store for Embedded {
     async fn get(&self, key: &str) -> Result<Option<Versioned>, StoreError> {
         check_key(key)?;
-        let tx = self.inner.db.begin_read().map_err(backend)?;
-        let table = tx.open_table(TABLE).map_err(backend)?;
-        match table.get(key).map_err(backend)? {
-            Some(raw) => decode(raw.value()).map(Some),
-            None => Ok(None),
-        }
+        let inner = &self.inner;
+        inner.with_db(|db| {
+            let tx = db.begin_read().map_err(|e| inner.fail(e))?;
+            let table = tx.open_table(TABLE).map_err(|e| inner.fail(e))?;
+            match table.get(key).map_err(|e| inner.fail(e))? {
+                Some(raw) => decode(raw.value()).map(Some),
+                None => Ok(None),
+            }
+        })
     }
 
     async fn put(&self, key: &str, value: &[u8]) -> Result<Version, StoreError> {

@@ -4,9 +4,10 @@
 Pebble 2.4 has no `renewalInfo`. This HTTPS server sits in front of it, passes every request
 through unchanged (the Host header too, so Pebble's URLs and JWS `url` checks name this
 server), and adds what Boulder does:
-- `renewalInfo` in the directory, answered from the control file (window, Retry-After;
-  `until_orders: N` turns a past window into a future one once N new orders were seen, so a
-  test asking for exactly one renewal does not race the client's next ARI query);
+- `renewalInfo` in the directory, answered from the control file (window: `past`, `future`,
+  or `at` with `start` and `end` in Unix seconds; Retry-After; `until_orders: N` turns a
+  window into a future one once N new orders were seen, so a test asking for exactly one
+  renewal does not race the client's next ARI query);
 - `replaces` in new orders: reflected in the response, and refused with 409
   `alreadyReplaced` when an order replacing that certificate was already finalized;
 - order fetches answered 404 for orders the control file says to forget.
@@ -115,10 +116,12 @@ class Handler(http.server.BaseHTTPRequestHandler):
             c = control()
             now = time.time()
             window = c.get("window", "future")
-            if window == "past" and NEW_ORDERS >= c.get("until_orders", float("inf")):
+            if window != "future" and NEW_ORDERS >= c.get("until_orders", float("inf")):
                 window = "future"
             if window == "past":
                 start, end = now - 7200, now - 3600
+            elif window == "at":
+                start, end = c["start"], c["end"]
             else:
                 start, end = now + 30 * 86400, now + 31 * 86400
             event(ev="ari", cert=cert_id, window=window)

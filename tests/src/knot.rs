@@ -96,6 +96,38 @@ impl Knot {
     }
 }
 
+impl Knot {
+    /// Stops the server (SIGKILL, as a crash or an outage would): nothing answers at
+    /// [`Knot::addr`] until [`Knot::resume`].
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts the server again on the same address with the same zones; the updates it took
+    /// before are kept (its journal).
+    pub fn resume(&mut self) {
+        let d = self._dir.path();
+        let log = std::fs::File::create(d.join("knotd.log")).unwrap();
+        let knotd = ["/usr/sbin/knotd", "/usr/bin/knotd"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).exists())
+            .unwrap();
+        self.child = Command::new(knotd)
+            .args(["-c", d.join("knot.conf").to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect_timeout(&self.addr, Duration::from_millis(100)).is_err() {
+            assert!(Instant::now() < deadline, "knotd did not come back");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 impl Drop for Knot {
     fn drop(&mut self) {
         let _ = self.child.kill();

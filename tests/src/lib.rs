@@ -7,6 +7,7 @@ pub mod ari;
 pub mod browser;
 pub mod docker;
 pub mod etcd;
+pub mod faults;
 pub mod http;
 pub mod knot;
 pub mod netns;

@@ -18,6 +18,11 @@ pub struct PebbleOptions {
     pub validity_secs: Option<u64>,
     /// Keep Pebble's default random rejection of 5 % of nonces (clients must retry).
     pub reject_nonces: bool,
+    /// Reject this share of nonces instead (`PEBBLE_WFE_NONCEREJECT`, percent).
+    pub reject_nonces_percent: Option<u8>,
+    /// Let the validation authority wait up to this many seconds before each validation
+    /// (`PEBBLE_VA_SLEEPTIME`; `None`: no wait).
+    pub va_sleep_secs: Option<u32>,
     /// Require external account binding with this key id and base64url HMAC key.
     pub eab: Option<(String, String)>,
 }
@@ -31,6 +36,8 @@ impl PebbleOptions {
             tls_port: free_port(),
             validity_secs: None,
             reject_nonces: false,
+            reject_nonces_percent: None,
+            va_sleep_secs: None,
             eab: None,
         }
     }
@@ -90,13 +97,18 @@ impl Pebble {
         let mut cmd = Command::new("/usr/bin/pebble");
         cmd.args(["-config", d.join("pebble.json").to_str().unwrap()])
             .args(["-dnsserver", &opts.dns.to_string(), "-strict=false"])
-            .env("PEBBLE_VA_NOSLEEP", "1")
             .env("PEBBLE_AUTHZREUSE", "0")
             .stdout(log.try_clone().unwrap())
             .stderr(log);
-        if !opts.reject_nonces {
-            cmd.env("PEBBLE_WFE_NONCEREJECT", "0");
-        }
+        match opts.va_sleep_secs {
+            Some(s) => cmd.env("PEBBLE_VA_SLEEPTIME", s.to_string()),
+            None => cmd.env("PEBBLE_VA_NOSLEEP", "1"),
+        };
+        match opts.reject_nonces_percent {
+            Some(p) => cmd.env("PEBBLE_WFE_NONCEREJECT", p.to_string()),
+            None if !opts.reject_nonces => cmd.env("PEBBLE_WFE_NONCEREJECT", "0"),
+            None => &mut cmd,
+        };
         let child = cmd.spawn().unwrap();
         let pebble = Pebble {
             child,

@@ -419,8 +419,16 @@ impl ProxyHttp for Gatehouse {
             && !session.as_ref().retry_buffer_truncated()
             && session.response_written().is_none()
             && e.esource() == &ErrorSource::Upstream;
-        if again {
-            Gatehouse::instance_failed(ctx, peer, "failed before answering");
+        // Passive health counts every failure of the instance's own: before its answer (any
+        // method), and a response that broke off after it began (the client saw the break;
+        // an instance cutting bodies must lose its share as one refusing them does).
+        if e.esource() == &ErrorSource::Upstream {
+            let what = if session.response_written().is_some() {
+                "broke off mid-response"
+            } else {
+                "failed before answering"
+            };
+            Gatehouse::instance_failed(ctx, peer, what);
         }
         e.set_retry(again && Gatehouse::may_retry(ctx));
         e
