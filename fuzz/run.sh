@@ -4,6 +4,8 @@
 # executions, executions per second, corpus size, peak RSS, and whether it stayed clean.
 #
 # Usage: fuzz/run.sh [SECONDS] [TARGET...]     (default: 60 s, every target)
+# FUZZ_RUNS=N stops a target after N executions if that comes first (the campaign's bar:
+# FUZZ_RUNS=10000000 fuzz/run.sh 600, ten million executions or ten minutes per target).
 # A crash leaves its input in fuzz/artifacts/<target>/; replay it with
 #   RUSTC_BOOTSTRAP=1 cargo fuzz run <target> fuzz/artifacts/<target>/<file>   (from the root)
 # The same checks run briefly on every `cargo test fuzz_replay` (tests/tests/fuzz_replay.rs).
@@ -28,7 +30,7 @@ for t in "${targets[@]}"; do
   mkdir -p "fuzz/corpus/$t"
   log=$(mktemp)
   if cargo fuzz run -O "$t" "fuzz/corpus/$t" "fuzz/seeds/$t" -- \
-      -max_total_time="$secs" -max_len=65536 -rss_limit_mb=2048 -print_final_stats=1 \
+      -max_total_time="$secs" ${FUZZ_RUNS:+-runs=$FUZZ_RUNS} -max_len=65536 -rss_limit_mb=2048 -print_final_stats=1 \
       >"$log" 2>&1; then
     result=clean
   else

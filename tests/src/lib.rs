@@ -274,6 +274,21 @@ impl Drop for Gateway {
     }
 }
 
+/// Runs `gatehouse args` in `dir` to its end: (exit code, stdout + stderr).
+pub fn run_binary(dir: &Path, args: &[&str]) -> (i32, String) {
+    let o = Command::new(binary())
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    let out = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    (o.status.code().unwrap_or(-1), out)
+}
+
 /// Runs `gatehouse run` on `config` in a fresh directory and expects it to refuse to start
 /// within `limit`; returns its stderr and the directory (to look at what it left).
 pub fn run_until_refused(config: &str, limit: Duration) -> (String, tempfile::TempDir) {

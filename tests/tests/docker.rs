@@ -66,24 +66,18 @@ fn admin_get(port: u16, path: &str, token: Option<&str>) -> (u16, String) {
 
 /// `gatehouse verify` against a name served at 127.0.0.1:`port`; (exit code, output).
 fn verify(dir: &Path, name: &str, port: u16, ca: &Path, extra: &[&str]) -> (i32, String) {
-    let o = Command::new(gatehouse_tests::binary())
-        .args(["verify", &format!("https://{name}:{port}")])
-        .args(["--connect", &format!("127.0.0.1:{port}")])
-        .args(["--cacert", ca.to_str().unwrap()])
-        .args([
-            "--insecure-trust-simulator-root",
-            "--accept-any-measurements",
-        ])
-        .args(extra)
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    let out = format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
+    let (url, connect) = (
+        format!("https://{name}:{port}"),
+        format!("127.0.0.1:{port}"),
     );
-    (o.status.code().unwrap_or(-1), out)
+    let mut args = vec!["verify", &url, "--connect", &connect];
+    args.extend(["--cacert", ca.to_str().unwrap()]);
+    args.extend([
+        "--insecure-trust-simulator-root",
+        "--accept-any-measurements",
+    ]);
+    args.extend(extra);
+    gatehouse_tests::run_binary(dir, &args)
 }
 
 /// The serial of the leaf served for `name` at 127.0.0.1:`port`.

@@ -6,23 +6,13 @@
 //! a statement whose signing time was edited does not verify.
 
 use gatehouse_tests::http::HttpGateway;
-use gatehouse_tests::{binary, Gateway, SIMULATED_TEE};
+use gatehouse_tests::{Gateway, SIMULATED_TEE};
 use std::path::Path;
 use std::process::Command;
 
 /// Runs `gatehouse args` in `dir`: (exit code, stdout + stderr).
 fn gatehouse(dir: &Path, args: &[&str]) -> (i32, String) {
-    let o = Command::new(binary())
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    let out = format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    (o.status.code().unwrap_or(-1), out)
+    gatehouse_tests::run_binary(dir, args)
 }
 
 const SIM: &str = "--insecure-trust-simulator-root";
