@@ -86,8 +86,10 @@ pub enum StoreError {
     /// The backend failed (I/O, corruption, lock held by another process).
     #[error("store backend: {0}")]
     Backend(String),
-    /// The backend could not be reached in time (etcd down or partitioned). Nothing was
-    /// written; what was read before still holds, and the caller may retry later.
+    /// The backend could not be reached in time (etcd down or partitioned), or its disk
+    /// failed a write (full, read-only; the embedded store opens its file again before the
+    /// next operation). Nothing was written; what was read before still holds, and the caller
+    /// may retry later.
     #[error("store unavailable: {0}")]
     Unavailable(String),
 }
