@@ -5,11 +5,15 @@ The load, all at once: full and resumed TLS handshakes, the tcp relay (keep-aliv
 mode over HTTP/1.1 (wrk) and h2 (h2load), TLS passthrough, WebSocket sessions, idle
 connections held the whole time, and clients that vanish mid-handshake and mid-body. Every
 few seconds it samples the gateway's RSS, open descriptors, threads, tasks and connections.
+The baseline is taken after a short warm-up of the same load and a quiet period (--warmup):
+code pages first run under load, the upstream pool and each thread's allocator caches reach
+their working size there, so what the check sees is growth with time under load (a leak), not
+the first touch of the working set (the cold figures are reported beside it).
 After the load stops it waits for the gateway to settle and checks that RSS is back within
 10 % of its level before the load and descriptors, connections and tasks at their baseline
 (the Pingora #372 class of leak). Writes soak.json and soak.png (a plot) to --out.
 
-Usage: benches/soak.sh [--minutes 60] [--interval 5] [--out DIR] [--record]
+Usage: benches/soak.sh [--minutes 60] [--warmup 1] [--interval 5] [--out DIR] [--record] [--only LOADS]
 """
 import argparse
 import asyncio
@@ -261,11 +265,64 @@ def plot(samples, marks, path):
         ax.plot(xs, [s[key] if s[key] is not None else float("nan") for s in samples], lw=1.2)
         ax.set_ylabel(label)
         ax.axvspan((marks["load_start"] - t0) / 60, (marks["load_end"] - t0) / 60, color="orange", alpha=0.15)
+        if "warmup_start" in marks:
+            ax.axvspan((marks["warmup_start"] - t0) / 60, (marks["warmup_end"] - t0) / 60, color="grey", alpha=0.15)
         ax.grid(alpha=0.3)
-    axes[0].set_title("gatehouse soak: mixed load (shaded), then idle")
+    axes[0].set_title("gatehouse soak: warm-up (grey), quiet, mixed load (orange), quiet")
     axes[-1].set_xlabel("minutes")
     fig.tight_layout()
     fig.savefig(path, dpi=90)
+
+
+def run_load(env, args, samples, marks, seconds, phase):
+    """Every load at once for `seconds`, sampling; returns the load's counts and the peaks."""
+    start = len(samples)
+    stop = threading.Event()
+    load = Load(env, stop)
+    load.only = args.only
+    t0 = time.time()
+    every = [
+        load.loop("relay_h1", load.wrk(arms.TERM_HOST, "/f/1k", 8)),
+        load.loop("full_handshakes", load.wrk(arms.TERM_HOST, "/0", 2, close=True)),
+        load.loop("http_h1", load.wrk(arms.HTTP_HOST, "/f/1k", 8)),
+        load.loop("http_h2", load.h2load()),
+        load.loop("passthrough", load.wrk(arms.PASS_HOST, "/f/1k", 4)),
+        load.loop("resumed_handshakes", load.resumed()),
+        load.loop("websocket_sessions", load.websocket()),
+        load.loop("vanished_mid_handshake", load.vanish_mid_handshake()),
+        load.loop("vanished_mid_body", load.vanish_mid_body()),
+        load.loop("vanished_mid_upload", load.vanish_mid_upload()),
+    ]
+    threads = [t for t in every if not args.only or t.name in args.only]
+    n_idle = IDLE if not args.only or "idle" in args.only else 0
+    idle = threading.Thread(target=lambda: asyncio.run(hold_idle(env, n_idle, stop)), daemon=True)
+    idle.start()
+    end = t0 + seconds
+    next_report = t0 + 60
+    while time.time() < end:
+        time.sleep(min(args.interval, max(0, end - time.time())))
+        samples.append(sample(env.gatehouse_pid))
+        if time.time() >= next_report:
+            s = samples[-1]
+            print(f"soak: {phase} {(time.time() - t0) / 60:.0f} min: RSS {s['rss_mb']:.1f} MB, "
+                  f"{s['fds']} fds, {s['tasks']} tasks, {s['connections']} connections", flush=True)
+            next_report += 60
+    stop.set()
+    for t in threads:
+        t.join(timeout=30)
+    idle.join(timeout=30)
+    window = samples[start:] or samples[-1:]
+    keys = ("rss_mb", "rss_anon_mb", "rss_file_mb", "fds", "threads", "tasks", "connections")
+    peak = {k: max(s[k] for s in window if s[k] is not None) for k in keys}
+    return load, peak
+
+
+def settle(args, proc, samples):
+    """Quiet for --settle seconds, sampling."""
+    settle_end = time.time() + args.settle
+    while time.time() < settle_end:
+        time.sleep(min(args.interval, max(0, settle_end - time.time())))
+        samples.append(sample(proc.pid))
 
 
 def main():
@@ -273,6 +330,9 @@ def main():
     p.add_argument("--gatehouse", required=True, help="the gatehouse binary")
     p.add_argument("--minutes", type=float, default=60, help="minutes of load (default 60)")
     p.add_argument("--interval", type=float, default=5, help="seconds between samples")
+    p.add_argument("--warmup", type=float, default=1,
+                   help="minutes of the same load before the baseline (code pages, pools and per-thread "
+                        "allocator caches reach their working size; 0: baseline on the cold process)")
     p.add_argument("--settle", type=float, default=75, help="seconds of quiet before the last sample (longer than the upstream pool's 60 s idle timeout)")
     p.add_argument("--out", default=None, help="where to write soak.json and soak.png")
     p.add_argument("--rss-reported-only", action="store_true",
@@ -299,55 +359,29 @@ def main():
     log = open(os.path.join(out, "gatehouse.log"), "wb")
     proc = subprocess.Popen(["taskset", "-c", env.cpu_proxy, args.gatehouse, "run", "--config", config],
                             cwd=env.work, stdout=log, stderr=log, start_new_session=True)
+    env.gatehouse_pid = proc.pid
     samples, marks = [], {}
     try:
         arms.wait_port(arms.PROXY_PORT)
         arms.wait_port(ADMIN_PORT)
         time.sleep(3)
         samples.append(sample(proc.pid))
+        cold = samples[-1]
+        print(f"soak: started: RSS {cold['rss_mb']:.1f} MB, {cold['fds']} descriptors, "
+              f"{cold['tasks']} tasks, {cold['connections']} connections", flush=True)
+        if args.warmup > 0:
+            marks["warmup_start"] = time.time()
+            run_load(env, args, samples, marks, args.warmup * 60, "warm-up")
+            marks["warmup_end"] = time.time()
+            settle(args, proc, samples)
         before = samples[-1]
         print(f"soak: before the load: RSS {before['rss_mb']:.1f} MB, {before['fds']} descriptors, "
               f"{before['tasks']} tasks, {before['connections']} connections", flush=True)
-        stop = threading.Event()
-        load = Load(env, stop)
-        load.only = args.only
         marks["load_start"] = time.time()
-        every = [
-            load.loop("relay_h1", load.wrk(arms.TERM_HOST, "/f/1k", 8)),
-            load.loop("full_handshakes", load.wrk(arms.TERM_HOST, "/0", 2, close=True)),
-            load.loop("http_h1", load.wrk(arms.HTTP_HOST, "/f/1k", 8)),
-            load.loop("http_h2", load.h2load()),
-            load.loop("passthrough", load.wrk(arms.PASS_HOST, "/f/1k", 4)),
-            load.loop("resumed_handshakes", load.resumed()),
-            load.loop("websocket_sessions", load.websocket()),
-            load.loop("vanished_mid_handshake", load.vanish_mid_handshake()),
-            load.loop("vanished_mid_body", load.vanish_mid_body()),
-            load.loop("vanished_mid_upload", load.vanish_mid_upload()),
-        ]
-        threads = [t for t in every if not args.only or t.name in args.only]
-        idle = threading.Thread(target=lambda: asyncio.run(hold_idle(env, IDLE if not args.only or "idle" in args.only else 0, stop)), daemon=True)
-        idle.start()
-        end = time.time() + args.minutes * 60
-        next_report = time.time() + 60
-        while time.time() < end:
-            time.sleep(min(args.interval, max(0, end - time.time())))
-            samples.append(sample(proc.pid))
-            if time.time() >= next_report:
-                s = samples[-1]
-                print(f"soak: {(time.time() - marks['load_start']) / 60:.0f} min: RSS {s['rss_mb']:.1f} MB, "
-                      f"{s['fds']} fds, {s['tasks']} tasks, {s['connections']} connections", flush=True)
-                next_report += 60
-        stop.set()
-        for t in threads:
-            t.join(timeout=30)
-        idle.join(timeout=30)
+        load, peak = run_load(env, args, samples, marks, args.minutes * 60, "load")
         marks["load_end"] = time.time()
-        peak = {k: max(s[k] for s in samples if s[k] is not None) for k in ("rss_mb", "rss_anon_mb", "rss_file_mb", "fds", "threads", "tasks", "connections")}
         marks["settle"] = args.settle
-        settle_end = time.time() + args.settle
-        while time.time() < settle_end:
-            time.sleep(min(args.interval, max(0, settle_end - time.time())))
-            samples.append(sample(proc.pid))
+        settle(args, proc, samples)
         after = samples[-1]
         alive = proc.poll() is None
     finally:
@@ -360,6 +394,7 @@ def main():
     tasks_ok = after["tasks"] is not None and after["tasks"] <= before["tasks"]
     result = {
         "minutes": args.minutes,
+        "cold": cold, "warmup_minutes": args.warmup,
         "before": before, "peak": peak, "after": after,
         "operations": load.counts,
         "checks": {"alive": alive, "rss_within_10_percent": rss_ok, "descriptors_at_baseline": fds_ok,
@@ -386,7 +421,9 @@ def main():
 def summary(r):
     b, p, a = r["before"], r["peak"], r["after"]
     ops = ", ".join(f"{k} {v}" for k, v in sorted(r["operations"].items()))
-    return (f"| {r['minutes']:g} min | RSS {b['rss_mb']:.1f} → peak {p['rss_mb']:.1f} → {a['rss_mb']:.1f} MB "
+    c = r["cold"]
+    return (f"| {r['minutes']:g} min | RSS started {c['rss_mb']:.1f} (anonymous {c['rss_anon_mb']:.1f}), "
+            f"after {r['warmup_minutes']:g} min warm-up {b['rss_mb']:.1f} → peak {p['rss_mb']:.1f} → {a['rss_mb']:.1f} MB "
             f"(anonymous {b['rss_anon_mb']:.1f} → {p['rss_anon_mb']:.1f} → {a['rss_anon_mb']:.1f}) "
             f"| fds {b['fds']} → {p['fds']} → {a['fds']} | tasks {b['tasks']:.0f} → {a['tasks']:.0f} "
             f"| connections {a['connections']:.0f} after |\noperations: {ops}")
@@ -400,20 +437,20 @@ def record(r, out):
     with open(path) as f:
         text = f.read()
     start, end = "<!-- soak -->", "<!-- /soak -->"
-    b, p, a = r["before"], r["peak"], r["after"]
+    b, p, a, c = r["before"], r["peak"], r["after"], r["cold"]
     ops = ", ".join(f"{k.replace('_', ' ')} {v:,}" for k, v in sorted(r["operations"].items()) if not k.endswith("_errors"))
     errs = ", ".join(f"{k[:-7].replace('_', ' ')} {v:,}" for k, v in sorted(r["operations"].items()) if k.endswith("_errors"))
     body = f"""{start}
 ## Soak: {r['minutes']:g} minutes of mixed load ({r['date']}, `./benches/soak.sh --minutes {r['minutes']:g} --record`)
 
-| | before the load | peak | after ({int(r['marks'].get('settle', 30))} s quiet) |
-| --- | ---: | ---: | ---: |
-| RSS (MB) | {b['rss_mb']:.1f} | {p['rss_mb']:.1f} | {a['rss_mb']:.1f} |
-| of which anonymous (heap, stacks) | {b['rss_anon_mb']:.1f} | {p['rss_anon_mb']:.1f} | {a['rss_anon_mb']:.1f} |
-| of which file-backed (code pages first run under load) | {b['rss_file_mb']:.1f} | {p['rss_file_mb']:.1f} | {a['rss_file_mb']:.1f} |
-| open descriptors | {b['fds']} | {p['fds']} | {a['fds']} |
-| tasks alive | {b['tasks']:.0f} | {p['tasks']:.0f} | {a['tasks']:.0f} |
-| connections open | {b['connections']:.0f} | {p['connections']:.0f} | {a['connections']:.0f} |
+| | started (cold) | before the load ({r['warmup_minutes']:g} min warm-up, then quiet) | peak | after ({int(r['marks'].get('settle', 30))} s quiet) |
+| --- | ---: | ---: | ---: | ---: |
+| RSS (MB) | {c['rss_mb']:.1f} | {b['rss_mb']:.1f} | {p['rss_mb']:.1f} | {a['rss_mb']:.1f} |
+| of which anonymous (heap, stacks) | {c['rss_anon_mb']:.1f} | {b['rss_anon_mb']:.1f} | {p['rss_anon_mb']:.1f} | {a['rss_anon_mb']:.1f} |
+| of which file-backed (code pages) | {c['rss_file_mb']:.1f} | {b['rss_file_mb']:.1f} | {p['rss_file_mb']:.1f} | {a['rss_file_mb']:.1f} |
+| open descriptors | {c['fds']} | {b['fds']} | {p['fds']} | {a['fds']} |
+| tasks alive | {c['tasks']:.0f} | {b['tasks']:.0f} | {p['tasks']:.0f} | {a['tasks']:.0f} |
+| connections open | {c['connections']:.0f} | {b['connections']:.0f} | {p['connections']:.0f} | {a['connections']:.0f} |
 
 Checks: {', '.join(f"{k.replace('_', ' ')}: {'yes' if v else 'NO'}" for k, v in r['checks'].items())}.
 Operations (loops of each load; wrk and h2load loops are 10 s runs): {ops}.

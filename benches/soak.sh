@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Soak: mixed load through one gatehouse, sampled, then back to baseline (benches/soak.py).
-# Usage: ./benches/soak.sh [--minutes 60] [--interval 5] [--out DIR] [--record]
+# Usage: ./benches/soak.sh [--minutes 60] [--warmup 1] [--interval 5] [--out DIR] [--record] [--only LOADS]
 # Installs what it needs (benches/deps.sh from Debian; matplotlib from PyPI for the plot).
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -87,11 +87,29 @@ pub struct Claims {
     /// What protects sealed secrets (`tee`, `simulator`, `development`).
     #[serde(default)]
     pub sealing: String,
+    /// The Certificate Transparency watch's status, when `[ct]` is configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ct: Option<CtClaim>,
     /// The client's nonce (hex) for a fresh bundle.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nonce: Option<String>,
     /// When the quote was taken (unix seconds).
     pub issued_at: u64,
+}
+
+/// What the gateway's CT watch saw (crate `gatehouse-ct`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CtClaim {
+    /// `clean`: every certificate logged for our names carries one of our keys, as of
+    /// `checked_at`; `alert`: one does not (`alerts` names it); `stale`: a source has not
+    /// answered in time, so nothing is claimed.
+    pub status: String,
+    /// The oldest of the sources' last full answers (unix seconds).
+    #[serde(default)]
+    pub checked_at: Option<u64>,
+    /// Serial numbers (hex) of logged certificates with keys that are not ours.
+    #[serde(default)]
+    pub alerts: Vec<String>,
 }
 
 /// The bundle as served.
@@ -109,6 +127,12 @@ pub struct Bundle {
     /// Collateral the gateway used (verifiers may fetch their own instead).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub collateral: Option<Collateral>,
+    /// The certificate chains served now (base64 DER, leaf first), so a client without
+    /// access to the TLS layer (a browser page) can recompute the SPKI hashes the claims
+    /// list and see which names each key serves. Not covered by the quote: a chain only
+    /// counts through its leaf's key hash, which is.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub certificates: Vec<Vec<String>>,
 }
 
 /// `SHA-512(tag ‖ JCS(claims))`.
@@ -160,6 +184,7 @@ mod tests {
             signing_keys: vec![],
             caa: vec![],
             sealing: "tee".into(),
+            ct: None,
             nonce: None,
             issued_at: 1,
         };

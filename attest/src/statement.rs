@@ -185,6 +185,7 @@ mod tests {
             signing_keys: vec![signer.claim()],
             caa: vec![],
             sealing: "simulator".into(),
+            ct: None,
             nonce: None,
             issued_at: 1,
         })
@@ -198,6 +199,7 @@ mod tests {
             evidence,
             claims,
             collateral: sim.collateral(),
+            certificates: Vec::new(),
         };
         let s = signer
             .sign("chat-reply", b"hello", crate::unix_now(), bundle)

@@ -97,6 +97,12 @@ impl CertKey {
     pub(crate) fn pair(&self) -> &KeyPair {
         &self.0
     }
+
+    /// SHA-256 (hex) of the key's SubjectPublicKeyInfo (the CT allowlist's entry).
+    pub fn spki_sha256(&self) -> String {
+        use rcgen::PublicKeyData as _;
+        gatehouse_ct::sha256_hex(&self.0.subject_public_key_info())
+    }
 }
 
 #[cfg(test)]

@@ -6,6 +6,10 @@
 //! instead of ordering again: no second certificate counts against the CA's duplicate limit,
 //! and a CA speaking ARI does not answer `alreadyReplaced` to an order that replaces the same
 //! certificate twice.
+//!
+//! The same save records the key's SPKI hash on the CT allowlist
+//! ([`gatehouse_ct::allowlist`]): every key that enters a CSR is known as ours before the CA
+//! sees the CSR.
 
 use crate::keys::CertKey;
 use crate::CertbotError;
@@ -60,6 +64,23 @@ impl PendingOrder {
         store: &dyn Store,
         sealer: &dyn Sealer,
     ) -> Result<(), CertbotError> {
+        // The key goes on the CT allowlist before any CA can log a certificate for it.
+        let spki = self.key.spki_sha256();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        gatehouse_ct::allowlist::record(
+            store,
+            &spki,
+            &self.names,
+            gatehouse_ct::allowlist::Why::Csr,
+            now,
+        )
+        .await
+        .map_err(|e| match e {
+            gatehouse_ct::CtError::Store(s) => CertbotError::Store(s),
+            other => CertbotError::Cert(other.to_string()),
+        })?;
         let key = store_key(id);
         let contents = Contents {
             url: self.url.clone(),
@@ -119,6 +140,14 @@ mod tests {
             key,
         };
         pending.save("a.test", &store, &sealer).await.unwrap();
+        let spki = pending.key.spki_sha256();
+        assert!(
+            gatehouse_ct::allowlist::load(&store)
+                .await
+                .unwrap()
+                .contains(&spki),
+            "ct_monitor: the key is on the CT allowlist before the CSR goes out"
+        );
         let raw = store.get("orders/a.test").await.unwrap().unwrap().value;
         assert!(!String::from_utf8_lossy(&raw).contains("ca.test"), "sealed");
         let back = PendingOrder::load("a.test", &store, &sealer)

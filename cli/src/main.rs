@@ -621,12 +621,16 @@ fn run(
         };
         let etcd = config.store.backend == gatehouse_config::StoreBackend::Etcd;
         let node_name = gatehouse_cluster::node_name();
-        let mut state =
-            if config.acme.is_some() || config.vpc.is_some() || etcd || control.is_some() {
-                Some(gatehouse::acme::open_state(&config, state_dir, tee.sealer.clone()).await?)
-            } else {
-                None
-            };
+        let mut state = if config.acme.is_some()
+            || config.vpc.is_some()
+            || config.ct.is_some()
+            || etcd
+            || control.is_some()
+        {
+            Some(gatehouse::acme::open_state(&config, state_dir, tee.sealer.clone()).await?)
+        } else {
+            None
+        };
         if let (Some(state), true) = (&mut state, etcd) {
             let attestor = gateway.shared.attest.get().context(
                 "[store] backend = \"etcd\" needs attestation ([tee] provider): nodes join \
@@ -681,6 +685,9 @@ fn run(
             Some(state) => gatehouse::acme::prepare(&config, state, &gateway.shared).await?,
             None => None,
         };
+        if let Some(state) = &state {
+            gatehouse::ct_watch::start(&config, state.store.clone(), &gateway.shared).await?;
+        }
         if let (Some(c), Some(acme)) = (&control, &acme) {
             c.set_acme(gatehouse_control::AcmeHandle {
                 manager: acme.manager(),

@@ -128,6 +128,11 @@ pub struct InstanceConfig {
     pub address: IpAddr,
 }
 
+/// The label of the attestation name under each base domain (`attest.<base-domain>`): the
+/// bundle for every app, whatever its mode, and the browser verification page. No app may
+/// take it.
+pub const ATTESTATION_LABEL: &str = "attest";
+
 /// Why `id` is not a valid app id, or `None` if it is.
 ///
 /// An app id is lowercase ASCII letters and digits in `-`-separated groups, at most 63 bytes.
@@ -136,6 +141,12 @@ pub struct InstanceConfig {
 pub fn app_id_problem(id: &str) -> Option<String> {
     if id.is_empty() || id.len() > 63 {
         return Some(format!("{id:?} must be 1 to 63 characters"));
+    }
+    if id == ATTESTATION_LABEL {
+        return Some(format!(
+            "{id:?} is reserved: {id}.<base-domain> serves the attestation bundle and the \
+             verification page"
+        ));
     }
     if let Some(c) = id
         .chars()

@@ -16,6 +16,7 @@ mod admin;
 mod admission;
 mod apps;
 mod cluster;
+mod ct;
 mod de;
 mod error;
 mod http;
@@ -34,8 +35,10 @@ pub use admin::{AdminConfig, AdminToken, Scope};
 pub use admission::AdmissionConfig;
 pub use apps::{
     app_id_problem, check_app, AppConfig, AppMode, InstanceConfig, ProxyProtocolVersion, Reach,
+    ATTESTATION_LABEL,
 };
 pub use cluster::ClusterConfig;
+pub use ct::{CtConfig, CtSourceKind};
 pub use de::parse_ip_net;
 pub use error::{ConfigError, Problem};
 pub use http::{ForwardedMode, HealthCheckConfig, HealthProtocol, HttpConfig};
@@ -74,6 +77,8 @@ pub struct Config {
     pub cluster: ClusterConfig,
     /// `[admission]`: who admits apps and app CVMs, absent when every app is admitted.
     pub admission: Option<AdmissionConfig>,
+    /// `[ct]`: the Certificate Transparency watch, absent when nothing is watched.
+    pub ct: Option<CtConfig>,
 }
 
 /// Top-level sections this build understands, in the order they are documented.
@@ -89,6 +94,7 @@ const SECTIONS: &[&str] = &[
     "vpc",
     "admin",
     "admission",
+    "ct",
 ];
 
 impl Config {
@@ -147,6 +153,11 @@ impl Config {
         if let Some(Some(a)) = &mut admission {
             a.resolve_paths(base_dir);
             a.check(&mut problems);
+        }
+        let mut ct: Option<Option<CtConfig>> = optional(&table, "ct", &mut problems);
+        if let Some(Some(c)) = &mut ct {
+            c.resolve_paths(base_dir);
+            c.check(&mut problems);
         }
         let (mut apps, apps_complete) = apps::decode_all(table.get("apps"), &mut problems);
 
@@ -242,6 +253,7 @@ impl Config {
             vpc.take(),
             cluster.take(),
             admission.take(),
+            ct.take(),
         ) {
             (
                 Some(mut proxy),
@@ -254,6 +266,7 @@ impl Config {
                 Some(vpc),
                 Some(cluster),
                 Some(admission),
+                Some(ct),
             ) if problems.is_empty() && apps_complete => {
                 proxy.normalize();
                 Ok(Config {
@@ -268,6 +281,7 @@ impl Config {
                     vpc,
                     cluster,
                     admission,
+                    ct,
                 })
             }
             _ => Err(ConfigError::Invalid(problems)),

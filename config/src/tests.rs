@@ -552,3 +552,28 @@ fn readme_toml_examples_are_valid_configs() {
         }
     }
 }
+
+#[test]
+fn ct_monitor_section_parses_and_refuses_what_would_lie() {
+    let c = parse("[ct]\nwebhook = \"https://alerts.example.com/x\"\n").unwrap();
+    let ct = c.ct.expect("[ct]");
+    assert_eq!(ct.sources.len(), 2);
+    assert_eq!(ct.interval, std::time::Duration::from_secs(600));
+    assert!(parse("").unwrap().ct.is_none(), "absent: nothing watched");
+    let p = problems(
+        "[ct]\nsources = []\ninterval = \"1h\"\nstale_after = \"10m\"\n\
+         webhook = \"http://alerts.example.com/x\"\ndomains = [\"bad..name\"]\n",
+    );
+    let all = p.join("\n");
+    for key in [
+        "ct.sources",
+        "ct.stale_after",
+        "ct.webhook",
+        "ct.domains[0]",
+    ] {
+        assert!(all.contains(key), "{key} missing in:\n{all}");
+    }
+    assert!(problems("[[apps]]\nid = \"attest\"\ndefault_port = 80\n")
+        .join("\n")
+        .contains("\"attest\" is reserved"));
+}

@@ -45,6 +45,9 @@ pub enum StartError {
     /// The TEE (quote provider, sealer) could not be set up.
     #[error("tee: {0}")]
     Tee(String),
+    /// The Certificate Transparency watch could not be set up.
+    #[error("ct: {0}")]
+    Ct(String),
     /// This node could not join the cluster (no key: it serves nothing from the store).
     #[error(transparent)]
     Cluster(#[from] gatehouse_cluster::ClusterError),
@@ -165,18 +168,25 @@ impl Gateway {
             Arc::new(lookup),
             tokio::runtime::Handle::current(),
         );
-        let shared = Arc::new(Shared {
-            routes: Routes::new(config.proxy.base_domains.clone(), specs, custom)?,
-            tls: TlsConfigs::new(Arc::new(CertResolver::new(certs)), config.tls.resumption)?,
+        let routes = Routes::new(config.proxy.base_domains.clone(), specs, custom)?;
+        let tls = TlsConfigs::new(Arc::new(CertResolver::new(certs)), config.tls.resumption)?;
+        let acme = crate::conn::AcmeTls::new()?;
+        let shared = Arc::new_cyclic(|weak| Shared {
+            routes,
+            tls,
             tunables: arc_swap::ArcSwap::from_pointee(crate::conn::Tunables::of(&config.proxy)),
             admission: Arc::new(crate::admission::Admission::new(
                 &config.proxy.limits,
                 crate::fdlimit::current(),
             )),
             metrics: Metrics::default(),
-            acme: crate::conn::AcmeTls::new()?,
+            acme,
             attest: std::sync::OnceLock::new(),
-            http: crate::http::HttpEngine::new(&config.proxy.timeouts, &config.proxy.http),
+            http: crate::http::HttpEngine::new(
+                &config.proxy.timeouts,
+                &config.proxy.http,
+                weak.clone(),
+            ),
             on_demand: std::sync::OnceLock::new(),
         });
         let workers = match config.proxy.workers {

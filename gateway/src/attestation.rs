@@ -295,12 +295,20 @@ impl Attestor {
             signing_keys: vec![self.signer.claim()],
             caa,
             sealing: self.sealing.into(),
+            ct: shared.metrics.ct.get().map(|m| {
+                let s = m.status();
+                bundle::CtClaim {
+                    status: s.status.into(),
+                    checked_at: s.checked_at,
+                    alerts: s.alerts,
+                }
+            }),
             nonce: None,
             issued_at: 0,
         })
     }
 
-    async fn quote(&self, claims: &Claims) -> Result<Bundle, AttestError> {
+    async fn quote(&self, shared: &Shared, claims: &Claims) -> Result<Bundle, AttestError> {
         let value = serde_json::to_value(claims).map_err(|e| AttestError::Claims(e.to_string()))?;
         let report_data = bundle::report_data(&value)?;
         let evidence = self.provider.quote(report_data).await?;
@@ -323,6 +331,7 @@ impl Attestor {
             report_data: gatehouse_attest::hex::encode(&report_data),
             claims: value,
             collateral,
+            certificates: certificate_chains(shared),
         })
     }
 
@@ -342,7 +351,7 @@ impl Attestor {
             self.take_fresh_slot(client)?;
             claims.nonce = Some(n.to_ascii_lowercase());
             claims.issued_at = gatehouse_attest::unix_now();
-            return Ok(self.quote(&claims).await?);
+            return Ok(self.quote(shared, &claims).await?);
         }
         let key = serde_json::to_value(&claims).map_err(|e| AttestError::Claims(e.to_string()))?;
         if let Some((k, b)) = cached.as_ref() {
@@ -351,7 +360,7 @@ impl Attestor {
             }
         }
         claims.issued_at = gatehouse_attest::unix_now();
-        let b = self.quote(&claims).await?;
+        let b = self.quote(shared, &claims).await?;
         tracing::info!(
             keys = claims.spki_sha256.current.len(),
             account = claims.acme_account_uri.as_deref().unwrap_or("-"),
@@ -469,6 +478,30 @@ impl Attestor {
     }
 }
 
+/// The chains served now, base64 DER, leaf first, sorted (the bundle's `certificates`).
+fn certificate_chains(shared: &Shared) -> Vec<Vec<String>> {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let mut chains: Vec<Vec<String>> = shared
+        .tls
+        .resolver
+        .chains()
+        .iter()
+        .map(|chain| chain.iter().map(|c| b64.encode(c.as_ref())).collect())
+        .collect();
+    chains.sort();
+    chains
+}
+
+/// CORS for the bundle: any page may read it (it is public, and a page that verifies a
+/// domain's keys is usually served from another origin).
+pub const CORS_HEADERS: [(&str, &str); 4] = [
+    ("access-control-allow-origin", "*"),
+    ("access-control-allow-methods", "GET, HEAD, OPTIONS"),
+    ("access-control-allow-headers", "*"),
+    ("access-control-max-age", "86400"),
+];
+
 /// 2-128 hex digits (1-64 bytes).
 fn valid_hex(s: &str) -> bool {
     !s.is_empty() && s.len() <= 128 && gatehouse_attest::hex::decode(s).is_some()
@@ -523,6 +556,7 @@ mod tests {
             report_data: String::new(),
             claims,
             collateral: None,
+            certificates: Vec::new(),
         };
         let info = acme_info(&b);
         assert_eq!(info["account_uri"], "https://ca.test/acct/1");

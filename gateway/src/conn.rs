@@ -117,7 +117,8 @@ async fn handle(shared: &Shared, stream: TcpStream, peer: SocketAddr) -> Result<
     let (routed, hello) = match route(shared, stream, peer).await? {
         Next::App(routed, hello) => (routed, hello),
         Next::AcmeChallenge(c) => return answer_acme_challenge(shared, c).await,
-        Next::Attestation(c) => return answer_attestation(shared, c).await,
+        Next::Attestation(c) => return answer_attestation(shared, c, false).await,
+        Next::AttestationSite(c) => return answer_attestation(shared, c, true).await,
     };
     let t = routed.tunables.timeouts;
     let limits = RelayLimits {
@@ -143,6 +144,8 @@ enum Next {
     AcmeChallenge(Challenge),
     /// A verifier fetching the attestation bundle (ALPN `gatehouse-attest/1`).
     Attestation(Challenge),
+    /// A browser at the attestation name (`attest.<base>`): the bundle over plain HTTPS.
+    AttestationSite(Challenge),
 }
 
 /// A TLS-ALPN-01 validation connection, hello buffered.
@@ -197,6 +200,20 @@ async fn route(
         && shared.tls.resolver.has(&hello.sni)
     {
         return Ok(Next::Attestation(Challenge {
+            stream,
+            buf,
+            start,
+            sni: hello.sni,
+            deadline,
+            client: client.ip(),
+        }));
+    }
+    if shared.attest.get().is_some()
+        && shared.routes.table().is_attestation_name(&hello.sni)
+        && shared.tls.resolver.has(&hello.sni)
+        && !shared.acme.claims(&hello)
+    {
+        return Ok(Next::AttestationSite(Challenge {
             stream,
             buf,
             start,
@@ -281,15 +298,19 @@ async fn answer_acme_challenge(shared: &Shared, c: Challenge) -> Result<(), Conn
     Ok(())
 }
 
-/// Terminates with the name's own certificate (ALPN `gatehouse-attest/1`), then answers
-/// HTTP/1.1 requests for the bundle on that connection, bounded by [`ATTEST_CONN_LIMIT`].
-async fn answer_attestation(shared: &Shared, c: Challenge) -> Result<(), ConnError> {
+/// Terminates with the name's own certificate (ALPN `gatehouse-attest/1`, or on the
+/// attestation name `site` plain HTTPS), then answers HTTP/1.1 requests for the bundle on
+/// that connection, bounded by [`ATTEST_CONN_LIMIT`].
+async fn answer_attestation(shared: &Shared, c: Challenge, site: bool) -> Result<(), ConnError> {
     let Some(attestor) = shared.attest.get() else {
         return Ok(());
     };
     let client = c.client;
     let replay = Prefixed::new(c.stream, c.buf, c.start);
-    let config = shared.tls.attest.clone();
+    let config = match site {
+        true => shared.tls.h1.clone(),
+        false => shared.tls.attest.clone(),
+    };
     let tls = accept(
         config,
         replay,
@@ -300,14 +321,24 @@ async fn answer_attestation(shared: &Shared, c: Challenge) -> Result<(), ConnErr
     shared.metrics.attestation_served();
     let service =
         hyper::service::service_fn(|req: hyper::Request<hyper::body::Incoming>| async move {
-            let (status, body) = match req.method() == hyper::Method::GET {
-                false => (405, bytes::Bytes::from_static(b"405 GET only\n")),
-                true => attestor
+            let head = req.method() == hyper::Method::HEAD;
+            let (status, body) = match req.method() {
+                &hyper::Method::GET | &hyper::Method::HEAD => attestor
                     .answer(shared, client, req.uri().path(), req.uri().query())
                     .await
                     .unwrap_or((404, bytes::Bytes::from_static(b"404 not found\n"))),
+                &hyper::Method::OPTIONS => (204, bytes::Bytes::new()),
+                _ => (
+                    405,
+                    bytes::Bytes::from_static(b"405 GET, HEAD or OPTIONS only\n"),
+                ),
             };
-            let mut r = crate::http_server::text(status, body);
+            let mut r =
+                crate::http_server::text(status, if head { bytes::Bytes::new() } else { body });
+            for (name, value) in crate::attestation::CORS_HEADERS {
+                r.headers_mut()
+                    .insert(name, hyper::header::HeaderValue::from_static(value));
+            }
             if status == 200 {
                 r.headers_mut().insert(
                     hyper::header::CONTENT_TYPE,

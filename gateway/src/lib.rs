@@ -21,6 +21,7 @@ pub mod attestation;
 pub mod client_tls;
 pub mod cluster_node;
 pub mod conn;
+pub mod ct_watch;
 pub mod demo;
 pub mod devca;
 pub mod error;

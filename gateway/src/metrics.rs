@@ -103,6 +103,8 @@ pub struct Metrics {
     attestations: AtomicU64,
     /// ACME certificate counters, once the manager runs.
     pub acme: std::sync::OnceLock<std::sync::Arc<gatehouse_certbot::manager::CertStats>>,
+    /// The Certificate Transparency watch, when `[ct]` is configured.
+    pub ct: std::sync::OnceLock<std::sync::Arc<gatehouse_ct::Monitor>>,
     /// The shared store's health, on a cluster node (etcd backend).
     pub store: std::sync::OnceLock<std::sync::Arc<gatehouse_cluster::Health>>,
     rejected: [AtomicU64; Reject::ALL.len()],
@@ -265,6 +267,44 @@ impl Metrics {
                 counter(name, help, kind, v);
             }
         }
+        if let Some(ct) = self.ct.get() {
+            let status = ct.status();
+            let (raised, webhook_failures) = ct.counters();
+            for (name, help, kind, v) in [
+                (
+                    "gatehouse_ct_alerts",
+                    "Logged certificates for our names with a key that never entered our CSRs (stored alerts).",
+                    "gauge",
+                    status.alerts.len() as u64,
+                ),
+                (
+                    "gatehouse_ct_alerts_raised_total",
+                    "CT alerts raised since start.",
+                    "counter",
+                    raised,
+                ),
+                (
+                    "gatehouse_ct_webhook_failures_total",
+                    "CT alert webhook deliveries that failed.",
+                    "counter",
+                    webhook_failures,
+                ),
+                (
+                    "gatehouse_ct_stale",
+                    "1 while some CT source has not answered within ct.stale_after (the status claims nothing).",
+                    "gauge",
+                    u64::from(status.status == "stale"),
+                ),
+                (
+                    "gatehouse_ct_checked_timestamp_seconds",
+                    "The oldest of the CT sources' last full answers (unix seconds; 0 before all answered).",
+                    "gauge",
+                    status.checked_at.unwrap_or(0),
+                ),
+            ] {
+                counter(name, help, kind, v);
+            }
+        }
         if let Some(acme) = self.acme.get() {
             for (name, help, kind, v) in [
                 (
@@ -329,6 +369,19 @@ impl Metrics {
                 r.label(),
                 get(&self.rejected[r as usize])
             );
+        }
+        if let Some(ct) = self.ct.get() {
+            let _ = writeln!(
+                out,
+                "# HELP gatehouse_ct_source_up 1 if the CT source's last round succeeded.\n# TYPE gatehouse_ct_source_up gauge"
+            );
+            for (source, up) in ct.sources_up() {
+                let _ = writeln!(
+                    out,
+                    "gatehouse_ct_source_up{{source=\"{source}\"}} {}",
+                    u64::from(up)
+                );
+            }
         }
         out
     }

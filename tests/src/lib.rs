@@ -5,6 +5,7 @@ pub mod acme_env;
 pub mod admin;
 pub mod ari;
 pub mod browser;
+pub mod ct_log;
 pub mod docker;
 pub mod etcd;
 pub mod faults;

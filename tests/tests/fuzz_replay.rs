@@ -285,6 +285,7 @@ mod seeds_from_the_real_code {
             signing_keys: vec![signer.claim()],
             caa: vec!["gw.test: locked".into()],
             sealing: "simulator".into(),
+            ct: None,
             nonce: None,
             issued_at: 1_790_000_000,
         })
@@ -296,6 +297,7 @@ mod seeds_from_the_real_code {
             evidence: sim.quote(rd).await.unwrap(),
             claims,
             collateral: sim.collateral(),
+            certificates: Vec::new(),
         };
         let bundle_json = serde_json::to_vec_pretty(&bundle).unwrap();
         put(dir, "bundle_jcs", "bundle.json", &bundle_json);

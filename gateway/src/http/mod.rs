@@ -111,14 +111,21 @@ impl HttpEngine {
     /// that long for the next request, and a request body read or instance write that makes
     /// no progress that long ends the request; `write`: a response the client does not read
     /// for that long ends, freeing its instance connection) and the `[proxy.http]` settings.
-    pub fn new(timeouts: &gatehouse_config::Timeouts, config: &HttpConfig) -> HttpEngine {
+    ///
+    /// `shared` is the process state the engine is part of (the attestation bundle is
+    /// answered from it on every `http` app's names).
+    pub fn new(
+        timeouts: &gatehouse_config::Timeouts,
+        config: &HttpConfig,
+        shared: std::sync::Weak<crate::conn::Shared>,
+    ) -> HttpEngine {
         let idle = timeouts.idle;
         let conns = Arc::new(Conns::default());
         let conf = Arc::new(ServerConf {
             upstream_keepalive_pool_size: config.upstream_pool_size,
             ..ServerConf::default()
         });
-        let app = proxy::Gatehouse::new(conns.clone(), timeouts, config.clone());
+        let app = proxy::Gatehouse::new(conns.clone(), timeouts, config.clone(), shared);
         let (tx, rx) = watch::channel(false);
         let mut proxy = pingora_proxy::http_proxy(&conf, app);
         let mut options = HttpServerOptions::default();

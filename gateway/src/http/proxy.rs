@@ -11,6 +11,7 @@ use crate::upstream::balancer::{self, Load};
 use crate::upstream::{health, MAX_ATTEMPTS};
 use async_trait::async_trait;
 use bytes::Bytes;
+use gatehouse_attest::bundle::WELL_KNOWN_PATH;
 use gatehouse_config::{ForwardedMode, HttpConfig};
 use http::HeaderValue;
 use pingora_core::protocols::ALPN;
@@ -31,6 +32,8 @@ pub struct Gatehouse {
     /// A response write to the client blocked this long ends the request.
     write: Duration,
     config: HttpConfig,
+    /// The process state (the attestation bundle is answered from it).
+    shared: std::sync::Weak<crate::conn::Shared>,
 }
 
 impl Gatehouse {
@@ -39,6 +42,7 @@ impl Gatehouse {
         conns: Arc<Conns>,
         timeouts: &gatehouse_config::Timeouts,
         config: HttpConfig,
+        shared: std::sync::Weak<crate::conn::Shared>,
     ) -> Gatehouse {
         Gatehouse {
             conns,
@@ -46,7 +50,51 @@ impl Gatehouse {
             idle: timeouts.idle,
             write: timeouts.write,
             config,
+            shared,
         }
+    }
+
+    /// Answers `GET /.well-known/gatehouse/attestation` on an app's own name (CORS open,
+    /// so any page can verify the domain), `OPTIONS` for a preflight; never reaches the app.
+    async fn attestation(&self, session: &mut Session, client: Option<SocketAddr>) -> Result<bool> {
+        let shared = self.shared.upgrade();
+        let attestor = shared.as_ref().and_then(|s| s.attest.get());
+        let req = session.req_header();
+        let method = req.method.clone();
+        let query = req.uri.query().map(str::to_owned);
+        let (status, body) = match (&shared, attestor, &method) {
+            (_, _, &http::Method::OPTIONS) => (204, Bytes::new()),
+            (Some(shared), Some(a), &http::Method::GET | &http::Method::HEAD) => {
+                let ip = client.map_or(std::net::IpAddr::from([0, 0, 0, 0]), |c| c.ip());
+                a.answer(shared, ip, WELL_KNOWN_PATH, query.as_deref())
+                    .await
+                    .unwrap_or((404, Bytes::from_static(b"404 not found\n")))
+            }
+            (_, None, _) | (None, _, _) => (
+                404,
+                Bytes::from_static(b"404 no attestation here (tee.provider = \"none\")\n"),
+            ),
+            _ => (405, Bytes::from_static(b"405 GET, HEAD or OPTIONS only\n")),
+        };
+        let mut resp = ResponseHeader::build(status, Some(6))?;
+        let kind = match status {
+            200 => "application/json",
+            _ => "text/plain; charset=utf-8",
+        };
+        resp.insert_header("content-type", kind)?;
+        resp.insert_header("cache-control", "no-cache")?;
+        for (name, value) in crate::attestation::CORS_HEADERS {
+            resp.insert_header(name, value)?;
+        }
+        if status != 204 {
+            resp.insert_header("content-length", body.len().to_string())?;
+        }
+        let head = method == http::Method::HEAD || body.is_empty();
+        session.write_response_header(Box::new(resp), head).await?;
+        if !head {
+            session.write_response_body(Some(body), true).await?;
+        }
+        Ok(true)
     }
 }
 
@@ -341,6 +389,9 @@ impl ProxyHttp for Gatehouse {
         ctx.conn = Some(conn);
         match refusal {
             Some((code, body)) => respond(session, code, body).await,
+            None if session.req_header().uri.path() == WELL_KNOWN_PATH => {
+                self.attestation(session, ctx.client).await
+            }
             None => Ok(false),
         }
     }

@@ -300,6 +300,14 @@ impl RouteTable {
         Ok(RouteTable { bases, apps })
     }
 
+    /// Whether `sni` (lower case) is the attestation name of a base domain
+    /// (`attest.<base>`, [`gatehouse_config::ATTESTATION_LABEL`]).
+    pub fn is_attestation_name(&self, sni: &str) -> bool {
+        sni.split_once('.').is_some_and(|(label, base)| {
+            label == gatehouse_config::ATTESTATION_LABEL && self.bases.iter().any(|b| &**b == base)
+        })
+    }
+
     /// Routes a lower-case SNI under a base domain. `None`: the name is under no base domain
     /// (a custom domain, resolved by [`super::custom_domain`]).
     pub fn route_name(&self, sni: &str) -> Option<Result<Route, RouteError>> {

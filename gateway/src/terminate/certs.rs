@@ -189,6 +189,20 @@ impl CertResolver {
         self.0.load().find(sni).is_some()
     }
 
+    /// The chains served now (leaf first), each once.
+    pub fn chains(&self) -> Vec<Vec<CertificateDer<'static>>> {
+        let set = self.0.load();
+        let mut seen: Vec<*const CertifiedKey> = Vec::new();
+        let mut out = Vec::new();
+        for key in set.exact.values().chain(set.wildcard.values()) {
+            if !seen.contains(&Arc::as_ptr(key)) {
+                seen.push(Arc::as_ptr(key));
+                out.push(key.cert.iter().map(|c| c.clone().into_owned()).collect());
+            }
+        }
+        out
+    }
+
     /// The end-entity certificates served now, each once, with where their keys came from.
     pub fn leaves(&self) -> Vec<(CertificateDer<'static>, KeyOrigin)> {
         let set = self.0.load();

@@ -24,7 +24,7 @@ pub struct TlsConfigs {
     /// No ALPN.
     none: Arc<ServerConfig>,
     /// `http/1.1`.
-    h1: Arc<ServerConfig>,
+    pub(crate) h1: Arc<ServerConfig>,
     /// `h2`, `http/1.1`.
     h2: Arc<ServerConfig>,
     /// `gatehouse-attest/1`: the attestation bundle over the name's own certificate.
