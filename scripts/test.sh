@@ -26,6 +26,7 @@ command -v certutil >/dev/null || need+=(libnss3-tools)   # its trust store
 command -v unbound >/dev/null || need+=(unbound)   # DNS over TLS for custom domains
 [ -e /usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1 ] || need+=(libfaketime)   # clock jumps
 command -v mkfs.ext4 >/dev/null || need+=(e2fsprogs)   # a disk that fills or turns read-only
+command -v npm >/dev/null || need+=(npm)   # the browser verifier's package (web/)
 if [ ${#need[@]} -gt 0 ]; then
   echo "== installing: ${need[*]}"
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
@@ -39,6 +40,15 @@ fi
 
 # Docker for the image and compose tests (skipped, saying why, where it cannot run).
 ./scripts/docker-env.sh
+
+echo "== web/: the browser verifier's own tests (node --test)"
+web_log=$(mktemp)
+if (cd web && npm ci --no-audit --no-fund --loglevel=error && node --test test/) > "$web_log" 2>&1; then
+  grep -E '^# (tests|pass|fail) ' "$web_log"
+  rm -f "$web_log"
+else
+  cat "$web_log"; echo "web/ tests failed (cd web && npm test)"; exit 1
+fi
 
 echo "== cargo build (the end-to-end tests spawn the real binary)"
 # The selection `cargo test` builds, so the harness's own build of the binary is a no-op.

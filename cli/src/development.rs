@@ -48,12 +48,13 @@ pub async fn development(
     let ca = DevCa::load_or_create(state_dir).context("development CA")?;
     tracing::info!("development CA: trust {}", ca.cert_path.display());
     // curl (and browsers) refuse a wildcard directly under a single-label name like
-    // `*.localhost`, so the demo's names are listed explicitly beside it.
+    // `*.localhost`, so the demo's names (and the attestation name) are listed explicitly.
     let names: Vec<String> = [
         "localhost",
         "*.localhost",
         "demo.localhost",
         "demog.localhost",
+        "attest.localhost",
     ]
     .map(String::from)
     .to_vec();
