@@ -69,18 +69,12 @@ impl PendingOrder {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
-        gatehouse_ct::allowlist::record(
-            store,
-            &spki,
-            &self.names,
-            gatehouse_ct::allowlist::Why::Csr,
-            now,
-        )
-        .await
-        .map_err(|e| match e {
-            gatehouse_ct::CtError::Store(s) => CertbotError::Store(s),
-            other => CertbotError::Cert(other.to_string()),
-        })?;
+        gatehouse_ct::allowlist::record(store, &spki, gatehouse_ct::allowlist::Why::Csr, now)
+            .await
+            .map_err(|e| match e {
+                gatehouse_ct::CtError::Store(s) => CertbotError::Store(s),
+                other => CertbotError::Cert(other.to_string()),
+            })?;
         let key = store_key(id);
         let contents = Contents {
             url: self.url.clone(),

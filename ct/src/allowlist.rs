@@ -2,8 +2,9 @@
 //! one of our CSRs, recorded before the order is finalized (so before any CA could log a
 //! certificate for it), and of every key the gateway serves (keys it holds).
 //!
-//! Stored at `ct/keys/<spki-sha256>`: a JSON record of the names and when. Records are never
-//! removed: a certificate stays in CT logs after its key is retired.
+//! Stored at `ct/keys/<spki-sha256>`: a JSON record of why and when, nothing more (on etcd
+//! the store is outside the TEE's trust: it holds sealed data or public hashes only). Records
+//! are never removed: a certificate stays in CT logs after its key is retired.
 
 use crate::CtError;
 use gatehouse_store::Store;
@@ -21,11 +22,10 @@ pub enum Why {
     Served,
 }
 
-/// Records `spki_sha256` (hex) as ours, for `names`. Idempotent.
+/// Records `spki_sha256` (hex) as ours. Idempotent.
 pub async fn record(
     store: &dyn Store,
     spki_sha256: &str,
-    names: &[String],
     why: Why,
     now: u64,
 ) -> Result<(), CtError> {
@@ -34,7 +34,6 @@ pub async fn record(
         return Ok(());
     }
     let value = serde_json::json!({
-        "names": names,
         "why": match why { Why::Csr => "csr", Why::Served => "served" },
         "at": now,
     });

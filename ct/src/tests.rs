@@ -100,15 +100,9 @@ async fn ct_monitor_alerts_once_for_a_key_not_ours_keeps_its_cursor_and_goes_sta
     let (ours, our_spki) = logged("1", &["app.gw.test"]);
     let (rogue, _) = logged("2", &["app.gw.test"]);
     let (elsewhere, _) = logged("3", &["app.other.test"]);
-    allowlist::record(
-        store.as_ref(),
-        &our_spki,
-        &["app.gw.test".into()],
-        allowlist::Why::Csr,
-        1,
-    )
-    .await
-    .unwrap();
+    allowlist::record(store.as_ref(), &our_spki, allowlist::Why::Csr, 1)
+        .await
+        .unwrap();
     let source = Arc::new(Memory {
         logged: Mutex::new(vec![ours, rogue.clone(), elsewhere, rogue.clone()]),
         down: Mutex::new(false),

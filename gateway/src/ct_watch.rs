@@ -67,8 +67,7 @@ pub async fn start(
     let now = gatehouse_attest::unix_now();
     for (leaf, _) in shared.tls.resolver.leaves() {
         let spki = gatehouse_attest::bundle::cert_spki_sha256(&leaf).map_err(fail)?;
-        let names = crate::terminate::certs::dns_names(&leaf).unwrap_or_default();
-        allowlist::record(store.as_ref(), &spki, &names, allowlist::Why::Served, now)
+        allowlist::record(store.as_ref(), &spki, allowlist::Why::Served, now)
             .await
             .map_err(fail)?;
     }
