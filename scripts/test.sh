@@ -41,9 +41,9 @@ fi
 # Docker for the image and compose tests (skipped, saying why, where it cannot run).
 ./scripts/docker-env.sh
 
-echo "== web/: the browser verifier's own tests (node --test)"
+echo "== web/: the browser verifier's own tests (node --test), and dist/ as built from src/"
 web_log=$(mktemp)
-if (cd web && npm ci --no-audit --no-fund --loglevel=error && node --test test/) > "$web_log" 2>&1; then
+if (cd web && npm ci --no-audit --no-fund --loglevel=error && node build.mjs --check && node --test test/) > "$web_log" 2>&1; then
   grep -E '^# (tests|pass|fail) ' "$web_log"
   rm -f "$web_log"
 else

@@ -739,6 +739,15 @@ fn run(
             gatehouse::upstream::own::register(addr);
             println!("gatehouse: listening on {addr} (TLS)");
         }
+        if gateway.shared.attest.get().is_some() {
+            let port = gateway.local_addrs().first().map_or(443, |a| a.port());
+            for base in &config.proxy.base_domains {
+                tracing::info!(
+                    "verification page on https://attest.{base}:{port}/ (widget {})",
+                    gatehouse::verify_site::widget_integrity()
+                );
+            }
+        }
         if let Some(addr) = config.proxy.http.redirect_listen {
             let listener = tokio::net::TcpListener::bind(addr)
                 .await

@@ -322,6 +322,11 @@ async fn answer_attestation(shared: &Shared, c: Challenge, site: bool) -> Result
     let service =
         hyper::service::service_fn(|req: hyper::Request<hyper::body::Incoming>| async move {
             let head = req.method() == hyper::Method::HEAD;
+            if site && (head || req.method() == hyper::Method::GET) {
+                if let Some(asset) = crate::verify_site::asset(req.uri().path()) {
+                    return Ok(site_asset(asset, head));
+                }
+            }
             let (status, body) = match req.method() {
                 &hyper::Method::GET | &hyper::Method::HEAD => attestor
                     .answer(shared, client, req.uri().path(), req.uri().query())
@@ -355,6 +360,43 @@ async fn answer_attestation(shared: &Shared, c: Challenge, site: bool) -> Result
         Err(_) => tracing::debug!("attestation connection closed after {ATTEST_CONN_LIMIT:?}"),
     }
     Ok(())
+}
+
+/// One of the verifier's files (the page, its script and style, the widget).
+fn site_asset(
+    asset: crate::verify_site::Asset,
+    head: bool,
+) -> hyper::Response<http_body_util::Full<bytes::Bytes>> {
+    use hyper::header::{HeaderName, HeaderValue};
+    let body = match head {
+        true => bytes::Bytes::new(),
+        false => bytes::Bytes::from_static(asset.body),
+    };
+    let mut r = crate::http_server::text(200, body);
+    let h = r.headers_mut();
+    h.insert(
+        hyper::header::CONTENT_TYPE,
+        HeaderValue::from_static(asset.content_type),
+    );
+    h.insert(
+        hyper::header::CACHE_CONTROL,
+        HeaderValue::from_static("public, max-age=300"),
+    );
+    h.insert(
+        HeaderName::from_static("x-content-type-options"),
+        HeaderValue::from_static("nosniff"),
+    );
+    if let Some(csp) = asset.csp {
+        h.insert(
+            hyper::header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static(csp),
+        );
+    }
+    // Scripts load cross-origin into apps' pages (with `integrity`, which needs CORS).
+    for (name, value) in crate::attestation::CORS_HEADERS {
+        h.insert(name, HeaderValue::from_static(value));
+    }
+    r
 }
 
 /// How long one attestation connection may stay open.

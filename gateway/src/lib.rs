@@ -38,3 +38,4 @@ pub mod shutdown;
 pub mod terminate;
 pub mod upstream;
 pub mod verifier;
+pub mod verify_site;

@@ -6,9 +6,40 @@ use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
+
+/// A throwaway NSS database under `home` trusting `ca_pem` (Chromium's trust store on
+/// Linux, read from `$HOME/.pki/nssdb`).
+pub fn trust_in_nss(home: &Path, ca_pems: &[&Path]) {
+    let db = home.join(".pki/nssdb");
+    std::fs::create_dir_all(&db).unwrap();
+    let db = format!("sql:{}", db.display());
+    let run = |args: &[&str]| {
+        let out = Command::new("certutil")
+            .args(args)
+            .output()
+            .expect("certutil (libnss3-tools)");
+        assert!(out.status.success(), "certutil {args:?}: {out:?}");
+    };
+    run(&["-d", &db, "-N", "--empty-password"]);
+    for (i, ca) in ca_pems.iter().enumerate() {
+        let nick = format!("gatehouse-test-{i}");
+        run(&[
+            "-d",
+            &db,
+            "-A",
+            "-t",
+            "C,,",
+            "-n",
+            &nick,
+            "-i",
+            ca.to_str().unwrap(),
+        ]);
+    }
+}
 
 /// A running headless Chromium with one page attached.
 pub struct Browser {
@@ -24,7 +55,16 @@ impl Browser {
     /// Starts Chromium (`/usr/bin/chromium`, as root without its sandbox) with a blank page.
     /// `args` are extra command-line switches (e.g. `--host-resolver-rules=...`).
     pub fn launch(args: &[&str]) -> Browser {
+        Browser::launch_trusting(&[], args)
+    }
+
+    /// Like [`Browser::launch`], with the CAs in `ca_pems` trusted for TLS (in the profile's
+    /// own NSS database: nothing outside the test changes).
+    pub fn launch_trusting(ca_pems: &[&Path], args: &[&str]) -> Browser {
         let profile = tempfile::tempdir().unwrap();
+        if !ca_pems.is_empty() {
+            trust_in_nss(profile.path(), ca_pems);
+        }
         let (ours_r, theirs_w) = std::io::pipe().unwrap(); // Chromium writes to fd 4
         let (theirs_r, ours_w) = std::io::pipe().unwrap(); // Chromium reads fd 3
         let (r_fd, w_fd): (OwnedFd, OwnedFd) = (theirs_r.into(), theirs_w.into());

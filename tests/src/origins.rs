@@ -332,3 +332,26 @@ pub fn upload_sink(listener: TcpListener, chunks: mpsc::UnboundedSender<usize>) 
         }
     });
 }
+
+/// The files a [`static_site`] serves, by path: `(content type, body)`; filled at any time.
+pub type Files = Arc<std::sync::Mutex<std::collections::HashMap<String, (String, Bytes)>>>;
+
+/// An origin serving `files` by path (404 elsewhere), e.g. an app's page that embeds the
+/// attestation widget.
+pub fn static_site(listener: TcpListener) -> Files {
+    let files = Files::default();
+    let served = files.clone();
+    serve_h1(listener, move |req: Request<Incoming>| {
+        let file = served.lock().unwrap().get(req.uri().path()).cloned();
+        async move {
+            match file {
+                Some((ctype, body)) => Response::builder()
+                    .header("content-type", ctype)
+                    .body(full(body))
+                    .unwrap(),
+                None => Response::builder().status(404).body(full("404\n")).unwrap(),
+            }
+        }
+    });
+    files
+}

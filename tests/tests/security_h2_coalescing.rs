@@ -5,6 +5,7 @@
 //! address); the gateway checks each request's `:authority` against the connection's name, so
 //! the image request never reaches evil's instance, and reaches bank's.
 
+use gatehouse_tests::browser::trust_in_nss;
 use gatehouse_tests::pki::TestCa;
 use gatehouse_tests::servers::bind;
 use gatehouse_tests::{base_config, Gateway};
@@ -57,32 +58,6 @@ fn h2c_origin(listener: TcpListener, page: String, seen: Seen) {
     });
 }
 
-/// A throwaway NSS database under `home` trusting `ca_pem` (Chromium's trust store on Linux).
-fn trust_in_nss(home: &Path, ca_pem: &Path) {
-    let db = home.join(".pki/nssdb");
-    std::fs::create_dir_all(&db).unwrap();
-    let db = format!("sql:{}", db.display());
-    let run = |args: &[&str]| {
-        let out = Command::new("certutil")
-            .args(args)
-            .output()
-            .expect("certutil (libnss3-tools)");
-        assert!(out.status.success(), "certutil {args:?}: {out:?}");
-    };
-    run(&["-d", &db, "-N", "--empty-password"]);
-    run(&[
-        "-d",
-        &db,
-        "-A",
-        "-t",
-        "C,,",
-        "-n",
-        "gatehouse-test",
-        "-i",
-        ca_pem.to_str().unwrap(),
-    ]);
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn security_h2_coalescing_never_reaches_another_app() {
     assert!(
@@ -117,7 +92,7 @@ async fn security_h2_coalescing_never_reaches_another_app() {
     h2c_origin(bank, String::new(), bank_seen.clone());
 
     let home = tempfile::tempdir().unwrap();
-    trust_in_nss(home.path(), &ca_pem);
+    trust_in_nss(home.path(), &[&ca_pem]);
     let url = format!("https://evilg.gw.test:{port}/");
     let out = tokio::task::spawn_blocking(move || {
         Command::new("timeout")

@@ -23,27 +23,15 @@ import canonicalize from 'canonicalize';
 import { AsnConvert } from '@peculiar/asn1-schema';
 import { Certificate, SubjectAlternativeName, id_ce_subjectAltName } from '@peculiar/asn1-x509';
 import { INTEL_SGX_ROOT_CA_B64 } from './roots.js';
+import { hex, fromHex, fromBase64 } from './hex.js';
+import { checkEvents } from './eventlog.js';
+
+export { hex, fromHex, fromBase64 };
 
 export const BUNDLE_TAG = 'gatehouse-bundle-v1:';
 export const STEPS = ['quote', 'policy', 'binding', 'keys', 'ct', 'caa'];
 
 const enc = new TextEncoder();
-
-export function hex(bytes) {
-  return Array.from(bytes, (b) => b.toString(16).padStart(2, '0')).join('');
-}
-
-export function fromHex(s) {
-  if (typeof s !== 'string' || s.length % 2 || /[^0-9a-f]/i.test(s)) throw new Error('not hex');
-  const out = new Uint8Array(s.length / 2);
-  for (let i = 0; i < out.length; i++) out[i] = parseInt(s.slice(2 * i, 2 * i + 2), 16);
-  return out;
-}
-
-export function fromBase64(s) {
-  const bin = atob(s);
-  return Uint8Array.from(bin, (c) => c.charCodeAt(0));
-}
 
 async function digest(alg, bytes) {
   return new Uint8Array(await globalThis.crypto.subtle.digest(alg, bytes));
@@ -158,11 +146,26 @@ export async function verifyBundle(bundle, options = {}) {
   const mismatch = ['mrtd', 'rtmr0', 'rtmr1', 'rtmr2', 'rtmr3'].find(
     (k) => (p[k] || []).length > 0 && !p[k].map((v) => v.toLowerCase()).includes(report.measurements[k]),
   );
+  const events = bundle.event_log || [];
+  const eventPins = p.events || {};
+  let eventProblem = null;
+  if (events.length || Object.keys(eventPins).length) {
+    eventProblem = await checkEvents(events, report.measurements.rtmr3, eventPins).then(
+      () => null,
+      (e) => e.message,
+    );
+  }
   if (debug && !p.allow_debug) fail('policy', 'the TD runs in debug mode (its memory is readable by the host)');
-  else if (p.events && Object.keys(p.events).length) fail('policy', 'event pins are not replayed by this verifier yet: pin rtmr3');
+  else if (eventProblem) fail('policy', eventProblem);
   else if (mismatch) fail('policy', `${mismatch} ${report.measurements[mismatch]} is not in the policy`);
-  else if (!pinned(p) && !opts.acceptAnyMeasurements) fail('policy', 'the policy pins no measurement: any TD running any software would pass');
-  else ok('policy', pinned(p) ? `MRTD ${report.measurements.mrtd.slice(0, 16)}…, measurements pinned` : 'measurements not pinned (accepted by option)');
+  else if (!pinned(p) && !Object.keys(eventPins).length && !opts.acceptAnyMeasurements) fail('policy', 'the policy pins no measurement: any TD running any software would pass');
+  else {
+    const n = Object.keys(eventPins).length;
+    const said = [];
+    if (pinned(p)) said.push(`MRTD ${report.measurements.mrtd.slice(0, 16)}…, measurements pinned`);
+    if (n) said.push(`${n} RTMR3 event(s) pinned, the event log replayed`);
+    ok('policy', said.length ? said.join('; ') : 'measurements not pinned (accepted by option)');
+  }
 
   // binding
   const expected = await expectedReportData(bundle.claims);

@@ -120,3 +120,26 @@ function findSpkiEnd(der) {
   }
   throw new Error('no EC key');
 }
+
+test('browser verifier: RTMR3 events replay to the quote and pin by payload', async () => {
+  const b = bundle();
+  const [ev] = b.event_log;
+  const pinOk = await verifyBundle(bundle(), { ...base(), acceptAnyMeasurements: false, policy: { events: { [ev.event]: ev.event_payload } } });
+  assert.equal(pinOk.verified, true, JSON.stringify(pinOk.steps));
+  assert.match(step(pinOk, 'policy').detail, /1 RTMR3 event\(s\) pinned/);
+  const wrong = await verifyBundle(bundle(), { ...base(), policy: { events: { [ev.event]: '00' } } });
+  assert.equal(wrong.failed, 'policy');
+  assert.match(step(wrong, 'policy').detail, /payload .* is not the allowed 00/);
+  const missing = await verifyBundle(bundle(), { ...base(), policy: { events: { 'app-id': 'ab' } } });
+  assert.match(step(missing, 'policy').detail, /event:app-id: not in the event log/);
+  // A payload changed in the log (its digest left as it was): caught before any pin.
+  const lied = bundle();
+  lied.event_log[0].event_payload = '31';
+  const r = await verifyBundle(lied, base());
+  assert.equal(r.failed, 'policy');
+  assert.match(step(r, 'policy').detail, /digest is not the digest of its payload/);
+  // The digest recomputed to match the changed payload: the replay no longer gives RTMR3.
+  lied.event_log[0].digest = '';
+  const r2 = await verifyBundle(lied, base());
+  assert.match(step(r2, 'policy').detail, /rtmr3: the event log replays to/);
+});
