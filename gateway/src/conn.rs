@@ -159,6 +159,33 @@ struct Challenge {
     client: std::net::IpAddr,
 }
 
+/// The gateway's own answer for this hello, if it is not for an app: the bundle over ALPN
+/// `gatehouse-attest/1` on a name we serve, the attestation name `attest.<base>` (the
+/// prefix is checked first, so other names cost no route-table load), or a pending
+/// TLS-ALPN-01 validation.
+fn door_of(shared: &Shared, hello: &ClientHello) -> Option<fn(Challenge) -> Next> {
+    let attested = shared.attest.get().is_some();
+    if attested
+        && hello.offers(crate::attestation::ATTEST_ALPN)
+        && shared.tls.resolver.has(&hello.sni)
+    {
+        return Some(Next::Attestation);
+    }
+    let acme = shared.acme.claims(hello);
+    if attested
+        && !acme
+        && hello
+            .sni
+            .strip_prefix(gatehouse_config::ATTESTATION_LABEL)
+            .is_some_and(|rest| rest.starts_with('.'))
+        && shared.routes.table().is_attestation_name(&hello.sni)
+        && shared.tls.resolver.has(&hello.sni)
+    {
+        return Some(Next::AttestationSite);
+    }
+    acme.then_some(Next::AcmeChallenge as fn(Challenge) -> Next)
+}
+
 /// Reads the PROXY header and hello, and routes the name.
 async fn route(
     shared: &Shared,
@@ -195,42 +222,16 @@ async fn route(
         Ok(Ok(Ok(h))) => h,
     };
     let client = client_addrs.map_or(peer, |(c, _)| c);
-    if hello.offers(crate::attestation::ATTEST_ALPN)
-        && shared.attest.get().is_some()
-        && shared.tls.resolver.has(&hello.sni)
-    {
-        return Ok(Next::Attestation(Challenge {
+    if let Some(door) = door_of(shared, &hello) {
+        let c = Challenge {
             stream,
             buf,
             start,
             sni: hello.sni,
             deadline,
             client: client.ip(),
-        }));
-    }
-    if shared.attest.get().is_some()
-        && shared.routes.table().is_attestation_name(&hello.sni)
-        && shared.tls.resolver.has(&hello.sni)
-        && !shared.acme.claims(&hello)
-    {
-        return Ok(Next::AttestationSite(Challenge {
-            stream,
-            buf,
-            start,
-            sni: hello.sni,
-            deadline,
-            client: client.ip(),
-        }));
-    }
-    if shared.acme.claims(&hello) {
-        return Ok(Next::AcmeChallenge(Challenge {
-            stream,
-            buf,
-            start,
-            sni: hello.sni,
-            deadline,
-            client: client.ip(),
-        }));
+        };
+        return Ok(door(c));
     }
 
     let route = match shared.routes.resolve(&hello.sni).await {
