@@ -50,29 +50,25 @@ impl CertSpotter {
     }
 }
 
-fn malformed(detail: impl std::fmt::Display) -> CtError {
-    CtError::Malformed {
-        source_name: NAME,
-        detail: detail.to_string(),
-    }
-}
-
 /// Reads one page of issuances.
 pub fn parse(body: &[u8]) -> Result<Vec<Logged>, CtError> {
-    let list: Vec<Issuance> = serde_json::from_slice(body).map_err(malformed)?;
+    let list: Vec<Issuance> =
+        serde_json::from_slice(body).map_err(|e| CtError::malformed(NAME, e))?;
     list.into_iter()
         .map(|i| {
             let der = match &i.cert_der {
                 Some(b64) => Some(
                     base64::engine::general_purpose::STANDARD
                         .decode(b64)
-                        .map_err(|e| malformed(format!("issuance {}: cert_der: {e}", i.id)))?,
+                        .map_err(|e| {
+                            CtError::malformed(NAME, format!("issuance {}: cert_der: {e}", i.id))
+                        })?,
                 ),
                 None => None,
             };
             let mut logged = match &der {
                 Some(der) => crate::logged_from_der(i.id.clone(), der)
-                    .map_err(|e| malformed(format!("issuance {}: {e}", i.id)))?,
+                    .map_err(|e| CtError::malformed(NAME, format!("issuance {}: {e}", i.id)))?,
                 None => Logged {
                     id: i.id.clone(),
                     serial: String::new(),
@@ -83,10 +79,13 @@ pub fn parse(body: &[u8]) -> Result<Vec<Logged>, CtError> {
             };
             let claimed = i.pubkey_sha256.to_ascii_lowercase();
             if der.is_some() && logged.spki_sha256 != claimed {
-                return Err(malformed(format!(
-                    "issuance {}: pubkey_sha256 {claimed} is not the key of its cert_der",
-                    i.id
-                )));
+                return Err(CtError::malformed(
+                    NAME,
+                    format!(
+                        "issuance {}: pubkey_sha256 {claimed} is not the key of its cert_der",
+                        i.id
+                    ),
+                ));
             }
             logged.spki_sha256 = claimed;
             for n in i.dns_names {

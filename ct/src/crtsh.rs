@@ -48,16 +48,9 @@ impl CrtSh {
     }
 }
 
-fn malformed(detail: impl std::fmt::Display) -> CtError {
-    CtError::Malformed {
-        source_name: NAME,
-        detail: detail.to_string(),
-    }
-}
-
 /// The ids of a listing, ascending, without repeats.
 pub fn parse_ids(body: &[u8]) -> Result<Vec<u64>, CtError> {
-    let rows: Vec<Row> = serde_json::from_slice(body).map_err(malformed)?;
+    let rows: Vec<Row> = serde_json::from_slice(body).map_err(|e| CtError::malformed(NAME, e))?;
     let mut ids: Vec<u64> = rows.into_iter().map(|r| r.id).collect();
     ids.sort_unstable();
     ids.dedup();
@@ -72,7 +65,9 @@ impl CtSource for CrtSh {
 
     async fn poll(&self, domain: &str, cursor: Option<&str>) -> Result<Page, CtError> {
         let after: u64 = match cursor {
-            Some(c) => c.parse().map_err(|_| malformed(format!("cursor {c:?}")))?,
+            Some(c) => c
+                .parse()
+                .map_err(|_| CtError::malformed(NAME, format!("cursor {c:?}")))?,
             None => 0,
         };
         let mut ids = Vec::new();
@@ -92,11 +87,13 @@ impl CtSource for CrtSh {
             let pem = self.get(&format!("{}/?d={id}", self.base)).await?;
             let der = rustls_pki_types::CertificateDer::pem_slice_iter(&pem)
                 .next()
-                .ok_or_else(|| malformed(format!("certificate {id}: no PEM certificate")))?
-                .map_err(|e| malformed(format!("certificate {id}: {e}")))?;
+                .ok_or_else(|| {
+                    CtError::malformed(NAME, format!("certificate {id}: no PEM certificate"))
+                })?
+                .map_err(|e| CtError::malformed(NAME, format!("certificate {id}: {e}")))?;
             entries.push(
                 crate::logged_from_der(id.to_string(), &der)
-                    .map_err(|e| malformed(format!("certificate {id}: {e}")))?,
+                    .map_err(|e| CtError::malformed(NAME, format!("certificate {id}: {e}")))?,
             );
         }
         Ok(Page {

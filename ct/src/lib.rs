@@ -44,6 +44,16 @@ pub enum CtError {
     Store(#[from] gatehouse_store::StoreError),
 }
 
+impl CtError {
+    /// `source_name` answered something that is not its documented shape.
+    pub fn malformed(source_name: &'static str, detail: impl std::fmt::Display) -> CtError {
+        CtError::Malformed {
+            source_name,
+            detail: detail.to_string(),
+        }
+    }
+}
+
 /// One logged certificate or precertificate, as a source reports it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Logged {
