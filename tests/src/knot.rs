@@ -169,3 +169,16 @@ pub fn free_port() -> u16 {
         }
     }
 }
+
+/// An RFC 2136 provider for `zones` on `knot`, signing its updates with `key` (HMAC-SHA256).
+pub fn rfc2136(knot: &Knot, zones: &[&str], key: &TsigSecret) -> gatehouse_dns::Rfc2136 {
+    let key =
+        gatehouse_dns::TsigKey::from_base64(&key.name, "hmac-sha256", &key.secret_b64).unwrap();
+    gatehouse_dns::Rfc2136::new(
+        knot.addr,
+        zones.iter().map(|z| z.to_string()).collect(),
+        Some(key),
+        Duration::from_secs(5),
+    )
+    .unwrap()
+}

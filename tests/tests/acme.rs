@@ -234,15 +234,7 @@ fn wildcard_by_dns01_is_served_locked_by_caa_and_reused_after_a_restart() {
     assert_eq!(gw.metric("gatehouse_caa_not_locked"), 0, "{}", gw.metrics());
 
     // Someone adds another CA at the apex: the periodic re-check sees the drift.
-    let dns = gatehouse_dns::Rfc2136::new(
-        knot.addr,
-        vec!["test".into()],
-        Some(
-            gatehouse_dns::TsigKey::from_base64(&key.name, "hmac-sha256", &key.secret_b64).unwrap(),
-        ),
-        Duration::from_secs(5),
-    )
-    .unwrap();
+    let dns = gatehouse_tests::knot::rfc2136(&knot, &["test"], &key);
     let foreign = gatehouse_caa::CaaRecord::new(0, "issue", "someca.example");
     rt.block_on(gatehouse_dns::DnsProvider::apply_caa(
         &dns,

@@ -70,15 +70,7 @@ async fn rogue_certificate(pebble: &Pebble, knot: &Knot, key: &TsigSecret, name:
     let (account, _) = gatehouse_certbot::account::load_or_create(&settings, &store, &sealer)
         .await
         .unwrap();
-    let dns = gatehouse_dns::Rfc2136::new(
-        knot.addr,
-        vec!["test".into()],
-        Some(
-            gatehouse_dns::TsigKey::from_base64(&key.name, "hmac-sha256", &key.secret_b64).unwrap(),
-        ),
-        Duration::from_secs(5),
-    )
-    .unwrap();
+    let dns = gatehouse_tests::knot::rfc2136(knot, &["test"], key);
     let solver = Solver::Dns01 {
         provider: Arc::new(dns),
         authoritative: Some(vec![knot.addr]),

@@ -4,19 +4,12 @@
 use gatehouse_caa::plan::Step;
 use gatehouse_caa::{plan, CaaRecord, Policy};
 use gatehouse_dns::propagation::{wait_for_txt, Poll};
-use gatehouse_dns::{DnsError, DnsProvider, Rfc2136, TsigKey};
+use gatehouse_dns::{DnsError, DnsProvider, Rfc2136};
 use gatehouse_tests::knot::{Knot, TsigSecret};
 use std::time::Duration;
 
 fn provider(knot: &Knot, key: &TsigSecret) -> Rfc2136 {
-    let key = TsigKey::from_base64(&key.name, "hmac-sha256", &key.secret_b64).unwrap();
-    Rfc2136::new(
-        knot.addr,
-        vec!["gw.test".into()],
-        Some(key),
-        Duration::from_secs(5),
-    )
-    .unwrap()
+    gatehouse_tests::knot::rfc2136(knot, &["gw.test"], key)
 }
 
 fn poll(knot: &Knot) -> Poll {
