@@ -41,6 +41,15 @@ pub fn trust_in_nss(home: &Path, ca_pems: &[&Path]) {
     }
 }
 
+/// Keeps a screenshot as `target/artifacts/<name>` (the README's pictures come from there).
+pub fn save_artifact(png: &[u8], name: &str) {
+    assert!(png.starts_with(b"\x89PNG"), "a PNG");
+    let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/artifacts");
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::write(out.join(name), png).unwrap();
+    println!("screenshot: {}", out.join(name).display());
+}
+
 /// A running headless Chromium with one page attached.
 pub struct Browser {
     child: Child,
@@ -190,6 +199,36 @@ impl Browser {
         }
         let text = self.eval("document.body ? document.body.innerText : ''");
         panic!("{what}: not within {limit:?}; the page shows:\n{text}");
+    }
+
+    /// On the verification page (`https://attest.<base>/`, already open), verifies `domain`
+    /// pinned to `mrtd`, trusting the simulator's root as tests must; the verdict:
+    /// `{state, failed, source, measurements, snippet, text}`.
+    pub fn verify_on_page(&mut self, domain: &str, mrtd: &str) -> Value {
+        self.wait_for(
+            "document.body && document.body.dataset.ready === '1'",
+            "the page's handlers",
+            Duration::from_secs(10),
+        );
+        self.eval(&format!(
+            "document.getElementById('domain').value = '{domain}';
+             document.getElementById('mrtd').value = '{mrtd}';
+             document.getElementById('sim').checked = true;
+             document.body.dataset.state = 'pending';
+             document.getElementById('go').click(); true"
+        ));
+        self.wait_for(
+            "document.body.dataset.state !== 'pending'",
+            "the page's verdict",
+            Duration::from_secs(30),
+        );
+        self.eval(
+            "({ state: document.body.dataset.state, failed: document.body.dataset.failed,
+                source: document.getElementById('source').textContent,
+                measurements: document.getElementById('measurements').textContent,
+                snippet: document.getElementById('snippet').textContent,
+                text: document.getElementById('badge').shadowRoot.textContent })",
+        )
     }
 
     /// A PNG screenshot of the page.

@@ -11,7 +11,7 @@
 
 use base64::Engine as _;
 use gatehouse_attest::simulator::SimulatorConfig;
-use gatehouse_tests::browser::Browser;
+use gatehouse_tests::browser::{save_artifact, Browser};
 use gatehouse_tests::http::{http_app, HttpGateway};
 use gatehouse_tests::origins::{static_site, Files};
 use gatehouse_tests::servers::bind;
@@ -39,14 +39,6 @@ fn badge(page: &mut Browser) -> Value {
             text: b.shadowRoot.textContent, mrtd: r.measurements && r.measurements.mrtd,
             steps: Object.fromEntries(r.steps.map((s) => [s.step, s.status])) }}; }})()"
     ))
-}
-
-fn save(png: &[u8], name: &str) {
-    assert!(png.starts_with(b"\x89PNG"), "a PNG");
-    let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/artifacts");
-    std::fs::create_dir_all(&out).unwrap();
-    std::fs::write(out.join(name), png).unwrap();
-    println!("screenshot: {}", out.join(name).display());
 }
 
 /// `url` fetched with curl trusting `ca` and resolving every name to `ip`; the body.
@@ -193,7 +185,7 @@ async fn browser_widget_and_page_verify_the_simulated_tee_and_show_a_tampered_bu
             text.contains("measurements pinned"),
             "the pin applied: {text}"
         );
-        save(&page.screenshot(), "browser-widget.png");
+        save_artifact(&page.screenshot(), "browser-widget.png");
 
         // The same widget handed a tampered bundle: red, at the step that caught it.
         page.goto(&format!("{shop}tampered"));
@@ -205,7 +197,7 @@ async fn browser_widget_and_page_verify_the_simulated_tee_and_show_a_tampered_bu
         );
         let text = b["text"].as_str().unwrap();
         assert!(text.contains("Attestation failed at binding"), "{text}");
-        save(&page.screenshot(), "browser-widget-tampered.png");
+        save_artifact(&page.screenshot(), "browser-widget-tampered.png");
 
         // A gateway serving a key that was imported, not made in the TEE: red at keys.
         page.goto(&imported);
@@ -229,32 +221,7 @@ async fn browser_widget_and_page_verify_the_simulated_tee_and_show_a_tampered_bu
             json!({ "width": 900, "height": 1000, "deviceScaleFactor": 1, "mobile": false }),
         );
         page.goto("https://attest.localhost:8443/");
-        page.wait_for(
-            "document.body && document.body.dataset.ready === '1'",
-            "the page's handlers",
-            Duration::from_secs(10),
-        );
-        let verify = |page: &mut Browser, pin: &str| {
-            page.eval(&format!(
-                "document.getElementById('domain').value = 'demo.localhost';
-                 document.getElementById('mrtd').value = '{pin}';
-                 document.getElementById('sim').checked = true;
-                 document.body.dataset.state = 'pending';
-                 document.getElementById('go').click(); true"
-            ));
-            page.wait_for(
-                "document.body.dataset.state !== 'pending'",
-                "the page's verdict",
-                Duration::from_secs(30),
-            );
-            page.eval(
-                "({ state: document.body.dataset.state, failed: document.body.dataset.failed,
-                    source: document.getElementById('source').textContent,
-                    measurements: document.getElementById('measurements').textContent,
-                    snippet: document.getElementById('snippet').textContent })",
-            )
-        };
-        let r = verify(&mut page, &mrtd_pin);
+        let r = page.verify_on_page("demo.localhost", &mrtd_pin);
         assert_eq!(r["state"], "verified", "{r}");
         let source = r["source"].as_str().unwrap();
         assert!(source.contains("attest.localhost"), "{r}");
@@ -262,8 +229,8 @@ async fn browser_widget_and_page_verify_the_simulated_tee_and_show_a_tampered_bu
             r["measurements"].as_str().unwrap().contains(&mrtd_pin),
             "{r}"
         );
-        save(&page.screenshot(), "browser-page.png");
-        let wrong = verify(&mut page, &"ab".repeat(48));
+        save_artifact(&page.screenshot(), "browser-page.png");
+        let wrong = page.verify_on_page("demo.localhost", &"ab".repeat(48));
         assert_eq!(
             (&wrong["state"], &wrong["failed"]),
             (&json!("failed"), &json!("policy")),

@@ -3,15 +3,20 @@
 //! the same name, both are logged in a local server speaking Cert Spotter's and crt.sh's
 //! APIs; the gateway raises exactly one alert naming the rogue serial (log line, metric,
 //! webhook, `ct` status in the quoted claims), keeps its cursor across a restart, and says
-//! `stale` while its sources are down.
+//! `stale` while its sources are down. In Chromium the verification page says the domain's
+//! keys are attested (CT clean, CAA locked) before the rogue certificate, and fails at `ct`
+//! after it.
 
+use gatehouse_attest::simulator::SimulatorConfig;
 use gatehouse_certbot::keys::KeyType;
 use gatehouse_certbot::order::{Request, Solver};
 use gatehouse_tests::acme_env::{acme_config, client, connect, echo_app, one_app, wait_metric};
+use gatehouse_tests::browser::{save_artifact, Browser};
 use gatehouse_tests::ct_log::CtLog;
 use gatehouse_tests::knot::{Knot, TsigSecret};
 use gatehouse_tests::pebble::{Pebble, PebbleOptions};
 use gatehouse_tests::Gateway;
+use serde_json::json;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -121,7 +126,13 @@ fn ct_monitor_alerts_once_for_a_rogue_certificate_keeps_its_cursor_and_is_stale_
     std::fs::write(&key_file, &key.secret_b64).unwrap();
     let root = dir.path().join("pebble-root.pem");
     let app = echo_app();
-    let mut config = acme_config(&pebble, &knot, &key_file, &one_app("web", app.port()), "");
+    let mut config = acme_config(
+        &pebble,
+        &knot,
+        &key_file,
+        &one_app("web", app.port()),
+        "set_caa = true",
+    );
     config += &format!(
         "[ct]\nsources = [\"certspotter\", \"crtsh\"]\ncertspotter_url = \"{url}\"\n\
          crtsh_url = \"{url}\"\ninterval = \"1s\"\nstale_after = \"3s\"\n\
@@ -144,6 +155,23 @@ fn ct_monitor_alerts_once_for_a_rogue_certificate_keeps_its_cursor_and_is_stale_
     let claim = wait_status(&gw, &root, "clean");
     assert!(claim["checked_at"].as_u64().is_some(), "{claim}");
     assert_eq!(gw.metric("gatehouse_ct_alerts"), 0);
+
+    // In a browser (the verification page at attest.gw.test, Pebble's root trusted): with CT
+    // clean and CAA locked to our account, every step passes: the domain's keys are attested.
+    let mrtd = gatehouse_attest::hex::encode(&SimulatorConfig::default().mrtd);
+    let page_url = format!("https://attest.gw.test:{}/", gw.addr.port());
+    let mut page =
+        Browser::launch_trusting(&[&root], &["--host-resolver-rules=MAP *.gw.test 127.0.0.1"]);
+    page.goto(&page_url);
+    let r = page.verify_on_page("web.gw.test", &mrtd);
+    assert_eq!(r["state"], "attested", "{r}");
+    let text = r["text"].as_str().unwrap();
+    assert!(
+        text.contains("The keys of web.gw.test are attested"),
+        "{text}"
+    );
+    assert!(text.contains("issuance locked to https://"), "CAA: {text}");
+    save_artifact(&page.screenshot(), "browser-page-attested.png");
 
     // Both sources down: stale, never clean, once stale_after passes.
     ct.set_down(true);
@@ -168,6 +196,16 @@ fn ct_monitor_alerts_once_for_a_rogue_certificate_keeps_its_cursor_and_is_stale_
     std::thread::sleep(Duration::from_millis(2500)); // more rounds: nothing raised again
     assert_eq!(gw.metric("gatehouse_ct_alerts"), 1);
     assert_eq!(gw.metric("gatehouse_ct_alerts_raised_total"), 1);
+    // The page now names the failing step: a foreign key was logged for the name.
+    page.goto(&page_url);
+    let r = page.verify_on_page("web.gw.test", &mrtd);
+    assert_eq!(
+        (&r["state"], &r["failed"]),
+        (&json!("failed"), &json!("ct")),
+        "{r}"
+    );
+    assert!(r["text"].as_str().unwrap().contains(&serial), "{r}");
+    drop(page);
     let alert_lines: Vec<String> = gw
         .log()
         .lines()

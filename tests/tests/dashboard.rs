@@ -4,7 +4,7 @@
 //! picture comes from it).
 
 use gatehouse_tests::admin::call;
-use gatehouse_tests::browser::Browser;
+use gatehouse_tests::browser::{save_artifact, Browser};
 use gatehouse_tests::http::{request, text, HttpGateway};
 use gatehouse_tests::servers::{bind_same_port, http_whoami};
 use serde_json::json;
@@ -137,9 +137,5 @@ async fn dashboard_in_chromium_signs_in_shows_the_app_and_drains_an_instance() {
         );
         page.screenshot()
     });
-    assert!(png.starts_with(b"\x89PNG"), "a PNG");
-    let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/artifacts");
-    std::fs::create_dir_all(&out).unwrap();
-    std::fs::write(out.join("dashboard.png"), &png).unwrap();
-    println!("screenshot: {}", out.join("dashboard.png").display());
+    save_artifact(&png, "dashboard.png");
 }

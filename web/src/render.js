@@ -13,11 +13,13 @@ const ROWS = [
 
 /**
  * `attested` (every step a page can check passed: the domain's keys are attested), `verified`
- * (the TEE and its keys check out, but CT or CAA do not close the domain), or `failed`.
+ * (the TEE and its keys check out; CT or CAA were not checked or are stale, so they do not
+ * close the domain), or `failed` (a step failed: a CT alert or CAA that lets other CAs issue
+ * is a failure too, not a gap).
  */
 export function stateOf(report) {
   if (report.domainAttested) return 'attested';
-  if (report.verified) return 'verified';
+  if (report.verified && !report.steps.some((s) => s.status === 'fail')) return 'verified';
   return 'failed';
 }
 

@@ -201,19 +201,31 @@ export async function verifyBundle(bundle, options = {}) {
 
   // ct
   if (!claims.ct) skip('ct', 'the gateway runs no Certificate Transparency watch');
-  else if (claims.ct.status === 'clean') ok('ct', `every logged certificate for its names carries one of its keys (checked ${claims.ct.checked_at})`);
+  else if (claims.ct.status === 'clean') ok('ct', `every logged certificate for its names carries one of its keys (checked ${when(claims.ct.checked_at)})`);
   else if (claims.ct.status === 'alert') fail('ct', `certificates with foreign keys were logged: serial ${(claims.ct.alerts || []).join(', ')}`);
-  else skip('ct', `stale: the watch has not heard from its sources in time (last full answer ${claims.ct.checked_at ?? 'never'})`);
+  else skip('ct', `stale: the watch has not heard from its sources in time (last full answer ${claims.ct.checked_at ? when(claims.ct.checked_at) : 'never'})`);
 
   // caa
   const caa = claims.caa || [];
   const lines = caa.filter((l) => !opts.domain || domainUnder(opts.domain, l.split(':')[0]));
   if (!claims.acme_account_uri) skip('caa', 'no ACME account in the claims (certificates from a private CA)');
   else if (lines.length === 0) skip('caa', 'the claims carry no CAA verdict for this domain');
-  else if (lines.every((l) => l.endsWith(': locked'))) ok('caa', `issuance locked to ${claims.acme_account_uri}`);
-  else fail('caa', lines.filter((l) => !l.endsWith(': locked')).join('; '));
+  else if (lines.every(caaLocked)) ok('caa', `issuance locked to ${claims.acme_account_uri}`);
+  else fail('caa', lines.filter((l) => !caaLocked(l)).join('; '));
 
   return finish(report);
+}
+
+/** A unix time as an ISO date and time (UTC, to the minute). */
+function when(unix) {
+  const d = new Date(Number(unix) * 1000);
+  return Number.isNaN(d.getTime()) ? String(unix) : `${d.toISOString().slice(0, 16).replace('T', ' ')} UTC`;
+}
+
+/** A claims CAA line, `<domain>: <verdict>` (caa::Verdict's Display), says locked. */
+function caaLocked(line) {
+  const at = line.indexOf(': ');
+  return at > 0 && /^locked(:|$)/.test(line.slice(at + 2));
 }
 
 function domainUnder(domain, base) {

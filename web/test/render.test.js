@@ -32,3 +32,11 @@ test('browser badge: a failure names its step and detail; a simulated TEE says s
   assert.match(s.title, /SIMULATED TEE: proves nothing/);
   assert.equal(s.rows.find((r) => r.step === 'keys').status, 'not checked');
 });
+
+test('browser badge: a CT alert or unlocked CAA is red, not a gap', () => {
+  const ct = summarize(report({ ...all, ct: 'fail', caa: 'ok' }), 'app.example', false);
+  assert.equal(ct.state, 'failed');
+  assert.match(ct.title, /^Attestation failed at ct: ct fail/);
+  const caa = summarize(report({ ...all, ct: 'ok', caa: 'fail' }), 'app.example', false);
+  assert.equal(caa.state, 'failed');
+});

@@ -143,3 +143,18 @@ test('browser verifier: RTMR3 events replay to the quote and pin by payload', as
   const r2 = await verifyBundle(lied, base());
   assert.match(step(r2, 'policy').detail, /rtmr3: the event log replays to/);
 });
+
+test('browser verifier: CAA lines are read as the gateway writes them (caa::Verdict)', async () => {
+  const withCaa = async (lines) => {
+    const b = bundle();
+    b.claims.acme_account_uri = 'https://ca.test/acct/1';
+    b.claims.caa = lines;
+    return step(await verifyBundle(b, { ...base(), domain: 'web.gw.test' }), 'caa');
+  };
+  assert.equal((await withCaa(['gw.test: locked: only our account may issue'])).status, 'ok');
+  const unlocked = await withCaa(['gw.test: UNLOCKED: no CAA issue record applies to gw.test: any CA may issue']);
+  assert.equal(unlocked.status, 'fail');
+  assert.match(unlocked.detail, /UNLOCKED/);
+  assert.equal((await withCaa(['gw.test: BLOCKED: x', 'other.test: locked'])).status, 'fail');
+  assert.equal((await withCaa(['other.test: locked'])).status, 'skip', 'no verdict for this domain');
+});
