@@ -61,6 +61,11 @@ pub async fn route(
         ("POST", ["certificates", id, "renew"]) => views::renew(control, id),
         ("GET", ["caa"]) => json(200, &views::caa(control)),
         ("GET", ["attestation"]) => views::attestation(control).await,
+        ("GET", ["ct"]) => crate::ct::get(control).await,
+        ("POST", ["ct", "alerts", serial, "resolve"]) => match body(req).await {
+            Ok(v) => crate::ct::resolve(control, serial, v, caller).await,
+            Err(r) => r,
+        },
         ("GET", ["vpc"]) => views::vpc(control).await,
         ("GET", ["vpc", "reach"]) => vpc_reach::get(control).await,
         ("PUT", ["vpc", "apps", id, "reach"]) => match body(req).await {

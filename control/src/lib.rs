@@ -13,6 +13,7 @@
 
 pub mod admission;
 pub mod api;
+pub mod ct;
 pub mod dashboard;
 pub mod on_demand;
 pub mod records;

@@ -14,8 +14,10 @@ pub mod certspotter;
 pub mod crtsh;
 mod http;
 pub mod monitor;
+pub mod resolve;
 
 pub use monitor::{Alert, CtStatus, Monitor, MonitorConfig};
+pub use resolve::Resolved;
 
 /// Why a CT operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +38,9 @@ pub enum CtError {
         /// What did not parse.
         detail: String,
     },
+    /// No stored alert has this serial.
+    #[error("no CT alert with serial {0:?}")]
+    NoSuchAlert(String),
     /// A URL in the configuration is unusable.
     #[error("{0}")]
     Config(String),
@@ -55,7 +60,7 @@ impl CtError {
 }
 
 /// One logged certificate or precertificate, as a source reports it.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Logged {
     /// The source's own id for it (Cert Spotter's issuance id, crt.sh's certificate id).
     pub id: String,

@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 const CURSORS: &str = "ct/cursor/";
-const ALERTS: &str = "ct/alerts/";
+pub(crate) const ALERTS: &str = "ct/alerts/";
 /// Pages handled per source and domain in one round (the rest continue next round).
 const PAGES_PER_ROUND: usize = 100;
 
@@ -69,10 +69,10 @@ struct SourceState {
 /// The watch.
 pub struct Monitor {
     sources: Vec<Arc<dyn CtSource>>,
-    store: Arc<dyn Store>,
+    pub(crate) store: Arc<dyn Store>,
     config: MonitorConfig,
     state: Mutex<BTreeMap<&'static str, SourceState>>,
-    alerts: Mutex<Vec<Alert>>,
+    pub(crate) alerts: Mutex<Vec<Alert>>,
     alerts_raised: AtomicU64,
     webhook_failures: AtomicU64,
     http: HttpClient,
@@ -85,7 +85,7 @@ impl std::fmt::Debug for Monitor {
     }
 }
 
-fn now() -> u64 {
+pub(crate) fn now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
@@ -113,15 +113,7 @@ impl Monitor {
         domains.sort();
         domains.dedup();
         config.domains = domains;
-        let mut alerts = Vec::new();
-        for (key, v) in store.list(ALERTS).await? {
-            match serde_json::from_slice::<Alert>(&v.value) {
-                Ok(a) => alerts.push(a),
-                Err(e) => {
-                    tracing::warn!("{key}: unreadable alert record ({e}); counted as an alert")
-                }
-            }
-        }
+        let alerts = crate::resolve::stored_alerts(store.as_ref()).await?;
         let state = sources
             .iter()
             .map(|s| (s.name(), SourceState::default()))
@@ -204,8 +196,13 @@ impl Monitor {
         }
     }
 
-    /// One round over every source and domain.
+    /// One round over every source and domain. The stored alerts are read first: on a
+    /// cluster another node may have raised or resolved one.
     pub async fn round(&self) {
+        match crate::resolve::stored_alerts(self.store.as_ref()).await {
+            Ok(stored) => *self.alerts.lock().unwrap_or_else(|p| p.into_inner()) = stored,
+            Err(e) => tracing::warn!("CT watch: reading the stored alerts: {e}"),
+        }
         for source in &self.sources {
             let result = self.round_of(source.as_ref()).await;
             let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
@@ -277,6 +274,9 @@ impl Monitor {
         let key = format!("{ALERTS}{serial}");
         if self.store.get(&key).await?.is_some() {
             return Ok(()); // seen already (another source, or its precertificate)
+        }
+        if crate::resolve::is_resolved(self.store.as_ref(), &serial).await? {
+            return Ok(()); // an operator dealt with it; another source reports it late
         }
         let alert = Alert {
             source: source.into(),

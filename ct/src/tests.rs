@@ -173,3 +173,58 @@ async fn ct_monitor_is_stale_never_clean_while_a_source_is_down() {
     std::thread::sleep(Duration::from_millis(1100));
     assert_eq!(m.status().status, "stale", "an old answer is stale");
 }
+
+#[tokio::test]
+async fn ct_monitor_resolved_alerts_leave_the_status_for_every_node_and_are_not_raised_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> = Arc::new(Embedded::open(&dir.path().join("s.redb")).unwrap());
+    let (rogue, _) = logged("2", &["app.gw.test"]);
+    let source = |entries: Vec<Logged>| {
+        Arc::new(Memory {
+            logged: Mutex::new(entries),
+            down: Mutex::new(false),
+            asked: Mutex::default(),
+        })
+    };
+    let config = MonitorConfig {
+        domains: vec!["gw.test".into()],
+        interval: Duration::from_secs(60),
+        stale_after: Duration::from_secs(3600),
+        webhook: None,
+    };
+    let a = Monitor::new(
+        vec![source(vec![rogue.clone()])],
+        store.clone(),
+        config.clone(),
+    )
+    .await
+    .unwrap();
+    a.round().await;
+    assert_eq!(a.status().status, "alert");
+    // A second node on the same store (a cluster) holds the alert too.
+    let late = source(Vec::new());
+    let b = Monitor::new(vec![late.clone()], store.clone(), config)
+        .await
+        .unwrap();
+    b.round().await;
+    assert_eq!(b.status().alerts, std::slice::from_ref(&rogue.serial));
+
+    let unknown = a.resolve("00", "x", "ops").await.unwrap_err();
+    assert_eq!(unknown.to_string(), "no CT alert with serial \"00\"");
+    let r = a
+        .resolve(&rogue.serial, "revoked at the CA", "ops")
+        .await
+        .unwrap();
+    assert_eq!(
+        (r.note.as_str(), r.by.as_str()),
+        ("revoked at the CA", "ops")
+    );
+    assert_eq!(a.status().status, "clean");
+    assert_eq!(a.resolved().await.unwrap(), vec![r]);
+    // The other node sees it at its next round; a source that reports the certificate late
+    // does not raise it again.
+    late.logged.lock().unwrap().push(rogue.clone());
+    b.round().await;
+    assert_eq!(b.status().status, "clean", "{:?}", b.status());
+    assert_eq!(b.counters().0, 0, "not raised again");
+}

@@ -5,12 +5,13 @@
 //! webhook, `ct` status in the quoted claims), keeps its cursor across a restart, and says
 //! `stale` while its sources are down. In Chromium the verification page says the domain's
 //! keys are attested (CT clean, CAA locked) before the rogue certificate, and fails at `ct`
-//! after it.
+//! after it. An operator resolves the alert through the admin API and the claims are clean.
 
 use gatehouse_attest::simulator::SimulatorConfig;
 use gatehouse_certbot::keys::KeyType;
 use gatehouse_certbot::order::{Request, Solver};
 use gatehouse_tests::acme_env::{acme_config, client, connect, echo_app, one_app, wait_metric};
+use gatehouse_tests::admin::{call, conforms, openapi};
 use gatehouse_tests::browser::{save_artifact, Browser};
 use gatehouse_tests::ct_log::CtLog;
 use gatehouse_tests::knot::{Knot, TsigSecret};
@@ -238,4 +239,31 @@ fn ct_monitor_alerts_once_for_a_rogue_certificate_keeps_its_cursor_and_is_stale_
         "nothing raised twice"
     );
     assert_eq!(ct.state.webhooks.lock().unwrap().len(), 1);
+
+    // An operator deals with it (revokes the certificate, say) and resolves the alert through
+    // the admin API, with a note: the claims are clean again, and it is not raised again.
+    let admin = gw.admin.expect("an admin listener");
+    let doc = openapi();
+    let view = call(admin, "GET", "/v1/ct", None, None);
+    conforms(&doc, "GET", "/v1/ct", &view);
+    assert_eq!(view.body["alerts"][0]["logged"]["serial"], serial.as_str());
+    let path = format!("/v1/ct/alerts/{serial}/resolve");
+    let no_note = call(admin, "POST", &path, None, Some(&json!({})));
+    assert_eq!(no_note.status, 400, "{:?}", no_note.body);
+    conforms(&doc, "POST", "/v1/ct/alerts/{serial}/resolve", &no_note);
+    let note = json!({ "note": "revoked at the CA" });
+    let unknown = call(admin, "POST", "/v1/ct/alerts/00/resolve", None, Some(&note));
+    assert_eq!(unknown.status, 404, "{:?}", unknown.body);
+    let done = call(admin, "POST", &path, None, Some(&note));
+    assert_eq!(done.status, 200, "{:?}", done.body);
+    conforms(&doc, "POST", "/v1/ct/alerts/{serial}/resolve", &done);
+    wait_status(&gw, &root, "clean");
+    std::thread::sleep(Duration::from_millis(2500)); // more rounds: nothing raised again
+    assert_eq!(gw.metric("gatehouse_ct_alerts"), 0);
+    assert_eq!(gw.metric("gatehouse_ct_alerts_raised_total"), 0);
+    let view = call(admin, "GET", "/v1/ct", None, None);
+    conforms(&doc, "GET", "/v1/ct", &view);
+    assert_eq!(view.body["resolved"][0]["note"], "revoked at the CA");
+    assert_eq!(view.body["alerts"], json!([]));
+    assert!(gw.log().contains("CT alert resolved"), "{}", gw.log());
 }
