@@ -1,7 +1,8 @@
 // Builds what the gateway serves at https://attest.<base>/ into dist/ (committed: the Rust
 // build embeds it and needs no npm):
-//   widget.js   the badge an app embeds (script tag), verifier included
-//   page.js     the verification page's script; index.html and page.css beside it
+//   widget.js   the badge an app embeds (script tag), verifier included; also the
+//               verification page's script (its tag carries data-page)
+//   index.html and page.css, the page
 // esbuild's output is deterministic for a given lockfile, so a rebuild is byte-identical;
 // `node build.mjs --check` builds in memory and fails, naming the file, if dist/ is stale
 // (./scripts/test.sh runs it).
@@ -30,7 +31,6 @@ async function bundle(entry) {
 
 const files = {
   'widget.js': await bundle('src/widget.js'),
-  'page.js': await bundle('src/page.js'),
   'index.html': readFileSync('src/page.html'),
   'page.css': readFileSync('src/page.css'),
 };

@@ -1,6 +1,6 @@
 //! The browser verifier's files, served at the attestation name `https://attest.<base>/`
-//! (issue 21 §4): the verification page (`/`, `/page.js`, `/page.css`) and the badge widget
-//! apps embed (`/widget.js`). They are built from `web/` by esbuild into `web/dist/`, which is
+//! (issue 21 §4): the verification page (`/`, `/page.css`) and the badge widget apps embed
+//! (`/widget.js`, which is also the page's script). They are built from `web/` by esbuild into `web/dist/`, which is
 //! committed, so the Rust build embeds them without npm (`./scripts/test.sh` rebuilds and
 //! refuses a stale `dist/`).
 
@@ -27,11 +27,6 @@ pub fn asset(path: &str) -> Option<Asset> {
             "text/html; charset=utf-8",
             include_bytes!("../../web/dist/index.html"),
             Some(PAGE_CSP),
-        ),
-        "/page.js" => (
-            "text/javascript; charset=utf-8",
-            include_bytes!("../../web/dist/page.js"),
-            None,
         ),
         "/page.css" => (
             "text/css; charset=utf-8",
@@ -74,14 +69,14 @@ mod tests {
         assert!(page.content_type.starts_with("text/html"));
         let html = std::str::from_utf8(page.body).unwrap();
         assert!(
-            html.contains("src=\"/page.js\""),
-            "the page loads its script"
+            html.contains("src=\"/widget.js\" data-page"),
+            "the page runs the widget's script in page mode"
         );
         assert!(page.csp.unwrap().contains("frame-ancestors 'none'"));
         let widget = asset("/widget.js").unwrap();
         assert!(widget.content_type.starts_with("text/javascript"));
         assert!(widget.body.len() > 10_000, "the verifier is bundled in");
-        assert!(asset("/page.js").is_some() && asset("/page.css").is_some());
+        assert!(asset("/page.css").is_some() && asset("/page.js").is_none());
         assert!(asset("/../Cargo.toml").is_none() && asset("/nothing").is_none());
         assert!(widget_integrity().starts_with("sha384-"));
     }

@@ -1,4 +1,6 @@
-// The verification page served at https://attest.<base>/: a person types a domain (and the
+// The verification page served at https://attest.<base>/ (its script tag is the widget's,
+// marked `data-page`: one script for both, so the binary and the browser cache hold one copy
+// of the verifier): a person types a domain (and the
 // measurements they trust); the page fetches a bundle (the one named, else the domain's own
 // /.well-known/gatehouse/attestation, else this gateway's), verifies it in the browser and
 // shows each step. `?domain=<name>` fills the form and verifies at once.
@@ -97,7 +99,13 @@ async function showSnippet() {
   $('snippet').textContent = `<script src="${src}"${integrity}\n        data-mrtd="<the MRTD you trust>"></script>`;
 }
 
-document.addEventListener('DOMContentLoaded', () => {
+/** Attaches the page's handlers once the document is parsed. */
+export function startPage() {
+  if (document.readyState === 'loading') document.addEventListener('DOMContentLoaded', attach, { once: true });
+  else attach();
+}
+
+function attach() {
   const host = $('badge');
   const shadow = host.attachShadow({ mode: 'open' });
   styleShadow(shadow);
@@ -112,4 +120,4 @@ document.addEventListener('DOMContentLoaded', () => {
     $('domain').value = q.get('domain');
     verify(shadow);
   }
-});
+}

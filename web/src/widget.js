@@ -23,6 +23,7 @@
 import { verifyBundle, fromBase64 } from './verify.js';
 import { SIMULATOR_ROOT_CA_B64 } from './roots.js';
 import { summarize, renderBadge, styleShadow } from './render.js';
+import { startPage } from './page.js';
 
 const BUNDLE_PATH = '/.well-known/gatehouse/attestation';
 
@@ -82,6 +83,7 @@ async function run(host, shadow, opts) {
 (function start() {
   const script = document.currentScript;
   if (!script) return; // loaded as a module or injected late: nothing to attach to
+  if ('page' in script.dataset) return startPage(); // the verification page's own tag
   const opts = optionsFrom(script.dataset, script.src, location.hostname);
   const host = document.createElement('div');
   host.setAttribute('data-gatehouse-badge', '');
