@@ -1,7 +1,8 @@
 //! Issue 16 §4 through the real binary: connections to `mode = "http"` apps cannot hold their
 //! slot forever. An h2 client that sends only the preface and SETTINGS is closed at the header
-//! deadline; an h2 connection with no open stream is closed (GOAWAY) after `timeouts.idle`; an
-//! HTTP/1.1 keep-alive connection idle between requests is closed too.
+//! deadline; an h2 connection with no open stream, and an HTTP/1.1 keep-alive connection
+//! between requests, are closed after the shorter of the header timeout and `timeouts.idle`,
+//! counted from the last response (not from the connection's start).
 
 use gatehouse_tests::http::{body, http_app, request, request_h2, HttpGateway};
 use gatehouse_tests::servers::{bind, http_whoami};
@@ -64,6 +65,9 @@ async fn hardening_idle_h2_and_h1_connections_are_closed() {
             .await
             .unwrap();
     let driver = tokio::spawn(conn);
+    // The request comes 0.6 s in: the connection's first header deadline (1 s from its start)
+    // must be disarmed by it, so the close comes a full idle period after the response.
+    tokio::time::sleep(Duration::from_millis(600)).await;
     let resp = send
         .send_request(
             request_h2("GET", "web.gw.test", "/")
@@ -80,8 +84,14 @@ async fn hardening_idle_h2_and_h1_connections_are_closed() {
         .unwrap()
         .ok();
     assert!(
-        start.elapsed() >= Duration::from_millis(1500),
-        "{:?}",
+        start.elapsed() >= Duration::from_millis(800),
+        "closed {:?} after the response: the header deadline was not disarmed",
+        start.elapsed()
+    );
+    assert!(
+        start.elapsed() < Duration::from_millis(1900),
+        "closed {:?} after the response: the wait is the shorter of the header timeout (1 s) \
+         and idle (2 s)",
         start.elapsed()
     );
 
