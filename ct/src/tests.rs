@@ -64,6 +64,16 @@ struct Memory {
     asked: Mutex<Vec<Option<String>>>,
 }
 
+impl Memory {
+    fn new(logged: Vec<Logged>, down: bool) -> Arc<Memory> {
+        Arc::new(Memory {
+            logged: Mutex::new(logged),
+            down: Mutex::new(down),
+            asked: Mutex::default(),
+        })
+    }
+}
+
 #[async_trait::async_trait]
 impl CtSource for Memory {
     fn name(&self) -> &'static str {
@@ -103,11 +113,7 @@ async fn ct_monitor_alerts_once_for_a_key_not_ours_keeps_its_cursor_and_goes_sta
     allowlist::record(store.as_ref(), &our_spki, allowlist::Why::Csr, 1)
         .await
         .unwrap();
-    let source = Arc::new(Memory {
-        logged: Mutex::new(vec![ours, rogue.clone(), elsewhere, rogue.clone()]),
-        down: Mutex::new(false),
-        asked: Mutex::default(),
-    });
+    let source = Memory::new(vec![ours, rogue.clone(), elsewhere, rogue.clone()], false);
     let config = MonitorConfig {
         domains: vec!["*.gw.test".into()],
         interval: Duration::from_secs(60),
@@ -150,11 +156,7 @@ async fn ct_monitor_alerts_once_for_a_key_not_ours_keeps_its_cursor_and_goes_sta
 async fn ct_monitor_is_stale_never_clean_while_a_source_is_down() {
     let dir = tempfile::tempdir().unwrap();
     let store: Arc<dyn Store> = Arc::new(Embedded::open(&dir.path().join("s.redb")).unwrap());
-    let source = Arc::new(Memory {
-        logged: Mutex::new(Vec::new()),
-        down: Mutex::new(true),
-        asked: Mutex::default(),
-    });
+    let source = Memory::new(Vec::new(), true);
     let config = MonitorConfig {
         domains: vec!["gw.test".into()],
         interval: Duration::from_secs(60),
@@ -179,13 +181,7 @@ async fn ct_monitor_resolved_alerts_leave_the_status_for_every_node_and_are_not_
     let dir = tempfile::tempdir().unwrap();
     let store: Arc<dyn Store> = Arc::new(Embedded::open(&dir.path().join("s.redb")).unwrap());
     let (rogue, _) = logged("2", &["app.gw.test"]);
-    let source = |entries: Vec<Logged>| {
-        Arc::new(Memory {
-            logged: Mutex::new(entries),
-            down: Mutex::new(false),
-            asked: Mutex::default(),
-        })
-    };
+    let source = |entries: Vec<Logged>| Memory::new(entries, false);
     let config = MonitorConfig {
         domains: vec!["gw.test".into()],
         interval: Duration::from_secs(60),

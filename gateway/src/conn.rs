@@ -363,7 +363,7 @@ async fn answer_attestation(shared: &Shared, c: Challenge, site: bool) -> Result
     Ok(())
 }
 
-/// One of the verifier's files (the page, its script and style, the widget).
+/// One of the verifier's files (the page, its style, the widget that is also its script).
 fn site_asset(
     asset: crate::verify_site::Asset,
     head: bool,
