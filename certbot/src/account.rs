@@ -110,31 +110,33 @@ pub async fn load_or_create(
     let (account, creds) = match &s.eab {
         // instant-acme has no key-first form with external account binding: a kill between
         // the CA's answer and the store write below leaves one unused account at the CA.
-        Some((kid, hmac)) => builder(s)?
-            .create(
-                &NewAccount {
-                    contact: &contact,
-                    terms_of_service_agreed: true,
-                    only_return_existing: false,
-                },
-                s.directory.clone(),
-                Some(&ExternalAccountKey::new(kid.clone(), hmac)),
-            )
-            .await
-            .map_err(|e| CertbotError::acme("new account", e))?,
+        Some((kid, hmac)) => nonce_retried!(
+            "new account",
+            builder(s)?
+                .create(
+                    &NewAccount {
+                        contact: &contact,
+                        terms_of_service_agreed: true,
+                        only_return_existing: false,
+                    },
+                    s.directory.clone(),
+                    Some(&ExternalAccountKey::new(kid.clone(), hmac)),
+                )
+                .await
+        )
+        .map_err(|e| CertbotError::acme("new account", e))?,
         None => {
             let pkcs8 = account_key(&s.directory, store, sealer).await?;
-            let key = Key::from_pkcs8_der(PrivatePkcs8KeyDer::from(pkcs8.as_slice()))
-                .map_err(|e| CertbotError::acme("the account key", e))?;
-            let pair = (key, PrivateKeyDer::Pkcs8(pkcs8.to_vec().into()));
-            let (account, creds) = builder(s)?
-                .create_from_key(pair, s.directory.clone())
-                .await
-                .map_err(|e| CertbotError::acme("new account", e))?;
+            // The same key each try: the CA answers a repeat with the account it made.
+            let (account, creds) = nonce_retried!("new account", {
+                let key = Key::from_pkcs8_der(PrivatePkcs8KeyDer::from(pkcs8.as_slice()))
+                    .map_err(|e| CertbotError::acme("the account key", e))?;
+                let pair = (key, PrivateKeyDer::Pkcs8(pkcs8.to_vec().into()));
+                builder(s)?.create_from_key(pair, s.directory.clone()).await
+            })
+            .map_err(|e| CertbotError::acme("new account", e))?;
             if !contact.is_empty() {
-                account
-                    .update_contacts(&contact)
-                    .await
+                nonce_retried!("account contacts", account.update_contacts(&contact).await)
                     .map_err(|e| CertbotError::acme("account contacts", e))?;
             }
             (account, creds)

@@ -19,6 +19,8 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+#[macro_use]
+mod nonce;
 pub mod account;
 pub mod alpn;
 pub mod challenges;

@@ -10,8 +10,8 @@ use crate::{problem_text, CertbotError};
 use gatehouse_dns::propagation::{wait_for_txt, Poll};
 use gatehouse_dns::DnsProvider;
 use instant_acme::{
-    Account, AuthorizationStatus, CertificateIdentifier, ChallengeType, Identifier, NewOrder,
-    OrderStatus, RetryPolicy,
+    Account, AuthorizationHandle, AuthorizationStatus, CertificateIdentifier, ChallengeType,
+    Identifier, NewOrder, OrderStatus, RetryPolicy,
 };
 use std::sync::Arc;
 use std::time::Duration;
@@ -108,7 +108,7 @@ pub enum Resumed {
 /// (keep the pending order, retry later); an order the CA refuses or cannot finish is
 /// [`Resumed::Gone`].
 pub async fn resume(account: &Account, pending: PendingOrder) -> Result<Resumed, CertbotError> {
-    let mut order = match account.order(pending.url.clone()).await {
+    let mut order = match nonce_retried!("order", account.order(pending.url.clone()).await) {
         Ok(order) => order,
         Err(instant_acme::Error::Api(p)) => return Ok(Resumed::Gone(problem_text(&p))),
         Err(e) => return Err(CertbotError::acme("fetching the pending order", e)),
@@ -117,7 +117,7 @@ pub async fn resume(account: &Account, pending: PendingOrder) -> Result<Resumed,
         OrderStatus::Processing | OrderStatus::Valid => {}
         OrderStatus::Ready => {
             let csr = pending.key.csr(&pending.names)?;
-            match order.finalize_csr(&csr).await {
+            match nonce_retried!("finalize", order.finalize_csr(&csr).await) {
                 Ok(()) => {}
                 Err(instant_acme::Error::Api(p)) => return Ok(Resumed::Gone(problem_text(&p))),
                 Err(e) => return Err(CertbotError::acme("finalize", e)),
@@ -125,7 +125,10 @@ pub async fn resume(account: &Account, pending: PendingOrder) -> Result<Resumed,
         }
         other => return Ok(Resumed::Gone(format!("the order is {other:?}"))),
     }
-    let chain = match order.poll_certificate(&retry_policy()).await {
+    let chain = match nonce_retried!(
+        "certificate download",
+        order.poll_certificate(&retry_policy()).await
+    ) {
         Ok(chain) => chain,
         Err(instant_acme::Error::Api(p)) => return Ok(Resumed::Gone(problem_text(&p))),
         Err(e) => return Err(CertbotError::acme("certificate download", e)),
@@ -181,89 +184,45 @@ async fn run(
             new = new.replaces(id.into_owned());
         }
     }
-    let mut order = match account.new_order(&new).await {
+    let mut order = match nonce_retried!("new order", account.new_order(&new).await) {
         Ok(order) => order,
         // A replacement of this certificate was finalized already (its certificate lost
         // before we kept it, and its order gone): order without `replaces`.
         Err(e) if already_replaced(&e) => {
             tracing::warn!(names = ?req.names, "the CA says the current certificate was already replaced: ordering without `replaces`");
-            account
-                .new_order(&build())
-                .await
+            nonce_retried!("new order", account.new_order(&build()).await)
                 .map_err(|e| CertbotError::acme("new order", e))?
         }
         Err(e) => return Err(CertbotError::acme("new order", e)),
     };
 
-    let mut auths = order.authorizations();
-    while let Some(auth) = auths.next().await {
-        let mut auth = auth.map_err(|e| CertbotError::acme("authorization", e))?;
-        if auth.status == AuthorizationStatus::Valid {
-            continue; // reused authorization
-        }
-        let ident = auth.identifier().identifier.clone();
-        let Identifier::Dns(domain) = ident else {
-            return Err(CertbotError::Config(format!(
-                "unsupported identifier {ident:?}"
-            )));
-        };
-        let kind = match solver {
-            Solver::Dns01 { .. } => ChallengeType::Dns01,
-            Solver::TlsAlpn01(_) => ChallengeType::TlsAlpn01,
-        };
-        let mut challenge =
-            auth.challenge(kind.clone())
-                .ok_or_else(|| CertbotError::Validation {
-                    name: domain.clone(),
-                    detail: format!("the CA offers no {kind:?} challenge"),
-                })?;
-        let key_auth = challenge.key_authorization();
-        match solver {
-            Solver::Dns01 {
-                provider,
-                authoritative,
-                resolvers,
-                timeout,
-            } => {
-                let name = format!("_acme-challenge.{domain}");
-                let value = key_auth.dns_value();
-                ledger
-                    .add(ChallengeRecord {
-                        name: name.clone(),
-                        value: value.clone(),
-                    })
-                    .await?;
-                if !matches!(cleanup.first(), Some(Cleanup::Txt)) {
-                    cleanup.insert(0, Cleanup::Txt);
+    // An authorization whose fetch met a refused nonce is fetched again by a new pass over
+    // the order's list (instant-acme's pass moves on); `answered` keeps a pass from answering
+    // one twice.
+    let mut answered = std::collections::HashSet::new();
+    let mut refused = 1;
+    'pass: loop {
+        let mut auths = order.authorizations();
+        while let Some(auth) = auths.next().await {
+            let auth = match auth {
+                Ok(auth) => auth,
+                Err(e) if crate::nonce::is_bad_nonce(&e) && refused < crate::nonce::NONCE_TRIES => {
+                    refused += 1;
+                    continue 'pass;
                 }
-                provider.add_txt(&name, &value).await?;
-                let servers = match authoritative {
-                    Some(s) if !s.is_empty() => s.clone(),
-                    _ => authoritative_for(&domain, resolvers).await?,
-                };
-                let poll = Poll {
-                    servers,
-                    timeout: *timeout,
-                    interval: Duration::from_millis(500),
-                };
-                wait_for_txt(&poll, &name, &value).await?;
+                Err(e) => return Err(CertbotError::acme("authorization", e)),
+            };
+            if auth.status == AuthorizationStatus::Valid || !answered.insert(auth.url().to_owned())
+            {
+                continue; // reused, or answered in an earlier pass
             }
-            Solver::TlsAlpn01(alpn) => {
-                alpn.publish(&domain, key_auth.digest().as_ref()).await?;
-                cleanup.push(Cleanup::Alpn(domain.clone()));
-            }
+            answer(auth, solver, cleanup, ledger).await?;
         }
-        tracing::debug!(%domain, method = solver.method(), "challenge ready");
-        challenge
-            .set_ready()
-            .await
-            .map_err(|e| CertbotError::acme("challenge ready", e))?;
+        break;
     }
 
     let policy = retry_policy();
-    let status = order
-        .poll_ready(&policy)
-        .await
+    let status = nonce_retried!("waiting for validation", order.poll_ready(&policy).await)
         .map_err(|e| CertbotError::acme("waiting for validation", e))?;
     if status != OrderStatus::Ready {
         return Err(validation_error(&mut order, status).await);
@@ -275,15 +234,80 @@ async fn run(
     };
     before_finalize.save(&pending).await?;
     let csr = pending.key.csr(req.names)?;
-    order
-        .finalize_csr(&csr)
-        .await
+    nonce_retried!("finalize", order.finalize_csr(&csr).await)
         .map_err(|e| CertbotError::acme("finalize", e))?;
-    let chain = order
-        .poll_certificate(&policy)
-        .await
-        .map_err(|e| CertbotError::acme("certificate download", e))?;
+    let chain = nonce_retried!(
+        "certificate download",
+        order.poll_certificate(&policy).await
+    )
+    .map_err(|e| CertbotError::acme("certificate download", e))?;
     checked(pending.names, &chain, pending.key)
+}
+
+/// Answers one authorization's challenge: the TXT record or the TLS-ALPN certificate in place
+/// (and noted for the cleanup), then the CA told to validate.
+async fn answer(
+    mut auth: AuthorizationHandle<'_>,
+    solver: &Solver,
+    cleanup: &mut Vec<Cleanup>,
+    ledger: Ledger<'_>,
+) -> Result<(), CertbotError> {
+    let ident = auth.identifier().identifier.clone();
+    let Identifier::Dns(domain) = ident else {
+        return Err(CertbotError::Config(format!(
+            "unsupported identifier {ident:?}"
+        )));
+    };
+    let kind = match solver {
+        Solver::Dns01 { .. } => ChallengeType::Dns01,
+        Solver::TlsAlpn01(_) => ChallengeType::TlsAlpn01,
+    };
+    let mut challenge = auth
+        .challenge(kind.clone())
+        .ok_or_else(|| CertbotError::Validation {
+            name: domain.clone(),
+            detail: format!("the CA offers no {kind:?} challenge"),
+        })?;
+    let key_auth = challenge.key_authorization();
+    match solver {
+        Solver::Dns01 {
+            provider,
+            authoritative,
+            resolvers,
+            timeout,
+        } => {
+            let name = format!("_acme-challenge.{domain}");
+            let value = key_auth.dns_value();
+            ledger
+                .add(ChallengeRecord {
+                    name: name.clone(),
+                    value: value.clone(),
+                })
+                .await?;
+            if !matches!(cleanup.first(), Some(Cleanup::Txt)) {
+                cleanup.insert(0, Cleanup::Txt);
+            }
+            provider.add_txt(&name, &value).await?;
+            let servers = match authoritative {
+                Some(s) if !s.is_empty() => s.clone(),
+                _ => authoritative_for(&domain, resolvers).await?,
+            };
+            let poll = Poll {
+                servers,
+                timeout: *timeout,
+                interval: Duration::from_millis(500),
+            };
+            wait_for_txt(&poll, &name, &value).await?;
+        }
+        Solver::TlsAlpn01(alpn) => {
+            alpn.publish(&domain, key_auth.digest().as_ref()).await?;
+            cleanup.push(Cleanup::Alpn(domain.clone()));
+        }
+    }
+    tracing::debug!(%domain, method = solver.method(), "challenge ready");
+    nonce_retried!("challenge ready", challenge.set_ready().await)
+        .map_err(|e| CertbotError::acme("challenge ready", e))?;
+    Ok(())
 }
 
 /// The reason the CA gave for the first failed authorization.

@@ -64,17 +64,21 @@ fn fault_injection_a_ca_rejecting_half_its_nonces_and_validating_slowly_still_is
     let (_, leaf) = connect(gw.addr, "echo.gw.test", client(&pebble.issuing_root()));
     assert!(!leaf.is_empty());
     let log = gw.log();
-    // Pebble logs no rejection; what gave up after instant-acme's own three tries shows as
-    // failed orders (and accounts) retried after their backoff.
-    for l in lines(&log, "failed")
-        .iter()
-        .chain(&lines(&log, "ACME account:"))
-    {
-        eprintln!("retried: {l}");
-    }
-    eprintln!(
-        "issued after {} failed orders",
-        gw.metric("gatehouse_acme_orders_failed_total")
+    // Pebble logs no rejection; a step whose nonce instant-acme's three tries did not get
+    // accepted is tried again (certbot's `nonce_retried!`, RFC 8555 §6.5) rather than failing
+    // the order into the manager's backoff (32 s, 71 s, 142 s: the CI run that found this
+    // timed out waiting). Half the nonces refused over a dozen requests: the step retry is met
+    // almost every run, and an order lost to it would need eight in a row.
+    let again = lines(&log, "the CA refused our nonce");
+    eprintln!("steps tried again on a refused nonce: {}", again.len());
+    assert_eq!(
+        gw.metric("gatehouse_acme_orders_failed_total"),
+        0,
+        "no order lost to a refused nonce:\n{log}"
+    );
+    assert!(
+        lines(&log, "ACME account:").is_empty(),
+        "nor the account:\n{log}"
     );
     // One account: made once, and a restart finds it (the same URI, no second one).
     let created = lines(&log, "ACME account created");
