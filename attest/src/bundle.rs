@@ -90,12 +90,29 @@ pub struct Claims {
     /// The Certificate Transparency watch's status, when `[ct]` is configured.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ct: Option<CtClaim>,
+    /// The encrypted channel's keys, when the gateway serves the channel.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channel: Option<ChannelClaim>,
     /// The client's nonce (hex) for a fresh bundle.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nonce: Option<String>,
     /// When the quote was taken (unix seconds).
     pub issued_at: u64,
 }
+
+/// The encrypted channel's HPKE keys (crate `gatehouse-channel`): made in the TEE, so a client
+/// that seals a request to one of them knows only the TEE opens it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChannelClaim {
+    /// The public key configurations as `application/ohttp-keys` (RFC 9458 §3.2), base64
+    /// (standard, padded): the current key first, then predecessors still accepted.
+    pub ohttp_keys: String,
+    /// Where encapsulated requests go on each app's own name.
+    pub path: String,
+}
+
+/// Where an app's encrypted channel takes `message/ohttp-req` requests.
+pub const CHANNEL_PATH: &str = "/.well-known/gatehouse/channel";
 
 /// What the gateway's CT watch saw (crate `gatehouse-ct`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -185,6 +202,7 @@ mod tests {
             caa: vec![],
             sealing: "tee".into(),
             ct: None,
+            channel: None,
             nonce: None,
             issued_at: 1,
         };

@@ -186,6 +186,7 @@ mod tests {
             caa: vec![],
             sealing: "simulator".into(),
             ct: None,
+            channel: None,
             nonce: None,
             issued_at: 1,
         })

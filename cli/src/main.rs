@@ -626,6 +626,7 @@ fn run(
             || config.ct.is_some()
             || etcd
             || control.is_some()
+            || config.apps.iter().any(|a| a.encrypted_channel)
         {
             Some(gatehouse::acme::open_state(&config, state_dir, tee.sealer.clone()).await?)
         } else {
@@ -687,6 +688,16 @@ fn run(
         };
         if let Some(state) = &state {
             gatehouse::ct_watch::start(&config, state.store.clone(), &gateway.shared).await?;
+            // The channel's key is quoted in the claims: without attestation there is none.
+            if gateway.shared.attest.get().is_some() {
+                gatehouse::channel::Channel::start(
+                    &config.proxy.http.channel,
+                    state.store.clone(),
+                    state.sealer.clone(),
+                    &gateway.shared,
+                )
+                .await?;
+            }
         }
         if let (Some(c), Some(acme)) = (&control, &acme) {
             c.set_acme(gatehouse_control::AcmeHandle {

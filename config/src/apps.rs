@@ -36,6 +36,11 @@ pub struct AppConfig {
     /// Active health checks of every instance (static and VPC), beside the passive ones.
     #[serde(default)]
     pub health_check: Option<crate::HealthCheckConfig>,
+    /// Serve the end-to-end encrypted channel on the app's names (`mode = "http"` only):
+    /// Oblivious HTTP requests to `/.well-known/gatehouse/channel` are opened in the TEE and
+    /// proxied as any other request ([proxy.http.channel]).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub encrypted_channel: bool,
 }
 
 impl AppConfig {

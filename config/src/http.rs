@@ -43,6 +43,43 @@ pub struct HttpConfig {
     /// HTTP/1.1 responses slower than this many bytes per second to a client end (0 = off;
     /// `proxy.timeouts.write` bounds a stalled write on both versions regardless).
     pub min_send_rate: usize,
+    /// `[proxy.http.channel]`: the encrypted channel into the TEE, for apps that set
+    /// `encrypted_channel = true`.
+    pub channel: ChannelConfig,
+}
+
+/// `[proxy.http.channel]`: the end-to-end encrypted channel (Oblivious HTTP to a key made in
+/// the TEE and published in the attestation claims).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ChannelConfig {
+    /// A channel key is current this long, then a new one is made.
+    #[serde(with = "humantime_serde")]
+    pub rotate: Duration,
+    /// The previous key still opens requests this long after its successor was made.
+    #[serde(with = "humantime_serde")]
+    pub grace: Duration,
+    /// An inner request dated further than this from the gateway's clock is refused; inside
+    /// it, a request seen before is refused as a replay.
+    #[serde(with = "humantime_serde")]
+    pub replay_window: Duration,
+    /// The largest encapsulated request body (bytes); the inner body is held to
+    /// `max_request_body` as any other.
+    pub max_request: u64,
+    /// The largest response (bytes of body) sealed back; a larger one gets `502`.
+    pub max_response: u64,
+}
+
+impl Default for ChannelConfig {
+    fn default() -> Self {
+        ChannelConfig {
+            rotate: Duration::from_secs(7 * 24 * 3600),
+            grace: Duration::from_secs(24 * 3600),
+            replay_window: Duration::from_secs(120),
+            max_request: 1 << 20,
+            max_response: 16 << 20,
+        }
+    }
 }
 
 impl Default for HttpConfig {
@@ -60,6 +97,7 @@ impl Default for HttpConfig {
             access_log: false,
             keep_underscore_headers: false,
             min_send_rate: 0,
+            channel: ChannelConfig::default(),
         }
     }
 }

@@ -41,7 +41,7 @@ pub use cluster::ClusterConfig;
 pub use ct::{CtConfig, CtSourceKind};
 pub use de::parse_ip_net;
 pub use error::{ConfigError, Problem};
-pub use http::{ForwardedMode, HealthCheckConfig, HealthProtocol, HttpConfig};
+pub use http::{ChannelConfig, ForwardedMode, HealthCheckConfig, HealthProtocol, HttpConfig};
 pub use proxy::{parse_dot_server, ConnectionLimits, CustomDomainsConfig, ProxyConfig, Timeouts};
 pub use store::{EtcdStoreConfig, StoreBackend, StoreConfig};
 pub use tee::{Sealing, SimulatorSettings, TeeConfig, TeeProvider};

@@ -219,6 +219,12 @@ pub(crate) fn check_apps(
                 "not sent in mode \"http\" (instances get X-Forwarded-For and Forwarded)".into(),
             );
         }
+        if app.encrypted_channel && app.mode != AppMode::Http {
+            push(
+                format!("{at}.encrypted_channel"),
+                "needs mode = \"http\" (the gateway opens and proxies the inner requests)".into(),
+            );
+        }
         if app.default_port == 0 {
             push(format!("{at}.default_port"), "must be 1-65535".into());
         }
@@ -300,6 +306,36 @@ fn check_http(h: &crate::HttpConfig, push: &mut impl FnMut(String, String)) {
     ] {
         if d.is_zero() {
             push(format!("proxy.http.{name}"), "must be more than 0s".into());
+        }
+    }
+    let c = &h.channel;
+    for (name, d) in [
+        ("rotate", c.rotate),
+        ("grace", c.grace),
+        ("replay_window", c.replay_window),
+    ] {
+        if d.is_zero() {
+            push(
+                format!("proxy.http.channel.{name}"),
+                "must be more than 0s".into(),
+            );
+        }
+    }
+    if c.grace > c.rotate {
+        push(
+            "proxy.http.channel.grace".into(),
+            "is longer than rotate: more than two keys would open requests at once".into(),
+        );
+    }
+    for (name, v) in [
+        ("max_request", c.max_request),
+        ("max_response", c.max_response),
+    ] {
+        if v == 0 {
+            push(
+                format!("proxy.http.channel.{name}"),
+                "must be more than 0".into(),
+            );
         }
     }
 }

@@ -48,6 +48,9 @@ pub enum StartError {
     /// The Certificate Transparency watch could not be set up.
     #[error("ct: {0}")]
     Ct(String),
+    /// The encrypted channel's keys could not be loaded or made.
+    #[error("encrypted channel: {0}")]
+    Channel(String),
     /// This node could not join the cluster (no key: it serves nothing from the store).
     #[error(transparent)]
     Cluster(#[from] gatehouse_cluster::ClusterError),
@@ -188,6 +191,7 @@ impl Gateway {
                 weak.clone(),
             ),
             on_demand: std::sync::OnceLock::new(),
+            channel: std::sync::OnceLock::new(),
         });
         let workers = match config.proxy.workers {
             0 => std::thread::available_parallelism()

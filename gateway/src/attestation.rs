@@ -303,6 +303,7 @@ impl Attestor {
                     alerts: s.alerts,
                 }
             }),
+            channel: shared.channel.get().and_then(|c| c.claim()),
             nonce: None,
             issued_at: 0,
         })

@@ -38,6 +38,8 @@ pub struct Shared {
     pub attest: std::sync::OnceLock<Arc<crate::attestation::Attestor>>,
     /// The L7 proxy of `mode = "http"` apps.
     pub http: crate::http::HttpEngine,
+    /// The encrypted channel's keys (with attestation and a store).
+    pub channel: std::sync::OnceLock<Arc<crate::channel::Channel>>,
     /// Certificates on demand (`[acme.on_demand]`), asked when a name has none.
     pub on_demand: std::sync::OnceLock<Arc<dyn crate::app_admission::OnDemandCerts>>,
 }

@@ -18,6 +18,7 @@ pub mod admission;
 pub mod app;
 pub mod app_admission;
 pub mod attestation;
+pub mod channel;
 pub mod client_tls;
 pub mod cluster_node;
 pub mod conn;

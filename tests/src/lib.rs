@@ -33,7 +33,24 @@ pub fn binary() -> PathBuf {
         // The selection `cargo test --workspace` builds, so features unify the same way and
         // this is a no-op after it (`-p gatehouse` alone resolves features differently and
         // rebuilt part of the tree for every test binary).
-        let status = Command::new(cargo)
+        // Without the variables cargo sets for this test process (CARGO_MANIFEST_DIR,
+        // CARGO_PKG_NAME, ...): ring's build script reruns when they change, and with it half
+        // the tree, once here and once more in the next `cargo test`.
+        let mut build = Command::new(cargo);
+        for (name, _) in std::env::vars_os() {
+            let name = name.to_string_lossy();
+            if name.starts_with("CARGO_PKG_")
+                || name.starts_with("CARGO_MANIFEST_")
+                || name.starts_with("CARGO_BIN_")
+                || matches!(
+                    &*name,
+                    "CARGO_CRATE_NAME" | "CARGO_PRIMARY_PACKAGE" | "CARGO_TARGET_TMPDIR"
+                )
+            {
+                build.env_remove(&*name);
+            }
+        }
+        let status = build
             .args(["build", "-q", "--workspace", "--bins", "--tests"])
             .status()
             .expect("run cargo build");

@@ -286,6 +286,7 @@ mod seeds_from_the_real_code {
             caa: vec!["gw.test: locked".into()],
             sealing: "simulator".into(),
             ct: None,
+            channel: None,
             nonce: None,
             issued_at: 1_790_000_000,
         })

@@ -29,6 +29,23 @@ use tokio::net::TcpStream;
 
 type Tls = tokio_rustls::server::TlsStream<Prefixed<TcpStream>>;
 
+/// What a [`TlsIo`] reads and writes: a client's TLS stream, or the in-process end of a
+/// request that arrived inside the encrypted channel (already decrypted in the TEE).
+#[derive(Debug)]
+enum Inner {
+    Tls(Box<Tls>),
+    Channel(tokio::io::DuplexStream),
+}
+
+macro_rules! inner_poll {
+    ($self:expr, $cx:expr, $method:ident $(, $arg:expr)*) => {
+        match &mut $self.inner {
+            Inner::Tls(s) => Pin::new(s.as_mut()).$method($cx $(, $arg)*),
+            Inner::Channel(s) => Pin::new(s).$method($cx $(, $arg)*),
+        }
+    };
+}
+
 static NEXT_ID: AtomicI32 = AtomicI32::new(1);
 
 /// When the next request header must be complete ([`now_ms`] clock), or disarmed.
@@ -83,7 +100,7 @@ impl Timer {
 /// A terminated client connection handed to Pingora.
 #[derive(Debug)]
 pub struct TlsIo {
-    inner: Tls,
+    inner: Inner,
     id: UniqueIDType,
     socket: Arc<SocketDigest>,
     ssl: Arc<SslDigest>,
@@ -112,11 +129,26 @@ impl TlsIo {
             _ => None,
         };
         TlsIo {
-            inner,
+            inner: Inner::Tls(Box::new(inner)),
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             socket: Arc::new(socket),
             ssl: Arc::new(SslDigest::new(cipher, version, None, None, Vec::new())),
             alpn,
+            header_timer: None,
+        }
+    }
+
+    /// The in-process end of one request opened from the encrypted channel, for `client`
+    /// (the outer connection's client): HTTP/1.1, reported as TLS 1.3 as the outer hop was.
+    pub fn channel(inner: tokio::io::DuplexStream, client: SocketAddr) -> TlsIo {
+        let socket = SocketDigest::from_raw_fd(-1);
+        let _ = socket.peer_addr.set(Some(PingoraAddr::Inet(client)));
+        TlsIo {
+            inner: Inner::Channel(inner),
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            socket: Arc::new(socket),
+            ssl: Arc::new(SslDigest::new("ohttp", "TLSv1.3", None, None, Vec::new())),
+            alpn: Some(ALPN::H1),
             header_timer: None,
         }
     }
@@ -155,7 +187,7 @@ impl AsyncRead for TlsIo {
                 )));
             }
         }
-        Pin::new(&mut self.inner).poll_read(cx, buf)
+        inner_poll!(self, cx, poll_read, buf)
     }
 }
 
@@ -165,22 +197,25 @@ impl AsyncWrite for TlsIo {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        inner_poll!(self, cx, poll_write, buf)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+        inner_poll!(self, cx, poll_flush)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
+        inner_poll!(self, cx, poll_shutdown)
     }
 }
 
 #[async_trait::async_trait]
 impl Shutdown for TlsIo {
     async fn shutdown(&mut self) {
-        let _ = AsyncWriteExt::shutdown(&mut self.inner).await;
+        let _ = match &mut self.inner {
+            Inner::Tls(s) => AsyncWriteExt::shutdown(s.as_mut()).await,
+            Inner::Channel(s) => AsyncWriteExt::shutdown(s).await,
+        };
     }
 }
 

@@ -8,6 +8,7 @@
 //! per-connection object Pingora hands back to every request, h1 and h2 alike).
 //! [`stats`] holds the per-app request statistics, [`redirect`] the port-80 listener.
 
+pub mod channel;
 pub mod io;
 pub mod proxy;
 pub mod redirect;
@@ -40,6 +41,9 @@ pub struct ConnInfo {
     pub rearm_after_response: Option<std::time::Duration>,
     /// This hop's forwarding values, made once per connection.
     pub forwarded: Arc<proxy::Forwarded>,
+    /// Whether this is the in-process connection of a request opened from the encrypted
+    /// channel (its instance is told so by `gatehouse-channel: ohttp`).
+    pub channel: bool,
 }
 
 type Digest = Arc<pingora_core::protocols::SocketDigest>;
@@ -167,6 +171,7 @@ impl HttpEngine {
             header_deadline,
             rearm_after_response,
             forwarded,
+            channel: false,
         };
         let _registered = self.conns.register(io.socket_digest(), info);
         let mut stream: pingora_core::protocols::Stream = Box::new(io);
@@ -174,6 +179,61 @@ impl HttpEngine {
         while let Some(s) = self.proxy.process_new(stream, &self.shutdown).await {
             stream = s;
         }
+    }
+
+    /// Serves `request`, opened from the encrypted channel on a connection described by
+    /// `info`, through this proxy on an in-process connection of its own (so every check,
+    /// header and log of a plain request applies), and returns the response as Binary HTTP,
+    /// its body read whole up to `max_response` bytes.
+    pub async fn inner(
+        &self,
+        info: ConnInfo,
+        client: SocketAddr,
+        request: http::Request<http_body_util::Full<bytes::Bytes>>,
+        max_response: u64,
+    ) -> Result<bhttp::Message, String> {
+        use http_body_util::BodyExt;
+        let (ours, theirs) = tokio::io::duplex(64 * 1024);
+        let io = io::TlsIo::channel(theirs, client);
+        let header_deadline = Arc::new(HeaderDeadline::default());
+        let info = ConnInfo {
+            header_deadline,
+            rearm_after_response: None,
+            ..info
+        };
+        let registered = self.conns.register(io.socket_digest(), info);
+        let serve = async move {
+            let _registered = registered;
+            let mut stream: pingora_core::protocols::Stream = Box::new(io);
+            while let Some(s) = self.proxy.process_new(stream, &self.shutdown).await {
+                stream = s;
+            }
+        };
+        let ask = async move {
+            let (mut sender, conn) =
+                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(ours))
+                    .await
+                    .map_err(|e| format!("the inner connection: {e}"))?;
+            let exchange = async move {
+                let resp = sender
+                    .send_request(request)
+                    .await
+                    .map_err(|e| format!("the inner request: {e}"))?;
+                let (parts, body) = resp.into_parts();
+                let body = http_body_util::Limited::new(body, max_response as usize)
+                    .collect()
+                    .await
+                    .map_err(|e| {
+                        format!("the response body (proxy.http.channel.max_response is {max_response} bytes): {e}")
+                    })?
+                    .to_bytes();
+                Ok::<_, String>(channel::outer_response(&parts, &body))
+            };
+            let (answer, _) = tokio::join!(exchange, conn);
+            answer
+        };
+        let ((), answer) = tokio::join!(serve, ask);
+        answer
     }
 }
 
@@ -196,6 +256,7 @@ mod tests {
             header_deadline: Arc::default(),
             rearm_after_response: None,
             forwarded: Arc::new(proxy::Forwarded::new("192.0.2.1:1".parse().unwrap(), sni)),
+            channel: false,
         }
     }
 

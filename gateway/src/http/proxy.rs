@@ -102,7 +102,7 @@ impl Gatehouse {
 #[derive(Default)]
 pub struct Ctx {
     conn: Option<ConnInfo>,
-    client: Option<SocketAddr>,
+    pub(super) client: Option<SocketAddr>,
     /// When the request header was parsed.
     started: Option<Instant>,
     /// Instance indexes tried, in order.
@@ -111,6 +111,13 @@ pub struct Ctx {
     load: Option<Load>,
     /// Request body bytes seen so far.
     body_bytes: u64,
+}
+
+impl Ctx {
+    /// The client's address for a log line.
+    pub(super) fn client_ip(&self) -> String {
+        self.client.map(|c| c.ip().to_string()).unwrap_or_default()
+    }
 }
 
 /// The host part of a `Host` / `:authority` value, lower case.
@@ -331,6 +338,11 @@ impl Gatehouse {
             _ => "1.1 gatehouse",
         };
         up.append_header("via", HeaderValue::from_static(via))?;
+        // Only the gateway says a request came through the encrypted channel.
+        up.remove_header("gatehouse-channel");
+        if conn.channel {
+            up.insert_header("gatehouse-channel", HeaderValue::from_static("ohttp"))?;
+        }
         if up.uri.authority().is_none() || up.headers.get(http::header::HOST).is_none() {
             up.insert_header(http::header::HOST, f.host.clone())?;
         }
@@ -391,6 +403,12 @@ impl ProxyHttp for Gatehouse {
             Some((code, body)) => respond(session, code, body).await,
             None if session.req_header().uri.path() == WELL_KNOWN_PATH => {
                 self.attestation(session, ctx.client).await
+            }
+            None if super::channel::is_channel_path(session.req_header().uri.path()) => {
+                let (Some(shared), Some(conn)) = (self.shared.upgrade(), ctx.conn.clone()) else {
+                    return respond(session, 503, "503 shutting down\n").await;
+                };
+                super::channel::serve(&shared, session, ctx, &conn).await
             }
             None => Ok(false),
         }

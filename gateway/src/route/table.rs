@@ -31,6 +31,8 @@ pub struct AppSpec {
     pub instances: Vec<IpAddr>,
     /// Active health checks.
     pub health_check: Option<HealthCheckConfig>,
+    /// Whether the encrypted channel is served on its names (`http` mode).
+    pub encrypted_channel: bool,
     /// Where the app was declared.
     pub origin: Origin,
 }
@@ -76,6 +78,7 @@ impl AppSpec {
             mode: AppMode::Tcp,
             instances,
             health_check: None,
+            encrypted_channel: false,
             origin: Origin::Builtin,
         }
     }
@@ -96,6 +99,7 @@ impl From<&AppConfig> for AppSpec {
             mode: c.mode,
             health_check: c.health_check.clone(),
             instances: c.instances.iter().map(|i| i.address).collect(),
+            encrypted_channel: c.encrypted_channel,
             origin: Origin::Config,
         }
     }

@@ -1,0 +1,246 @@
+//! The encrypted channel through the real binary (`cargo test encrypted_channel`): the key
+//! in the attestation claims, a request sealed to it with a marker string reaches the app
+//! through the same checks and headers as any request (plus `gatehouse-channel: ohttp`), and
+//! its answer opens with the request's context only. Refused by name: a replay, a tampered
+//! ciphertext, an unknown key id, a wrong media type, an app that did not opt in; an inner
+//! request for another app gets that app's 421, sealed.
+
+use base64::Engine;
+use gatehouse_channel::gate::{open_response, seal_request};
+use gatehouse_tests::http::{body, request, text, HttpGateway};
+use gatehouse_tests::servers::bind_same_port;
+use http_body_util::BodyExt;
+
+/// An app instance that answers with what it received.
+fn reflecting(listener: tokio::net::TcpListener) {
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(
+                    |req: hyper::Request<hyper::body::Incoming>| async move {
+                        let h = |k: &str| {
+                            req.headers()
+                                .get(k)
+                                .and_then(|v| v.to_str().ok())
+                                .unwrap_or("-")
+                                .to_owned()
+                        };
+                        let head = format!(
+                            "method={}\npath={}\nhost={}\nchannel={}\nxff={}\ncontent-type={}\n",
+                            req.method(),
+                            req.uri(),
+                            h("host"),
+                            h("gatehouse-channel"),
+                            h("x-forwarded-for"),
+                            h("content-type"),
+                        );
+                        let got = req.into_body().collect().await.unwrap().to_bytes();
+                        let text = format!("{head}body={}\n", String::from_utf8_lossy(&got));
+                        Ok::<_, std::convert::Infallible>(
+                            hyper::Response::builder()
+                                .header("x-app", "reflecting")
+                                .body(http_body_util::Full::new(hyper::body::Bytes::from(text)))
+                                .unwrap(),
+                        )
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+}
+
+async fn setup() -> HttpGateway {
+    let (port, listeners) = bind_same_port(&[[127, 0, 0, 1]]).await;
+    for l in listeners {
+        reflecting(l);
+    }
+    let apps = format!(
+        "[[apps]]\nid = \"web\"\nmode = \"http\"\ndefault_port = {port}\nencrypted_channel = true\n\
+         [[apps.instances]]\naddress = \"127.0.0.1\"\n\
+         [[apps]]\nid = \"plain\"\nmode = \"http\"\ndefault_port = {port}\n\
+         [[apps.instances]]\naddress = \"127.0.0.1\"\n"
+    );
+    let s = HttpGateway::start("[proxy.http]\naccess_log = true\n", &apps);
+    s.gw.wait_log("encrypted channel on", std::time::Duration::from_secs(20));
+    s
+}
+
+/// An inner request to `authority` with `marker` as its body, dated now.
+fn inner(authority: &str, marker: &str) -> bhttp::Message {
+    let mut m = bhttp::Message::request(
+        b"POST".to_vec(),
+        b"https".to_vec(),
+        authority.as_bytes().to_vec(),
+        b"/submit?x=1".to_vec(),
+    );
+    m.put_header(
+        "date",
+        httpdate::fmt_http_date(std::time::SystemTime::now()),
+    );
+    m.put_header("content-type", "text/plain");
+    m.write_content(marker);
+    m
+}
+
+/// POSTs `sealed` to the channel of `host`: status, content type, body.
+async fn post(s: &HttpGateway, host: &str, media: &str, sealed: Vec<u8>) -> (u16, String, Vec<u8>) {
+    let mut h1 = s.h1(host).await;
+    let resp = h1
+        .send_request(
+            request("POST", host, "/.well-known/gatehouse/channel")
+                .header("content-type", media)
+                .body(body(sealed))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    let media = resp
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    let bytes = resp
+        .into_body()
+        .collect()
+        .await
+        .unwrap()
+        .to_bytes()
+        .to_vec();
+    (status, media, bytes)
+}
+
+async fn get(s: &HttpGateway, host: &str, path: &str) -> Vec<u8> {
+    let mut h1 = s.h1(host).await;
+    let resp = h1
+        .send_request(request("GET", host, path).body(body("")).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "{path}");
+    resp.into_body()
+        .collect()
+        .await
+        .unwrap()
+        .to_bytes()
+        .to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn encrypted_channel_carries_a_sealed_request_to_the_app_and_refuses_by_name() {
+    let s = setup().await;
+    // The key, from the attested claims; the same list is served beside the channel.
+    let bundle: serde_json::Value =
+        serde_json::from_slice(&get(&s, "web.gw.test", "/.well-known/gatehouse/attestation").await)
+            .unwrap();
+    let claim = &bundle["claims"]["channel"];
+    assert_eq!(claim["path"], "/.well-known/gatehouse/channel", "{bundle}");
+    let keys = base64::engine::general_purpose::STANDARD
+        .decode(claim["ohttp_keys"].as_str().expect("ohttp_keys"))
+        .unwrap();
+    assert_eq!(
+        get(&s, "web.gw.test", "/.well-known/gatehouse/ohttp-keys").await,
+        keys,
+        "the served keys are the attested ones"
+    );
+
+    // A sealed request with a marker reaches the app, with this hop's headers.
+    let marker = "marker-7f3a9c";
+    let (sealed, context) = seal_request(&keys, &inner("web.gw.test", marker)).unwrap();
+    assert!(!String::from_utf8_lossy(&sealed).contains(marker));
+    let (status, media, answer) =
+        post(&s, "web.gw.test", "message/ohttp-req", sealed.clone()).await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&answer));
+    assert_eq!(media, "message/ohttp-res");
+    assert!(
+        !String::from_utf8_lossy(&answer).contains(marker),
+        "the answer travels sealed"
+    );
+    let opened = open_response(context, &answer).unwrap();
+    assert_eq!(opened.control().status().map(|s| s.code()), Some(200));
+    let seen = String::from_utf8_lossy(opened.content()).into_owned();
+    for line in [
+        "method=POST\n",
+        "path=/submit?x=1\n",
+        "host=web.gw.test\n",
+        "channel=ohttp\n",
+        "xff=127.0.0.1\n",
+        "content-type=text/plain\n",
+        &format!("body={marker}\n"),
+    ] {
+        assert!(seen.contains(line), "{line:?} in what the app saw:\n{seen}");
+    }
+    assert_eq!(opened.header().get(b"x-app"), Some(&b"reflecting"[..]));
+
+    // The same bytes again: a replay.
+    let (status, _, why) = post(&s, "web.gw.test", "message/ohttp-req", sealed.clone()).await;
+    assert_eq!(status, 400);
+    assert!(
+        String::from_utf8_lossy(&why).contains("replayed request"),
+        "{}",
+        String::from_utf8_lossy(&why)
+    );
+
+    // One flipped bit of the ciphertext.
+    let (mut tampered, _) = seal_request(&keys, &inner("web.gw.test", marker)).unwrap();
+    *tampered.last_mut().unwrap() ^= 1;
+    let (status, _, why) = post(&s, "web.gw.test", "message/ohttp-req", tampered).await;
+    assert_eq!(status, 400);
+    assert!(String::from_utf8_lossy(&why).contains("does not open with channel key"));
+
+    // A key id the gateway does not hold.
+    let (mut unknown, _) = seal_request(&keys, &inner("web.gw.test", marker)).unwrap();
+    unknown[0] = unknown[0].wrapping_add(100);
+    let (status, _, why) = post(&s, "web.gw.test", "message/ohttp-req", unknown).await;
+    assert_eq!(status, 400);
+    assert!(String::from_utf8_lossy(&why).contains("unknown channel key id"));
+
+    // The wrong media type; an app that did not opt in.
+    let (fresh, _) = seal_request(&keys, &inner("web.gw.test", marker)).unwrap();
+    let (status, _, why) = post(&s, "web.gw.test", "application/octet-stream", fresh.clone()).await;
+    assert_eq!(status, 415, "{}", String::from_utf8_lossy(&why));
+    let (status, _, why) = post(&s, "plain.gw.test", "message/ohttp-req", fresh).await;
+    assert_eq!(status, 404);
+    assert!(String::from_utf8_lossy(&why).contains("does not serve the encrypted channel"));
+
+    // An inner request for another app is that connection's misdirected request, sealed.
+    let (sealed, context) = seal_request(&keys, &inner("plain.gw.test", marker)).unwrap();
+    let (status, _, answer) = post(&s, "web.gw.test", "message/ohttp-req", sealed).await;
+    assert_eq!(status, 200);
+    let opened = open_response(context, &answer).unwrap();
+    assert_eq!(opened.control().status().map(|s| s.code()), Some(421));
+
+    // Only the gateway says a request came through the channel.
+    let mut h1 = s.h1("web.gw.test").await;
+    let resp = h1
+        .send_request(
+            request("GET", "web.gw.test", "/plain")
+                .header("gatehouse-channel", "ohttp")
+                .body(body(""))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let seen = text(resp).await;
+    assert!(
+        seen.contains("channel=-\n"),
+        "a client's claim is dropped:\n{seen}"
+    );
+
+    let log = s.gw.log();
+    for why in [
+        "replayed request",
+        "does not open with channel key",
+        "unknown channel key id",
+    ] {
+        assert!(
+            log.lines()
+                .any(|l| l.contains("encrypted channel request refused") && l.contains(why)),
+            "one log line names {why:?}:\n{log}"
+        );
+    }
+    assert!(!log.contains(marker), "the marker is never logged");
+}
