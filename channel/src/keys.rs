@@ -227,6 +227,38 @@ impl KeySet {
     }
 }
 
+/// What a verifier says about a claimed `application/ohttp-keys` list: the key ids it holds,
+/// current first, each an X25519 key that `ohttp` accepts; an error names what is wrong.
+pub fn describe_key_list(list: &[u8]) -> Result<String, ChannelError> {
+    let configs = KeyConfig::decode_list(list)
+        .map_err(|e| ChannelError::Keys(format!("the key list does not decode: {e}")))?;
+    if configs.is_empty() {
+        return Err(ChannelError::Keys("the key list is empty".into()));
+    }
+    // RFC 9458 §3.2: each entry is a 2-byte length, then key id (1) and KEM id (2).
+    let mut ids = Vec::new();
+    let mut rest = list;
+    while rest.len() >= 5 {
+        let len = usize::from(u16::from_be_bytes([rest[0], rest[1]]));
+        let (id, kem) = (rest[2], u16::from_be_bytes([rest[3], rest[4]]));
+        if kem != Kem::X25519Sha256 as u16 {
+            return Err(ChannelError::Keys(format!(
+                "key {id} uses KEM {kem:#06x}, not X25519 (0x0020)"
+            )));
+        }
+        ids.push(id);
+        rest = rest.get(2 + len..).unwrap_or_default();
+    }
+    let more = match ids.len() {
+        1 => String::new(),
+        n => format!(", {} earlier in their grace ({:?})", n - 1, &ids[1..]),
+    };
+    Ok(format!(
+        "current key {} (X25519, HKDF-SHA256){more}",
+        ids[0]
+    ))
+}
+
 /// Makes the first key, or a successor when the current one is due, and drops predecessors
 /// past their grace; whether anything changed.
 fn rotate(stored: &mut Stored, rotation: Rotation, now: u64) -> Result<bool, ChannelError> {
@@ -348,6 +380,22 @@ mod tests {
         let third = KeySet::load(&store, &sealer, r, t1 + DAY).await.unwrap();
         assert_eq!(third.keys().len(), 1);
         assert_eq!(third.current().id, id2);
+    }
+
+    #[tokio::test]
+    async fn encrypted_channel_key_list_is_described_and_garbage_refused() {
+        let (_dir, store, sealer) = setup().await;
+        let keys = KeySet::load(&store, &sealer, Rotation::default(), 1_000)
+            .await
+            .unwrap();
+        let list = keys.ohttp_keys(1_000).unwrap();
+        let said = describe_key_list(&list).unwrap();
+        assert!(
+            said.starts_with(&format!("current key {} (X25519", keys.current().id)),
+            "{said}"
+        );
+        assert!(describe_key_list(&list[..list.len() - 3]).is_err());
+        assert!(describe_key_list(b"").is_err());
     }
 
     #[test]

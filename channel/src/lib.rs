@@ -22,7 +22,7 @@ pub mod gate;
 pub mod keys;
 
 pub use gate::{Gate, Opened, REQUEST_MEDIA_TYPE, RESPONSE_MEDIA_TYPE};
-pub use keys::{KeySet, Rotation};
+pub use keys::{describe_key_list, KeySet, Rotation};
 
 /// Why a channel request or a key operation failed. Each message names its cause.
 #[derive(Debug, thiserror::Error)]

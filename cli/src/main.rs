@@ -97,9 +97,10 @@ enum Command {
     /// connection (ALPN gatehouse-attest/1). Then, in order: quote (dcap-qvl, with the
     /// bundle's collateral) → policy (TCB status, debug, measurements, RTMR3 events) →
     /// binding (report data = SHA-512("gatehouse-bundle-v1:" ‖ JCS(claims))) → certificate
-    /// (the served key is in the claims) → CAA (locked to the claimed ACME account). One line
-    /// per step. Exit codes: 0 verified, 1 could not fetch, 2 bad usage, 10 quote, 11 policy,
-    /// 12 binding, 13 certificate, 14 CAA.
+    /// (the served key is in the claims) → channel (the encrypted channel's keys, when
+    /// claimed, are X25519 keys ohttp accepts) → CAA (locked to the claimed ACME account). One
+    /// line per step. Exit codes: 0 verified, 1 could not fetch, 2 bad usage, 10 quote,
+    /// 11 policy, 12 binding, 13 certificate, 14 CAA, 15 channel.
     Verify {
         /// `https://host[:port]` of a name the gateway terminates.
         #[arg(required_unless_present = "offline")]

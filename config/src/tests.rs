@@ -577,3 +577,26 @@ fn ct_monitor_section_parses_and_refuses_what_would_lie() {
         .join("\n")
         .contains("\"attest\" is reserved"));
 }
+
+#[test]
+fn encrypted_channel_settings_parse_and_bad_ones_are_named() {
+    let c = parse(
+        "[proxy.http.channel]\nrotate = \"2d\"\ngrace = \"1h\"\n\
+         [[apps]]\nid = \"a\"\nmode = \"http\"\nencrypted_channel = true",
+    )
+    .unwrap();
+    assert!(c.apps[0].encrypted_channel);
+    assert_eq!(c.proxy.http.channel.rotate, Duration::from_secs(2 * 86400));
+    assert_eq!(c.proxy.http.channel.replay_window, Duration::from_secs(120));
+    let p = problems(
+        "[proxy.http.channel]\nrotate = \"1h\"\ngrace = \"2h\"\nmax_response = 0\n\
+         [[apps]]\nid = \"a\"\nencrypted_channel = true",
+    );
+    for key in [
+        "apps[0].encrypted_channel",
+        "proxy.http.channel.grace",
+        "proxy.http.channel.max_response",
+    ] {
+        assert!(p.iter().any(|l| l.starts_with(key)), "{key} in {p:#?}");
+    }
+}

@@ -1,6 +1,6 @@
 //! `gatehouse verify`: checks an attested gateway from the outside, in order: the quote
 //! (dcap-qvl), the policy, the report-data binding of the claims, the served leaf key in the
-//! claims, and CAA locked to the claimed ACME account. Each step has its own exit code.
+//! claims, the encrypted channel's keys, and CAA locked to the claimed ACME account. Each step has its own exit code.
 
 use gatehouse_attest::bundle::{self, Bundle, Claims};
 use gatehouse_attest::policy::Policy;
@@ -21,6 +21,8 @@ pub const EXIT_BINDING: u8 = 12;
 pub const EXIT_CERTIFICATE: u8 = 13;
 /// CAA does not lock the domains to the claimed account.
 pub const EXIT_CAA: u8 = 14;
+/// The claimed encrypted-channel keys are unusable.
+pub const EXIT_CHANNEL: u8 = 15;
 
 /// What to check and how.
 #[derive(Debug, Clone, Default)]
@@ -243,6 +245,27 @@ pub async fn check(
                 .map_err(|e| e.to_string())
                 .and_then(|h| served_key(o, &claims, &h));
             if !r.push("certificate", result, EXIT_CERTIFICATE) {
+                return r;
+            }
+        }
+    }
+    match &claims.channel {
+        None => r.skip("channel", "the gateway serves no encrypted channel".into()),
+        Some(c) => {
+            use base64::Engine;
+            let result = base64::engine::general_purpose::STANDARD
+                .decode(&c.ohttp_keys)
+                .map_err(|e| format!("the claimed key list is not base64: {e}"))
+                .and_then(|list| {
+                    gatehouse_channel::describe_key_list(&list).map_err(|e| e.to_string())
+                })
+                .map(|keys| {
+                    format!(
+                        "{keys}, attested: requests sealed to it open only in the TEE ({})",
+                        c.path
+                    )
+                });
+            if !r.push("channel", result, EXIT_CHANNEL) {
                 return r;
             }
         }

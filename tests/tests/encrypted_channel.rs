@@ -147,6 +147,27 @@ async fn encrypted_channel_carries_a_sealed_request_to_the_app_and_refuses_by_na
         "the served keys are the attested ones"
     );
 
+    // `gatehouse verify` checks the claimed keys after the binding.
+    let port = s.gw.addr.port();
+    let out = std::process::Command::new(gatehouse_tests::binary())
+        .args(["verify", &format!("https://web.gw.test:{port}"), "--cacert"])
+        .arg(&s.ca_pem)
+        .args([
+            "--insecure-trust-simulator-root",
+            "--accept-any-measurements",
+            "--accept-imported-keys",
+        ])
+        .args(["--connect", &format!("127.0.0.1:{port}")])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{said}");
+    assert!(
+        said.lines()
+            .any(|l| l.starts_with("✓ channel: current key") && l.contains("X25519")),
+        "{said}"
+    );
+
     // A sealed request with a marker reaches the app, with this hop's headers.
     let marker = "marker-7f3a9c";
     let (sealed, context) = seal_request(&keys, &inner("web.gw.test", marker)).unwrap();
