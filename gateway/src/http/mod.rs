@@ -92,6 +92,10 @@ impl Drop for Registered<'_> {
     }
 }
 
+/// Pingora's own timer store serves timeouts up to this long (its entries live until they
+/// would fire, completed or not); longer ones are tokio timers, freed with their read.
+pub const FAST_TIMERS_UP_TO: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// The process's HTTP proxy.
 pub struct HttpEngine {
     proxy: Arc<HttpProxy<proxy::Gatehouse>>,
@@ -140,6 +144,11 @@ impl HttpEngine {
         // so a 10-minute idle kept up to 60,000 of them per thread under steady h2 traffic
         // (the soak's +5 MB in 4 minutes, not back after the load; with 30 s: +2 MB, back).
         options.h2_idle_timeout = Some(config.header_read_timeout.min(idle));
+        // The same store holds every read and write timeout Pingora sets while a future is
+        // pending (each read of a request body or WebSocket frame waits under `idle`), each
+        // until it would have fired: the soak's WebSocket sessions kept 6 MB after the load.
+        // Past a few seconds, tokio's timers, which go when the read completes.
+        pingora_timeout::fast_timeout::set_fast_timeout_to_tokio_threshold(Some(FAST_TIMERS_UP_TO));
         proxy.server_options = Some(options);
         HttpEngine {
             proxy: Arc::new(proxy),
@@ -258,6 +267,20 @@ mod tests {
             forwarded: Arc::new(proxy::Forwarded::new("192.0.2.1:1".parse().unwrap(), sni)),
             channel: false,
         }
+    }
+
+    #[test]
+    fn soak_long_pingora_timeouts_are_timers_freed_with_their_read() {
+        let _engine = HttpEngine::new(
+            &gatehouse_config::Timeouts::default(),
+            &HttpConfig::default(),
+            std::sync::Weak::new(),
+        );
+        assert_eq!(
+            pingora_timeout::fast_timeout::fast_timeout_to_tokio_threshold(),
+            Some(FAST_TIMERS_UP_TO),
+            "a 10-minute body read timeout must not be kept in Pingora's store until it fires"
+        );
     }
 
     #[test]
