@@ -196,6 +196,34 @@ async fn encrypted_channel_carries_a_sealed_request_to_the_app_and_refuses_by_na
     }
     assert_eq!(opened.header().get(b"x-app"), Some(&b"reflecting"[..]));
 
+    // The browser package's client half (web/src/ohttp.js, bhttp.js: @hpke/core and
+    // WebCrypto) against the same gateway: what it seals opens here, what comes back opens there.
+    let web = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../web");
+    let keys_b64 = claim["ohttp_keys"].as_str().unwrap();
+    let out = std::process::Command::new("node")
+        .current_dir(&web)
+        .env("NODE_EXTRA_CA_CERTS", &s.ca_pem)
+        .args(["scripts/channel-client.mjs", "web.gw.test"])
+        .arg(s.gw.addr.port().to_string())
+        .args([keys_b64, "from-node-5e1d"])
+        .output()
+        .expect("node (installed by ./scripts/test.sh, with web/node_modules)");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{said}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let node: serde_json::Value = serde_json::from_str(said.trim()).unwrap();
+    assert_eq!(node["type"], "message/ohttp-res");
+    assert_eq!(node["status"], 200);
+    let content = node["content"].as_str().unwrap();
+    assert!(
+        content.contains("body=from-node-5e1d\n") && content.contains("channel=ohttp\n"),
+        "{content}"
+    );
+    assert!(!node["sealed"].as_str().unwrap().contains("from-node-5e1d"));
+
     // The same bytes again: a replay.
     let (status, _, why) = post(&s, "web.gw.test", "message/ohttp-req", sealed.clone()).await;
     assert_eq!(status, 400);
