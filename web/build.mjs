@@ -2,6 +2,8 @@
 // build embeds it and needs no npm):
 //   widget.js   the badge an app embeds (script tag), verifier included; also the
 //               verification page's script (its tag carries data-page)
+//   channel-worker.js  the encrypted channel's service worker, served on each app's own
+//               origin that enables it
 //   index.html and page.css, the page
 // esbuild's output is deterministic for a given lockfile, so a rebuild is byte-identical;
 // `node build.mjs --check` builds in memory and fails, naming the file, if dist/ is stale
@@ -31,6 +33,7 @@ async function bundle(entry) {
 
 const files = {
   'widget.js': await bundle('src/widget.js'),
+  'channel-worker.js': await bundle('src/channel-worker.js'),
   'index.html': readFileSync('src/page.html'),
   'page.css': readFileSync('src/page.css'),
 };

@@ -47,6 +47,10 @@ pub fn asset(path: &str) -> Option<Asset> {
     })
 }
 
+/// The encrypted channel's service worker, served on the own origin of each app that enables
+/// the channel (a service worker must come from the origin it serves).
+pub const CHANNEL_WORKER: &[u8] = include_bytes!("../../web/dist/channel-worker.js");
+
 /// The widget's Subresource Integrity value (`sha384-<base64>`), for the script tag apps
 /// copy: with it a browser runs exactly this build, whoever serves it.
 pub fn widget_integrity() -> String {

@@ -10,6 +10,7 @@ pub mod docker;
 pub mod etcd;
 pub mod faults;
 pub mod http;
+pub mod intercept;
 pub mod knot;
 pub mod netns;
 pub mod origins;

@@ -3,13 +3,22 @@
 //! through the same checks and headers as any request (plus `gatehouse-channel: ohttp`), and
 //! its answer opens with the request's context only. Refused by name: a replay, a tampered
 //! ciphertext, an unknown key id, a wrong media type, an app that did not opt in; an inner
-//! request for another app gets that app's 421, sealed.
+//! request for another app gets that app's 421, sealed. The browser package's client half
+//! talks to the same gateway from Node. And in headless Chromium, behind a TLS-intercepting
+//! proxy the browser trusts: the app's page installs the channel's service worker, a `fetch()`
+//! with a marker reaches the app while the proxy's recording never holds it; with the proxy
+//! swapping the channel key in the bundles it relays, the worker refuses and the page says so.
 
 use base64::Engine;
 use gatehouse_channel::gate::{open_response, seal_request};
+use gatehouse_tests::browser::{save_artifact, Browser};
 use gatehouse_tests::http::{body, request, text, HttpGateway};
+use gatehouse_tests::intercept::Interceptor;
+use gatehouse_tests::pki::TestCa;
 use gatehouse_tests::servers::bind_same_port;
 use http_body_util::BodyExt;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 /// An app instance that answers with what it received.
 fn reflecting(listener: tokio::net::TcpListener) {
@@ -64,7 +73,7 @@ async fn setup() -> HttpGateway {
          [[apps.instances]]\naddress = \"127.0.0.1\"\n"
     );
     let s = HttpGateway::start("[proxy.http]\naccess_log = true\n", &apps);
-    s.gw.wait_log("encrypted channel on", std::time::Duration::from_secs(20));
+    s.gw.wait_log("encrypted channel on", Duration::from_secs(20));
     s
 }
 
@@ -292,4 +301,167 @@ async fn encrypted_channel_carries_a_sealed_request_to_the_app_and_refuses_by_na
         );
     }
     assert!(!log.contains(marker), "the marker is never logged");
+}
+
+/// The app of the browser test: its page (with the widget, which installs the channel) at
+/// `/`, and `POST /echo`, which answers with what it received and keeps it in `seen`.
+fn notes_app(listener: tokio::net::TcpListener, page: String, seen: Arc<Mutex<Vec<String>>>) {
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let (page, seen) = (page.clone(), seen.clone());
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(
+                    move |req: hyper::Request<hyper::body::Incoming>| {
+                        let (page, seen) = (page.clone(), seen.clone());
+                        async move {
+                            let path = req.uri().path().to_owned();
+                            let channel = req.headers().get("gatehouse-channel").is_some();
+                            let got = req.into_body().collect().await.unwrap().to_bytes();
+                            let (ctype, body) = match path.as_str() {
+                                "/echo" => {
+                                    let text = String::from_utf8_lossy(&got).into_owned();
+                                    seen.lock()
+                                        .unwrap()
+                                        .push(format!("{text} channel={channel}"));
+                                    ("text/plain", format!("app received: {text}"))
+                                }
+                                _ => ("text/html", page),
+                            };
+                            Ok::<_, std::convert::Infallible>(
+                                hyper::Response::builder()
+                                    .header("content-type", ctype)
+                                    .body(http_body_util::Full::new(hyper::body::Bytes::from(body)))
+                                    .unwrap(),
+                            )
+                        }
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+}
+
+/// The badge's channel row state (`sealed`, `pending`, `failed`), once it has one.
+const CHANNEL_STATE: &str = "(() => { const b = document.querySelector('[data-gatehouse-badge]'); \
+                             return b && b.dataset.channel; })()";
+
+/// Loads `url`, waits for the badge to install the channel's worker and for the worker to be
+/// active, and loads it again (now controlled by the worker).
+fn install_and_reload(browser: &mut Browser, url: &str) {
+    browser.goto(url);
+    browser.wait_for(
+        &format!("!!{CHANNEL_STATE}"),
+        "the channel state",
+        Duration::from_secs(30),
+    );
+    browser.wait_for(
+        "navigator.serviceWorker.ready.then(() => true)",
+        "the channel worker active",
+        Duration::from_secs(30),
+    );
+    browser.goto(url);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn encrypted_channel_in_chromium_past_a_recording_tls_proxy_and_a_swapped_key_refused() {
+    assert!(
+        std::path::Path::new("/usr/bin/chromium").exists(),
+        "chromium is missing: scripts/test.sh installs it"
+    );
+    let (port, listeners) = bind_same_port(&[[127, 0, 0, 1]]).await;
+    let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+    let apps = format!(
+        "[[apps]]\nid = \"notes\"\nmode = \"http\"\ndefault_port = {port}\nencrypted_channel = true\n\
+         [[apps.instances]]\naddress = \"127.0.0.1\"\n"
+    );
+    let s = HttpGateway::start("", &apps);
+    s.gw.wait_log("encrypted channel on", Duration::from_secs(20));
+    // Between the browser and the gateway: an intercepting proxy whose CA the browser trusts.
+    let company = TestCa::new();
+    let proxy = Interceptor::start(
+        s.gw.addr,
+        s.ca.client(&["http/1.1"]),
+        &company,
+        &["notes.gw.test", "attest.gw.test"],
+    )
+    .await;
+    let company_pem = s.ca_pem.with_file_name("company-ca.pem");
+    std::fs::write(&company_pem, &company.pem).unwrap();
+    let at = |host: &str, path: &str| format!("https://{host}:{}{path}", proxy.addr.port());
+    let mrtd = gatehouse_attest::hex::encode(
+        &gatehouse_attest::simulator::SimulatorConfig::default().mrtd,
+    );
+    let page = format!(
+        "<!doctype html><html><head><title>Notes</title></head><body><h1>Notes</h1>\
+         <script src=\"{}\" data-channel data-mrtd=\"{mrtd}\" \
+         data-insecure-trust-simulator-root data-open></script>\
+         <script>async function send(m) {{ const r = await fetch('/echo', {{method: 'POST', body: m}}); \
+         return {{status: r.status, via: r.headers.get('x-gatehouse-channel'), text: await r.text()}}; }}</script>\
+         </body></html>",
+        at("attest.gw.test", "/widget.js")
+    );
+    for l in listeners {
+        notes_app(l, page.clone(), seen.clone());
+    }
+    let marker = "secret-note-4c1f2e";
+    let rules = format!(
+        "--host-resolver-rules=MAP *.gw.test 127.0.0.1:{}",
+        proxy.addr.port()
+    );
+    let notes = at("notes.gw.test", "/");
+    let proxy = Arc::new(proxy);
+    let p = proxy.clone();
+    tokio::task::block_in_place(move || {
+        let mut browser = Browser::launch_trusting(&[&company_pem], &[&rules]);
+        // The first load installs the worker (its own requests went over TLS only)...
+        install_and_reload(&mut browser, &notes);
+        // ...from the next, the page and its requests are sealed to the TEE.
+        browser.wait_for(
+            &format!("{CHANNEL_STATE} === 'sealed'"),
+            "the badge saying the requests are sealed",
+            Duration::from_secs(30),
+        );
+        let r = browser.eval(&format!("send('{marker}')"));
+        assert_eq!(r["status"], 200, "{r}");
+        assert_eq!(r["via"], "sealed", "{r}");
+        assert_eq!(r["text"], format!("app received: {marker}"), "{r}");
+        save_artifact(&browser.screenshot(), "encrypted-channel.png");
+        // The proxy relayed the channel, and never saw the marker, either way.
+        assert!(
+            p.saw("message/ohttp-req"),
+            "the traffic went through the proxy"
+        );
+        assert!(!p.saw(marker), "the marker crossed the proxy in clear");
+
+        // Now the proxy swaps the channel key in the bundles it relays for one of its own: a
+        // fresh browser's worker refuses it (the quote does not bind it) and sends nothing.
+        p.swap_channel_key
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        drop(browser);
+        let mut browser = Browser::launch_trusting(&[&company_pem], &[&rules]);
+        install_and_reload(&mut browser, &notes);
+        browser.wait_for(
+            "!!document.getElementById('gatehouse-channel-failed')",
+            "the failure page",
+            Duration::from_secs(30),
+        );
+        let step = browser.eval("document.getElementById('gatehouse-channel-failed').dataset.step");
+        assert_eq!(step, "binding");
+        let text = browser.eval("document.body.textContent");
+        assert!(
+            text.as_str()
+                .unwrap()
+                .contains("Nothing was sent in plain text"),
+            "{text}"
+        );
+        save_artifact(&browser.screenshot(), "encrypted-channel-swapped-key.png");
+    });
+    let seen = seen.lock().unwrap();
+    assert!(
+        seen.iter().any(|s| s == &format!("{marker} channel=true")),
+        "the app received the marker through the channel: {seen:?}"
+    );
 }

@@ -14,10 +14,13 @@
 // the event log is replayed against the quote),
 // data-tcb-statuses (accepted besides UpToDate), data-allow-debug,
 // data-accept-any-measurements (no pins: says so), data-insecure-trust-simulator-root
-// (development only: says so), data-domain, data-bundle, data-target, data-open (details open).
+// (development only: says so), data-domain, data-bundle, data-target, data-open (details open),
+// data-channel (install the encrypted channel's service worker for this page's origin, under
+// the same policy, and show whether the page's requests travel sealed through it).
 //
-// The host element carries data-state (pending | attested | verified | failed) and
-// data-failed (the failing step), and `.gatehouseReport` (the verifier's whole report); a
+// The host element carries data-state (pending | attested | verified | failed),
+// data-failed (the failing step), data-channel (sealed | failed | pending | unsupported, with
+// data-channel), and `.gatehouseReport` (the verifier's whole report); a
 // `gatehouse-attestation` event with the report as `detail` bubbles from it.
 
 import { verifyBundle, fromBase64 } from './verify.js';
@@ -51,7 +54,41 @@ export function optionsFrom(data, scriptSrc, pageHost) {
     simulator,
     simulatorRootDer: simulator ? fromBase64(SIMULATOR_ROOT_CA_B64) : undefined,
     open: 'open' in data,
+    channel: 'channel' in data,
+    workerQuery: workerQuery(data),
   };
+}
+
+const WORKER_PATH = '/.well-known/gatehouse/channel-worker.js';
+const STATUS_PATH = '/.well-known/gatehouse/channel-status';
+
+/** The channel worker's policy, as its script URL's query (channel-worker.js reads it). */
+function workerQuery(data) {
+  const q = new URLSearchParams();
+  for (const k of ['mrtd', 'rtmr0', 'rtmr1', 'rtmr2', 'rtmr3', 'events']) if (data[k]) q.set(k, list(data[k]).join(','));
+  if (data.tcbStatuses) q.set('tcb_statuses', list(data.tcbStatuses).join(','));
+  if ('acceptAnyMeasurements' in data) q.set('accept_any_measurements', '');
+  if ('insecureTrustSimulatorRoot' in data) q.set('insecure_trust_simulator_root', '');
+  return q.toString();
+}
+
+/**
+ * Installs the channel's worker for this origin and asks it how this page's requests travel:
+ * {state: sealed | failed | pending | unsupported, detail}.
+ */
+async function channelState(opts) {
+  if (!('serviceWorker' in navigator)) return { state: 'unsupported', detail: 'this browser has no service workers: requests go over TLS only' };
+  try {
+    await navigator.serviceWorker.register(`${WORKER_PATH}?${opts.workerQuery}`, { scope: '/' });
+  } catch (e) {
+    return { state: 'failed', detail: `the channel worker could not be installed: ${e.message}` };
+  }
+  if (!navigator.serviceWorker.controller) {
+    return { state: 'pending', detail: 'installed: the requests of this page load went over TLS only; the next ones are sealed' };
+  }
+  const s = await fetch(STATUS_PATH, { cache: 'no-store' }).then((r) => r.json()).catch(() => ({ state: 'failed', detail: 'no answer from the channel worker' }));
+  if (s.state === 'sealed') return { state: 'sealed', detail: `this page's requests are sealed to the TEE's key ${s.keyId} (end to end, past any TLS interception)` };
+  return { state: 'failed', detail: s.failed ? `verification failed at ${s.failed}: ${s.detail}` : s.detail };
 }
 
 async function run(host, shadow, opts) {
@@ -74,6 +111,13 @@ async function run(host, shadow, opts) {
   }
   const summary = summarize(report, opts.domain, opts.simulator);
   renderBadge(shadow, summary, { open: opts.open });
+  if (opts.channel) {
+    const ch = await channelState(opts);
+    host.dataset.channel = ch.state;
+    const status = { sealed: 'ok', failed: 'fail' }[ch.state] || 'skip';
+    summary.rows.push({ step: 'channel', status, label: 'Channel', detail: ch.detail });
+    renderBadge(shadow, summary, { open: opts.open });
+  }
   host.gatehouseReport = report;
   host.dataset.state = summary.state;
   if (report.failed) host.dataset.failed = report.failed;

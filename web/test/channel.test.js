@@ -53,3 +53,39 @@ test('a response opens only with its own request context', async () => {
   const junk = new Uint8Array(16 + 40);
   await assert.rejects(openResponse(context, junk), /does not open with this request's context/);
 });
+
+// The service worker's decision, on a real simulated bundle that carries a channel key
+// (recorded from `gatehouse run`, the development defaults).
+import { readFileSync } from 'node:fs';
+import { establish, policyFrom } from '../src/channel-worker.js';
+
+const channelBundle = () => JSON.parse(readFileSync(new URL('./fixtures/simulated-bundle-channel.json', import.meta.url)));
+const workerOptions = (extra = '') => {
+  const b = channelBundle();
+  return { ...policyFrom(`?insecure_trust_simulator_root&accept_any_measurements${extra}`), now: b.claims.issued_at };
+};
+
+test('channel worker: the key is taken from a verified bundle only', async () => {
+  const ok = await establish(async () => channelBundle(), workerOptions());
+  assert.equal(ok.failed, undefined, JSON.stringify(ok.report && ok.report.steps));
+  assert.equal(ok.key.id, 1);
+  const b = channelBundle();
+  // Another key put in the claims: the quote no longer binds them.
+  b.claims.channel.ohttp_keys = b.claims.channel.ohttp_keys.replace('AC0BACBE', 'AC0CACBE');
+  const swapped = await establish(async () => b, workerOptions());
+  assert.equal(swapped.failed, 'binding');
+  assert.equal(swapped.key, undefined, 'no key from an unverified bundle');
+  const wrongMrtd = await establish(async () => channelBundle(), { ...workerOptions(`&mrtd=${'00'.repeat(48)}`), acceptAnyMeasurements: false });
+  assert.equal(wrongMrtd.failed, 'policy');
+  const gone = await establish(async () => { throw new Error('503'); }, workerOptions());
+  assert.equal(gone.failed, 'fetch');
+});
+
+test('channel worker: the policy comes from the script URL', () => {
+  const o = policyFrom('?mrtd=aa,bb&events=gatehouse-version=1.0&tcb_statuses=SWHardeningNeeded');
+  assert.deepEqual(o.policy.mrtd, ['aa', 'bb']);
+  assert.deepEqual(o.policy.events, { 'gatehouse-version': '1.0' });
+  assert.deepEqual(o.policy.tcb_statuses, ['SWHardeningNeeded']);
+  assert.equal(o.simulator, false);
+  assert.equal(o.simulatorRootDer, undefined, 'the simulator root only when asked');
+});

@@ -6,7 +6,9 @@
 //! (plus `gatehouse-channel: ohttp`, which no client can set) and the access log all apply.
 //! Its response is read whole (up to `max_response`), encoded as Binary HTTP and sealed to the
 //! request's context. `GET /.well-known/gatehouse/ohttp-keys` serves the public keys (the
-//! attested copy is in the bundle's claims; a client takes it from there).
+//! attested copy is in the bundle's claims; a client takes it from there), and
+//! `/.well-known/gatehouse/channel-worker.js` the service worker that speaks the channel for
+//! the app's pages (`web/src/channel-worker.js`, `Service-Worker-Allowed: /`).
 
 use super::proxy::Ctx;
 use super::ConnInfo;
@@ -21,6 +23,8 @@ use pingora_proxy::Session;
 
 /// Where the public keys are served (beside the channel).
 pub const KEYS_PATH: &str = "/.well-known/gatehouse/ohttp-keys";
+/// Where the service worker that speaks the channel is served (scope: the whole origin).
+pub const WORKER_PATH: &str = "/.well-known/gatehouse/channel-worker.js";
 
 /// Fields a Binary HTTP message may carry that are this hop's business, not the message's.
 fn hop_by_hop(name: &[u8]) -> bool {
@@ -101,6 +105,25 @@ pub(super) async fn serve(
         .await;
     };
     let req = session.req_header();
+    if req.uri.path() == WORKER_PATH {
+        let mut resp = ResponseHeader::build(200, Some(5))?;
+        resp.insert_header("content-type", "text/javascript; charset=utf-8")?;
+        resp.insert_header(
+            "content-length",
+            crate::verify_site::CHANNEL_WORKER.len().to_string(),
+        )?;
+        resp.insert_header("service-worker-allowed", "/")?;
+        resp.insert_header("cache-control", "no-cache")?;
+        resp.insert_header("x-content-type-options", "nosniff")?;
+        session.write_response_header(Box::new(resp), false).await?;
+        session
+            .write_response_body(
+                Some(Bytes::from_static(crate::verify_site::CHANNEL_WORKER)),
+                true,
+            )
+            .await?;
+        return Ok(true);
+    }
     if req.uri.path() == KEYS_PATH {
         return match channel.ohttp_keys() {
             Ok(list) => answer(session, 200, KEYS_MEDIA_TYPE, list).await,
@@ -160,7 +183,7 @@ pub(super) async fn serve(
 
 /// Whether `path` is one the channel answers.
 pub fn is_channel_path(path: &str) -> bool {
-    path == CHANNEL_PATH || path == KEYS_PATH
+    path == CHANNEL_PATH || path == KEYS_PATH || path == WORKER_PATH
 }
 
 /// The inner Binary HTTP request as an HTTP/1.1 request to this app: `https` only, its own
