@@ -301,6 +301,10 @@ async fn encrypted_channel_carries_a_sealed_request_to_the_app_and_refuses_by_na
         );
     }
     assert!(!log.contains(marker), "the marker is never logged");
+    assert!(
+        log.contains("path=(sealed)") && !log.contains("/submit"),
+        "the access log keeps the sealed path out:\n{log}"
+    );
 }
 
 /// The app of the browser test: its page (with the widget, which installs the channel) at

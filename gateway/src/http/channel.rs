@@ -204,9 +204,7 @@ fn inner_request(m: &bhttp::Message, sni: &str) -> Result<http::Request<Full<Byt
     }
     let path = text(c.path(), "path")?;
     if !path.starts_with('/') {
-        return Err(format!(
-            "the inner request's path {path:?} does not start with /"
-        ));
+        return Err("the inner request's path does not start with /".into());
     }
     if is_channel_path(path.split('?').next().unwrap_or("")) {
         return Err("a channel request inside the channel".into());

@@ -595,7 +595,9 @@ impl ProxyHttp for Gatehouse {
                 app = %conn.route.app.spec.id,
                 client = %ctx.client.map(|c| c.ip().to_string()).unwrap_or_default(),
                 method = %req.method,
-                path = %req.uri.path(),
+                // A request opened from the encrypted channel keeps its path out of the
+                // log: the log leaves the TEE, the path was sealed.
+                path = %if conn.channel { "(sealed)" } else { req.uri.path() },
                 version = ?req.version,
                 status,
                 ms = took.as_millis() as u64,
