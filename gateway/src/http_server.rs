@@ -192,12 +192,12 @@ async fn serve_with<H, F>(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     /// A TLS acceptor and a client config trusting it, for `reg.test`.
-    fn tls_pair() -> (tokio_rustls::TlsAcceptor, Arc<rustls::ClientConfig>) {
+    pub(crate) fn tls_pair() -> (tokio_rustls::TlsAcceptor, Arc<rustls::ClientConfig>) {
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let cert = rcgen::generate_simple_self_signed(vec!["reg.test".into()]).unwrap();
         let key =

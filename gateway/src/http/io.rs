@@ -7,6 +7,14 @@
 //! the connection or the end of a response until the next request header is parsed), a read
 //! past it fails with `TimedOut`, so a client that trickles a header byte by byte is closed.
 //! Pingora's own read timeout is per read, which such a client never trips.
+//!
+//! Writes to a TLS client are encrypted at once but leave the socket on flush, or once
+//! [`WRITE_DEFERRED_UP_TO`] bytes wait: a response's header and a small body (Pingora writes
+//! them apart and flushes at the body's end) leave in one `writev`, not two (the HTTP mode's
+//! profile: one loopback write costs as much as a request's whole parse). nginx holds output
+//! the same way (`postpone_output 1460`). Pingora flushes after 1xx, header-only responses,
+//! each chunk of a chunked or close-delimited body and at every body's end; h2 flushes
+//! after each batch of frames; so nothing waits past its response.
 
 use crate::hello::replay::Prefixed;
 use crate::upstream::health::now_ms;
@@ -47,6 +55,9 @@ macro_rules! inner_poll {
 }
 
 static NEXT_ID: AtomicI32 = AtomicI32::new(1);
+
+/// Plaintext bytes a TLS client's writes may wait for a flush: about one segment.
+pub const WRITE_DEFERRED_UP_TO: usize = 1460;
 
 /// When the next request header must be complete ([`now_ms`] clock), or disarmed.
 #[derive(Debug, Default)]
@@ -106,6 +117,8 @@ pub struct TlsIo {
     ssl: Arc<SslDigest>,
     alpn: Option<ALPN>,
     header_timer: Option<Timer>,
+    /// Plaintext bytes encrypted into the TLS session since its last flush to the socket.
+    deferred: usize,
 }
 
 impl TlsIo {
@@ -135,6 +148,7 @@ impl TlsIo {
             ssl: Arc::new(SslDigest::new(cipher, version, None, None, Vec::new())),
             alpn,
             header_timer: None,
+            deferred: 0,
         }
     }
 
@@ -150,6 +164,7 @@ impl TlsIo {
             ssl: Arc::new(SslDigest::new("ohttp", "TLSv1.3", None, None, Vec::new())),
             alpn: Some(ALPN::H1),
             header_timer: None,
+            deferred: 0,
         }
     }
 
@@ -197,11 +212,42 @@ impl AsyncWrite for TlsIo {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        inner_poll!(self, cx, poll_write, buf)
+        let this = &mut *self;
+        let Inner::Tls(tls) = &mut this.inner else {
+            return inner_poll!(this, cx, poll_write, buf);
+        };
+        if buf.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        loop {
+            // Encrypts into the session's outgoing records; 0 once rustls' own buffer limit
+            // (64 KiB) is reached, which only a client that stopped reading makes happen.
+            let n = std::io::Write::write(&mut tls.get_mut().1.writer(), buf)?;
+            this.deferred += n;
+            if this.deferred < WRITE_DEFERRED_UP_TO {
+                return Poll::Ready(Ok(n));
+            }
+            match Pin::new(tls.as_mut()).poll_flush(cx) {
+                Poll::Ready(Ok(())) => {
+                    this.deferred = 0;
+                    if n > 0 {
+                        return Poll::Ready(Ok(n));
+                    }
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending if n > 0 => return Poll::Ready(Ok(n)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        inner_poll!(self, cx, poll_flush)
+        let this = &mut *self;
+        let flushed = inner_poll!(this, cx, poll_flush);
+        if let Poll::Ready(Ok(())) = flushed {
+            this.deferred = 0;
+        }
+        flushed
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
@@ -255,3 +301,84 @@ impl GetSocketDigest for TlsIo {
 
 #[async_trait::async_trait]
 impl Peek for TlsIo {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::mem::MaybeUninit;
+    use tokio::io::AsyncReadExt;
+
+    /// Whether bytes wait in `tcp`'s receive queue (a loopback write lands there before the
+    /// sender's call returns).
+    fn bytes_waiting(tcp: &TcpStream) -> bool {
+        let mut b = [MaybeUninit::<u8>::uninit(); 1];
+        match socket2::SockRef::from(tcp).peek(&mut b) {
+            Ok(n) => n > 0,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => false,
+            Err(e) => panic!("peek: {e}"),
+        }
+    }
+
+    /// Issue 22 (the HTTP mode's writes): a response header and a small body, written apart
+    /// as Pingora writes them, stay in the TLS session until the flush, which sends both in
+    /// one `writev`; a write past [`WRITE_DEFERRED_UP_TO`] leaves without a flush; a shutdown
+    /// sends what is held; the client reads every byte.
+    #[tokio::test]
+    async fn http_speed_a_header_and_a_small_body_leave_together_at_the_flush() {
+        let (acceptor, client) = crate::http_server::tests::tls_pair();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let connect = async {
+            let tcp = TcpStream::connect(addr).await.unwrap();
+            let name = rustls_pki_types::ServerName::try_from("reg.test").unwrap();
+            tokio_rustls::TlsConnector::from(client)
+                .connect(name, tcp)
+                .await
+                .unwrap()
+        };
+        let accept = async {
+            let (tcp, peer) = listener.accept().await.unwrap();
+            tcp.set_nodelay(true).unwrap();
+            let tls = acceptor
+                .accept(Prefixed::new(tcp, Vec::new(), 0))
+                .await
+                .unwrap();
+            TlsIo::new(tls, peer)
+        };
+        let (mut client, mut io) = tokio::join!(connect, accept);
+        // One exchange first, so that the session tickets sent after the handshake are read.
+        io.write_all(b"ready").await.unwrap();
+        io.flush().await.unwrap();
+        let mut ready = [0u8; 5];
+        client.read_exact(&mut ready).await.unwrap();
+        assert!(!bytes_waiting(client.get_ref().0));
+
+        let header = b"HTTP/1.1 200 OK\r\ncontent-length: 1024\r\n\r\n";
+        io.write_all(header).await.unwrap();
+        io.write_all(&[b'x'; 1024]).await.unwrap();
+        assert!(
+            !bytes_waiting(client.get_ref().0),
+            "header and body are held until the flush"
+        );
+        io.flush().await.unwrap();
+        let mut got = vec![0u8; header.len() + 1024];
+        client.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got[..header.len()], header);
+        assert!(got[header.len()..].iter().all(|&b| b == b'x'));
+
+        io.write_all(&[b'y'; 8192]).await.unwrap();
+        let mut bulk = vec![0u8; 8192];
+        let read = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            client.read_exact(&mut bulk),
+        );
+        read.await.expect("a large write leaves unflushed").unwrap();
+        assert!(bulk.iter().all(|&b| b == b'y'));
+
+        io.write_all(b"last").await.unwrap();
+        AsyncWriteExt::shutdown(&mut io).await.unwrap();
+        let mut rest = Vec::new();
+        client.read_to_end(&mut rest).await.unwrap();
+        assert_eq!(rest, b"last");
+    }
+}
