@@ -55,8 +55,22 @@ pub struct Pebble {
 }
 
 impl Pebble {
-    /// Starts Pebble; panics with a clear message if it is not installed.
+    /// Starts Pebble; panics with a clear message if it is not installed or does not start.
+    /// Its ports are chosen free, then bound by Pebble seconds later (it makes its CA keys
+    /// first): another process may take one meanwhile, so a bind refusal starts it again on
+    /// new ports.
     pub fn start(opts: &PebbleOptions) -> Pebble {
+        for _ in 0..4 {
+            match Pebble::try_start(opts) {
+                Ok(pebble) => return pebble,
+                Err(log) if log.contains("address already in use") => continue,
+                Err(log) => panic!("pebble did not start:\n{log}"),
+            }
+        }
+        panic!("pebble did not start: its ports were taken four times over")
+    }
+
+    fn try_start(opts: &PebbleOptions) -> Result<Pebble, String> {
         assert!(
             std::path::Path::new("/usr/bin/pebble").exists(),
             "pebble not installed: run ./scripts/test.sh, which installs Debian's pebble"
@@ -110,7 +124,7 @@ impl Pebble {
             None => &mut cmd,
         };
         let child = cmd.spawn().unwrap();
-        let pebble = Pebble {
+        let mut pebble = Pebble {
             child,
             directory: format!("https://127.0.0.1:{listen}/dir"),
             api_ca,
@@ -119,14 +133,13 @@ impl Pebble {
         };
         let deadline = Instant::now() + Duration::from_secs(20);
         while pebble.get(&pebble.directory).is_none() {
-            assert!(
-                Instant::now() < deadline,
-                "pebble did not start:\n{}",
-                pebble.log()
-            );
+            let exited = matches!(pebble.child.try_wait(), Ok(Some(_)));
+            if exited || Instant::now() >= deadline {
+                return Err(pebble.log());
+            }
             std::thread::sleep(Duration::from_millis(50));
         }
-        pebble
+        Ok(pebble)
     }
 
     fn get(&self, url: &str) -> Option<String> {
