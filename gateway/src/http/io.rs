@@ -255,6 +255,45 @@ impl AsyncWrite for TlsIo {
     }
 }
 
+/// Writes TLS records to a socket without waiting (`try_write`): for [`TlsIo`]'s drop.
+struct NoWait<'a>(&'a TcpStream);
+
+impl std::io::Write for NoWait<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.try_write(buf)
+    }
+
+    fn write_vectored(&mut self, bufs: &[std::io::IoSlice<'_>]) -> std::io::Result<usize> {
+        self.0.try_write_vectored(bufs)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for TlsIo {
+    /// Sends what waits for a flush that will not come: Pingora drops a connection whose
+    /// upstream broke mid-response without flushing it, and the client must still see the
+    /// header and the bytes that arrived (then the cut), as it did before writes waited.
+    /// Best effort, never blocking: a full socket buffer keeps the rest.
+    fn drop(&mut self) {
+        if self.deferred == 0 {
+            return;
+        }
+        if let Inner::Tls(tls) = &mut self.inner {
+            let (io, session) = tls.get_mut();
+            let mut out = NoWait(io.get_ref());
+            while session.wants_write() {
+                match session.write_tls(&mut out) {
+                    Ok(n) if n > 0 => {}
+                    _ => break,
+                }
+            }
+        }
+    }
+}
+
 #[async_trait::async_trait]
 impl Shutdown for TlsIo {
     async fn shutdown(&mut self) {
@@ -319,12 +358,9 @@ mod tests {
         }
     }
 
-    /// Issue 22 (the HTTP mode's writes): a response header and a small body, written apart
-    /// as Pingora writes them, stay in the TLS session until the flush, which sends both in
-    /// one `writev`; a write past [`WRITE_DEFERRED_UP_TO`] leaves without a flush; a shutdown
-    /// sends what is held; the client reads every byte.
-    #[tokio::test]
-    async fn http_speed_a_header_and_a_small_body_leave_together_at_the_flush() {
+    /// A TLS client and the server's end of its connection as a [`TlsIo`], after one
+    /// exchange (so that the session tickets sent after the handshake are read).
+    async fn connected() -> (tokio_rustls::client::TlsStream<TcpStream>, TlsIo) {
         let (acceptor, client) = crate::http_server::tests::tls_pair();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -346,13 +382,21 @@ mod tests {
             TlsIo::new(tls, peer)
         };
         let (mut client, mut io) = tokio::join!(connect, accept);
-        // One exchange first, so that the session tickets sent after the handshake are read.
         io.write_all(b"ready").await.unwrap();
         io.flush().await.unwrap();
         let mut ready = [0u8; 5];
         client.read_exact(&mut ready).await.unwrap();
         assert!(!bytes_waiting(client.get_ref().0));
+        (client, io)
+    }
 
+    /// Issue 22 (the HTTP mode's writes): a response header and a small body, written apart
+    /// as Pingora writes them, stay in the TLS session until the flush, which sends both in
+    /// one `writev`; a write past [`WRITE_DEFERRED_UP_TO`] leaves without a flush; a shutdown
+    /// sends what is held; the client reads every byte.
+    #[tokio::test]
+    async fn http_speed_a_header_and_a_small_body_leave_together_at_the_flush() {
+        let (mut client, mut io) = connected().await;
         let header = b"HTTP/1.1 200 OK\r\ncontent-length: 1024\r\n\r\n";
         io.write_all(header).await.unwrap();
         io.write_all(&[b'x'; 1024]).await.unwrap();
@@ -380,5 +424,20 @@ mod tests {
         let mut rest = Vec::new();
         client.read_to_end(&mut rest).await.unwrap();
         assert_eq!(rest, b"last");
+    }
+
+    /// What waits for a flush still leaves when the connection is dropped without one
+    /// (Pingora's path when the upstream breaks mid-response): the client sees the header
+    /// and the bytes that came, then the end.
+    #[tokio::test]
+    async fn http_speed_held_bytes_leave_when_the_connection_is_dropped() {
+        let (mut client, mut io) = connected().await;
+        let partial = b"HTTP/1.1 200 OK\r\ncontent-length: 4096\r\n\r\nfirst part";
+        io.write_all(partial).await.unwrap();
+        assert!(!bytes_waiting(client.get_ref().0));
+        drop(io);
+        let mut got = Vec::new();
+        let _ = client.read_to_end(&mut got).await; // no close_notify: an error at the end
+        assert_eq!(got, partial);
     }
 }
