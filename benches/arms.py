@@ -1,5 +1,7 @@
-"""The proxies under test: gatehouse, nginx and HAProxy, each with one worker pinned to the
-proxy CPU, TLS 1.3, the same ECDSA P-256 chain, access logs off. One config per role:
+"""The proxies under test: gatehouse, nginx, HAProxy, Caddy and h2o, each with one worker (Caddy:
+GOMAXPROCS=1) pinned to the proxy CPU, TLS 1.3, the same ECDSA P-256 chain, access logs off.
+Caddy and h2o (Debian's, without stream/layer-4 modules) play the http role only. One config
+per role:
 
   terminate    TLS terminated, plaintext relayed to the origin (L4, like gatehouse's tcp mode)
   passthrough  SNI read without terminating, TLS relayed to the origin's TLS port
@@ -7,8 +9,13 @@ proxy CPU, TLS 1.3, the same ECDSA P-256 chain, access logs off. One config per 
                keep-alive upstream connections, X-Forwarded-For / -Proto set on each request
 
 `resumption` switches session tickets and caches on or off (full vs resumed handshakes).
+
+Two references, not peers, play the http role beside them: `floor-pingora` and `floor-hyper`
+(benches/tools/src/http_floor.rs), the same TLS stack with no gateway work, to show what the
+HTTP request path itself costs on Pingora and on hyper.
 """
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -21,10 +28,19 @@ PASS_HOST = "tlsorigins.bench.test"
 HTTP_HOST = "web.bench.test"
 
 
+ROLES = ("terminate", "passthrough", "http")
+
+
 class Arm:
     """A proxy process; `pid` is the one whose CPU and memory are measured."""
 
     name = "?"
+    roles = ROLES
+    binary = None  # the program an optional arm needs on PATH
+
+    @classmethod
+    def available(cls, env):
+        return cls.binary is None or shutil.which(cls.binary) is not None
 
     def __init__(self, env):
         self.env = env
@@ -57,11 +73,15 @@ class Arm:
     def measured_pid(self):
         return self.proc.pid  # taskset execs in place
 
+    def spawn_env(self):
+        return None  # the harness's own
+
     def _spawn(self, argv, cwd):
         log = open(os.path.join(cwd, f"{self.name}.log"), "ab")
         self.proc = subprocess.Popen(
             ["taskset", "-c", self.env.cpu_proxy] + argv,
             cwd=cwd, stdout=log, stderr=log, start_new_session=True,
+            env=self.spawn_env(),
         )
         wait_port(PROXY_PORT)
 
@@ -347,4 +367,113 @@ http {{
             self.proc.wait()
 
 
-ARMS = [Gatehouse, Nginx, Haproxy]
+class Caddy(Arm):
+    name = "caddy"
+    roles = ("http",)
+    binary = "caddy"
+
+    def config(self, role, resumption):
+        e = self.env
+        # Caddy sets X-Forwarded-For/-Proto/-Host on every proxied request by default.
+        return f"""
+{{
+    admin off
+    auto_https off
+    storage file_system {e.work}/caddy-data
+    servers {{
+        protocols h1 h2
+    }}
+}}
+https://{HTTP_HOST}:{PROXY_PORT} {{
+    bind 127.0.0.1
+    tls {e.work}/chain.pem {e.work}/leaf.key {{
+        protocols tls1.3
+    }}
+    reverse_proxy 127.0.0.1:{ORIGIN_HTTP} {{
+        transport http {{
+            keepalive 600s
+            keepalive_idle_conns 64
+            keepalive_idle_conns_per_host 64
+        }}
+    }}
+}}
+"""
+
+    config_file = "Caddyfile"
+
+    def spawn_env(self):
+        w = self.env.work
+        return dict(os.environ, GOMAXPROCS="1", HOME=w, XDG_DATA_HOME=w, XDG_CONFIG_HOME=w)
+
+    def argv(self, path):
+        return ["caddy", "run", "--adapter", "caddyfile", "--config", path]
+
+
+class H2o(Arm):
+    name = "h2o"
+    roles = ("http",)
+    binary = "h2o"
+
+    def config(self, role, resumption):
+        e = self.env
+        # h2o emits X-Forwarded-For/-Proto by default (proxy.emit-x-forwarded-headers).
+        return f"""
+num-threads: 1
+user: root
+pid-file: {e.work}/h2o.pid
+error-log: {e.work}/h2o.err
+listen:
+  host: 127.0.0.1
+  port: {PROXY_PORT}
+  ssl:
+    certificate-file: {e.work}/chain.pem
+    key-file: {e.work}/leaf.key
+hosts:
+  "{HTTP_HOST}:{PROXY_PORT}":
+    paths:
+      /:
+        proxy.reverse.url: http://127.0.0.1:{ORIGIN_HTTP}/
+        proxy.preserve-host: ON
+        proxy.timeout.keepalive: 600000
+"""
+
+    config_file = "h2o.conf"
+
+    def argv(self, path):
+        return ["h2o", "-c", path]
+
+
+class Floor(Arm):
+    """benches/tools/src/http_floor.rs: TLS as gatehouse terminates it, then `engine` alone."""
+
+    roles = ("http",)
+    engine = "?"
+
+    @classmethod
+    def available(cls, env):
+        return os.path.exists(env.floor)
+
+    def config(self, role, resumption):
+        return f"# http_floor {self.engine}: no config file; see benches/tools/src/http_floor.rs\n"
+
+    config_file = "floor.txt"
+
+    def argv(self, path):
+        e = self.env
+        return [e.floor, self.engine, f"127.0.0.1:{PROXY_PORT}", f"127.0.0.1:{ORIGIN_HTTP}",
+                f"{e.work}/chain.pem", f"{e.work}/leaf.key"]
+
+
+class FloorPingora(Floor):
+    name = "floor-pingora"
+    engine = "pingora"
+
+
+class FloorHyper(Floor):
+    name = "floor-hyper"
+    engine = "hyper"
+
+
+ARMS = [Gatehouse, Nginx, Haproxy, Caddy, H2o, FloorPingora, FloorHyper]
+PEERS = ("nginx", "haproxy", "caddy", "h2o")
+REFERENCES = ("floor-pingora", "floor-hyper")

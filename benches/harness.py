@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Gatehouse vs nginx vs HAProxy, side by side, interleaved, on this machine.
+"""Gatehouse vs nginx, HAProxy, Caddy and h2o, side by side, interleaved, on this machine.
 
 Primary figure: the proxy's CPU time per operation (/proc/<pid>/stat). Throughput ratios are
 reported only when the proxy was >= 90 % busy in every arm. See benches/README.md.
@@ -32,6 +32,8 @@ class Env:
         self.cpu_proxy = "1" if ncpu > 1 else "0"
         self.cpu_load = "0"
         self.gatehouse = args.gatehouse
+        self.floor = args.floor
+        self.tls_load = os.path.join(os.path.dirname(args.floor), "tls_load")
         self.oha = args.oha
         self.proxy_port = arms.PROXY_PORT
         self.term_host = arms.TERM_HOST
@@ -90,6 +92,14 @@ def workloads(quick):
             return {"value": cpu / max(gb, 1e-9), "rate": gb / wall, "busy": cpu / wall, "errors": r["errors"], "unit": "cpu_s_per_GB"}
         return run
 
+    def handshakes(group):
+        def run(env, arm, d=d):
+            addr = f"127.0.0.1:{arms.PROXY_PORT}"
+            r, cpu, wall = loads.measure_cpu(arm.pid, lambda: loads.tls_load(env, addr, arms.TERM_HOST, group, d, 32))
+            n = r["connections"]
+            return {"value": cpu / max(n, 1) * 1e6, "rate": n / wall, "busy": cpu / wall, "errors": r["errors"], "unit": "cpu_us_per_conn"}
+        return run
+
     def idle(n):
         def run(env, arm, d=None):
             before = loads.rss_kb(arm.pid)
@@ -104,6 +114,8 @@ def workloads(quick):
         ("K1-http-1KiB", "http", True, per_request(f"{web}/f/1k", 32)),
         ("H1-full-handshake", "terminate", False, per_request(f"{term}/0", 32, close=True, unit="conn")),
         ("H2-resumed", "terminate", True, per_request(f"{term}/0", 32, close=True, unit="conn")),
+        ("H3-pq-x25519", "terminate", False, handshakes("x25519")),
+        ("H3-pq-x25519mlkem768", "terminate", False, handshakes("x25519mlkem768")),
         ("B1-terminate-1MiB", "terminate", True, per_gb(f"{term}/f/1m", 4)),
         ("B1-passthrough-1MiB", "passthrough", True, per_gb(f"{pas}/f/1m", 4)),
         ("P1-keepalive", "passthrough", True, per_request(f"{pas}/0", 32)),
@@ -141,7 +153,7 @@ def run_latency(env, results, rounds, quick):
         rate = int(peer_max * pct / 100)
         results[name] = {}
         for _ in range(rounds):
-            for cls in arms.ARMS:
+            for cls in playing("terminate", env):
                 arm = cls(env)
                 arm.start("terminate", True)
                 try:
@@ -162,6 +174,8 @@ def main():
     ap.add_argument("--only", default="", help="comma-separated workload name prefixes")
     target = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
     ap.add_argument("--gatehouse", default=os.path.join(target, "release/gatehouse"))
+    ap.add_argument("--floor", default=os.path.join(target, "release/http_floor"),
+                    help="the http_floor binary (benches/tools) (the floor-* reference arms; skipped when absent)")
     ap.add_argument("--oha", default=None, help="oha binary for L1 (open-loop latency)")
     ap.add_argument("--out", default=HERE, help="where RESULTS.md and results.json go")
     args = ap.parse_args()
@@ -178,7 +192,7 @@ def main():
                 continue
             results[name] = {}
             for r in range(rounds):
-                for cls in arms.ARMS:  # interleaved: A B C A B C ...
+                for cls in playing(role, env, name):  # interleaved: A B C A B C ...
                     arm = cls(env)
                     arm.start(role, resumption)
                     try:
@@ -205,6 +219,14 @@ def main():
     report.write(args.out, meta, results, env)
 
 
+def playing(role, env, workload=""):
+    """The arms that can play `role` and are installed here (every peer is, via deps.sh). H3
+    (post-quantum key exchange) is gatehouse's alone: the peers' OpenSSL 3.0 has no ML-KEM."""
+    if workload.startswith("H3-"):
+        return [arms.Gatehouse] if os.path.exists(env.tls_load) else []
+    return [cls for cls in arms.ARMS if role in cls.roles and cls.available(env)]
+
+
 def machine():
     cpu = "?"
     with open("/proc/cpuinfo") as f:
@@ -220,13 +242,18 @@ def versions(env):
     def first_line(argv):
         r = subprocess.run(argv, capture_output=True, text=True)
         return (r.stdout + r.stderr).strip().splitlines()[0]
-    return {
+    v = {
         "gatehouse": first_line([env.gatehouse, "--version"]),
         "nginx": first_line(["nginx", "-v"]),
         "haproxy": first_line(["haproxy", "-v"]),
         "wrk": first_line(["wrk", "-v"]),
         "openssl": first_line(["openssl", "version"]),
     }
+    if arms.Caddy.available(env):
+        v["caddy"] = first_line(["caddy", "version"])
+    if arms.H2o.available(env):
+        v["h2o"] = first_line(["h2o", "--version"])
+    return v
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Load generators and measurements: wrk (closed loop), oha (open loop, latency), an asyncio
+"""Load generators and measurements: wrk (closed loop), oha (open loop, latency), tls_load
+(post-quantum handshakes), an asyncio
 client that holds idle TLS connections, and the proxy's CPU time and RSS from /proc."""
 import asyncio
 import json
@@ -66,6 +67,16 @@ def oha(env, url, rate, conns, seconds):
         "rps": data["summary"]["requestsPerSec"],
         "ok": data["summary"]["successRate"],
     }
+
+
+def tls_load(env, addr, sni, group, seconds, conns):
+    """benches/tools/src/tls_load.rs on the load CPU: full TLS 1.3 handshakes offering `group`."""
+    argv = ["taskset", "-c", env.cpu_load, env.tls_load, addr, sni, os.path.join(env.work, "ca.pem"), group,
+            str(seconds), str(conns)]
+    out = subprocess.run(argv, capture_output=True, text=True)
+    if not out.stdout.strip():
+        raise RuntimeError(f"tls_load failed: {out.stderr.strip()}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 async def _hold(host, port, sni, n, ctx):

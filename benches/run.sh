@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Benchmarks gatehouse against nginx and HAProxy on this machine; writes benches/RESULTS.md and
+# Benchmarks gatehouse against nginx, HAProxy, Caddy and h2o on this machine; writes benches/RESULTS.md and
 # benches/results.json. Usage: ./benches/run.sh [--quick] [--rounds N] [--only K1,H1]
 # Installs what it needs from Debian (and oha from crates.io for the latency workload).
 set -euo pipefail
@@ -16,7 +16,7 @@ if [[ " $* " != *" --quick "* && " $* " != *" --oha "* ]] && { [ -z "$only" ] ||
   fi
   command -v oha >/dev/null && oha=(--oha "$(command -v oha)")
 fi
-echo "== cargo build --release -p gatehouse-cli"
-cargo build --release -q -p gatehouse-cli
+echo "== cargo build --release -p gatehouse-cli -p gatehouse-bench-tools"
+cargo build --release -q -p gatehouse-cli -p gatehouse-bench-tools
 # The harness itself runs on the load CPU; it pins each proxy to the other one.
 exec taskset -c 0 python3 benches/harness.py "${oha[@]}" "$@"
