@@ -33,7 +33,7 @@ pub async fn route(
             Ok(v) => create_app(control, v).await,
             Err(r) => r,
         },
-        ("GET", ["apps", id]) => match apps(control).into_iter().find(|a| a.id == *id) {
+        ("GET", ["apps", id]) => match app(control, id) {
             Some(a) => json(200, &a),
             None => error(404, format!("no app {id:?}")),
         },
@@ -180,24 +180,34 @@ fn origin_name(o: Origin) -> &'static str {
 /// Every app in the live table, sorted by id.
 pub fn apps(control: &Control) -> Vec<AppView> {
     let routes = &control.shared.routes;
-    let declared: Vec<_> = routes
+    let declared: std::collections::HashMap<String, gatehouse::route::AppSpec> = routes
         .static_apps()
         .into_iter()
         .chain(routes.api_apps())
+        .map(|d| (d.id.clone(), d))
         .collect();
     let bases = control.config().proxy.base_domains.clone();
     let table = routes.table();
     let mut out: Vec<AppView> = table
         .apps()
-        .map(|app| view(app, &declared, &bases))
+        .map(|app| view(app, declared.get(&app.spec.id), &bases))
         .collect();
     out.sort_by(|a, b| a.id.cmp(&b.id));
     out
 }
 
-fn view(app: &Arc<App>, declared: &[gatehouse::route::AppSpec], bases: &[String]) -> AppView {
+/// One app's view (without building every app's).
+pub fn app(control: &Control, id: &str) -> Option<AppView> {
+    let routes = &control.shared.routes;
+    let table = routes.table();
+    let app = table.app(id)?;
+    let bases = control.config().proxy.base_domains.clone();
+    Some(view(app, routes.declared(id).as_ref(), &bases))
+}
+
+/// The view of `app`, declared as `own` (its instances not there came from the VPC).
+fn view(app: &Arc<App>, own: Option<&gatehouse::route::AppSpec>, bases: &[String]) -> AppView {
     let spec = &app.spec;
-    let own = declared.iter().find(|d| d.id == spec.id);
     let now = gatehouse::upstream::health::now_ms();
     let instances = app
         .instances
@@ -326,10 +336,10 @@ async fn create_app(control: &Arc<Control>, value: serde_json::Value) -> Reply {
 
 /// Publishes the records and answers with the app's view.
 async fn published(control: &Control, id: &str, status: u16) -> Reply {
-    if let Err(e) = control.publish_records().await {
+    if let Err(e) = control.publish_app(id).await {
         return error(503, format!("stored, but not yet published: {e}"));
     }
-    match apps(control).into_iter().find(|a| a.id == id) {
+    match app(control, id) {
         Some(a) => json(status, &a),
         None => error(
             500,
@@ -359,8 +369,7 @@ async fn stored<'c>(
         return Err(not_ours(id, o));
     }
     let records = control.records.get().ok_or_else(no_store)?;
-    let mut all = records.apps().await.map_err(|e| error(503, e))?;
-    match all.remove(id) {
+    match records.app(id).await.map_err(|e| error(503, e))? {
         Some(s) => Ok((s, records)),
         None => Err(error(404, format!("no app {id:?}"))),
     }
@@ -399,7 +408,7 @@ async fn delete_app(control: &Arc<Control>, id: &str) -> Reply {
         Err(r) => return r,
     };
     match records.delete(id).await {
-        Ok(_) => match control.publish_records().await {
+        Ok(_) => match control.publish_app(id).await {
             Ok(()) => json(200, &serde_json::json!({ "deleted": id })),
             Err(e) => error(503, format!("deleted, but not yet published: {e}")),
         },
@@ -474,7 +483,7 @@ async fn drain(control: &Arc<Control>, id: &str, addr: &str, on: bool, caller: &
     if let Err(e) = records.set_drained(id, addr, on, &caller.id).await {
         return error(503, e);
     }
-    if let Err(e) = control.publish_records().await {
+    if let Err(e) = control.publish_others().await {
         return error(503, format!("stored, but not yet published: {e}"));
     }
     let drained: BTreeSet<_> = control.shared.routes.drained();

@@ -122,7 +122,7 @@ impl OnDemand {
             .add_domain(domain, &record)
             .await
             .map_err(|e| e.to_string())?;
-        control.publish_records().await.map_err(|e| e.to_string())?;
+        control.publish_others().await.map_err(|e| e.to_string())?;
         Ok(true)
     }
 }

@@ -15,6 +15,11 @@ use std::sync::Arc;
 /// The prefix every control-plane record lives under.
 pub const PREFIX: &str = "control/";
 const APPS: &str = "control/apps/";
+
+/// The app id a store key names, when it is an app's record.
+pub fn app_of_key(key: &str) -> Option<&str> {
+    key.strip_prefix(APPS)
+}
 const DRAINED: &str = "control/drained/";
 const DOMAINS: &str = "control/domains/";
 const REACH: &str = "control/vpc-reach/";
@@ -109,6 +114,22 @@ impl Records {
             );
         }
         Ok(apps)
+    }
+
+    /// One stored app (`None` when there is none, or its record does not open or names
+    /// another app).
+    pub async fn app(&self, id: &str) -> Result<Option<StoredApp>, ControlError> {
+        let key = format!("{APPS}{id}");
+        let Some(v) = self.store.get(&key).await? else {
+            return Ok(None);
+        };
+        Ok(self
+            .open::<AppConfig>(&key, &v.value)
+            .filter(|app| app.id == id)
+            .map(|app| StoredApp {
+                app,
+                version: v.version,
+            }))
     }
 
     /// Stores a new app; false when one with its id is stored already.

@@ -390,7 +390,7 @@ pub async fn add_domain(
         Ok(false) => return error(409, format!("{domain} is added already")),
         Err(e) => return error(503, e),
     }
-    if let Err(e) = control.publish_records().await {
+    if let Err(e) = control.publish_others().await {
         return error(503, format!("stored, but not yet applied: {e}"));
     }
     json(
@@ -406,7 +406,7 @@ pub async fn delete_domain(control: &Control, name: &str) -> Reply {
     };
     let name = name.trim_end_matches('.').to_ascii_lowercase();
     match records.delete_domain(&name).await {
-        Ok(true) => match control.publish_records().await {
+        Ok(true) => match control.publish_others().await {
             Ok(()) => json(200, &serde_json::json!({ "deleted": name })),
             Err(e) => error(503, format!("deleted, but not yet applied: {e}")),
         },

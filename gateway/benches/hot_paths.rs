@@ -6,7 +6,8 @@ use divan::{black_box, Bencher};
 use gatehouse::hello::{parse, record};
 use gatehouse::route::{AppSpec, RouteTable};
 use gatehouse::terminate::certs::{CertSet, KeyOrigin};
-use std::sync::Arc;
+
+mod common;
 
 fn main() {
     divan::main();
@@ -54,7 +55,7 @@ fn table(apps: usize) -> RouteTable {
 fn route_lookup(bencher: Bencher, apps: usize) {
     let t = table(apps);
     let names: Vec<String> = (0..64)
-        .map(|i| format!("app{:07x}-8080.gw.example.com", (i * 7919) % apps))
+        .map(|i| format!("app{:07x}-80.gw.example.com", (i * 7919) % apps))
         .collect();
     let mut i = 0;
     bencher.bench_local(|| {
@@ -66,20 +67,7 @@ fn route_lookup(bencher: Bencher, apps: usize) {
 /// Certificate choice: exact hit, wildcard hit, miss, among 1,000 certificates.
 #[divan::bench(args = ["exact", "wildcard", "miss"])]
 fn certificate_choice(bencher: Bencher, kind: &str) {
-    let kp = rcgen::KeyPair::generate().unwrap();
-    let cert = rcgen::CertificateParams::new(vec!["x.test".to_string()])
-        .unwrap()
-        .self_signed(&kp)
-        .unwrap();
-    let key = rustls_pki_types::PrivateKeyDer::try_from(kp.serialize_der()).unwrap();
-    let ck = Arc::new(
-        rustls::sign::CertifiedKey::from_der(
-            vec![cert.der().clone()],
-            key,
-            &rustls::crypto::aws_lc_rs::default_provider(),
-        )
-        .unwrap(),
-    );
+    let ck = common::certified_key();
     let mut set = CertSet::default();
     for i in 0..500 {
         set.insert(

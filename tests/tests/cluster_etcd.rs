@@ -370,6 +370,50 @@ fn cluster_status_and_a_node_that_loses_etcd_keeps_serving() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+    // A replacement and a removal travel the same way: b publishes the one app each event
+    // names (Control::publish_app), not the whole store.
+    let mut capped = made.clone();
+    capped["max_connections"] = json!(7);
+    let replaced = call(
+        a.admin.unwrap(),
+        "PUT",
+        "/v1/apps/made",
+        None,
+        Some(&capped),
+    );
+    assert_eq!(replaced.status, 200, "{:?}", replaced.body);
+    let on_b = |want: u16| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let r = call(b.admin.unwrap(), "GET", "/v1/apps/made", None, None);
+            if r.status == want && (want != 200 || r.body["max_connections"] == 7) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "b still shows {:?}", r.body);
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    on_b(200);
+    let kept = call(
+        a.admin.unwrap(),
+        "POST",
+        "/v1/apps",
+        None,
+        Some(
+            &json!({ "id": "kept", "default_port": echo.port(), "instances": [{ "address": "127.0.0.1" }] }),
+        ),
+    );
+    assert_eq!(kept.status, 201, "{:?}", kept.body);
+    assert_eq!(
+        call(a.admin.unwrap(), "DELETE", "/v1/apps/made", None, None).status,
+        200
+    );
+    on_b(404);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while call(b.admin.unwrap(), "GET", "/v1/apps/kept", None, None).status != 200 {
+        assert!(Instant::now() < deadline, "the second app never reached b");
+        std::thread::sleep(Duration::from_millis(200));
+    }
     for m in status["members"].as_array().unwrap() {
         let beat = m["last_heartbeat"].as_u64().expect("a heartbeat");
         assert!(status["read_at"].as_u64().unwrap() - beat <= 10, "{m}");

@@ -81,7 +81,8 @@ pub enum TxtError {
     Failed(String),
 }
 
-type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+/// A boxed, sendable future (what a [`TxtLookup`] returns).
+pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 
 /// Looks up TXT records. The real one is hickory; tests of the cache use a counting one.
 pub trait TxtLookup: Send + Sync + Debug + 'static {

@@ -2,10 +2,11 @@
 //! published through `ArcSwap` so the hot path reads it without a lock.
 
 use super::name::{self, Mode, NameError, Readings};
+use super::shards::AppMap;
 use crate::http::stats::AppStats;
 use crate::upstream::balancer::Instance;
 use gatehouse_config::{AppConfig, AppMode, HealthCheckConfig, ProxyProtocolVersion, Reach};
-use std::collections::HashMap;
+use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
@@ -239,7 +240,34 @@ pub enum BuildError {
 pub struct RouteTable {
     /// Base domains, lower-case, longest first.
     bases: Vec<Box<str>>,
-    apps: HashMap<Box<str>, Arc<App>>,
+    apps: AppMap,
+}
+
+/// The instances an operator drained: (app id, address).
+type Drained = BTreeSet<(String, IpAddr)>;
+
+/// The data plane's app for `spec`, sharing the load counters, health and statistics of `old`
+/// (the same app in the snapshot before), with the `drained` instances marked.
+fn make_app(spec: AppSpec, old: Option<&Arc<App>>, drained: &Drained) -> Arc<App> {
+    let instances = spec
+        .instances
+        .iter()
+        .map(|addr| {
+            let instance = old
+                .and_then(|o| o.instances.iter().find(|i| i.addr == *addr).cloned())
+                .unwrap_or_else(|| Arc::new(Instance::new(*addr)));
+            // (the set's key is owned: no allocation for the common case of no drains)
+            instance
+                .set_drained(!drained.is_empty() && drained.contains(&(spec.id.clone(), *addr)));
+            instance
+        })
+        .collect();
+    Arc::new(App {
+        active: old.map(|o| o.active.clone()).unwrap_or_default(),
+        http_stats: old.map(|o| o.http_stats.clone()).unwrap_or_default(),
+        spec,
+        instances,
+    })
 }
 
 impl RouteTable {
@@ -260,38 +288,22 @@ impl RouteTable {
         base_domains: &[String],
         specs: Vec<AppSpec>,
         previous: Option<&RouteTable>,
-        drained: &std::collections::BTreeSet<(String, IpAddr)>,
+        drained: &Drained,
     ) -> Result<RouteTable, BuildError> {
         let mut bases: Vec<Box<str>> = base_domains
             .iter()
             .map(|b| b.to_ascii_lowercase().into())
             .collect();
         bases.sort_by_key(|b| std::cmp::Reverse(b.len()));
-        let mut apps = HashMap::with_capacity(specs.len());
+        let mut apps = AppMap::with_capacity(specs.len());
         for spec in specs {
             let old = previous.and_then(|p| p.apps.get(spec.id.as_str()));
-            let instances = spec
-                .instances
-                .iter()
-                .map(|addr| {
-                    let instance = old
-                        .and_then(|o| o.instances.iter().find(|i| i.addr == *addr).cloned())
-                        .unwrap_or_else(|| Arc::new(Instance::new(*addr)));
-                    instance.set_drained(drained.contains(&(spec.id.clone(), *addr)));
-                    instance
-                })
-                .collect();
-            let active = old.map(|o| o.active.clone()).unwrap_or_default();
-            let http_stats = old.map(|o| o.http_stats.clone()).unwrap_or_default();
-            let id: Box<str> = spec.id.as_str().into();
-            let app = Arc::new(App {
-                spec,
-                instances,
-                active,
-                http_stats,
-            });
-            if apps.insert(id.clone(), app).is_some() {
-                return Err(BuildError::Duplicate(id.into()));
+            let id: Arc<str> = spec.id.as_str().into();
+            if apps
+                .insert(id.clone(), make_app(spec, old, drained))
+                .is_some()
+            {
+                return Err(BuildError::Duplicate(id.to_string()));
             }
         }
         for id in apps.keys() {
@@ -302,6 +314,45 @@ impl RouteTable {
             }
         }
         Ok(RouteTable { bases, apps })
+    }
+
+    /// This table with the apps of `upserts` rebuilt or added and the ids of `removed` gone,
+    /// everything else shared: the cost is that of the changed apps (each copies its shard of
+    /// the map), not of the table. Load and health carry over as in [`RouteTable::build`];
+    /// `drained` marks the rebuilt apps' instances.
+    pub fn patch(
+        &self,
+        upserts: Vec<AppSpec>,
+        removed: &[String],
+        drained: &Drained,
+    ) -> Result<RouteTable, BuildError> {
+        let mut apps = self.apps.clone();
+        for id in removed {
+            apps.remove(id);
+        }
+        let mut changed = std::collections::HashSet::with_capacity(upserts.len());
+        for spec in upserts {
+            let id: Arc<str> = spec.id.as_str().into();
+            if !changed.insert(id.clone()) {
+                return Err(BuildError::Duplicate(id.to_string()));
+            }
+            apps.insert(id.clone(), make_app(spec, self.apps.get(&id), drained));
+        }
+        for id in &changed {
+            if let Some(stem) = id.strip_suffix(['s', 'g']).filter(|s| apps.contains_key(s)) {
+                return Err(BuildError::Ambiguous(stem.into(), id.to_string()));
+            }
+            for flag in ["s", "g"] {
+                let flagged = format!("{id}{flag}");
+                if apps.contains_key(&flagged) {
+                    return Err(BuildError::Ambiguous(id.to_string(), flagged));
+                }
+            }
+        }
+        Ok(RouteTable {
+            bases: self.bases.clone(),
+            apps,
+        })
     }
 
     /// Whether `sni` (lower case) is the attestation name of a base domain
@@ -375,6 +426,12 @@ impl RouteTable {
     /// Number of apps.
     pub fn len(&self) -> usize {
         self.apps.len()
+    }
+
+    /// How many of the app map's 256 shards this table shares with `other` (a patched
+    /// table shares every shard its changes did not touch).
+    pub fn shards_shared_with(&self, other: &RouteTable) -> usize {
+        self.apps.shared_with(&other.apps)
     }
 
     /// Whether the table has no app.
@@ -499,6 +556,73 @@ mod tests {
         assert_eq!(app2.instances[2].active(), 0);
         drop(slot);
         assert!(app2.admit(client, 1.0).is_ok());
+    }
+
+    #[test]
+    fn scale_patch_rebuilds_the_changed_app_and_shares_the_rest() {
+        let specs: Vec<AppSpec> = (0..1000u32)
+            .map(|i| spec(&format!("app{i}"), &[[10, 0, (i >> 8) as u8, i as u8]]))
+            .collect();
+        let t1 = table(specs);
+        let before = t1.app("app7").unwrap().clone();
+        let _load = crate::upstream::balancer::Load::start(before.instances[0].clone());
+        let mut changed = spec("app7", &[[10, 0, 0, 7], [10, 9, 9, 9]]);
+        changed.max_connections = 3;
+        let t2 = t1
+            .patch(
+                vec![changed, spec("new", &[])],
+                &["app8".into()],
+                &Default::default(),
+            )
+            .unwrap();
+        assert_eq!(t2.len(), 1000, "one added, one removed");
+        assert!(t2.app("app8").is_none() && t2.app("new").is_some());
+        let after = t2.app("app7").unwrap();
+        assert_eq!(after.spec.max_connections, 3);
+        assert_eq!(
+            after.instances[0].active(),
+            1,
+            "the kept instance's load carried over"
+        );
+        assert!(Arc::ptr_eq(&before.instances[0], &after.instances[0]));
+        assert!(
+            Arc::ptr_eq(t1.app("app500").unwrap(), t2.app("app500").unwrap()),
+            "an untouched app is the same object"
+        );
+        // app7, app8 and new live in at most three shards; the other 253+ are shared.
+        assert!(
+            t2.shards_shared_with(&t1) >= 253,
+            "{}",
+            t2.shards_shared_with(&t1)
+        );
+        assert!(
+            t1.app("app8").is_some() && t1.app("new").is_none(),
+            "the old snapshot is intact"
+        );
+        assert_eq!(t1.app("app7").unwrap().spec.max_connections, 0);
+    }
+
+    #[test]
+    fn scale_patch_refuses_what_a_build_refuses() {
+        let t = table(vec![spec("web", &[]), spec("dbg", &[])]);
+        let none = Drained::default();
+        assert_eq!(
+            t.patch(vec![spec("webs", &[])], &[], &none).unwrap_err(),
+            BuildError::Ambiguous("web".into(), "webs".into())
+        );
+        assert_eq!(
+            t.patch(vec![spec("db", &[])], &[], &none).unwrap_err(),
+            BuildError::Ambiguous("db".into(), "dbg".into())
+        );
+        assert_eq!(
+            t.patch(vec![spec("x", &[]), spec("x", &[])], &[], &none)
+                .unwrap_err(),
+            BuildError::Duplicate("x".into())
+        );
+        // removing the flagged one makes room
+        assert!(t
+            .patch(vec![spec("db", &[])], &["dbg".into()], &none)
+            .is_ok());
     }
 
     #[test]

@@ -54,15 +54,20 @@ pub struct CertSet {
     exact: HashMap<String, Arc<CertifiedKey>>,
     /// Keyed by the part after `*.`.
     wildcard: HashMap<String, Arc<CertifiedKey>>,
-    /// Each inserted key with its origin (a handful of keys: a list is enough).
-    origins: Vec<(Arc<CertifiedKey>, KeyOrigin)>,
+    /// Each inserted key with its origin, by the key's address (held, so the address is
+    /// not reused while it is a key).
+    origins: HashMap<usize, (Arc<CertifiedKey>, KeyOrigin)>,
+}
+
+/// A key's identity: its allocation (one per certificate, shared by its names).
+fn key_id(key: &Arc<CertifiedKey>) -> usize {
+    Arc::as_ptr(key) as usize
 }
 
 impl CertSet {
     /// Adds `key` for each of `names` (lower-cased; `*.x` is a wildcard). Later adds win.
     pub fn insert(&mut self, names: &[String], key: Arc<CertifiedKey>, origin: KeyOrigin) {
-        self.origins.retain(|(k, _)| !Arc::ptr_eq(k, &key));
-        self.origins.push((key.clone(), origin));
+        self.origins.insert(key_id(&key), (key.clone(), origin));
         for name in names {
             let name = name.to_ascii_lowercase();
             match name.strip_prefix("*.") {
@@ -192,11 +197,10 @@ impl CertResolver {
     /// The chains served now (leaf first), each once.
     pub fn chains(&self) -> Vec<Vec<CertificateDer<'static>>> {
         let set = self.0.load();
-        let mut seen: Vec<*const CertifiedKey> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
         let mut out = Vec::new();
         for key in set.exact.values().chain(set.wildcard.values()) {
-            if !seen.contains(&Arc::as_ptr(key)) {
-                seen.push(Arc::as_ptr(key));
+            if seen.insert(key_id(key)) {
                 out.push(key.cert.iter().map(|c| c.clone().into_owned()).collect());
             }
         }
@@ -206,17 +210,15 @@ impl CertResolver {
     /// The end-entity certificates served now, each once, with where their keys came from.
     pub fn leaves(&self) -> Vec<(CertificateDer<'static>, KeyOrigin)> {
         let set = self.0.load();
-        let mut seen: Vec<*const CertifiedKey> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
         let mut out = Vec::new();
         for key in set.exact.values().chain(set.wildcard.values()) {
-            if seen.contains(&Arc::as_ptr(key)) {
+            if !seen.insert(key_id(key)) {
                 continue;
             }
-            seen.push(Arc::as_ptr(key));
             let origin = set
                 .origins
-                .iter()
-                .find(|(k, _)| Arc::ptr_eq(k, key))
+                .get(&key_id(key))
                 .map_or(KeyOrigin::Imported, |(_, o)| *o);
             if let Some(leaf) = key.cert.first() {
                 out.push((leaf.clone().into_owned(), origin));
