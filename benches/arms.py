@@ -7,6 +7,8 @@ per role:
   passthrough  SNI read without terminating, TLS relayed to the origin's TLS port
   http         TLS terminated, HTTP reverse-proxied (L7, like gatehouse's http mode): pooled
                keep-alive upstream connections, X-Forwarded-For / -Proto set on each request
+  h2           the same with h2 on both sides, as gRPC runs (gatehouse's `g` names): h2 from
+               the client by ALPN, h2 with prior knowledge to the origin's h2c port
 
 `resumption` switches session tickets and caches on or off (full vs resumed handshakes).
 
@@ -23,12 +25,14 @@ import time
 PROXY_PORT = 19443
 ORIGIN_HTTP = 18080
 ORIGIN_TLS = 18443
+ORIGIN_H2C = 18081
 TERM_HOST = "origin.bench.test"
 PASS_HOST = "tlsorigins.bench.test"
 HTTP_HOST = "web.bench.test"
+H2_HOST = f"web-{ORIGIN_H2C}g.bench.test"  # gatehouse: app web, port 18081, h2 to the instance
 
 
-ROLES = ("terminate", "passthrough", "http")
+ROLES = ("terminate", "passthrough", "http", "h2")
 
 
 class Arm:
@@ -149,6 +153,7 @@ address = "127.0.0.1"
 id = "web"
 mode = "http"
 default_port = {ORIGIN_HTTP}
+ports = [{ORIGIN_HTTP}, {ORIGIN_H2C}]
 [[apps.instances]]
 address = "127.0.0.1"
 
@@ -178,7 +183,27 @@ class Nginx(Arm):
         ssl_protocols TLSv1.3;
         ssl_session_tickets {tickets};
         ssl_session_cache {cache};"""
-        if role == "http":
+        if role == "h2":
+            block = f"""
+http {{
+    access_log off;
+    keepalive_requests 100000000;
+    keepalive_timeout 600s;
+    upstream origin {{
+        server 127.0.0.1:{ORIGIN_H2C};
+        keepalive 64;
+    }}
+    server {{
+        listen 127.0.0.1:{PROXY_PORT} ssl http2;
+        {tls}
+        location / {{
+            grpc_pass grpc://origin;
+            grpc_set_header X-Forwarded-For $remote_addr;
+            grpc_set_header X-Forwarded-Proto https;
+        }}
+    }}
+}}"""
+        elif role == "http":
             block = f"""
 http {{
     access_log off;
@@ -219,7 +244,7 @@ http {{
         ssl_preread on;
         proxy_pass $upstream;
     }}"""
-        if role != "http":
+        if role not in ("http", "h2"):
             block = f"""
 stream {{
     proxy_timeout 600s;
@@ -254,8 +279,19 @@ class Haproxy(Arm):
         e = self.env
         cache = "" if resumption else "    tune.ssl.cachesize 0\n"
         tickets = "" if resumption else " no-tls-tickets"
-        mode = "http" if role == "http" else "tcp"
-        if role == "http":
+        mode = "http" if role in ("http", "h2") else "tcp"
+        if role == "h2":
+            front = f"""
+frontend fe
+    bind 127.0.0.1:{PROXY_PORT} ssl crt {e.work}/haproxy.pem ssl-min-ver TLSv1.3 alpn h2{tickets}
+    option forwardfor
+    http-request set-header X-Forwarded-Proto https
+    default_backend be
+backend be
+    http-reuse safe
+    server origin 127.0.0.1:{ORIGIN_H2C} proto h2
+"""
+        elif role == "http":
             front = f"""
 frontend fe
     bind 127.0.0.1:{PROXY_PORT} ssl crt {e.work}/haproxy.pem ssl-min-ver TLSv1.3{tickets}
@@ -344,6 +380,7 @@ http {{
     server {{
         listen 127.0.0.1:{ORIGIN_HTTP} backlog=4096;
         listen 127.0.0.1:{ORIGIN_TLS} ssl backlog=4096;
+        listen 127.0.0.1:{ORIGIN_H2C} http2 backlog=4096;
         ssl_certificate {e.work}/chain.pem;
         ssl_certificate_key {e.work}/leaf.key;
         ssl_protocols TLSv1.3;
@@ -360,6 +397,7 @@ http {{
                                      stdout=log, stderr=log, start_new_session=True)
         wait_port(ORIGIN_HTTP)
         wait_port(ORIGIN_TLS)
+        wait_port(ORIGIN_H2C)
 
     def stop(self):
         if self.proc:
@@ -369,7 +407,7 @@ http {{
 
 class Caddy(Arm):
     name = "caddy"
-    roles = ("http",)
+    roles = ("http", "h2")
     binary = "caddy"
 
     def config(self, role, resumption):
@@ -384,12 +422,12 @@ class Caddy(Arm):
         protocols h1 h2
     }}
 }}
-https://{HTTP_HOST}:{PROXY_PORT} {{
+https://{H2_HOST if role == "h2" else HTTP_HOST}:{PROXY_PORT} {{
     bind 127.0.0.1
     tls {e.work}/chain.pem {e.work}/leaf.key {{
         protocols tls1.3
     }}
-    reverse_proxy 127.0.0.1:{ORIGIN_HTTP} {{
+    reverse_proxy {f"h2c://127.0.0.1:{ORIGIN_H2C}" if role == "h2" else f"127.0.0.1:{ORIGIN_HTTP}"} {{
         transport http {{
             keepalive 600s
             keepalive_idle_conns 64

@@ -58,6 +58,9 @@ def setup(env):
         f.write("subjectAltName=DNS:*.bench.test,DNS:bench.test\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n")
     sh("openssl x509 -req -in leaf.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 30 -extfile ext.cnf -out leaf.pem")
     sh("cat leaf.pem ca.pem > chain.pem && cat chain.pem leaf.key > haproxy.pem")
+    # one unary gRPC message: the 5-byte frame header (uncompressed, length) and 100 bytes
+    with open(os.path.join(w, "grpc.bin"), "wb") as f:
+        f.write(b"\x00" + (100).to_bytes(4, "big") + os.urandom(100))
     os.makedirs(os.path.join(w, "www/f"))
     for name, size in [("1k", 1024), ("1m", 1 << 20), ("100m", 100 << 20)]:
         with open(os.path.join(w, "www/f", name), "wb") as f:
@@ -65,13 +68,13 @@ def setup(env):
     # wrk takes SNI from the URL's host, so the names must resolve to loopback
     with open("/etc/hosts") as f:
         hosts = f.read()
-    line = f"127.0.0.1 {arms.TERM_HOST} {arms.PASS_HOST} {arms.HTTP_HOST}\n"
+    line = f"127.0.0.1 {arms.TERM_HOST} {arms.PASS_HOST} {arms.HTTP_HOST} {arms.H2_HOST}\n"
     if line not in hosts:
         with open("/etc/hosts", "a") as f:
             f.write(line)
 
 
-def workloads(quick):
+def workloads(quick, work):
     """(name, role, resumption, runner) in report order; runner(env, arm) -> sample dict."""
     d = 2 if quick else 8
     term = f"https://{arms.TERM_HOST}:{arms.PROXY_PORT}"
@@ -90,6 +93,17 @@ def workloads(quick):
             r, cpu, wall = loads.measure_cpu(arm.pid, lambda: loads.wrk(env, url, conns, d))
             gb = r["bytes"] / 1e9
             return {"value": cpu / max(gb, 1e-9), "rate": gb / wall, "busy": cpu / wall, "errors": r["errors"], "unit": "cpu_s_per_GB"}
+        return run
+
+    def h2_streams(grpc=False):
+        url = f"https://{arms.H2_HOST}:{arms.PROXY_PORT}/0"
+        body = os.path.join(work, "grpc.bin") if grpc else None
+        headers = ("content-type: application/grpc", "te: trailers") if grpc else ()
+
+        def run(env, arm, d=d):
+            r, cpu, wall = loads.measure_cpu(arm.pid, lambda: loads.h2load(env, url, 4, 32, d, body, headers))
+            n = r["requests"]
+            return {"value": cpu / max(n, 1) * 1e6, "rate": n / wall, "busy": cpu / wall, "errors": r["errors"], "unit": "cpu_us_per_req"}
         return run
 
     def handshakes(group):
@@ -112,6 +126,8 @@ def workloads(quick):
         ("K1-1KiB", "terminate", True, per_request(f"{term}/f/1k", 32)),
         ("K1-http-0B", "http", True, per_request(f"{web}/0", 32)),
         ("K1-http-1KiB", "http", True, per_request(f"{web}/f/1k", 32)),
+        ("K2-h2-0B", "h2", True, h2_streams()),
+        ("K2-grpc-unary", "h2", True, h2_streams(grpc=True)),
         ("H1-full-handshake", "terminate", False, per_request(f"{term}/0", 32, close=True, unit="conn")),
         ("H2-resumed", "terminate", True, per_request(f"{term}/0", 32, close=True, unit="conn")),
         ("H3-pq-x25519", "terminate", False, handshakes("x25519")),
@@ -187,7 +203,7 @@ def main():
     origin.start()
     results = {}
     try:
-        for name, role, resumption, run in workloads(args.quick):
+        for name, role, resumption, run in workloads(args.quick, env.work):
             if args.only and not any(name.startswith(p) for p in args.only.split(",")):
                 continue
             results[name] = {}

@@ -1,4 +1,4 @@
-"""Load generators and measurements: wrk (closed loop), oha (open loop, latency), tls_load
+"""Load generators and measurements: wrk (closed loop), h2load (h2 streams), oha (open loop, latency), tls_load
 (post-quantum handshakes), an asyncio
 client that holds idle TLS connections, and the proxy's CPU time and RSS from /proc."""
 import asyncio
@@ -67,6 +67,25 @@ def oha(env, url, rate, conns, seconds):
         "rps": data["summary"]["requestsPerSec"],
         "ok": data["summary"]["successRate"],
     }
+
+
+def h2load(env, url, conns, streams, seconds, body=None, headers=()):
+    """h2load on the load CPU: `conns` h2 connections with `streams` concurrent streams each
+    (POSTs of `body` when given); returns requests done and errors (failures, non-2xx)."""
+    argv = ["taskset", "-c", env.cpu_load, "h2load", "-t1", f"-c{conns}", f"-m{streams}", f"-D{seconds}",
+            "--warm-up-time=1"]
+    if body:
+        argv += ["-d", body]
+    for h in headers:
+        argv += ["-H", h]
+    out = subprocess.run(argv + [url], capture_output=True, text=True, env=env.client_env).stdout
+    m = re.search(r"requests: \d+ total, \d+ started, \d+ done, (\d+) succeeded, (\d+) failed, (\d+) errored, (\d+) timeout", out)
+    codes = re.search(r"status codes: \d+ 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", out)
+    if not m or not codes:
+        raise RuntimeError(f"h2load output not understood:\n{out}")
+    ok = int(m.group(1)) - sum(int(x) for x in codes.groups())
+    errors = sum(int(x) for x in m.groups()[1:]) + sum(int(x) for x in codes.groups())
+    return {"requests": ok, "errors": errors, "raw": out}
 
 
 def tls_load(env, addr, sni, group, seconds, conns):
