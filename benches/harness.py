@@ -32,8 +32,9 @@ class Env:
         self.cpu_proxy = "1" if ncpu > 1 else "0"
         self.cpu_load = "0"
         self.gatehouse = args.gatehouse
-        self.floor = args.floor
-        self.tls_load = os.path.join(os.path.dirname(args.floor), "tls_load")
+        # benches/tools' programs (the floor arms, H3); absent for the soak, which needs none
+        self.floor = getattr(args, "floor", None) or ""
+        self.tls_load = os.path.join(os.path.dirname(self.floor), "tls_load") if self.floor else ""
         self.oha = args.oha
         self.proxy_port = arms.PROXY_PORT
         self.term_host = arms.TERM_HOST
