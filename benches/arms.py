@@ -183,46 +183,32 @@ class Nginx(Arm):
         ssl_protocols TLSv1.3;
         ssl_session_tickets {tickets};
         ssl_session_cache {cache};"""
-        if role == "h2":
-            block = f"""
-http {{
-    access_log off;
-    keepalive_requests 100000000;
-    keepalive_timeout 600s;
-    upstream origin {{
-        server 127.0.0.1:{ORIGIN_H2C};
-        keepalive 64;
-    }}
-    server {{
-        listen 127.0.0.1:{PROXY_PORT} ssl http2;
-        {tls}
-        location / {{
-            grpc_pass grpc://origin;
+        if role in ("http", "h2"):
+            # h2: nginx's h2 upstream is grpc_pass
+            h2 = role == "h2"
+            port, listen = (ORIGIN_H2C, " http2") if h2 else (ORIGIN_HTTP, "")
+            location = """grpc_pass grpc://origin;
             grpc_set_header X-Forwarded-For $remote_addr;
-            grpc_set_header X-Forwarded-Proto https;
-        }}
-    }}
-}}"""
-        elif role == "http":
-            block = f"""
-http {{
-    access_log off;
-    keepalive_requests 100000000;
-    keepalive_timeout 600s;
-    upstream origin {{
-        server 127.0.0.1:{ORIGIN_HTTP};
-        keepalive 64;
-    }}
-    server {{
-        listen 127.0.0.1:{PROXY_PORT} ssl;
-        {tls}
-        location / {{
-            proxy_pass http://origin;
+            grpc_set_header X-Forwarded-Proto https;""" if h2 else """proxy_pass http://origin;
             proxy_http_version 1.1;
             proxy_set_header Connection "";
             proxy_set_header Host $host;
             proxy_set_header X-Forwarded-For $remote_addr;
-            proxy_set_header X-Forwarded-Proto https;
+            proxy_set_header X-Forwarded-Proto https;"""
+            block = f"""
+http {{
+    access_log off;
+    keepalive_requests 100000000;
+    keepalive_timeout 600s;
+    upstream origin {{
+        server 127.0.0.1:{port};
+        keepalive 64;
+    }}
+    server {{
+        listen 127.0.0.1:{PROXY_PORT} ssl{listen};
+        {tls}
+        location / {{
+            {location}
         }}
     }}
 }}"""
