@@ -34,6 +34,9 @@ pub struct ProxyConfig {
     /// service on the gateway host itself (the admin listener). The gateway's own listeners
     /// are never reachable as instances, with or without it.
     pub allow_local_instances: bool,
+    /// Move passthrough bytes with `splice(2)`, socket to pipe to socket, so they never enter
+    /// the gateway's memory (on by default). Off: read and written through a buffer.
+    pub splice: bool,
 }
 
 impl Default for ProxyConfig {
@@ -49,6 +52,7 @@ impl Default for ProxyConfig {
             custom_domains: CustomDomainsConfig::default(),
             http: HttpConfig::default(),
             allow_local_instances: false,
+            splice: true,
         }
     }
 }
@@ -94,7 +98,8 @@ pub struct ConnectionLimits {
     /// Sources exempt from `max_connections_per_source` (the load balancers in front).
     #[serde(deserialize_with = "crate::de::ip_nets")]
     pub unlimited_sources: Vec<ipnet::IpNet>,
-    /// Descriptors kept free for refusals, the admin listener, the store and DNS.
+    /// Descriptors kept free for refusals, the admin listener, the store, DNS and the pipes
+    /// passthrough splices through (at most 128 descriptors).
     pub descriptor_reserve: usize,
     /// The share of a capped app's `max_connections` one client address may hold (0-1].
     pub app_share_per_source: f64,
@@ -106,7 +111,7 @@ impl Default for ConnectionLimits {
             max_connections: 0,
             max_connections_per_source: 512,
             unlimited_sources: Vec::new(),
-            descriptor_reserve: 256,
+            descriptor_reserve: 384,
             app_share_per_source: 0.5,
         }
     }

@@ -600,3 +600,13 @@ fn encrypted_channel_settings_parse_and_bad_ones_are_named() {
         assert!(p.iter().any(|l| l.starts_with(key)), "{key} in {p:#?}");
     }
 }
+
+#[test]
+fn splice_is_on_by_default_and_can_be_turned_off() {
+    assert!(parse("").unwrap().proxy.splice);
+    assert!(!parse("[proxy]\nsplice = false\n").unwrap().proxy.splice);
+    let e = parse("[proxy]\nsplice = \"yes\"\n")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("splice"), "{e}");
+}

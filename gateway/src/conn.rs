@@ -55,6 +55,8 @@ pub struct Tunables {
     pub proxy_protocol_trusted: Vec<ipnet::IpNet>,
     /// The share of a capped app's slots one client address may hold.
     pub app_share_per_source: f64,
+    /// Passthrough splices (`[proxy] splice`).
+    pub splice: bool,
 }
 
 impl Tunables {
@@ -65,6 +67,7 @@ impl Tunables {
             proxy_protocol_inbound: proxy.proxy_protocol_inbound,
             proxy_protocol_trusted: proxy.proxy_protocol_trusted.clone(),
             app_share_per_source: proxy.limits.app_share_per_source,
+            splice: proxy.splice,
         }
     }
 }
@@ -449,7 +452,8 @@ async fn passthrough(shared: &Shared, c: Routed, limits: RelayLimits) -> Result<
         return Ok(()); // the instance closed at once: nothing to relay
     }
     drop(first);
-    finish(shared, &route, &mut stream, &mut up, limits).await;
+    let relayed = relay::relay_tcp(&mut stream, &mut up, limits, tunables.splice).await;
+    record(shared, &route, relayed);
     Ok(())
 }
 
@@ -559,7 +563,15 @@ async fn finish<C, U>(
     C: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
 {
-    let (moved, result) = relay::relay(client, up, limits).await;
+    record(shared, route, relay::relay(client, up, limits).await);
+}
+
+/// Records a relay's outcome.
+fn record(
+    shared: &Shared,
+    route: &Route,
+    (moved, result): (relay::Transferred, Result<(), relay::RelayError>),
+) {
     shared.metrics.relayed(moved.up, moved.down);
     if let Err(relay::RelayError::NoData(_)) = result {
         shared.metrics.rejected(crate::metrics::Reject::NoData);

@@ -32,10 +32,9 @@ address = "127.0.0.1"
     (Gateway::start(&config), port)
 }
 
-#[tokio::test]
-async fn passthrough_half_close_then_response() {
-    let (gw, port) = gateway("1m").await;
-    // Passthrough relays raw bytes, so a plain TCP "client" that starts with a valid hello works.
+/// A plain TCP "client" that has sent a valid hello for `echo-<port>s` (passthrough relays raw
+/// bytes, so it needs no TLS); returns it and the hello's bytes.
+async fn passthrough_client(gw: &Gateway, port: u16) -> (tokio::net::TcpStream, Vec<u8>) {
     let mut c = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
     let hello = gatehouse::hello::parse::build::client_hello(
         Some(&format!("echo-{port}s.gw.test")),
@@ -44,6 +43,13 @@ async fn passthrough_half_close_then_response() {
     );
     let first = gatehouse::hello::parse::build::records(&hello, 16_384);
     c.write_all(&first).await.unwrap();
+    (c, first)
+}
+
+#[tokio::test]
+async fn passthrough_half_close_then_response() {
+    let (gw, port) = gateway("1m").await;
+    let (mut c, first) = passthrough_client(&gw, port).await;
     c.write_all(b"after the hello").await.unwrap();
     c.shutdown().await.unwrap(); // FIN: the client has nothing more to send
     let mut all = Vec::new();
@@ -117,5 +123,38 @@ async fn large_transfer_through_termination_is_intact() {
     assert!(
         all == expected,
         "20 MB round trip through TLS termination is byte-exact"
+    );
+}
+
+/// Passthrough splices bulk (`[proxy] splice`, on by default) and copies small messages; the
+/// same bytes must arrive either way, with the half-close passed on.
+#[tokio::test]
+async fn splice_large_passthrough_transfer_is_intact() {
+    let (gw, port) = gateway("1m").await;
+    let (c, first) = passthrough_client(&gw, port).await;
+    let data: Vec<u8> = (0..20_000_000u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 24) as u8)
+        .collect();
+    let (mut r, mut w) = c.into_split();
+    let sent = data.clone();
+    let writer = tokio::spawn(async move {
+        // small writes first (copied), then bulk (spliced), then small again
+        for chunk in sent[..4096].chunks(100) {
+            w.write_all(chunk).await.unwrap();
+        }
+        w.write_all(&sent[4096..sent.len() - 4096]).await.unwrap();
+        for chunk in sent[sent.len() - 4096..].chunks(100) {
+            w.write_all(chunk).await.unwrap();
+        }
+        w.shutdown().await.unwrap();
+    });
+    let mut all = Vec::new();
+    r.read_to_end(&mut all).await.unwrap();
+    writer.await.unwrap();
+    let expected = [b"echo\n".as_slice(), &first, &data, b"echo: bye\n"].concat();
+    assert_eq!(all.len(), expected.len());
+    assert!(
+        all == expected,
+        "20 MB round trip through passthrough is byte-exact"
     );
 }

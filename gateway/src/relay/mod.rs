@@ -1,30 +1,29 @@
 //! Bidirectional byte relay with half-close, an idle timeout and a write-stall timeout.
 //!
 //! One task polls both directions (like `tokio::io::copy_bidirectional`), so there is no
-//! split lock and no second task per connection. Reads go into one scratch buffer per thread
-//! and are written out at once; only bytes the writer did not take are copied into a buffer
-//! owned by the connection, which is freed again when the reader goes idle. An idle relayed
-//! connection therefore holds no relay buffer at all (it held 2 x 16 KiB before: see
-//! benches/RESULTS.md, M1). A read of 0 bytes (FIN, or TLS close_notify)
-//! is passed on as a write shutdown to the other side, and the other direction keeps flowing
-//! until it ends too. One timer serves both deadlines: it fires, checks the last progress and
-//! any stalled write, and re-arms for the earliest deadline, so activity costs no timer reset.
+//! split lock and no second task per connection. How a direction moves its bytes is the
+//! `Pair`'s business: `buffered` reads into one scratch buffer per thread and writes at once,
+//! keeping only what the writer refused (an idle connection holds no relay buffer: it held
+//! 2 x 16 KiB before, benches/RESULTS.md M1); `splice` moves bytes between two TCP sockets
+//! through a pooled pipe, kernel to kernel, so passthrough bytes never enter user space.
+//! A read of 0 bytes (FIN, or TLS close_notify) is passed on as a write shutdown to the other
+//! side, and the other direction keeps flowing until it ends too. One timer serves every
+//! deadline: it fires, checks the last progress and any stalled write, and re-arms for the
+//! earliest deadline, so activity costs no timer reset.
+
+mod buffered;
+mod splice;
+
+pub use buffered::BUFFER_SIZE;
+pub use splice::{pipes_open, PIPES_MAX};
 
 use std::future::{poll_fn, Future};
 use std::io;
-use std::pin::Pin;
-use std::task::{ready, Context, Poll};
+use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
 use tokio::time::Instant;
-
-/// The per-thread read buffer. 16 KiB is one full TLS record, so a terminated stream moves a
-/// whole record per read.
-pub const BUFFER_SIZE: usize = 16 * 1024;
-
-thread_local! {
-    static SCRATCH: std::cell::RefCell<Box<[u8]>> = std::cell::RefCell::new(vec![0; BUFFER_SIZE].into_boxed_slice());
-}
 
 /// Limits of one relay.
 #[derive(Debug, Clone, Copy)]
@@ -87,8 +86,84 @@ where
     C: AsyncRead + AsyncWrite + Unpin + ?Sized,
     U: AsyncRead + AsyncWrite + Unpin + ?Sized,
 {
-    let mut up = Half::new(End::Client, End::Upstream);
-    let mut down = Half::new(End::Upstream, End::Client);
+    let pair = buffered::BufferedPair {
+        client,
+        upstream,
+        up: buffered::Half::new(End::Client, End::Upstream),
+        down: buffered::Half::new(End::Upstream, End::Client),
+    };
+    drive(pair, limits).await
+}
+
+/// Relays between two TCP sockets: by `splice(2)` through pooled pipes when `splice` is on
+/// (the bytes never enter user space; a direction that cannot get a pipe copies through the
+/// scratch buffer instead), else as [`relay`] does.
+pub async fn relay_tcp(
+    client: &mut TcpStream,
+    upstream: &mut TcpStream,
+    limits: RelayLimits,
+    splice: bool,
+) -> (Transferred, Result<(), RelayError>) {
+    if !splice {
+        return relay(client, upstream, limits).await;
+    }
+    drive(splice::SplicedPair::new(client, upstream), limits).await
+}
+
+/// What the driver sees of one direction.
+#[derive(Debug)]
+pub(crate) struct Meter {
+    from: End,
+    to: End,
+    /// Bytes written out.
+    amount: u64,
+    /// Ended: EOF passed on as a shutdown.
+    done: bool,
+    /// A byte moved since the driver last looked.
+    progress: bool,
+    /// Since when a write has been refused.
+    stalled_since: Option<Instant>,
+}
+
+impl Meter {
+    fn new(from: End, to: End) -> Meter {
+        Meter {
+            from,
+            to,
+            amount: 0,
+            done: false,
+            progress: false,
+            stalled_since: None,
+        }
+    }
+
+    /// `n` bytes were written out.
+    fn wrote(&mut self, n: usize) {
+        self.amount += n as u64;
+        self.stalled_since = None;
+        self.progress = true;
+    }
+
+    /// The writer refused bytes.
+    fn stalled(&mut self) {
+        self.stalled_since.get_or_insert_with(Instant::now);
+    }
+}
+
+/// Both directions of one relay, polled by `drive`.
+pub(crate) trait Pair {
+    /// Client to upstream until it would block; Ready(Ok) once it is done.
+    fn poll_up(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), RelayError>>;
+    /// Upstream to client, likewise.
+    fn poll_down(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), RelayError>>;
+    /// Up, down.
+    fn meters(&self) -> [&Meter; 2];
+    /// Up, down.
+    fn meters_mut(&mut self) -> [&mut Meter; 2];
+}
+
+/// Polls both directions of `pair` under the limits.
+async fn drive<P: Pair>(mut pair: P, limits: RelayLimits) -> (Transferred, Result<(), RelayError>) {
     let started = Instant::now();
     let mut last_progress = started;
     let mut half_closed = false;
@@ -96,21 +171,21 @@ where
     let timer = tokio::time::sleep(limits.idle.min(limits.write).min(limits.first_data));
     tokio::pin!(timer);
     let result = poll_fn(|cx| {
+        if !pair.meters()[0].done {
+            if let Poll::Ready(Err(e)) = pair.poll_up(cx) {
+                return Poll::Ready(Err(e));
+            }
+        }
+        if !pair.meters()[1].done {
+            if let Poll::Ready(Err(e)) = pair.poll_down(cx) {
+                return Poll::Ready(Err(e));
+            }
+        }
         let mut progress = false;
-        if !up.done {
-            if let Poll::Ready(Err(e)) =
-                up.poll_copy(cx, &mut *client, &mut *upstream, &mut progress)
-            {
-                return Poll::Ready(Err(e));
-            }
+        for m in pair.meters_mut() {
+            progress |= std::mem::take(&mut m.progress);
         }
-        if !down.done {
-            if let Poll::Ready(Err(e)) =
-                down.poll_copy(cx, &mut *upstream, &mut *client, &mut progress)
-            {
-                return Poll::Ready(Err(e));
-            }
-        }
+        let [up, down] = pair.meters();
         if up.done && down.done {
             return Poll::Ready(Ok(()));
         }
@@ -142,7 +217,7 @@ where
                 }
                 next = next.min(deadline);
             }
-            for half in [&up, &down] {
+            for half in [up, down] {
                 if let Some(since) = half.stalled_since {
                     let deadline = since + limits.write;
                     if now >= deadline {
@@ -156,6 +231,7 @@ where
         Poll::Pending
     })
     .await;
+    let [up, down] = pair.meters();
     (
         Transferred {
             up: up.amount,
@@ -165,176 +241,11 @@ where
     )
 }
 
-/// One direction: read into the thread's scratch buffer, write it out at once, keep only what
-/// the writer refused; on EOF flush and shut the writer.
-struct Half {
-    from: End,
-    to: End,
-    /// Bytes read but not yet written (`pending[pos..]`); empty and unallocated when idle.
-    pending: Vec<u8>,
-    pos: usize,
-    eof: bool,
-    done: bool,
-    need_flush: bool,
-    amount: u64,
-    stalled_since: Option<Instant>,
-}
-
-impl Half {
-    fn new(from: End, to: End) -> Half {
-        Half {
-            from,
-            to,
-            pending: Vec::new(),
-            pos: 0,
-            eof: false,
-            done: false,
-            need_flush: false,
-            amount: 0,
-            stalled_since: None,
-        }
-    }
-
-    fn poll_copy<R, W>(
-        &mut self,
-        cx: &mut Context<'_>,
-        reader: &mut R,
-        writer: &mut W,
-        progress: &mut bool,
-    ) -> Poll<Result<(), RelayError>>
-    where
-        R: AsyncRead + Unpin + ?Sized,
-        W: AsyncWrite + Unpin + ?Sized,
-    {
-        loop {
-            // 1. what the writer refused earlier goes first
-            while self.pos < self.pending.len() {
-                let n = ready!(self.poll_write(cx, writer, None, progress))?;
-                self.pos += n;
-            }
-            self.pending.clear();
-            self.pos = 0;
-            if self.eof {
-                ready!(self.poll_flush(cx, writer))?;
-                // The peer may already be gone; the other direction will tell.
-                let _ = ready!(Pin::new(&mut *writer).poll_shutdown(cx));
-                self.done = true;
-                self.pending = Vec::new();
-                return Poll::Ready(Ok(()));
-            }
-            // 2. read into the scratch buffer and write straight from it
-            let step = SCRATCH.with(|scratch| match scratch.try_borrow_mut() {
-                Ok(mut buf) => self.read_and_write(cx, reader, writer, &mut buf, progress),
-                // Unreachable by construction (polls do not nest); stay correct regardless.
-                Err(_) => {
-                    self.read_and_write(cx, reader, writer, &mut vec![0; BUFFER_SIZE], progress)
-                }
-            });
-            ready!(step)?;
-        }
-    }
-
-    /// One read; the bytes are written at once and whatever is not taken is kept in `pending`.
-    /// Ready(Ok) means "loop again".
-    fn read_and_write<R, W>(
-        &mut self,
-        cx: &mut Context<'_>,
-        reader: &mut R,
-        writer: &mut W,
-        buf: &mut [u8],
-        progress: &mut bool,
-    ) -> Poll<Result<(), RelayError>>
-    where
-        R: AsyncRead + Unpin + ?Sized,
-        W: AsyncWrite + Unpin + ?Sized,
-    {
-        let mut rb = ReadBuf::new(buf);
-        match Pin::new(&mut *reader).poll_read(cx, &mut rb) {
-            Poll::Pending => {
-                // Idle: give back an outgrown pending buffer, push out what the writer holds.
-                self.pending = Vec::new();
-                if self.need_flush {
-                    ready!(self.poll_flush(cx, writer))?;
-                }
-                Poll::Pending
-            }
-            Poll::Ready(Err(e)) => Poll::Ready(Err(RelayError::Io(self.from, e))),
-            Poll::Ready(Ok(())) => {
-                let n = rb.filled().len();
-                if n == 0 {
-                    self.eof = true;
-                    return Poll::Ready(Ok(()));
-                }
-                *progress = true;
-                let mut off = 0;
-                while off < n {
-                    match self.poll_write(cx, writer, Some(&buf[off..n]), progress) {
-                        Poll::Ready(Ok(w)) => off += w,
-                        Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                        Poll::Pending => {
-                            self.pending.extend_from_slice(&buf[off..n]);
-                            return Poll::Pending;
-                        }
-                    }
-                }
-                Poll::Ready(Ok(()))
-            }
-        }
-    }
-
-    /// Writes `bytes` (or `pending[pos..]` when `None`); returns how much was taken.
-    fn poll_write<W: AsyncWrite + Unpin + ?Sized>(
-        &mut self,
-        cx: &mut Context<'_>,
-        writer: &mut W,
-        bytes: Option<&[u8]>,
-        progress: &mut bool,
-    ) -> Poll<Result<usize, RelayError>> {
-        let bytes = bytes.unwrap_or(&self.pending[self.pos..]);
-        match Pin::new(&mut *writer).poll_write(cx, bytes) {
-            Poll::Pending => {
-                self.stalled_since.get_or_insert_with(Instant::now);
-                Poll::Pending
-            }
-            Poll::Ready(Ok(0)) => {
-                let e = io::Error::new(io::ErrorKind::WriteZero, "wrote 0 bytes");
-                Poll::Ready(Err(RelayError::Io(self.to, e)))
-            }
-            Poll::Ready(Ok(n)) => {
-                self.amount += n as u64;
-                self.need_flush = true;
-                self.stalled_since = None;
-                *progress = true;
-                Poll::Ready(Ok(n))
-            }
-            Poll::Ready(Err(e)) => Poll::Ready(Err(RelayError::Io(self.to, e))),
-        }
-    }
-
-    fn poll_flush<W: AsyncWrite + Unpin + ?Sized>(
-        &mut self,
-        cx: &mut Context<'_>,
-        writer: &mut W,
-    ) -> Poll<Result<(), RelayError>> {
-        match Pin::new(&mut *writer).poll_flush(cx) {
-            Poll::Pending => {
-                self.stalled_since.get_or_insert_with(Instant::now);
-                Poll::Pending
-            }
-            Poll::Ready(Ok(())) => {
-                self.need_flush = false;
-                self.stalled_since = None;
-                Poll::Ready(Ok(()))
-            }
-            Poll::Ready(Err(e)) => Poll::Ready(Err(RelayError::Io(self.to, e))),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::{duplex, AsyncReadExt, AsyncWriteExt};
+    use std::pin::Pin;
+    use tokio::io::{duplex, AsyncReadExt, AsyncWriteExt, ReadBuf};
 
     const LIMITS: RelayLimits = RelayLimits {
         idle: Duration::from_secs(5),
