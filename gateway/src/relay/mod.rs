@@ -15,7 +15,7 @@ mod buffered;
 mod splice;
 
 pub use buffered::BUFFER_SIZE;
-pub use splice::{pipes_open, PIPES_MAX};
+pub use splice::PIPES_MAX;
 
 use std::future::{poll_fn, Future};
 use std::io;

@@ -118,11 +118,6 @@ impl Drop for Pipe {
     }
 }
 
-/// Pipes that exist in the process now (pooled or holding bytes).
-pub fn pipes_open() -> usize {
-    PIPES.load(Ordering::Relaxed)
-}
-
 /// Both directions between two TCP sockets.
 pub(super) struct SplicedPair<'a> {
     client_read: ReadHalf<'a>,
@@ -165,7 +160,7 @@ impl Pair for SplicedPair<'_> {
     }
 }
 
-/// One direction: splice while a pipe can be had, copy (`Half`) while not.
+/// One direction: copies small messages (`Half`), splices bulk while a pipe can be had.
 struct SpliceHalf {
     /// The copying fallback; it also keeps the meter and the EOF flag.
     copy: Half,
