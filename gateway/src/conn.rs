@@ -543,9 +543,8 @@ async fn accept(
     replay: Prefixed<TcpStream>,
     deadline: Instant,
     limit: std::time::Duration,
-) -> Result<tokio_rustls::server::TlsStream<Prefixed<TcpStream>>, ConnError> {
-    let acceptor = tokio_rustls::TlsAcceptor::from(config);
-    match Box::pin(timeout_at(deadline, acceptor.accept(replay))).await {
+) -> Result<gatehouse_tls::ServerTls<Prefixed<TcpStream>>, ConnError> {
+    match Box::pin(timeout_at(deadline, gatehouse_tls::accept(config, replay))).await {
         Err(_) => Err(ConnError::HandshakeTimeout(limit)),
         Ok(Err(e)) => Err(ConnError::Tls(e)),
         Ok(Ok(tls)) => Ok(tls),

@@ -83,7 +83,7 @@ fn tls_config(chain: &str, key: &str) -> anyhow::Result<Arc<rustls::ServerConfig
 
 async fn serve_pingora(
     proxy: Arc<pingora_proxy::HttpProxy<Floor>>,
-    tls: tokio_rustls::server::TlsStream<Prefixed<TcpStream>>,
+    tls: gatehouse_tls::ServerTls<Prefixed<TcpStream>>,
     client: SocketAddr,
 ) {
     let (_tx, shutdown) = tokio::sync::watch::channel(false);
@@ -94,7 +94,7 @@ async fn serve_pingora(
 }
 
 async fn serve_hyper(
-    tls: tokio_rustls::server::TlsStream<Prefixed<TcpStream>>,
+    tls: gatehouse_tls::ServerTls<Prefixed<TcpStream>>,
     client: SocketAddr,
     origin: SocketAddr,
 ) -> anyhow::Result<()> {
@@ -127,7 +127,7 @@ fn main() -> anyhow::Result<()> {
         anyhow::bail!("usage: http_floor <pingora|hyper> <listen> <origin> <chain.pem> <key.pem>");
     };
     let (listen, origin): (SocketAddr, SocketAddr) = (listen.parse()?, origin.parse()?);
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls_config(chain, key)?);
+    let config = tls_config(chain, key)?;
     let hyper = match engine.as_str() {
         "hyper" => true,
         "pingora" => false,
@@ -145,9 +145,11 @@ fn main() -> anyhow::Result<()> {
         loop {
             let (tcp, client) = listener.accept().await?;
             tcp.set_nodelay(true)?;
-            let (acceptor, proxy) = (acceptor.clone(), proxy.clone());
+            let (config, proxy) = (config.clone(), proxy.clone());
             tokio::spawn(async move {
-                let Ok(tls) = acceptor.accept(Prefixed::new(tcp, Vec::new(), 0)).await else {
+                let Ok(tls) =
+                    gatehouse_tls::accept(config, Prefixed::new(tcp, Vec::new(), 0)).await
+                else {
                     return;
                 };
                 if hyper {

@@ -9,7 +9,7 @@
 //! Pingora's own read timeout is per read, which such a client never trips.
 //!
 //! Writes to a TLS client are encrypted at once but leave the socket on flush, or once
-//! [`WRITE_DEFERRED_UP_TO`] bytes wait: a response's header and a small body (Pingora writes
+//! [`WRITE_DEFERRED_UP_TO`] bytes wait (the stream's write deferral): a response's header and a small body (Pingora writes
 //! them apart and flushes at the body's end) leave in one `writev`, not two (the HTTP mode's
 //! profile: one loopback write costs as much as a request's whole parse). nginx holds output
 //! the same way (`postpone_output 1460`). Pingora flushes after 1xx, header-only responses,
@@ -35,7 +35,7 @@ use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
-type Tls = tokio_rustls::server::TlsStream<Prefixed<TcpStream>>;
+type Tls = gatehouse_tls::ServerTls<Prefixed<TcpStream>>;
 
 /// What a [`TlsIo`] reads and writes: a client's TLS stream, or the in-process end of a
 /// request that arrived inside the encrypted channel (already decrypted in the TEE).
@@ -117,13 +117,12 @@ pub struct TlsIo {
     ssl: Arc<SslDigest>,
     alpn: Option<ALPN>,
     header_timer: Option<Timer>,
-    /// Plaintext bytes encrypted into the TLS session since its last flush to the socket.
-    deferred: usize,
 }
 
 impl TlsIo {
     /// Wraps `inner`, whose client is `client` (the PROXY header's source, or the peer).
-    pub fn new(inner: Tls, client: SocketAddr) -> TlsIo {
+    pub fn new(mut inner: Tls, client: SocketAddr) -> TlsIo {
+        inner.set_write_deferral(WRITE_DEFERRED_UP_TO);
         let (tcp, session) = inner.get_ref();
         let socket = SocketDigest::from_raw_fd(tcp.get_ref().as_raw_fd());
         let _ = socket.peer_addr.set(Some(PingoraAddr::Inet(client)));
@@ -148,7 +147,6 @@ impl TlsIo {
             ssl: Arc::new(SslDigest::new(cipher, version, None, None, Vec::new())),
             alpn,
             header_timer: None,
-            deferred: 0,
         }
     }
 
@@ -164,7 +162,6 @@ impl TlsIo {
             ssl: Arc::new(SslDigest::new("ohttp", "TLSv1.3", None, None, Vec::new())),
             alpn: Some(ALPN::H1),
             header_timer: None,
-            deferred: 0,
         }
     }
 
@@ -212,42 +209,11 @@ impl AsyncWrite for TlsIo {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        let this = &mut *self;
-        let Inner::Tls(tls) = &mut this.inner else {
-            return inner_poll!(this, cx, poll_write, buf);
-        };
-        if buf.is_empty() {
-            return Poll::Ready(Ok(0));
-        }
-        loop {
-            // Encrypts into the session's outgoing records; 0 once rustls' own buffer limit
-            // (64 KiB) is reached, which only a client that stopped reading makes happen.
-            let n = std::io::Write::write(&mut tls.get_mut().1.writer(), buf)?;
-            this.deferred += n;
-            if this.deferred < WRITE_DEFERRED_UP_TO {
-                return Poll::Ready(Ok(n));
-            }
-            match Pin::new(tls.as_mut()).poll_flush(cx) {
-                Poll::Ready(Ok(())) => {
-                    this.deferred = 0;
-                    if n > 0 {
-                        return Poll::Ready(Ok(n));
-                    }
-                }
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Pending if n > 0 => return Poll::Ready(Ok(n)),
-                Poll::Pending => return Poll::Pending,
-            }
-        }
+        inner_poll!(self, cx, poll_write, buf)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        let this = &mut *self;
-        let flushed = inner_poll!(this, cx, poll_flush);
-        if let Poll::Ready(Ok(())) = flushed {
-            this.deferred = 0;
-        }
-        flushed
+        inner_poll!(self, cx, poll_flush)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
@@ -255,41 +221,14 @@ impl AsyncWrite for TlsIo {
     }
 }
 
-/// Writes TLS records to a socket without waiting (`try_write`): for [`TlsIo`]'s drop.
-struct NoWait<'a>(&'a TcpStream);
-
-impl std::io::Write for NoWait<'_> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.try_write(buf)
-    }
-
-    fn write_vectored(&mut self, bufs: &[std::io::IoSlice<'_>]) -> std::io::Result<usize> {
-        self.0.try_write_vectored(bufs)
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 impl Drop for TlsIo {
     /// Sends what waits for a flush that will not come: Pingora drops a connection whose
     /// upstream broke mid-response without flushing it, and the client must still see the
     /// header and the bytes that arrived (then the cut), as it did before writes waited.
-    /// Best effort, never blocking: a full socket buffer keeps the rest.
+    /// Best effort, never blocking (`try_write`): a full socket buffer keeps the rest.
     fn drop(&mut self) {
-        if self.deferred == 0 {
-            return;
-        }
         if let Inner::Tls(tls) = &mut self.inner {
-            let (io, session) = tls.get_mut();
-            let mut out = NoWait(io.get_ref());
-            while session.wants_write() {
-                match session.write_tls(&mut out) {
-                    Ok(n) if n > 0 => {}
-                    _ => break,
-                }
-            }
+            tls.write_pending_with(|io, bytes| io.get_ref().try_write(bytes));
         }
     }
 }
@@ -375,10 +314,10 @@ mod tests {
         let accept = async {
             let (tcp, peer) = listener.accept().await.unwrap();
             tcp.set_nodelay(true).unwrap();
-            let tls = acceptor
-                .accept(Prefixed::new(tcp, Vec::new(), 0))
-                .await
-                .unwrap();
+            let tls =
+                gatehouse_tls::accept(acceptor.config().clone(), Prefixed::new(tcp, Vec::new(), 0))
+                    .await
+                    .unwrap();
             TlsIo::new(tls, peer)
         };
         let (mut client, mut io) = tokio::join!(connect, accept);

@@ -163,7 +163,7 @@ impl HttpEngine {
     /// Serves one terminated connection to its end.
     pub async fn serve(
         &self,
-        tls: tokio_rustls::server::TlsStream<crate::hello::replay::Prefixed<tokio::net::TcpStream>>,
+        tls: gatehouse_tls::ServerTls<crate::hello::replay::Prefixed<tokio::net::TcpStream>>,
         client: SocketAddr,
         route: Route,
         sni: Arc<str>,
