@@ -11,7 +11,7 @@
 
 pub mod custom_domain;
 pub mod name;
-mod shards;
+pub(crate) mod shards;
 pub mod table;
 
 use arc_swap::ArcSwap;

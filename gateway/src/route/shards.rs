@@ -1,6 +1,7 @@
-//! The route table's apps by id, in copy-on-write shards: a snapshot that differs from the one
-//! before it in one app copies that app's shard (1/256 of the apps) and shares the rest, so a
-//! change costs the same at 100 apps and at 100,000 (issue 22: a rebuild was O(all apps)).
+//! Maps by name in copy-on-write shards: the route table's apps by id, and the certificate
+//! resolver's ACME certificates by name. A snapshot that differs from the one before it in
+//! one entry copies that entry's shard (1/256 of the map) and shares the rest, so a change
+//! costs the same at 100 entries and at 100,000 (issue 22: a rebuild was O(all apps)).
 //!
 //! By hand rather than a persistent map crate (`im`, `rpds`): lookups stay one std `HashMap`
 //! probe (plus the shard's hash), the hot path's cost before this change, and the whole thing
@@ -12,19 +13,22 @@ use std::sync::Arc;
 
 const SHARDS: usize = 256;
 
-/// Ids are shared (`Arc<str>`): copying a shard allocates its table, not its keys.
-type Shard = HashMap<Arc<str>, Arc<App>>;
+/// Keys are shared (`Arc<str>`): copying a shard allocates its table, not its keys.
+type Shard<V> = HashMap<Arc<str>, V>;
 
-/// Apps by id; `Clone` shares every shard.
+/// Values by name; `Clone` shares every shard.
 #[derive(Debug, Clone)]
-pub(crate) struct AppMap {
-    shards: Box<[Arc<Shard>]>,
+pub(crate) struct CowMap<V> {
+    shards: Box<[Arc<Shard<V>>]>,
     len: usize,
 }
 
-impl Default for AppMap {
+/// The route table's apps by id.
+pub(crate) type AppMap = CowMap<Arc<App>>;
+
+impl<V: Clone> Default for CowMap<V> {
     fn default() -> Self {
-        AppMap::with_capacity(0)
+        CowMap::with_capacity(0)
     }
 }
 
@@ -38,10 +42,10 @@ fn shard_of(id: &str) -> usize {
     h as usize % SHARDS
 }
 
-impl AppMap {
-    /// An empty map sized for `n` apps.
-    pub(crate) fn with_capacity(n: usize) -> AppMap {
-        AppMap {
+impl<V: Clone> CowMap<V> {
+    /// An empty map sized for `n` entries.
+    pub(crate) fn with_capacity(n: usize) -> CowMap<V> {
+        CowMap {
             shards: (0..SHARDS)
                 .map(|_| Arc::new(Shard::with_capacity(n.div_ceil(SHARDS))))
                 .collect(),
@@ -49,7 +53,7 @@ impl AppMap {
         }
     }
 
-    pub(crate) fn get(&self, id: &str) -> Option<&Arc<App>> {
+    pub(crate) fn get(&self, id: &str) -> Option<&V> {
         self.shards[shard_of(id)].get(id)
     }
 
@@ -57,15 +61,15 @@ impl AppMap {
         self.get(id).is_some()
     }
 
-    /// Inserts (copying the shard if an older snapshot shares it); the app it replaced.
-    pub(crate) fn insert(&mut self, id: Arc<str>, app: Arc<App>) -> Option<Arc<App>> {
+    /// Inserts (copying the shard if an older snapshot shares it); the value it replaced.
+    pub(crate) fn insert(&mut self, id: Arc<str>, app: V) -> Option<V> {
         let old = Arc::make_mut(&mut self.shards[shard_of(&id)]).insert(id, app);
         self.len += usize::from(old.is_none());
         old
     }
 
     /// Removes (copying the shard if shared and the id is there).
-    pub(crate) fn remove(&mut self, id: &str) -> Option<Arc<App>> {
+    pub(crate) fn remove(&mut self, id: &str) -> Option<V> {
         let shard = &mut self.shards[shard_of(id)];
         if !shard.contains_key(id) {
             return None;
@@ -79,7 +83,7 @@ impl AppMap {
         self.shards.iter().flat_map(|s| s.keys())
     }
 
-    pub(crate) fn values(&self) -> impl Iterator<Item = &Arc<App>> {
+    pub(crate) fn values(&self) -> impl Iterator<Item = &V> {
         self.shards.iter().flat_map(|s| s.values())
     }
 
@@ -92,7 +96,7 @@ impl AppMap {
     }
 
     /// How many shards `self` and `other` share (what a change did not copy).
-    pub(crate) fn shared_with(&self, other: &AppMap) -> usize {
+    pub(crate) fn shared_with(&self, other: &CowMap<V>) -> usize {
         self.shards
             .iter()
             .zip(other.shards.iter())
