@@ -9,9 +9,10 @@
 //! Pingora's own read timeout is per read, which such a client never trips.
 //!
 //! Writes to a TLS client are encrypted at once but leave the socket on flush, or once
-//! [`WRITE_DEFERRED_UP_TO`] bytes wait (the stream's write deferral): a response's header and a small body (Pingora writes
-//! them apart and flushes at the body's end) leave in one `writev`, not two (the HTTP mode's
-//! profile: one loopback write costs as much as a request's whole parse). nginx holds output
+//! [`WRITE_DEFERRED_UP_TO`] bytes wait (the TLS stream's write deferral): a response's header
+//! and a small body (Pingora writes them apart and flushes at the body's end) leave in one
+//! `writev`, not two (the HTTP mode's profile: one loopback write costs as much as a
+//! request's whole parse). nginx holds output
 //! the same way (`postpone_output 1460`). Pingora flushes after 1xx, header-only responses,
 //! each chunk of a chunked or close-delimited body and at every body's end; h2 flushes
 //! after each batch of frames; so nothing waits past its response.
