@@ -140,6 +140,15 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> ServerTls<IO> {
         self.outgoing.park();
     }
 
+    /// The peer's close_notify came: reads end (after what is buffered), and a reader
+    /// waiting for records is woken to say so.
+    fn peer_closed(&mut self) {
+        self.read_closed = true;
+        if let Some(reader) = self.reader.take() {
+            reader.wake();
+        }
+    }
+
     /// Lets rustls process what has arrived, once, doing what it asks that needs no I/O.
     fn step(&mut self, want: &mut Want<'_, '_>) -> Result<Step, rustls::Error> {
         if let Some(e) = &self.broken {
@@ -205,8 +214,17 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> ServerTls<IO> {
                     close_notify(&mut traffic, &mut self.outgoing).map(|()| Step::CloseQueued)
                 }
             },
-            Ok(ConnectionState::PeerClosed) => Ok(Step::PeerClosed),
-            Ok(ConnectionState::Closed) => Ok(Step::Closed),
+            // Reported once, to whichever call saw it first (a write, too): remembered here,
+            // so that the read side ends cleanly whoever that was.
+            // (During a handshake the handshake fails on it instead.)
+            Ok(ConnectionState::PeerClosed) => {
+                self.peer_closed();
+                Ok(Step::PeerClosed)
+            }
+            Ok(ConnectionState::Closed) => {
+                self.peer_closed();
+                Ok(Step::Closed)
+            }
             // Early data is never enabled (`max_early_data_size` stays 0), so this state
             // means a session we did not configure.
             Ok(ConnectionState::ReadEarlyData(_)) => {

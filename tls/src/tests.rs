@@ -175,6 +175,33 @@ async fn tls_stream_close_notify_is_a_clean_end_both_ways() {
     );
 }
 
+/// rustls reports the peer's close_notify once; a write may be the call that sees it (the
+/// alert arrived behind data a read left waiting, as when both sides stream at once): the
+/// next read is still a clean end, not a truncation.
+#[tokio::test]
+async fn tls_stream_close_notify_seen_by_a_write_is_still_a_clean_end() {
+    let pki = pki(&[&rustls::version::TLS13], &[]);
+    let (mut client, mut server) = pair(&pki).await;
+    client.write_all(b"hello").await.unwrap();
+    client.shutdown().await.unwrap(); // close_notify right behind the data, then the end
+    let mut five = [0u8; 5];
+    server.read_exact(&mut five).await.unwrap();
+    server.write_all(b"x").await.unwrap(); // takes in the waiting close_notify
+    let mut rest = Vec::new();
+    server
+        .read_to_end(&mut rest)
+        .await
+        .expect("a clean end after the data");
+    assert!(rest.is_empty());
+    server.shutdown().await.unwrap();
+    let mut got = Vec::new();
+    client
+        .read_to_end(&mut got)
+        .await
+        .expect("close_notify back");
+    assert_eq!(got, b"x");
+}
+
 #[tokio::test]
 async fn tls_stream_end_without_close_notify_is_unexpected_eof() {
     let pki = pki(&[&rustls::version::TLS13], &[]);
