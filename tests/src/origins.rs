@@ -280,6 +280,35 @@ pub fn reset_before_answer(listener: TcpListener) {
     });
 }
 
+/// An instance that answers one request per connection as if keeping it alive (no
+/// `Connection: close`), then closes it silently after `linger`: every connection a proxy
+/// keeps for later is dead when the next request comes. Counts its connections.
+pub fn closes_idle_connections(
+    listener: TcpListener,
+    linger: std::time::Duration,
+    accepted: Arc<AtomicUsize>,
+) {
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            accepted.fetch_add(1, Ordering::Relaxed);
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n")
+                    .await;
+                tokio::time::sleep(linger).await;
+            });
+        }
+    });
+}
+
 /// An instance that accepts and reads, and never answers.
 pub fn never_answer(listener: TcpListener) {
     tokio::spawn(async move {

@@ -90,22 +90,35 @@ mode = "http"
 "#,
     )
     .await;
-    let web = s.url("web.gw.test", "/");
-    let out = s.curl(
-        "web.gw.test",
-        &["-H", "Host: other.gw.test", "-w", "%{http_code}", &web],
-    );
-    assert!(out.starts_with("421 misdirected request"), "{out}");
-    assert!(out.ends_with("421"), "{out}");
+    // Both request paths: hyper's (HTTP/1.1) and Pingora's (h2).
+    for version in ["--http1.1", "--http2"] {
+        let web = s.url("web.gw.test", "/");
+        let out = s.curl(
+            "web.gw.test",
+            &[
+                version,
+                "-H",
+                "Host: other.gw.test",
+                "-w",
+                "%{http_code}",
+                &web,
+            ],
+        );
+        assert!(
+            out.starts_with("421 misdirected request"),
+            "{version}: {out}"
+        );
+        assert!(out.ends_with("421"), "{version}: {out}");
 
-    let down = s.url("down.gw.test", "/");
-    let out = s.curl("down.gw.test", &["-w", "%{http_code}", &down]);
-    assert!(out.starts_with("502 "), "{out}");
-    assert!(out.ends_with("502"), "{out}");
+        let down = s.url("down.gw.test", "/");
+        let out = s.curl("down.gw.test", &[version, "-w", "%{http_code}", &down]);
+        assert!(out.starts_with("502 "), "{version}: {out}");
+        assert!(out.ends_with("502"), "{version}: {out}");
 
-    let none = s.url("none.gw.test", "/");
-    let out = s.curl("none.gw.test", &["-w", "%{http_code}", &none]);
-    assert!(out.starts_with("503 no instance"), "{out}");
+        let none = s.url("none.gw.test", "/");
+        let out = s.curl("none.gw.test", &[version, "-w", "%{http_code}", &none]);
+        assert!(out.starts_with("503 no instance"), "{version}: {out}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -118,9 +131,14 @@ async fn a_dead_instance_is_retried_elsewhere() {
     )
     .await;
     let url = s.url("web.gw.test", "/");
-    for _ in 0..8 {
-        let out = s.curl("web.gw.test", &["-w", "%{http_code}", &url]);
-        assert!(out.starts_with("alive\n") && out.ends_with("200"), "{out}");
+    for version in ["--http1.1", "--http2"] {
+        for _ in 0..8 {
+            let out = s.curl("web.gw.test", &[version, "-w", "%{http_code}", &url]);
+            assert!(
+                out.starts_with("alive\n") && out.ends_with("200"),
+                "{version}: {out}"
+            );
+        }
     }
 }
 
@@ -129,42 +147,50 @@ async fn append_mode_access_log_and_per_app_metrics() {
     let http = "[proxy.http]\nforwarded = \"append\"\naccess_log = true\n";
     let s = setup_with(&[([127, 0, 0, 1], Some("one"))], http, "").await;
     let url = s.url("web.gw.test", "/some/path?secret=1");
-    let body = s.curl(
-        "web.gw.test",
-        &[
-            "-H",
-            "X-Forwarded-For: 6.6.6.6",
-            "-H",
-            "Forwarded: for=6.6.6.6",
-            &url,
-        ],
-    );
-    assert!(
-        body.contains("xff=6.6.6.6, 127.0.0.1\n"),
-        "appended: {body}"
-    );
-    assert!(
-        body.contains("forwarded=for=6.6.6.6, for=127.0.0.1;host=web.gw.test;proto=https\n"),
-        "{body}"
-    );
-    let foreign = s.curl("web.gw.test", &["-H", "Host: x.gw.test", &url]);
-    assert!(foreign.starts_with("421 "), "{foreign}");
+    // Both request paths: hyper's (HTTP/1.1) and Pingora's (h2) log and count alike.
+    for version in ["--http1.1", "--http2"] {
+        let body = s.curl(
+            "web.gw.test",
+            &[
+                version,
+                "-H",
+                "X-Forwarded-For: 6.6.6.6",
+                "-H",
+                "Forwarded: for=6.6.6.6",
+                &url,
+            ],
+        );
+        assert!(
+            body.contains("xff=6.6.6.6, 127.0.0.1\n"),
+            "{version}: appended: {body}"
+        );
+        assert!(
+            body.contains("forwarded=for=6.6.6.6, for=127.0.0.1;host=web.gw.test;proto=https\n"),
+            "{version}: {body}"
+        );
+        let foreign = s.curl("web.gw.test", &[version, "-H", "Host: x.gw.test", &url]);
+        assert!(foreign.starts_with("421 "), "{version}: {foreign}");
+    }
 
-    let log =
-        s.gw.wait_log("gatehouse::access", std::time::Duration::from_secs(5));
-    let line = log
-        .lines()
-        .find(|l| l.contains("gatehouse::access"))
-        .unwrap();
-    for field in [
-        "app=web",
-        "method=GET",
-        "path=/some/path",
-        "status=200",
-        "instance=127.0.0.1",
-        "attempts=1",
-    ] {
-        assert!(line.contains(field), "{field} in {line}");
+    s.gw.wait_log("HTTP/2.0", std::time::Duration::from_secs(5));
+    let log = s.gw.log();
+    for version in ["HTTP/1.1", "HTTP/2.0"] {
+        let line = log
+            .lines()
+            .find(|l| {
+                l.contains("gatehouse::access") && l.contains(version) && l.contains("status=200")
+            })
+            .unwrap_or_else(|| panic!("no {version} access line in {log}"));
+        for field in [
+            "app=web",
+            "method=GET",
+            "path=/some/path",
+            "status=200",
+            "instance=127.0.0.1",
+            "attempts=1",
+        ] {
+            assert!(line.contains(field), "{field} in {line}");
+        }
     }
     assert!(
         !s.gw.log().contains("secret=1"),
@@ -172,15 +198,15 @@ async fn append_mode_access_log_and_per_app_metrics() {
     );
     let m = s.gw.metrics();
     assert!(
-        m.contains("gatehouse_http_requests_total{app=\"web\",class=\"2xx\"} 1\n"),
+        m.contains("gatehouse_http_requests_total{app=\"web\",class=\"2xx\"} 2\n"),
         "{m}"
     );
     assert!(
-        m.contains("gatehouse_http_requests_total{app=\"web\",class=\"4xx\"} 1\n"),
+        m.contains("gatehouse_http_requests_total{app=\"web\",class=\"4xx\"} 2\n"),
         "{m}"
     );
     assert!(
-        m.contains("gatehouse_http_request_duration_seconds_count{app=\"web\"} 2\n"),
+        m.contains("gatehouse_http_request_duration_seconds_count{app=\"web\"} 4\n"),
         "{m}"
     );
 }

@@ -3,7 +3,9 @@
 //! silent instance, 431 / 413 limits, slow-header clients closed, and the port-80 redirect.
 
 use gatehouse_tests::http::{body, http_app as app, request, request_h2, text, HttpGateway};
-use gatehouse_tests::origins::{never_answer, reset_before_answer, with_health};
+use gatehouse_tests::origins::{
+    closes_idle_connections, never_answer, reset_before_answer, with_health,
+};
 use gatehouse_tests::servers::{bind_same_port, http_whoami};
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -57,6 +59,40 @@ async fn get_is_retried_on_a_resetting_instance_and_post_is_not() {
         .gw
         .log()
         .contains("failed before answering; marked unhealthy"));
+}
+
+/// An instance connection kept for the next request (bound to the client connection, or
+/// pooled) may have been closed by the instance meanwhile: the request goes on a new one,
+/// the instance is not blamed, and nothing reaches the client but the answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_h1_a_kept_connection_the_instance_closed_is_replaced_unblamed() {
+    let (port, mut ls) = bind_same_port(&[[127, 0, 0, 1]]).await;
+    let accepted = Arc::new(AtomicUsize::new(0));
+    closes_idle_connections(ls.remove(0), Duration::from_millis(30), accepted.clone());
+    let g = HttpGateway::start("", &app("web", port, &["127.0.0.1"], ""));
+    let mut h1 = g.h1("web.gw.test").await;
+    for i in 0..4 {
+        let resp = h1
+            .send_request(request("GET", "web.gw.test", "/").body(body("")).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "request {i}");
+        assert_eq!(text(resp).await, "ok\n");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Curl's requests, each on a client connection of its own, find the pooled ones dead too.
+    let url = g.url("web.gw.test", "/");
+    for _ in 0..3 {
+        let out = g.curl("web.gw.test", &["--http1.1", "-w", "\n%{http_code}", &url]);
+        assert_eq!(out, "ok\n\n200");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        accepted.load(Ordering::Relaxed),
+        7,
+        "one instance connection per request"
+    );
+    assert!(!g.gw.log().contains("marked unhealthy"), "{}", g.gw.log());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

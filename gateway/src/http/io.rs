@@ -76,7 +76,8 @@ impl HeaderDeadline {
         self.0.store(0, Ordering::Relaxed);
     }
 
-    fn get(&self) -> Option<u64> {
+    /// When it expires ([`now_ms`] clock), if armed.
+    pub fn get(&self) -> Option<u64> {
         Some(self.0.load(Ordering::Relaxed)).filter(|&at| at != 0)
     }
 }

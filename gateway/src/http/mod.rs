@@ -9,12 +9,13 @@
 //! [`stats`] holds the per-app request statistics, [`redirect`] the port-80 listener.
 
 pub mod channel;
+pub mod h1;
 pub mod io;
 pub mod proxy;
 pub mod redirect;
 pub mod stats;
 
-use crate::route::Route;
+use crate::route::{Mode, Route};
 use gatehouse_config::HttpConfig;
 use io::HeaderDeadline;
 use pingora_core::apps::{HttpServerOptions, ServerApp};
@@ -99,6 +100,9 @@ pub const FAST_TIMERS_UP_TO: std::time::Duration = std::time::Duration::from_sec
 /// The process's HTTP proxy.
 pub struct HttpEngine {
     proxy: Arc<HttpProxy<proxy::Gatehouse>>,
+    /// The HTTP/1.1 path (hyper); `None` where Pingora serves HTTP/1.1 too
+    /// (`min_send_rate` is Pingora's).
+    h1: Option<h1::H1>,
     conns: Arc<Conns>,
     header_read_timeout: std::time::Duration,
     idle: std::time::Duration,
@@ -152,6 +156,7 @@ impl HttpEngine {
         proxy.server_options = Some(options);
         HttpEngine {
             proxy: Arc::new(proxy),
+            h1: (config.min_send_rate == 0).then(|| h1::H1::new(timeouts, config)),
             conns,
             header_read_timeout: config.header_read_timeout,
             idle,
@@ -168,6 +173,19 @@ impl HttpEngine {
         route: Route,
         sni: Arc<str>,
     ) {
+        let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+        if let (Some(h1), false, false) = (&self.h1, h2, route.mode == Mode::TerminateH2) {
+            let forwarded = Arc::new(proxy::Forwarded::new(client, &sni));
+            let info = ConnInfo {
+                route,
+                sni,
+                header_deadline: Arc::default(),
+                rearm_after_response: Some(self.header_read_timeout.min(self.idle)),
+                forwarded,
+                channel: false,
+            };
+            return h1.serve(self, tls, info, client).await;
+        }
         let mut io = io::TlsIo::new(tls, client);
         let header_deadline = Arc::new(HeaderDeadline::default());
         header_deadline.arm(self.header_read_timeout);
@@ -201,6 +219,20 @@ impl HttpEngine {
         request: http::Request<http_body_util::Full<bytes::Bytes>>,
         max_response: u64,
     ) -> Result<bhttp::Message, String> {
+        let (parts, body) = self.exchange(info, client, request, max_response).await?;
+        Ok(channel::outer_response(&parts, &body))
+    }
+
+    /// Serves `request` on a connection described by `info` through the Pingora path, on an
+    /// in-process connection of its own, and returns the response, its body read whole up to
+    /// `max_response` bytes.
+    pub async fn exchange(
+        &self,
+        info: ConnInfo,
+        client: SocketAddr,
+        request: http::Request<http_body_util::Full<bytes::Bytes>>,
+        max_response: u64,
+    ) -> Result<(http::response::Parts, bytes::Bytes), String> {
         use http_body_util::BodyExt;
         let (ours, theirs) = tokio::io::duplex(64 * 1024);
         let io = io::TlsIo::channel(theirs, client);
@@ -236,7 +268,7 @@ impl HttpEngine {
                         format!("the response body (proxy.http.channel.max_response is {max_response} bytes): {e}")
                     })?
                     .to_bytes();
-                Ok::<_, String>(channel::outer_response(&parts, &body))
+                Ok::<_, String>((parts, body))
             };
             let (answer, _) = tokio::join!(exchange, conn);
             answer

@@ -122,7 +122,7 @@ impl Ctx {
 }
 
 /// The host part of a `Host` / `:authority` value, lower case.
-fn host_of(authority: &str) -> String {
+pub(super) fn host_of(authority: &str) -> String {
     let host = match authority.strip_prefix('[') {
         Some(v6) => v6.split(']').next().unwrap_or(""),
         None => authority.split(':').next().unwrap_or(""),
@@ -131,10 +131,9 @@ fn host_of(authority: &str) -> String {
 }
 
 /// The size of a request header as sent in HTTP/1.1 (request line, fields, line ends).
-fn header_bytes(req: &RequestHeader) -> usize {
-    let line = req.method.as_str().len() + req.raw_path().len() + 12;
-    let fields: usize = req
-        .headers
+fn header_bytes(method: &http::Method, target_len: usize, headers: &http::HeaderMap) -> usize {
+    let line = method.as_str().len() + target_len + 12;
+    let fields: usize = headers
         .iter()
         .map(|(k, v)| k.as_str().len() + v.len() + 4)
         .sum();
@@ -153,6 +152,11 @@ async fn respond(session: &mut Session, code: u16, body: &'static str) -> Result
 }
 
 static HTTPS: HeaderValue = HeaderValue::from_static("https");
+const X_REAL_IP: http::HeaderName = http::HeaderName::from_static("x-real-ip");
+const X_FORWARDED_FOR: http::HeaderName = http::HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: http::HeaderName = http::HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: http::HeaderName = http::HeaderName::from_static("x-forwarded-host");
+const GATEHOUSE_CHANNEL: http::HeaderName = http::HeaderName::from_static("gatehouse-channel");
 
 /// Whether `name` (lower case) claims the client's address, port or scheme, as other proxies
 /// and CDNs set them. With `forwarded = "replace"` a client's own are removed (X-Real-IP is
@@ -182,8 +186,53 @@ fn claims_client(name: &str) -> bool {
 }
 
 /// Whether the client asked to switch protocols (an HTTP/1.1 `Upgrade` request).
-fn asked_upgrade(req: &RequestHeader) -> bool {
+pub(super) fn asked_upgrade(req: &RequestHeader) -> bool {
     req.version == http::Version::HTTP_11 && req.headers.contains_key(http::header::UPGRADE)
+}
+
+/// A request header's fields as the hooks edit them: Pingora's `RequestHeader` (which keeps
+/// the client's name case beside the map) and hyper's `HeaderMap` alike.
+pub(super) trait Fields {
+    /// The fields.
+    fn map(&self) -> &http::HeaderMap;
+    /// Removes every field called `name`.
+    fn remove(&mut self, name: &http::HeaderName);
+    /// Replaces every field called `name` with one of `value`.
+    fn insert(&mut self, name: http::HeaderName, value: HeaderValue) -> Result<()>;
+    /// Adds a field.
+    fn append(&mut self, name: http::HeaderName, value: HeaderValue) -> Result<()>;
+}
+
+impl Fields for RequestHeader {
+    fn map(&self) -> &http::HeaderMap {
+        &self.headers
+    }
+    fn remove(&mut self, name: &http::HeaderName) {
+        self.remove_header(name);
+    }
+    fn insert(&mut self, name: http::HeaderName, value: HeaderValue) -> Result<()> {
+        self.insert_header(name, value)
+    }
+    fn append(&mut self, name: http::HeaderName, value: HeaderValue) -> Result<()> {
+        self.append_header(name, value).map(|_| ())
+    }
+}
+
+impl Fields for http::HeaderMap {
+    fn map(&self) -> &http::HeaderMap {
+        self
+    }
+    fn remove(&mut self, name: &http::HeaderName) {
+        http::HeaderMap::remove(self, name);
+    }
+    fn insert(&mut self, name: http::HeaderName, value: HeaderValue) -> Result<()> {
+        http::HeaderMap::insert(self, name, value);
+        Ok(())
+    }
+    fn append(&mut self, name: http::HeaderName, value: HeaderValue) -> Result<()> {
+        http::HeaderMap::append(self, name, value);
+        Ok(())
+    }
 }
 
 /// Request header hygiene before any forwarding header is set, in one pass over the fields:
@@ -191,9 +240,9 @@ fn asked_upgrade(req: &RequestHeader) -> bool {
 /// `strip_claims`), and `cookie` fields joined into one with "; " (RFC 9113 §8.2.3: h2
 /// clients send one field per cookie; an HTTP/1.1 instance must get a single line). Nothing
 /// is allocated when nothing is removed.
-fn clean(up: &mut RequestHeader, keep_underscores: bool, strip_claims: bool) -> Result<()> {
+fn clean<F: Fields>(up: &mut F, keep_underscores: bool, strip_claims: bool) -> Result<()> {
     let doomed: Vec<http::HeaderName> = up
-        .headers
+        .map()
         .keys()
         .filter(|k| {
             let name = k.as_str();
@@ -202,9 +251,9 @@ fn clean(up: &mut RequestHeader, keep_underscores: bool, strip_claims: bool) -> 
         .cloned()
         .collect();
     for name in doomed {
-        up.remove_header(&name);
+        up.remove(&name);
     }
-    let cookies = up.headers.get_all(http::header::COOKIE);
+    let cookies = up.map().get_all(http::header::COOKIE);
     if cookies.iter().nth(1).is_some() {
         let joined: Vec<u8> = cookies
             .iter()
@@ -213,7 +262,7 @@ fn clean(up: &mut RequestHeader, keep_underscores: bool, strip_claims: bool) -> 
             .join(&b"; "[..]);
         let value = HeaderValue::from_bytes(&joined)
             .map_err(|e| Error::because(ErrorType::InvalidHTTPHeader, "cookie", e))?;
-        up.insert_header(http::header::COOKIE, value)?;
+        up.insert(http::header::COOKIE, value)?;
     }
     Ok(())
 }
@@ -245,111 +294,128 @@ impl Forwarded {
     }
 }
 
-const TOO_LARGE: &str = "413 request body larger than proxy.http.max_request_body\n";
+pub(super) const TOO_LARGE: &str = "413 request body larger than proxy.http.max_request_body\n";
+
+/// The answer to a request that must not reach an instance, if any: too many or too large
+/// header fields (431), a `Host` / `:authority` other than the connection's name (421), a
+/// declared body over the limit (413), an app with no instance (503). `target_len` is the
+/// length of the request target as sent.
+pub(super) fn refusal(
+    config: &HttpConfig,
+    method: &http::Method,
+    target_len: usize,
+    uri: &http::Uri,
+    headers: &http::HeaderMap,
+    conn: &ConnInfo,
+) -> Option<(u16, &'static str)> {
+    if headers.len() > config.max_headers {
+        return Some((431, "431 too many request header fields\n"));
+    }
+    if header_bytes(method, target_len, headers) > config.max_header_bytes {
+        return Some((431, "431 request header too large\n"));
+    }
+    let authority = uri
+        .authority()
+        .map(|a| a.as_str())
+        .or_else(|| {
+            headers
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+        })
+        .unwrap_or_default();
+    if host_of(authority) != *conn.sni {
+        return Some((
+            421,
+            "421 misdirected request: Host is not this connection's name\n",
+        ));
+    }
+    let limit = config.max_request_body;
+    let declared = headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if limit > 0 && declared.is_some_and(|n| n > limit) {
+        return Some((413, TOO_LARGE));
+    }
+    if conn.route.app.instances.is_empty() {
+        return Some((503, "503 no instance of this app\n"));
+    }
+    None
+}
+
+/// Sets this hop's forwarding headers on `up`, a request of `version` from `conn` (replacing
+/// or appending to the client's, after [`clean`]); `has_authority`: the request target
+/// carries the authority (else `Host` is set when missing).
+pub(super) fn set_forwarding<F: Fields>(
+    config: &HttpConfig,
+    up: &mut F,
+    conn: &ConnInfo,
+    version: http::Version,
+    has_authority: bool,
+) -> Result<()> {
+    let f = &conn.forwarded;
+    let replace = config.forwarded == ForwardedMode::Replace;
+    clean(up, config.keep_underscore_headers, replace)?;
+    let earlier = |up: &F, name: &str| {
+        let values: Vec<&str> = up
+            .map()
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        (!values.is_empty()).then(|| values.join(", "))
+    };
+    use http::header::{FORWARDED, HOST, VIA};
+    match config.forwarded {
+        ForwardedMode::Replace => {
+            up.insert(X_REAL_IP, f.client.clone())?;
+            up.insert(X_FORWARDED_FOR, f.client.clone())?;
+            up.insert(X_FORWARDED_PROTO, HTTPS.clone())?;
+            up.insert(X_FORWARDED_HOST, f.host.clone())?;
+            up.insert(FORWARDED, f.forwarded.clone())?;
+        }
+        ForwardedMode::Append => {
+            // Ours are built from an IP and a routed name: always visible ASCII.
+            let ours = |v: &HeaderValue| v.to_str().unwrap_or_default().to_owned();
+            let joined = match earlier(up, "x-forwarded-for") {
+                Some(e) => format!("{e}, {}", ours(&f.client)),
+                None => ours(&f.client),
+            };
+            let fwd = match earlier(up, "forwarded") {
+                Some(e) => format!("{e}, {}", ours(&f.forwarded)),
+                None => ours(&f.forwarded),
+            };
+            let value = |s: String| {
+                HeaderValue::try_from(s)
+                    .map_err(|e| Error::because(ErrorType::InvalidHTTPHeader, "forwarded", e))
+            };
+            up.insert(X_FORWARDED_FOR, value(joined)?)?;
+            up.insert(FORWARDED, value(fwd)?)?;
+            if up.map().get(X_FORWARDED_PROTO).is_none() {
+                up.insert(X_FORWARDED_PROTO, HTTPS.clone())?;
+            }
+            if up.map().get(X_FORWARDED_HOST).is_none() {
+                up.insert(X_FORWARDED_HOST, f.host.clone())?;
+            }
+        }
+    }
+    let via = match version {
+        http::Version::HTTP_2 => "2 gatehouse",
+        http::Version::HTTP_10 => "1.0 gatehouse",
+        _ => "1.1 gatehouse",
+    };
+    up.append(VIA, HeaderValue::from_static(via))?;
+    // Only the gateway says a request came through the encrypted channel.
+    up.remove(&GATEHOUSE_CHANNEL);
+    if conn.channel {
+        up.insert(GATEHOUSE_CHANNEL, HeaderValue::from_static("ohttp"))?;
+    }
+    if !has_authority || up.map().get(HOST).is_none() {
+        up.insert(HOST, f.host.clone())?;
+    }
+    Ok(())
+}
 
 impl Gatehouse {
-    /// The answer to a request that must not reach an instance, if any.
-    fn refusal(&self, session: &Session, conn: &ConnInfo) -> Option<(u16, &'static str)> {
-        let req = session.req_header();
-        if req.headers.len() > self.config.max_headers {
-            return Some((431, "431 too many request header fields\n"));
-        }
-        if header_bytes(req) > self.config.max_header_bytes {
-            return Some((431, "431 request header too large\n"));
-        }
-        let authority = req
-            .uri
-            .authority()
-            .map(|a| a.as_str())
-            .or_else(|| {
-                req.headers
-                    .get(http::header::HOST)
-                    .and_then(|h| h.to_str().ok())
-            })
-            .unwrap_or_default();
-        if host_of(authority) != *conn.sni {
-            return Some((
-                421,
-                "421 misdirected request: Host is not this connection's name\n",
-            ));
-        }
-        let limit = self.config.max_request_body;
-        let declared = req
-            .headers
-            .get(http::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-        if limit > 0 && declared.is_some_and(|n| n > limit) {
-            return Some((413, TOO_LARGE));
-        }
-        if conn.route.app.instances.is_empty() {
-            return Some((503, "503 no instance of this app\n"));
-        }
-        None
-    }
-
-    /// Sets the forwarding headers for this hop (replacing or appending to the client's).
-    fn forwarding(&self, session: &Session, up: &mut RequestHeader, ctx: &Ctx) -> Result<()> {
-        let Some(conn) = &ctx.conn else {
-            return Ok(());
-        };
-        let f = &conn.forwarded;
-        let replace = self.config.forwarded == ForwardedMode::Replace;
-        clean(up, self.config.keep_underscore_headers, replace)?;
-        let earlier = |up: &RequestHeader, name: &str| {
-            let values: Vec<&str> = up
-                .headers
-                .get_all(name)
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .collect();
-            (!values.is_empty()).then(|| values.join(", "))
-        };
-        match self.config.forwarded {
-            ForwardedMode::Replace => {
-                up.insert_header("x-real-ip", f.client.clone())?;
-                up.insert_header("x-forwarded-for", f.client.clone())?;
-                up.insert_header("x-forwarded-proto", HTTPS.clone())?;
-                up.insert_header("x-forwarded-host", f.host.clone())?;
-                up.insert_header("forwarded", f.forwarded.clone())?;
-            }
-            ForwardedMode::Append => {
-                // Ours are built from an IP and a routed name: always visible ASCII.
-                let ours = |v: &HeaderValue| v.to_str().unwrap_or_default().to_owned();
-                let xff = match earlier(up, "x-forwarded-for") {
-                    Some(e) => format!("{e}, {}", ours(&f.client)),
-                    None => ours(&f.client),
-                };
-                let fwd = match earlier(up, "forwarded") {
-                    Some(e) => format!("{e}, {}", ours(&f.forwarded)),
-                    None => ours(&f.forwarded),
-                };
-                up.insert_header("x-forwarded-for", xff)?;
-                up.insert_header("forwarded", fwd)?;
-                if up.headers.get("x-forwarded-proto").is_none() {
-                    up.insert_header("x-forwarded-proto", HTTPS.clone())?;
-                }
-                if up.headers.get("x-forwarded-host").is_none() {
-                    up.insert_header("x-forwarded-host", f.host.clone())?;
-                }
-            }
-        }
-        let via = match session.req_header().version {
-            http::Version::HTTP_2 => "2 gatehouse",
-            http::Version::HTTP_10 => "1.0 gatehouse",
-            _ => "1.1 gatehouse",
-        };
-        up.append_header("via", HeaderValue::from_static(via))?;
-        // Only the gateway says a request came through the encrypted channel.
-        up.remove_header("gatehouse-channel");
-        if conn.channel {
-            up.insert_header("gatehouse-channel", HeaderValue::from_static("ohttp"))?;
-        }
-        if up.uri.authority().is_none() || up.headers.get(http::header::HOST).is_none() {
-            up.insert_header(http::header::HOST, f.host.clone())?;
-        }
-        Ok(())
-    }
-
     /// Whether another instance may still be tried.
     fn may_retry(ctx: &Ctx) -> bool {
         let n = ctx.conn.as_ref().map_or(0, |c| c.route.app.instances.len());
@@ -398,7 +464,15 @@ impl ProxyHttp for Gatehouse {
             session.set_min_send_rate(Some(self.config.min_send_rate));
         }
         ctx.client = session.client_addr().and_then(|a| a.as_inet()).copied();
-        let refusal = self.refusal(session, &conn);
+        let req = session.req_header();
+        let refusal = refusal(
+            &self.config,
+            &req.method,
+            req.raw_path().len(),
+            &req.uri,
+            &req.headers,
+            &conn,
+        );
         ctx.conn = Some(conn);
         match refusal {
             Some((code, body)) => respond(session, code, body).await,
@@ -529,7 +603,12 @@ impl ProxyHttp for Gatehouse {
         up: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        self.forwarding(session, up, ctx)
+        let Some(conn) = &ctx.conn else {
+            return Ok(());
+        };
+        let version = session.req_header().version;
+        let has_authority = up.uri.authority().is_some();
+        set_forwarding(&self.config, up, conn, version, has_authority)
     }
 
     async fn upstream_response_filter(
@@ -669,6 +748,9 @@ mod tests {
         let mut h = RequestHeader::build("GET", b"/abc", None).unwrap();
         h.insert_header("host", "a.b").unwrap();
         // "GET /abc HTTP/1.1\r\n" + "host: a.b\r\n" + "\r\n"
-        assert_eq!(header_bytes(&h), 19 + 11 + 2);
+        assert_eq!(
+            header_bytes(&h.method, h.raw_path().len(), &h.headers),
+            19 + 11 + 2
+        );
     }
 }

@@ -1,0 +1,493 @@
+//! The HTTP/1.1 path of `mode = "http"` on hyper (issue 22, benches/HTTP-PATH.md): a client
+//! connection that chose HTTP/1.1 (not h2, not a `g` name) is served by hyper's server, each
+//! request forwarded on an instance connection bound to the client connection while the
+//! balancer keeps choosing that instance ([`upstream`]). The per-request checks are the
+//! Pingora path's own functions ([`super::proxy::refusal`], [`super::proxy::set_forwarding`]):
+//! the same refusals, header hygiene and forwarding headers; the same balancer, retries and
+//! passive health; the same statistics and access log ([`body::Finish`]). The attestation,
+//! channel and worker paths are rare and carry their own logic: they are handed to the
+//! Pingora path on an in-process connection ([`super::HttpEngine::exchange`]).
+//!
+//! Why: Pingora's request path alone costs more CPU per request than nginx and HAProxy spend
+//! in all (0.72–0.75× the best peer with no hook of ours, benches/HTTP-PATH.md); hyper's
+//! floor is below every peer.
+
+pub mod body;
+pub mod stall;
+pub mod upstream;
+
+use super::proxy::{self, TOO_LARGE};
+use super::{ConnInfo, HttpEngine};
+use crate::upstream::balancer::{self, Load};
+use crate::upstream::{health, own, MAX_ATTEMPTS};
+use body::{Finish, ReqBody, RespBody};
+use bytes::Bytes;
+use gatehouse_attest::bundle::WELL_KNOWN_PATH;
+use gatehouse_config::HttpConfig;
+use http::header::{CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, TRANSFER_ENCODING, UPGRADE};
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
+use hyper::body::{Body, Incoming};
+use hyper_util::rt::TokioIo;
+use stall::Stalled;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use upstream::{Binding, ConnectError, Kept, Pool};
+
+/// The HTTP/1.1 path's settings and its pool of instance connections.
+pub struct H1 {
+    config: HttpConfig,
+    connect: Duration,
+    idle: Duration,
+    write: Duration,
+    pool: Arc<Pool>,
+    server: hyper::server::conn::http1::Builder,
+}
+
+impl std::fmt::Debug for H1 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("H1")
+    }
+}
+
+/// One client connection.
+pub struct Conn {
+    pub(super) info: ConnInfo,
+    pub(super) client: SocketAddr,
+    binding: Mutex<Binding>,
+    pool: Arc<Pool>,
+}
+
+impl Drop for Conn {
+    /// The client went: its instance connection serves others.
+    fn drop(&mut self) {
+        let binding = self.binding.get_mut().unwrap_or_else(|p| p.into_inner());
+        binding.release(&self.pool);
+    }
+}
+
+/// Fields of one hop only (RFC 9110 §7.6.1), never forwarded as they came.
+const HOP_BY_HOP: [http::HeaderName; 5] = [
+    CONNECTION,
+    http::HeaderName::from_static("keep-alive"),
+    http::HeaderName::from_static("proxy-connection"),
+    http::header::TE,
+    http::header::TRAILER,
+];
+
+/// Removes the hop-by-hop fields and those `Connection` names.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if headers.contains_key(CONNECTION) {
+        let named: Vec<http::HeaderName> = headers
+            .get_all(CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|n| http::HeaderName::from_bytes(n.trim().as_bytes()).ok())
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
+    }
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
+    }
+    if headers.contains_key(TRANSFER_ENCODING) {
+        // hyper frames the message again from its body; a length beside chunking is a lie.
+        headers.remove(CONTENT_LENGTH);
+    }
+}
+
+/// Counts a failure of instance `i` of `conn`'s app in its passive health (declared ports
+/// only, as the Pingora path does).
+pub(super) fn instance_failed(conn: &Conn, i: usize, what: &str) {
+    let route = &conn.info.route;
+    if !route.app.spec.declares(route.port) {
+        return;
+    }
+    let instance = &route.app.instances[i];
+    let backoff = instance.health.record_failure(health::now_ms());
+    let peer = SocketAddr::new(instance.addr, route.port);
+    tracing::warn!(app = %route.app.spec.id, peer = %peer, ?backoff, "instance {what}; marked unhealthy");
+}
+
+/// A short plain answer of ours.
+fn plain(code: u16, body: impl Into<Bytes>, mut finish: Finish) -> Response<RespBody> {
+    let body = body.into();
+    finish.status = code;
+    finish.load = None;
+    let length = HeaderValue::from(body.len());
+    let mut resp = Response::new(RespBody::fixed(body, Some(finish)));
+    *resp.status_mut() = StatusCode::from_u16(code).unwrap_or(StatusCode::BAD_GATEWAY);
+    let h = resp.headers_mut();
+    h.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    h.insert(CONTENT_LENGTH, length);
+    resp
+}
+
+impl H1 {
+    /// The path under the data path's `timeouts` and the `[proxy.http]` settings.
+    pub fn new(timeouts: &gatehouse_config::Timeouts, config: &HttpConfig) -> H1 {
+        let mut server = hyper::server::conn::http1::Builder::new();
+        server
+            // The header deadline is ours (`Stalled::with_header_deadline`): hyper's makes a
+            // timer per request.
+            .header_read_timeout(None)
+            // Past these hyper answers 431 itself; below them ours (`refusal`) does.
+            .max_headers(config.max_headers.saturating_add(1).max(100))
+            .max_buf_size(config.max_header_bytes.saturating_mul(2).max(16 * 1024))
+            .keep_alive(true);
+        H1 {
+            config: config.clone(),
+            connect: timeouts.connect,
+            idle: timeouts.idle,
+            write: timeouts.write,
+            pool: Arc::new(Pool::new(
+                config.upstream_pool_size,
+                config.upstream_idle_timeout,
+            )),
+            server,
+        }
+    }
+
+    /// Serves one terminated HTTP/1.1 connection to its end.
+    pub async fn serve<T>(&self, engine: &HttpEngine, tls: T, info: ConnInfo, client: SocketAddr)
+    where
+        T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        // Until a whole header is in: from the start, `header_read_timeout`; from the end of
+        // a response, the shorter of it and `timeouts.idle` (the keep-alive limit).
+        info.header_deadline.arm(self.config.header_read_timeout);
+        let io = TokioIo::new(
+            Stalled::new(tls, None, self.write).with_header_deadline(info.header_deadline.clone()),
+        );
+        let conn = Arc::new(Conn {
+            info,
+            client,
+            binding: Mutex::default(),
+            pool: self.pool.clone(),
+        });
+        let service = hyper::service::service_fn(|req| {
+            let conn = conn.clone();
+            async move { Ok::<_, std::convert::Infallible>(self.handle(engine, conn, req).await) }
+        });
+        let mut http = std::pin::pin!(self.server.serve_connection(io, service).with_upgrades());
+        // The client connection's own instance connection runs here, beside hyper's server:
+        // before it (an answer that came is read first) and after it (a request just sent
+        // leaves in the same turn).
+        let ended = std::future::poll_fn(|cx| {
+            conn.binding().poll_driver(cx);
+            let polled = http.as_mut().poll(cx);
+            if polled.is_pending() {
+                conn.binding().poll_driver(cx);
+            }
+            polled
+        })
+        .await;
+        if let Err(e) = ended {
+            tracing::debug!(client = %client, "http/1.1 connection ended: {e}");
+        }
+    }
+
+    /// One request.
+    async fn handle(
+        &self,
+        engine: &HttpEngine,
+        conn: Arc<Conn>,
+        mut req: Request<Incoming>,
+    ) -> Response<RespBody> {
+        let started = Instant::now();
+        conn.info.header_deadline.disarm();
+        let finish = Finish::new(conn.clone(), &req, started, self.config.access_log);
+        let info = &conn.info;
+        let target_len = req.uri().path_and_query().map_or(1, |p| p.as_str().len());
+        if let Some((code, body)) = proxy::refusal(
+            &self.config,
+            req.method(),
+            target_len,
+            req.uri(),
+            req.headers(),
+            info,
+        ) {
+            return plain(code, body, finish);
+        }
+        let path = req.uri().path();
+        if path == WELL_KNOWN_PATH || super::channel::is_channel_path(path) {
+            return self.handoff(engine, &conn, req, finish).await;
+        }
+        let upgrade =
+            req.version() == http::Version::HTTP_11 && req.headers().contains_key(UPGRADE);
+        let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+        let (parts, body) = req.into_parts();
+        let mut headers = parts.headers;
+        let protocol = headers.remove(UPGRADE).filter(|_| upgrade);
+        strip_hop_by_hop(&mut headers);
+        if let Some(protocol) = protocol {
+            headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+            headers.insert(UPGRADE, protocol);
+        }
+        if let Err(e) =
+            proxy::set_forwarding(&self.config, &mut headers, info, parts.version, false)
+        {
+            tracing::warn!("forwarding headers: {e}");
+            return plain(400, "400 bad request header\n", finish);
+        }
+        let target = parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+        let over = Arc::new(AtomicBool::new(false));
+        let has_body = !body.is_end_stream();
+        let body = if has_body {
+            ReqBody::new(body, self.config.max_request_body, over.clone(), self.idle)
+        } else {
+            ReqBody::empty()
+        };
+        let instances = &info.route.app.instances;
+        // A request without a body that may be sent twice can go to another instance after
+        // it reached one; keep what rebuilds it only when there is another to go to.
+        let replay = (parts.method.is_idempotent() && !has_body && instances.len() > 1)
+            .then(|| headers.clone());
+        let build = |headers: HeaderMap, body: ReqBody| {
+            let mut r = Request::new(body);
+            *r.method_mut() = parts.method.clone();
+            *r.uri_mut() = http::Uri::from(target.clone());
+            *r.headers_mut() = headers;
+            r
+        };
+        let mut request = Some(build(headers, body));
+        let mut finish = finish;
+        let mut tried = [usize::MAX; MAX_ATTEMPTS];
+        let mut n = 0;
+        loop {
+            let Some(i) = balancer::pick(instances, &tried[..n]) else {
+                return plain(503, "503 no healthy instance\n", finish);
+            };
+            tried[n] = i;
+            n += 1;
+            finish.attempts = n;
+            finish.instance = Some(i);
+            let instance = &instances[i];
+            finish.load = Some(Load::start(instance.clone()));
+            let may_retry = instances.len() > n && n < MAX_ATTEMPTS;
+            let addr = SocketAddr::new(instance.addr, info.route.port);
+            if own::is_own(addr) {
+                tracing::warn!(app = %info.route.app.spec.id, peer = %addr, "the instance address is one of the gateway's own listeners");
+                finish.error = "own listener";
+                return plain(502, "502 the instance failed\n", finish);
+            }
+            let Some(req) = request.take() else {
+                return plain(500, "500 internal error\n", finish);
+            };
+            match self.exchange(&conn, addr, req).await {
+                Exchange::Answered(kept, resp) => {
+                    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+                        return match client_upgrade {
+                            Some(client_side) => self.tunnel(client_side, resp, finish),
+                            None => {
+                                // A tunnel to the instance past every later request's checks.
+                                tracing::warn!(app = %info.route.app.spec.id, peer = %addr, "the instance switched protocols on a request that asked for no upgrade");
+                                finish.error = "unasked upgrade";
+                                plain(502, "502 the instance failed\n", finish)
+                            }
+                        };
+                    }
+                    instance.health.record_success();
+                    conn.binding().bind(addr, kept, &self.pool);
+                    let (mut parts, body) = resp.into_parts();
+                    strip_hop_by_hop(&mut parts.headers);
+                    parts.headers.remove(TRANSFER_ENCODING);
+                    finish.status = parts.status.as_u16();
+                    let body = RespBody::upstream(body, self.config.upstream_read_timeout, finish);
+                    return Response::from_parts(parts, body);
+                }
+                Exchange::ConnectFailed(e) => {
+                    instance_failed(&conn, i, "connect failed");
+                    finish.load = None;
+                    if may_retry {
+                        request = Some(e.1);
+                        continue;
+                    }
+                    return match e.0 {
+                        ConnectError::TimedOut => {
+                            finish.error = "connect timeout";
+                            plain(504, "504 the instance did not answer in time\n", finish)
+                        }
+                        ConnectError::Failed(_) => {
+                            finish.error = "connect";
+                            plain(502, "502 the instance failed\n", finish)
+                        }
+                    };
+                }
+                Exchange::Failed(timed_out) => {
+                    if over.load(Ordering::Relaxed) {
+                        finish.error = "body too large";
+                        return plain(413, TOO_LARGE, finish);
+                    }
+                    instance_failed(&conn, i, "failed before answering");
+                    finish.load = None;
+                    if let (Some(h), true) = (&replay, may_retry) {
+                        request = Some(build(h.clone(), ReqBody::empty()));
+                        continue;
+                    }
+                    return if timed_out {
+                        finish.error = "read timeout";
+                        plain(504, "504 the instance did not answer in time\n", finish)
+                    } else {
+                        finish.error = "upstream";
+                        plain(502, "502 the instance failed\n", finish)
+                    };
+                }
+            }
+        }
+    }
+
+    /// Sends `req` to `addr` on the bound connection, an idle pooled one, or a new one, and
+    /// waits for the response header (`upstream_read_timeout`). A reused connection that
+    /// turns out closed before the request left is replaced by a new one, uncounted.
+    async fn exchange(&self, conn: &Conn, addr: SocketAddr, mut req: Request<ReqBody>) -> Exchange {
+        let bound = conn.binding().take(addr, &self.pool);
+        let mut reused = bound.or_else(|| self.pool.take(addr));
+        loop {
+            let ready = match reused.take() {
+                Some(mut k) => k.sender.ready().await.is_ok().then_some(k),
+                None => None,
+            };
+            let mut kept = match ready {
+                Some(k) => k,
+                None => match self.pool.take(addr) {
+                    Some(k) => k,
+                    None => match upstream::connect(addr, self.connect).await {
+                        Ok((k, driver)) => {
+                            conn.binding().adopt(k.id, driver);
+                            k
+                        }
+                        Err(e) => return Exchange::ConnectFailed(Box::new((e, req))),
+                    },
+                },
+            };
+            let sent = kept.sender.try_send_request(req);
+            match tokio::time::timeout(self.config.upstream_read_timeout, sent).await {
+                Err(_) => return Exchange::Failed(true),
+                Ok(Ok(resp)) => return Exchange::Answered(kept, resp),
+                Ok(Err(mut e)) => match e.take_message() {
+                    // Not sent: the connection had closed; once more on another.
+                    Some(back) => req = back,
+                    None => return Exchange::Failed(false),
+                },
+            }
+        }
+    }
+
+    /// Answers a 101 to a request that asked for it and joins the two upgraded connections,
+    /// each read bounded by `timeouts.idle`, each write by `timeouts.write` (client) or
+    /// `idle` (instance), as the TCP relay's are.
+    fn tunnel(
+        &self,
+        client_side: hyper::upgrade::OnUpgrade,
+        mut resp: Response<Incoming>,
+        mut finish: Finish,
+    ) -> Response<RespBody> {
+        let instance_side = hyper::upgrade::on(&mut resp);
+        let (idle, write) = (self.idle, self.write);
+        tokio::spawn(async move {
+            let (Ok(c), Ok(u)) = tokio::join!(client_side, instance_side) else {
+                return;
+            };
+            let mut c = Stalled::new(TokioIo::new(c), Some(idle), write);
+            let mut u = Stalled::new(TokioIo::new(u), Some(idle), idle);
+            let _ = tokio::io::copy_bidirectional(&mut c, &mut u).await;
+        });
+        let (parts, _) = resp.into_parts();
+        finish.status = 101;
+        finish.rearm = false; // the connection is a tunnel now: no header will come
+        Response::from_parts(parts, RespBody::fixed(Bytes::new(), Some(finish)))
+    }
+
+    /// Serves a request for the attestation bundle, the channel, its keys or its worker
+    /// through the Pingora path (their logic lives there), its body held up to the channel's
+    /// request limit (413 beyond), the answer read whole.
+    async fn handoff(
+        &self,
+        engine: &HttpEngine,
+        conn: &Conn,
+        req: Request<Incoming>,
+        mut finish: Finish,
+    ) -> Response<RespBody> {
+        use http_body_util::BodyExt;
+        let limit = self.config.channel.max_request;
+        let (parts, body) = req.into_parts();
+        let body = match http_body_util::Limited::new(body, limit as usize)
+            .collect()
+            .await
+        {
+            Ok(b) => b.to_bytes(),
+            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+                let why = format!(
+                    "413 encapsulated request over proxy.http.channel.max_request ({limit} bytes)\n"
+                );
+                return plain(413, why, finish);
+            }
+            Err(e) => {
+                tracing::debug!(client = %conn.client.ip(), "request body: {e}");
+                finish.error = "client";
+                return plain(400, "400 the request body broke off\n", finish);
+            }
+        };
+        finish.counted = false; // the Pingora path counts and logs it
+        let mut inner = Request::new(http_body_util::Full::new(body.clone()));
+        *inner.method_mut() = parts.method;
+        *inner.uri_mut() = parts.uri;
+        *inner.headers_mut() = parts.headers;
+        strip_hop_by_hop(inner.headers_mut());
+        inner.headers_mut().remove(TRANSFER_ENCODING);
+        if !body.is_empty() {
+            inner
+                .headers_mut()
+                .insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
+        }
+        let max = self.config.channel.max_response.saturating_add(1 << 20);
+        match engine
+            .exchange(conn.info.clone(), conn.client, inner, max)
+            .await
+        {
+            Ok((mut parts, body)) => {
+                strip_hop_by_hop(&mut parts.headers);
+                parts.headers.remove(TRANSFER_ENCODING);
+                parts
+                    .headers
+                    .insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
+                finish.status = parts.status.as_u16();
+                Response::from_parts(parts, RespBody::fixed(body, Some(finish)))
+            }
+            Err(why) => {
+                tracing::warn!(client = %conn.client.ip(), "a well-known request failed: {why}");
+                plain(502, "502 the instance failed\n", finish)
+            }
+        }
+    }
+}
+
+/// How one attempt at an instance went.
+enum Exchange {
+    Answered(Kept, Response<Incoming>),
+    /// No connection; the request comes back for another instance.
+    ConnectFailed(Box<(ConnectError, Request<ReqBody>)>),
+    /// Sent, no answer (`true`: none within `upstream_read_timeout`).
+    Failed(bool),
+}
+
+impl Conn {
+    fn binding(&self) -> std::sync::MutexGuard<'_, Binding> {
+        self.binding.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,164 @@
+use super::upstream::{connect, Binding, Kept, Pool};
+use super::*;
+
+/// An HTTP/1.1 origin on loopback answering `ok` to every request, keeping connections alive
+/// (until `close_after` requests, when set); its address.
+async fn origin(close_after: Option<usize>) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let served = std::sync::atomic::AtomicUsize::new(0);
+                let service = hyper::service::service_fn(|_req| {
+                    let n = served.fetch_add(1, Ordering::Relaxed) + 1;
+                    let mut resp = Response::new(http_body_util::Full::new(Bytes::from("ok")));
+                    if close_after.is_some_and(|c| n >= c) {
+                        resp.headers_mut()
+                            .insert(CONNECTION, HeaderValue::from_static("close"));
+                    }
+                    async move { Ok::<_, std::convert::Infallible>(resp) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tcp), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// A connection to `addr` whose driver runs in a task of its own.
+async fn kept(addr: SocketAddr) -> Kept {
+    let (k, driver) = connect(addr, Duration::from_secs(5)).await.unwrap();
+    tokio::spawn(driver);
+    k
+}
+
+async fn get(sender: &mut upstream::Sender, addr: SocketAddr) -> u16 {
+    use http_body_util::BodyExt;
+    let mut req = Request::new(ReqBody::empty());
+    req.headers_mut().insert(
+        http::header::HOST,
+        HeaderValue::from_str(&addr.to_string()).unwrap(),
+    );
+    let resp = sender.send_request(req).await.unwrap();
+    let status = resp.status().as_u16();
+    resp.into_body().collect().await.unwrap();
+    status
+}
+
+/// The pool hands out only live, ready, unexpired connections to the address asked for,
+/// and keeps no more than its cap.
+#[tokio::test]
+async fn http_h1_pool_keeps_live_connections_per_instance_within_its_cap() {
+    let a = origin(None).await;
+    let b = origin(Some(1)).await;
+    let pool = Pool::new(2, Duration::from_secs(60));
+    let mut s1 = kept(a).await;
+    assert_eq!(get(&mut s1.sender, a).await, 200);
+    s1.sender.ready().await.unwrap();
+    pool.put(a, s1);
+    assert!(
+        pool.take(b).is_none(),
+        "a connection serves its own instance only"
+    );
+    let mut again = pool.take(a).expect("the kept connection");
+    assert_eq!(get(&mut again.sender, a).await, 200, "and it still works");
+    assert_eq!(pool.kept(), 0);
+
+    // An instance that closes after answering: its connection is not kept.
+    let mut closing = kept(b).await;
+    assert_eq!(get(&mut closing.sender, b).await, 200);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !closing.sender.is_closed() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    pool.put(b, closing);
+    assert!(
+        pool.take(b).is_none(),
+        "a closed connection is never handed out"
+    );
+
+    // The cap: a third live connection is not kept.
+    again.sender.ready().await.unwrap();
+    pool.put(a, again);
+    pool.put(a, kept(a).await);
+    pool.put(a, kept(a).await);
+    assert_eq!(pool.kept(), 2);
+}
+
+/// A kept connection is closed after `upstream_idle_timeout` unused: not handed out, and
+/// its place is free.
+#[tokio::test]
+async fn http_h1_pool_expires_idle_connections() {
+    let a = origin(None).await;
+    let pool = Pool::new(1, Duration::from_millis(50));
+    pool.put(a, kept(a).await);
+    assert_eq!(pool.kept(), 1);
+    tokio::time::sleep(Duration::from_millis(120)).await;
+    assert!(pool.take(a).is_none(), "expired");
+    assert_eq!(pool.kept(), 0);
+    pool.put(a, kept(a).await);
+    assert_eq!(pool.kept(), 1);
+}
+
+/// A connection made for a client connection is run by that connection's task (here: the
+/// test polling the binding); when it leaves for the pool (another instance was picked, or
+/// the client went) its driver goes to a task of its own, so whoever takes it next is
+/// answered.
+#[tokio::test]
+async fn http_h1_binding_runs_its_connection_and_hands_it_over_running() {
+    let (a, b) = (origin(None).await, origin(None).await);
+    let pool = Pool::new(8, Duration::from_secs(60));
+    let mut binding = Binding::default();
+    let (mut k, driver) = connect(a, Duration::from_secs(5)).await.unwrap();
+    binding.adopt(k.id, driver);
+    let binding = Mutex::new(binding);
+    // Only the binding's poll runs the connection: the request is answered through it.
+    let driven = std::future::poll_fn(|cx| {
+        binding.lock().unwrap().poll_driver(cx);
+        std::task::Poll::<()>::Pending
+    });
+    let status = tokio::select! {
+        s = get(&mut k.sender, a) => s,
+        () = driven => unreachable!(),
+    };
+    assert_eq!(status, 200);
+    let mut binding = binding.into_inner().unwrap();
+    binding.bind(a, k, &pool);
+    assert!(binding.take(a, &pool).is_some_and(|k| k.sender.is_ready()));
+    let mut binding = Binding::default();
+    let (k, driver) = connect(a, Duration::from_secs(5)).await.unwrap();
+    binding.adopt(k.id, driver);
+    binding.bind(a, k, &pool);
+    // Another instance now: the bound one goes to the pool, running on its own.
+    assert!(binding.take(b, &pool).is_none());
+    tokio::time::sleep(Duration::from_millis(50)).await; // its task runs: it says it is ready
+    let mut k = pool.take(a).expect("pooled, and ready");
+    let answered = tokio::time::timeout(Duration::from_secs(5), get(&mut k.sender, a)).await;
+    assert_eq!(answered.expect("its driver runs in a task of its own"), 200);
+}
+
+/// Nothing of one hop reaches the next (the fields `Connection` names included); a length
+/// beside chunking is dropped.
+#[test]
+fn http_h1_hop_by_hop_fields_are_not_forwarded() {
+    let mut h = HeaderMap::new();
+    for (k, v) in [
+        ("connection", "keep-alive, x-secret"),
+        ("keep-alive", "timeout=5"),
+        ("te", "trailers"),
+        ("proxy-connection", "keep-alive"),
+        ("transfer-encoding", "chunked"),
+        ("content-length", "10"),
+        ("x-kept", "1"),
+        ("x-secret", "for this hop"),
+    ] {
+        h.insert(k, HeaderValue::from_static(v));
+    }
+    strip_hop_by_hop(&mut h);
+    let mut names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+    names.sort();
+    assert_eq!(names, ["transfer-encoding", "x-kept"]);
+}
