@@ -61,7 +61,8 @@ pub struct ReqBody {
     inner: Option<Incoming>,
     seen: u64,
     limit: u64,
-    over: Arc<AtomicBool>,
+    /// Set once the body passed the limit (none for an empty body).
+    over: Option<Arc<AtomicBool>>,
     stall: Option<Stall>,
 }
 
@@ -72,7 +73,7 @@ impl ReqBody {
             inner: None,
             seen: 0,
             limit: 0,
-            over: Arc::default(),
+            over: None,
             stall: None,
         }
     }
@@ -84,7 +85,7 @@ impl ReqBody {
             inner: Some(inner),
             seen: 0,
             limit,
-            over,
+            over: Some(over),
             stall: Some(Stall::new(idle, "the request body")),
         }
     }
@@ -110,7 +111,9 @@ impl Body for ReqBody {
         if let Some(data) = frame.data_ref() {
             this.seen += data.len() as u64;
             if this.limit > 0 && this.seen > this.limit {
-                this.over.store(true, Ordering::Relaxed);
+                if let Some(over) = &this.over {
+                    over.store(true, Ordering::Relaxed);
+                }
                 return Poll::Ready(Some(Err("request body over the limit".into())));
             }
         }

@@ -242,12 +242,12 @@ impl H1 {
             .path_and_query()
             .cloned()
             .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
-        let over = Arc::new(AtomicBool::new(false));
         let has_body = !body.is_end_stream();
-        let body = if has_body {
-            ReqBody::new(body, self.config.max_request_body, over.clone(), self.idle)
-        } else {
-            ReqBody::empty()
+        // Whether the body passed `max_request_body` (made only for a request with a body).
+        let over = has_body.then(|| Arc::new(AtomicBool::new(false)));
+        let body = match &over {
+            Some(over) => ReqBody::new(body, self.config.max_request_body, over.clone(), self.idle),
+            None => ReqBody::empty(),
         };
         let instances = &info.route.app.instances;
         // A request without a body that may be sent twice can go to another instance after
@@ -326,7 +326,7 @@ impl H1 {
                     };
                 }
                 Exchange::Failed(timed_out) => {
-                    if over.load(Ordering::Relaxed) {
+                    if over.as_ref().is_some_and(|o| o.load(Ordering::Relaxed)) {
                         finish.error = "body too large";
                         return plain(413, TOO_LARGE, finish);
                     }
