@@ -472,6 +472,7 @@ class Floor(Arm):
 
     roles = ("http",)
     engine = "?"
+    role = "http"
 
     @classmethod
     def available(cls, env):
@@ -482,9 +483,14 @@ class Floor(Arm):
 
     config_file = "floor.txt"
 
+    def start(self, role, resumption):
+        self.role = role
+        return super().start(role, resumption)
+
     def argv(self, path):
         e = self.env
-        return [e.floor, self.engine, f"127.0.0.1:{PROXY_PORT}", f"127.0.0.1:{ORIGIN_HTTP}",
+        engine, origin = ("hyper-h2", ORIGIN_H2C) if self.role == "h2" else (self.engine, ORIGIN_HTTP)
+        return [e.floor, engine, f"127.0.0.1:{PROXY_PORT}", f"127.0.0.1:{origin}",
                 f"{e.work}/chain.pem", f"{e.work}/leaf.key"]
 
 
@@ -496,6 +502,7 @@ class FloorPingora(Floor):
 class FloorHyper(Floor):
     name = "floor-hyper"
     engine = "hyper"
+    roles = ("http", "h2")  # h2: hyper's h2 server and client (`hyper-h2`)
 
 
 ARMS = [Gatehouse, Nginx, Haproxy, Caddy, H2o, FloorPingora, FloorHyper]

@@ -115,9 +115,9 @@ def write(out_dir, meta, results, env):
         md += ["", "## The HTTP request path's floor", "",
                "The same TLS termination (tokio-rustls, aws-lc-rs, one current-thread runtime) with no gateway",
                "work after it (`benches/tools/src/http_floor.rs`): Pingora with one fixed peer and no hooks, on",
-               "gatehouse's own transport; hyper with one upstream connection bound to each client connection.",
-               "What gatehouse pays above `floor: Pingora` is its own; what that floor pays above the best peer",
-               "is Pingora's request path.", "",
+               "gatehouse's own transport; hyper with one upstream connection bound to each client connection",
+               "(HTTP/1.1, or h2 on both sides in the h2 rows). gatehouse serves requests on hyper: what it pays",
+               "above `floor: hyper` is its own; what a floor pays above the best peer is that library's.", "",
                "| workload | metric | gatehouse | " + " | ".join(TITLES[a] for a in REFERENCES) + " | best peer |",
                "| --- | --- | ---: | " + " | ".join("---:" for _ in REFERENCES) + " | ---: |"]
         for r in floors:

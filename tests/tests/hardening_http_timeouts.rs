@@ -2,7 +2,8 @@
 //! slot forever. An h2 client that sends only the preface and SETTINGS is closed at the header
 //! deadline; an h2 connection with no open stream, and an HTTP/1.1 keep-alive connection
 //! between requests, are closed after the shorter of the header timeout and `timeouts.idle`,
-//! counted from the last response (not from the connection's start).
+//! counted from the last response (not from the connection's start); an h2 connection is told
+//! GOAWAY before it is closed.
 
 use gatehouse_tests::http::{body, http_app, request, request_h2, HttpGateway};
 use gatehouse_tests::servers::{bind, http_whoami};
@@ -22,20 +23,32 @@ async fn gateway() -> HttpGateway {
     )
 }
 
-/// Waits (at most `limit`) for the server to close `tls`; how long it took.
+/// Waits (at most `limit`) for the server to close `tls`; how long it took and what it sent.
 async fn closed_within(
     tls: &mut tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
     limit: Duration,
-) -> Duration {
+) -> (Duration, Vec<u8>) {
     let start = Instant::now();
     let mut buf = [0u8; 1024];
+    let mut seen = Vec::new();
     loop {
         match tokio::time::timeout_at((start + limit).into(), tls.read(&mut buf)).await {
             Err(_) => panic!("still open after {limit:?}"),
-            Ok(Ok(0)) | Ok(Err(_)) => return start.elapsed(),
-            Ok(Ok(_)) => {} // SETTINGS, GOAWAY...
+            Ok(Ok(0)) | Ok(Err(_)) => return (start.elapsed(), seen),
+            Ok(Ok(n)) => seen.extend_from_slice(&buf[..n]), // SETTINGS, GOAWAY...
         }
     }
+}
+
+/// The types of the h2 frames in `bytes` (a server's side after the preface).
+fn frame_types(mut bytes: &[u8]) -> Vec<u8> {
+    let mut types = Vec::new();
+    while bytes.len() >= 9 {
+        let len = u32::from_be_bytes([0, bytes[0], bytes[1], bytes[2]]) as usize;
+        types.push(bytes[3]);
+        bytes = &bytes[(9 + len).min(bytes.len())..];
+    }
+    types
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -48,10 +61,16 @@ async fn hardening_h2_without_headers_is_closed_at_the_header_deadline() {
         .unwrap();
     tls.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0]).await.unwrap(); // empty SETTINGS
     tls.flush().await.unwrap();
-    let took = closed_within(&mut tls, Duration::from_secs(10)).await;
+    let (took, sent) = closed_within(&mut tls, Duration::from_secs(10)).await;
     assert!(
         took >= Duration::from_millis(800),
         "not before the deadline: {took:?}"
+    );
+    // GOAWAY (type 7) first: a client whose request crossed the close knows it was not served.
+    assert!(
+        frame_types(&sent).contains(&7),
+        "no GOAWAY before the close: frame types {:?}",
+        frame_types(&sent)
     );
 }
 

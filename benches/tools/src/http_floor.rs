@@ -1,5 +1,5 @@
 //! The HTTP mode's floor, a benchmark arm (benches/arms.py `floor-pingora`, `floor-hyper`; crate `gatehouse-bench-tools`):
-//! what a TLS-terminating HTTP/1.1 proxy costs on this stack before any gateway work.
+//! what a TLS-terminating HTTP/1.1 (or h2) proxy costs on this stack before any gateway work.
 //!
 //! TLS is terminated as gatehouse terminates it (tokio-rustls on aws-lc-rs, TLS 1.3), one
 //! route, `X-Forwarded-For` and `-Proto` set, the upstream connection kept alive; then either
@@ -8,10 +8,13 @@
 //!   the flush), with no hook but the peer (one `HttpPeer`, cloned) and no modules: what any
 //!   gateway built on Pingora pays per request, or
 //! - `hyper`: hyper's HTTP/1.1 server, and per client connection one hyper client connection
-//!   to the origin, bound to it (no pool).
+//!   to the origin, bound to it (no pool), or
+//! - `hyper-h2`: hyper's h2 server (ALPN h2), and per client connection one hyper h2 client
+//!   connection to the origin's h2c port, every stream of the one multiplexed on the other
+//!   (the K2 rows' shape: h2 on both sides).
 //!
 //! Not a product: no routing, limits, timeouts or logs; one current-thread runtime and
-//! mimalloc, as a gatehouse worker. Usage: `http_floor <pingora|hyper> <listen> <origin> <chain.pem> <key.pem>`.
+//! mimalloc, as a gatehouse worker. Usage: `http_floor <pingora|hyper|hyper-h2> <listen> <origin> <chain.pem> <key.pem>`.
 
 use async_trait::async_trait;
 use gatehouse::hello::replay::Prefixed;
@@ -32,6 +35,13 @@ use tokio::net::{TcpListener, TcpStream};
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const HTTPS: http::HeaderValue = http::HeaderValue::from_static("https");
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Engine {
+    Pingora,
+    Hyper,
+    HyperH2,
+}
 
 /// Pingora with nothing but a fixed peer.
 struct Floor {
@@ -69,7 +79,7 @@ impl ProxyHttp for Floor {
     }
 }
 
-fn tls_config(chain: &str, key: &str) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+fn tls_config(chain: &str, key: &str, alpn: &[u8]) -> anyhow::Result<Arc<rustls::ServerConfig>> {
     let certs = CertificateDer::pem_file_iter(chain)?.collect::<Result<Vec<_>, _>>()?;
     let key = PrivateKeyDer::from_pem_file(key)?;
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
@@ -77,7 +87,7 @@ fn tls_config(chain: &str, key: &str) -> anyhow::Result<Arc<rustls::ServerConfig
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_no_client_auth()
         .with_single_cert(certs, key)?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.alpn_protocols = vec![alpn.to_vec()];
     Ok(Arc::new(config))
 }
 
@@ -121,18 +131,54 @@ async fn serve_hyper(
     Ok(())
 }
 
+async fn serve_hyper_h2(
+    tls: gatehouse_tls::ServerTls<Prefixed<TcpStream>>,
+    client: SocketAddr,
+    origin: SocketAddr,
+) -> anyhow::Result<()> {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let up = TcpStream::connect(origin).await?;
+    up.set_nodelay(true)?;
+    let (sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(up)).await?;
+    tokio::spawn(conn);
+    let xff = http::HeaderValue::from_str(&client.ip().to_string())?;
+    let service =
+        hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
+            let (mut sender, xff) = (sender.clone(), xff.clone());
+            async move {
+                req.headers_mut().insert("x-forwarded-for", xff);
+                req.headers_mut().insert("x-forwarded-proto", HTTPS);
+                let resp = sender.send_request(req).await?;
+                Ok::<_, hyper::Error>(resp.map(|b| b.boxed()))
+            }
+        });
+    hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+        .serve_connection(TokioIo::new(tls), service)
+        .await?;
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let [engine, listen, origin, chain, key] = args.as_slice() else {
-        anyhow::bail!("usage: http_floor <pingora|hyper> <listen> <origin> <chain.pem> <key.pem>");
+        anyhow::bail!(
+            "usage: http_floor <pingora|hyper|hyper-h2> <listen> <origin> <chain.pem> <key.pem>"
+        );
     };
     let (listen, origin): (SocketAddr, SocketAddr) = (listen.parse()?, origin.parse()?);
-    let config = tls_config(chain, key)?;
-    let hyper = match engine.as_str() {
-        "hyper" => true,
-        "pingora" => false,
-        other => anyhow::bail!("engine {other:?}: pingora or hyper"),
+    let engine = match engine.as_str() {
+        "hyper" => Engine::Hyper,
+        "hyper-h2" => Engine::HyperH2,
+        "pingora" => Engine::Pingora,
+        other => anyhow::bail!("engine {other:?}: pingora, hyper or hyper-h2"),
     };
+    let alpn: &[u8] = if engine == Engine::HyperH2 {
+        b"h2"
+    } else {
+        b"http/1.1"
+    };
+    let config = tls_config(chain, key, alpn)?;
     let mut peer = HttpPeer::new(origin, false, String::new());
     peer.options.idle_timeout = Some(std::time::Duration::from_secs(600));
     let conf = Arc::new(ServerConf::default());
@@ -152,10 +198,10 @@ fn main() -> anyhow::Result<()> {
                 else {
                     return;
                 };
-                if hyper {
-                    let _ = serve_hyper(tls, client, origin).await;
-                } else {
-                    serve_pingora(proxy, tls, client).await;
+                match engine {
+                    Engine::Hyper => drop(serve_hyper(tls, client, origin).await),
+                    Engine::HyperH2 => drop(serve_hyper_h2(tls, client, origin).await),
+                    Engine::Pingora => serve_pingora(proxy, tls, client).await,
                 }
             });
         }

@@ -9,13 +9,13 @@
 //! [`stats`] holds the per-app request statistics, [`redirect`] the port-80 listener.
 
 pub mod channel;
-pub mod h1;
+pub mod hyper_path;
 pub mod io;
 pub mod proxy;
 pub mod redirect;
 pub mod stats;
 
-use crate::route::{Mode, Route};
+use crate::route::Route;
 use gatehouse_config::HttpConfig;
 use io::HeaderDeadline;
 use pingora_core::apps::{HttpServerOptions, ServerApp};
@@ -100,9 +100,9 @@ pub const FAST_TIMERS_UP_TO: std::time::Duration = std::time::Duration::from_sec
 /// The process's HTTP proxy.
 pub struct HttpEngine {
     proxy: Arc<HttpProxy<proxy::Gatehouse>>,
-    /// The HTTP/1.1 path (hyper); `None` where Pingora serves HTTP/1.1 too
+    /// The hyper path (HTTP/1.1 and h2); `None` where Pingora serves every request
     /// (`min_send_rate` is Pingora's).
-    h1: Option<h1::H1>,
+    hyper_path: Option<Arc<hyper_path::HyperPath>>,
     conns: Arc<Conns>,
     header_read_timeout: std::time::Duration,
     idle: std::time::Duration,
@@ -137,7 +137,7 @@ impl HttpEngine {
             upstream_keepalive_pool_size: config.upstream_pool_size,
             ..ServerConf::default()
         });
-        let app = proxy::Gatehouse::new(conns.clone(), timeouts, config.clone(), shared);
+        let app = proxy::Gatehouse::new(conns.clone(), timeouts, config.clone(), shared.clone());
         let (tx, rx) = watch::channel(false);
         let mut proxy = pingora_proxy::http_proxy(&conf, app);
         let mut options = HttpServerOptions::default();
@@ -156,7 +156,8 @@ impl HttpEngine {
         proxy.server_options = Some(options);
         HttpEngine {
             proxy: Arc::new(proxy),
-            h1: (config.min_send_rate == 0).then(|| h1::H1::new(timeouts, config)),
+            hyper_path: (config.min_send_rate == 0)
+                .then(|| Arc::new(hyper_path::HyperPath::new(timeouts, config, shared))),
             conns,
             header_read_timeout: config.header_read_timeout,
             idle,
@@ -173,18 +174,19 @@ impl HttpEngine {
         route: Route,
         sni: Arc<str>,
     ) {
-        let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-        if let (Some(h1), false, false) = (&self.h1, h2, route.mode == Mode::TerminateH2) {
+        if let Some(path) = &self.hyper_path {
+            let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
             let forwarded = Arc::new(proxy::Forwarded::new(client, &sni));
             let info = ConnInfo {
                 route,
                 sni,
                 header_deadline: Arc::default(),
+                // HTTP/1.1: between requests; h2: while no stream is open.
                 rearm_after_response: Some(self.header_read_timeout.min(self.idle)),
                 forwarded,
                 channel: false,
             };
-            return h1.serve(self, tls, info, client).await;
+            return path.serve(tls, info, client, h2).await;
         }
         let mut io = io::TlsIo::new(tls, client);
         let header_deadline = Arc::new(HeaderDeadline::default());

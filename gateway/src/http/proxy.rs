@@ -272,7 +272,7 @@ fn clean<F: Fields>(up: &mut F, keep_underscores: bool, strip_claims: bool) -> R
 #[derive(Debug)]
 pub struct Forwarded {
     client: HeaderValue,
-    host: HeaderValue,
+    pub(super) host: HeaderValue,
     forwarded: HeaderValue,
 }
 

@@ -89,7 +89,7 @@ async fn http_h1_pool_keeps_live_connections_per_instance_within_its_cap() {
 }
 
 /// A kept connection is closed after `upstream_idle_timeout` unused: not handed out, and
-/// its place is free.
+/// its place is free; no lookup is needed for that (the sweeper closes it).
 #[tokio::test]
 async fn http_h1_pool_expires_idle_connections() {
     let a = origin(None).await;
@@ -99,8 +99,15 @@ async fn http_h1_pool_expires_idle_connections() {
     tokio::time::sleep(Duration::from_millis(120)).await;
     assert!(pool.take(a).is_none(), "expired");
     assert_eq!(pool.kept(), 0);
-    pool.put(a, kept(a).await);
+    let mut k = kept(a).await;
+    assert_eq!(get(&mut k.sender, a).await, 200);
+    let closed = k.sender.is_closed();
+    pool.put(a, k);
+    assert!(!closed);
     assert_eq!(pool.kept(), 1);
+    // Nobody asks for `a` again: the sweeper drops it, and so its connection.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(pool.kept(), 0, "swept without a lookup");
 }
 
 /// A connection made for a client connection is run by that connection's task (here: the
@@ -161,4 +168,110 @@ fn http_h1_hop_by_hop_fields_are_not_forwarded() {
     let mut names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
     names.sort();
     assert_eq!(names, ["transfer-encoding", "x-kept"]);
+}
+
+/// An h2c origin on loopback answering `ok` to every request, counting its connections.
+async fn h2c_origin() -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(|_req| async {
+                    let body = http_body_util::Full::new(Bytes::from("ok"));
+                    Ok::<_, std::convert::Infallible>(Response::new(body))
+                });
+                let _ =
+                    hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                        .serve_connection(TokioIo::new(tcp), service)
+                        .await;
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+async fn get_h2(mut sender: upstream::H2Sender, addr: SocketAddr) -> u16 {
+    use http_body_util::BodyExt;
+    let mut req = Request::new(ReqBody::empty());
+    *req.uri_mut() = format!("http://{addr}/").parse().unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    let status = resp.status().as_u16();
+    resp.into_body().collect().await.unwrap();
+    status
+}
+
+/// `g` names: every stream to an instance goes on its one h2 connection, kept while used
+/// and dropped once unused for the idle limit.
+#[tokio::test]
+async fn http_h2_instance_connection_is_shared_and_dropped_when_idle() {
+    let (a, accepted) = h2c_origin().await;
+    let (b, _) = h2c_origin().await;
+    let conns = upstream::H2Conns::new(Duration::from_millis(200));
+    assert!(conns.get(a).is_none());
+    let sender = upstream::connect_h2(a, Duration::from_secs(5))
+        .await
+        .unwrap();
+    conns.put(a, sender);
+    let mut streams = tokio::task::JoinSet::new();
+    for _ in 0..8 {
+        streams.spawn(get_h2(conns.get(a).expect("kept"), a));
+    }
+    while let Some(status) = streams.join_next().await {
+        assert_eq!(status.unwrap(), 200);
+    }
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        1,
+        "one connection, eight streams"
+    );
+    conns.put(
+        b,
+        upstream::connect_h2(b, Duration::from_secs(5))
+            .await
+            .unwrap(),
+    );
+    assert_eq!(conns.kept(), 2);
+    // Unused past the idle limit: the sweeper drops both, no lookup needed.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(conns.kept(), 0);
+    assert!(conns.get(a).is_none());
+}
+
+/// A stream task whose response waits for the client's window (its body handed a frame and
+/// was not asked for the next) ends after `timeouts.write`; one waiting on its instance does
+/// not.
+#[tokio::test]
+async fn http_h2_stream_waiting_for_the_client_past_the_write_limit_ends() {
+    use hyper::rt::Executor;
+    let exec = h2::StreamExec {
+        write: Duration::from_millis(100),
+    };
+    let stream = |handed: bool| {
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        exec.execute(async move {
+            let _alive = tx; // dropped when the task ends
+            let wait = h2::ClientWait::current().expect("a stream task's wait");
+            if handed {
+                wait.handed();
+            }
+            std::future::pending::<()>().await;
+        });
+        rx
+    };
+    let (reading, not_reading) = (stream(false), stream(true));
+    let ended = tokio::time::timeout(Duration::from_secs(5), not_reading).await;
+    assert!(ended.is_ok(), "the stream the client does not read ends");
+    let still = tokio::time::timeout(Duration::from_millis(400), reading).await;
+    assert!(
+        still.is_err(),
+        "a stream waiting on its instance is not the client's to end"
+    );
+    assert!(
+        h2::ClientWait::current().is_none(),
+        "only inside a stream task"
+    );
 }

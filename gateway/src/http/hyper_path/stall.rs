@@ -9,6 +9,7 @@ use crate::upstream::health::now_ms;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -144,6 +145,9 @@ impl HeaderWait {
     }
 }
 
+/// How long a client told GOAWAY at the header deadline has to close before it is closed.
+pub const GOAWAY_GRACE: Duration = Duration::from_secs(1);
+
 /// A stream whose writes (and, when set, reads) fail once pending past their deadline, and
 /// whose reads fail once a request header is not complete by its [`HeaderDeadline`].
 #[derive(Debug)]
@@ -152,6 +156,9 @@ pub struct Stalled<T> {
     read: Option<Stall>,
     write: Stall,
     header: Option<HeaderWait>,
+    /// Set (instead of failing the read) the first time the header deadline passes, for a
+    /// server that closes gracefully (h2's GOAWAY); a later expiry fails the read.
+    graceful: Option<Arc<AtomicBool>>,
 }
 
 impl<T> Stalled<T> {
@@ -162,7 +169,16 @@ impl<T> Stalled<T> {
             read: read.map(|d| Stall::new(d, "a read")),
             write: Stall::new(write, "a write to the client"),
             header: None,
+            graceful: None,
         }
+    }
+
+    /// The first expiry of the header deadline sets `asked`, re-arms the deadline
+    /// [`GOAWAY_GRACE`] ahead and leaves the read pending (the server, which polls this read,
+    /// then closes gracefully); only a later expiry fails it.
+    pub fn with_graceful_expiry(mut self, asked: Arc<AtomicBool>) -> Stalled<T> {
+        self.graceful = Some(asked);
+        self
     }
 
     /// Bounds reads by `deadline` while it is armed (a read that waits past it fails).
@@ -191,6 +207,15 @@ impl<T: AsyncRead + Unpin> AsyncRead for Stalled<T> {
         let poll = Pin::new(&mut this.inner).poll_read(cx, buf);
         if let (true, Some(header)) = (poll.is_pending(), &mut this.header) {
             if header.poll_expired(cx).is_ready() {
+                if let Some(asked) = &this.graceful {
+                    if !asked.swap(true, Ordering::Relaxed) {
+                        // The server sees `asked` in this same poll and says GOAWAY; a client
+                        // that does not close within the grace is closed.
+                        header.deadline.arm(GOAWAY_GRACE);
+                        let _ = header.poll_expired(cx);
+                        return Poll::Pending;
+                    }
+                }
                 return Poll::Ready(Err(io::Error::new(
                     io::ErrorKind::TimedOut,
                     "request header not complete within proxy.http.header_read_timeout",

@@ -1,9 +1,11 @@
-//! Connections to instances for the HTTP/1.1 path. A client connection keeps the instance
+//! Connections to instances for the hyper path. HTTP/1.1 (every app but `g` names): a client
+//! connection keeps the instance
 //! connection of its last request bound to it ([`Binding`]): the next request that the
 //! balancer sends to the same instance takes it without a lookup or a system call, and the
 //! connection it made is run by its own task. A bound connection the client connection no
 //! longer needs (another instance was picked, or the client went) goes to the process-wide
-//! [`Pool`], where other client connections find it.
+//! [`Pool`], where other client connections find it. h2 with prior knowledge (`g` names, gRPC):
+//! one connection per instance, every stream of every client multiplexed on it ([`H2Conns`]).
 
 use super::body::ReqBody;
 use crate::upstream::health::now_ms;
@@ -12,8 +14,8 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::task::Context;
 use std::time::Duration;
 
@@ -64,7 +66,7 @@ pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<(Kept, Drive
 }
 
 /// Runs `driver` in a task of its own (dropped, closing its connection, outside a runtime).
-fn spawn(driver: Driver) {
+pub(super) fn spawn(driver: Driver) {
     if let Ok(rt) = tokio::runtime::Handle::try_current() {
         rt.spawn(driver);
     }
@@ -154,12 +156,60 @@ impl Binding {
     }
 }
 
-/// Idle instance connections, by instance address, each with when it went idle.
+/// Idle instance connections, by instance address, each with when it went idle. Expired
+/// ones are dropped (closing them) at the next lookup of their address and by a sweeper task
+/// that runs while any are kept, so an instance no longer asked holds no connection of ours.
 #[derive(Debug)]
 pub struct Pool {
     idle: Mutex<Idle>,
     cap: usize,
     idle_ms: u64,
+    sweeper: Sweeper<Pool>,
+}
+
+/// A task that calls a set's sweep every half of its idle limit while the set keeps
+/// anything (started by the first keep, ended when the set is empty or gone).
+#[derive(Debug)]
+struct Sweeper<T> {
+    set: Weak<T>,
+    running: Arc<AtomicBool>,
+}
+
+impl<T: Send + Sync + 'static> Sweeper<T> {
+    fn new(set: Weak<T>) -> Sweeper<T> {
+        Sweeper {
+            set,
+            running: Arc::default(),
+        }
+    }
+
+    /// Starts the task unless it runs; `sweep` drops what expired and says whether anything
+    /// is left.
+    fn ensure(&self, idle_ms: u64, sweep: fn(&T) -> bool) {
+        if self.running.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            self.running.store(false, Ordering::Release);
+            return;
+        };
+        let (set, running) = (self.set.clone(), self.running.clone());
+        let every = Duration::from_millis((idle_ms / 2).max(10));
+        rt.spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let Some(set) = set.upgrade() else { return };
+                if sweep(&set) {
+                    continue;
+                }
+                running.store(false, Ordering::Release);
+                // Something kept meanwhile, its keeper saw us running: go on for it.
+                if !sweep(&set) || running.swap(true, Ordering::AcqRel) {
+                    return;
+                }
+            }
+        });
+    }
 }
 
 #[derive(Debug, Default)]
@@ -201,12 +251,20 @@ impl Idle {
 
 impl Pool {
     /// A pool of at most `cap` connections, each closed after `idle` unused.
-    pub fn new(cap: usize, idle: Duration) -> Pool {
-        Pool {
+    pub fn new(cap: usize, idle: Duration) -> Arc<Pool> {
+        Arc::new_cyclic(|me| Pool {
             idle: Mutex::default(),
             cap,
             idle_ms: idle.as_millis() as u64,
-        }
+            sweeper: Sweeper::new(me.clone()),
+        })
+    }
+
+    /// Drops the expired and closed connections; whether any are left.
+    fn sweep(&self) -> bool {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        idle.sweep(None, now_ms(), self.idle_ms);
+        idle.count > 0
     }
 
     /// An idle connection to `addr` ready for a request, if one is kept; closed and expired
@@ -241,11 +299,115 @@ impl Pool {
         }
         idle.by_addr.entry(addr).or_default().push((kept, now));
         idle.count += 1;
+        drop(idle);
+        self.sweeper.ensure(self.idle_ms, Pool::sweep);
     }
 
     /// How many connections are kept.
     #[cfg(test)]
     pub fn kept(&self) -> usize {
         self.idle.lock().unwrap().count
+    }
+}
+
+/// The sending half of an h2 instance connection (cloned for each stream).
+pub type H2Sender = hyper::client::conn::http2::SendRequest<ReqBody>;
+
+/// Opens an h2 connection (prior knowledge, plaintext on the VPC) to `addr` within `timeout`;
+/// its driver runs in a task of its own.
+pub async fn connect_h2(addr: SocketAddr, timeout: Duration) -> Result<H2Sender, ConnectError> {
+    let tcp = match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr)).await {
+        Err(_) => return Err(ConnectError::TimedOut),
+        Ok(Err(e)) => return Err(ConnectError::Failed(e)),
+        Ok(Ok(tcp)) => tcp,
+    };
+    let _ = tcp.set_nodelay(true);
+    let handshake = hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+        .handshake(hyper_util::rt::TokioIo::new(tcp));
+    let (sender, conn) = match tokio::time::timeout(timeout, handshake).await {
+        Err(_) => return Err(ConnectError::TimedOut),
+        Ok(Err(e)) => return Err(ConnectError::Failed(std::io::Error::other(e))),
+        Ok(Ok(pair)) => pair,
+    };
+    spawn(Box::pin(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(instance = %addr, "h2 instance connection ended: {e}");
+        }
+    }));
+    Ok(sender)
+}
+
+/// The h2 instance connections, one per instance address, each with when it was last used;
+/// one unused for `idle` is closed (dropped) by a later lookup's sweep (at most one sweep of
+/// the whole set per `idle`/4: a lookup costs one map access).
+#[derive(Debug)]
+pub struct H2Conns {
+    inner: Mutex<H2Set>,
+    idle_ms: u64,
+    sweeper: Sweeper<H2Conns>,
+}
+
+#[derive(Debug, Default)]
+struct H2Set {
+    by_addr: HashMap<SocketAddr, (H2Sender, u64)>,
+    swept: u64,
+}
+
+impl H2Conns {
+    /// The set, each connection closed after `idle` unused (at a later lookup or by the
+    /// sweeper, as the [`Pool`]'s).
+    pub fn new(idle: Duration) -> Arc<H2Conns> {
+        Arc::new_cyclic(|me| H2Conns {
+            inner: Mutex::default(),
+            idle_ms: idle.as_millis().max(1) as u64,
+            sweeper: Sweeper::new(me.clone()),
+        })
+    }
+
+    /// Drops the connections unused past the limit and the closed ones; whether any are left.
+    fn sweep(&self) -> bool {
+        let mut set = self.lock();
+        let now = now_ms();
+        set.swept = now;
+        let idle_ms = self.idle_ms;
+        set.by_addr
+            .retain(|_, (s, used)| !s.is_closed() && now.saturating_sub(*used) < idle_ms);
+        !set.by_addr.is_empty()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, H2Set> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The open connection to `addr`, if there is one.
+    pub fn get(&self, addr: SocketAddr) -> Option<H2Sender> {
+        let now = now_ms();
+        if now.saturating_sub(self.lock().swept) >= self.idle_ms / 4 {
+            self.sweep();
+        }
+        let mut set = self.lock();
+        match set.by_addr.get_mut(&addr) {
+            Some((s, used)) if !s.is_closed() => {
+                *used = now;
+                Some(s.clone())
+            }
+            Some(_) => {
+                set.by_addr.remove(&addr);
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// Keeps `sender` as the connection to `addr` (replacing one there).
+    pub fn put(&self, addr: SocketAddr, sender: H2Sender) {
+        self.lock().by_addr.insert(addr, (sender, now_ms()));
+        self.sweeper.ensure(self.idle_ms, H2Conns::sweep);
+    }
+
+    /// How many connections are kept.
+    #[cfg(test)]
+    pub fn kept(&self) -> usize {
+        self.lock().by_addr.len()
     }
 }

@@ -1,54 +1,68 @@
-//! The HTTP/1.1 path of `mode = "http"` on hyper (issue 22, benches/HTTP-PATH.md): a client
-//! connection that chose HTTP/1.1 (not h2, not a `g` name) is served by hyper's server, each
-//! request forwarded on an instance connection bound to the client connection while the
-//! balancer keeps choosing that instance ([`upstream`]). The per-request checks are the
-//! Pingora path's own functions ([`super::proxy::refusal`], [`super::proxy::set_forwarding`]):
-//! the same refusals, header hygiene and forwarding headers; the same balancer, retries and
-//! passive health; the same statistics and access log ([`body::Finish`]). The attestation,
-//! channel and worker paths are rare and carry their own logic: they are handed to the
-//! Pingora path on an in-process connection ([`super::HttpEngine::exchange`]).
+//! `mode = "http"` on hyper (issue 22, benches/HTTP-PATH.md): a client connection is served by
+//! hyper's HTTP/1.1 or h2 server (its ALPN), each request forwarded to an instance over
+//! HTTP/1.1 on a connection bound to the client connection while the balancer keeps choosing
+//! that instance ([`upstream::Binding`]), or for `g` names over h2 on the instance's one shared
+//! connection ([`upstream::H2Conns`]). The per-request checks are the Pingora path's own
+//! functions ([`super::proxy::refusal`], [`super::proxy::set_forwarding`]): the same refusals,
+//! header hygiene and forwarding headers; the same balancer, retries and passive health; the
+//! same statistics and access log ([`body::Finish`]). The attestation, channel and worker
+//! paths are rare and carry their own logic: they are handed to the Pingora path on an
+//! in-process connection ([`super::HttpEngine::exchange`]).
 //!
 //! Why: Pingora's request path alone costs more CPU per request than nginx and HAProxy spend
-//! in all (0.72–0.75× the best peer with no hook of ours, benches/HTTP-PATH.md); hyper's
-//! floor is below every peer.
+//! in all (0.72–0.75× the best peer with no hook of ours on HTTP/1.1, 0.37× on h2,
+//! benches/HTTP-PATH.md); hyper's floor is below every peer on HTTP/1.1 and 2.6× below
+//! Pingora's on h2.
 
 pub mod body;
+pub mod h2;
 pub mod stall;
 pub mod upstream;
 
 use super::proxy::{self, TOO_LARGE};
-use super::{ConnInfo, HttpEngine};
+use super::ConnInfo;
+use crate::route::Mode;
 use crate::upstream::balancer::{self, Load};
 use crate::upstream::{health, own, MAX_ATTEMPTS};
 use body::{Finish, ReqBody, RespBody};
 use bytes::Bytes;
 use gatehouse_attest::bundle::WELL_KNOWN_PATH;
 use gatehouse_config::HttpConfig;
-use http::header::{CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, TRANSFER_ENCODING, UPGRADE};
+use http::header::{
+    CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, HOST, TE, TRANSFER_ENCODING, UPGRADE,
+};
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
 use hyper::body::{Body, Incoming};
 use hyper_util::rt::TokioIo;
 use stall::Stalled;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
-use upstream::{Binding, ConnectError, Kept, Pool};
+use upstream::{Binding, ConnectError, H2Conns, Kept, Pool};
 
-/// The HTTP/1.1 path's settings and its pool of instance connections.
-pub struct H1 {
+/// Streams one h2 client connection may have open at once (Pingora's default, which served
+/// h2 before).
+pub const MAX_H2_STREAMS: u32 = 100;
+
+/// The hyper path's settings, its servers and its instance connections.
+pub struct HyperPath {
     config: HttpConfig,
     connect: Duration,
     idle: Duration,
     write: Duration,
     pool: Arc<Pool>,
+    h2_conns: Arc<H2Conns>,
     server: hyper::server::conn::http1::Builder,
+    h2_server: hyper::server::conn::http2::Builder<h2::StreamExec>,
+    /// The process state (the well-known paths go to its Pingora path).
+    shared: Weak<crate::conn::Shared>,
 }
 
-impl std::fmt::Debug for H1 {
+impl std::fmt::Debug for HyperPath {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("H1")
+        f.write_str("HyperPath")
     }
 }
 
@@ -58,6 +72,10 @@ pub struct Conn {
     pub(super) client: SocketAddr,
     binding: Mutex<Binding>,
     pool: Arc<Pool>,
+    /// Requests whose response has not ended (one at a time on HTTP/1.1).
+    open: AtomicUsize,
+    /// Served over h2 (each request in a task of its own).
+    h2: bool,
 }
 
 impl Drop for Conn {
@@ -130,9 +148,14 @@ fn plain(code: u16, body: impl Into<Bytes>, mut finish: Finish) -> Response<Resp
     resp
 }
 
-impl H1 {
-    /// The path under the data path's `timeouts` and the `[proxy.http]` settings.
-    pub fn new(timeouts: &gatehouse_config::Timeouts, config: &HttpConfig) -> H1 {
+impl HyperPath {
+    /// The path under the data path's `timeouts` and the `[proxy.http]` settings, in the
+    /// process whose state `shared` is.
+    pub fn new(
+        timeouts: &gatehouse_config::Timeouts,
+        config: &HttpConfig,
+        shared: Weak<crate::conn::Shared>,
+    ) -> HyperPath {
         let mut server = hyper::server::conn::http1::Builder::new();
         server
             // The header deadline is ours (`Stalled::with_header_deadline`): hyper's makes a
@@ -142,65 +165,88 @@ impl H1 {
             .max_headers(config.max_headers.saturating_add(1).max(100))
             .max_buf_size(config.max_header_bytes.saturating_mul(2).max(16 * 1024))
             .keep_alive(true);
-        H1 {
+        let mut h2_server = hyper::server::conn::http2::Builder::new(h2::StreamExec {
+            write: timeouts.write,
+        });
+        h2_server
+            .max_concurrent_streams(MAX_H2_STREAMS)
+            // As on HTTP/1.1: past this h2 refuses the header itself; below it `refusal` does.
+            .max_header_list_size(
+                u32::try_from(config.max_header_bytes.saturating_mul(2).max(16 * 1024))
+                    .unwrap_or(u32::MAX),
+            );
+        HyperPath {
             config: config.clone(),
             connect: timeouts.connect,
             idle: timeouts.idle,
             write: timeouts.write,
-            pool: Arc::new(Pool::new(
-                config.upstream_pool_size,
-                config.upstream_idle_timeout,
-            )),
+            pool: Pool::new(config.upstream_pool_size, config.upstream_idle_timeout),
+            h2_conns: H2Conns::new(config.upstream_idle_timeout),
             server,
+            h2_server,
+            shared,
         }
     }
 
-    /// Serves one terminated HTTP/1.1 connection to its end.
-    pub async fn serve<T>(&self, engine: &HttpEngine, tls: T, info: ConnInfo, client: SocketAddr)
+    /// Serves one terminated connection (h2 when `h2`, else HTTP/1.1) to its end.
+    pub async fn serve<T>(self: &Arc<Self>, tls: T, info: ConnInfo, client: SocketAddr, h2: bool)
     where
         T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
         // Until a whole header is in: from the start, `header_read_timeout`; from the end of
-        // a response, the shorter of it and `timeouts.idle` (the keep-alive limit).
+        // the last open response, the shorter of it and `timeouts.idle` (the keep-alive limit
+        // on HTTP/1.1, the idle limit on h2).
         info.header_deadline.arm(self.config.header_read_timeout);
-        let io = TokioIo::new(
-            Stalled::new(tls, None, self.write).with_header_deadline(info.header_deadline.clone()),
-        );
+        let goaway = Arc::new(AtomicBool::new(false));
+        let mut io =
+            Stalled::new(tls, None, self.write).with_header_deadline(info.header_deadline.clone());
+        if h2 {
+            // An idle h2 connection is told GOAWAY (no request is lost in a race with it).
+            io = io.with_graceful_expiry(goaway.clone());
+        }
+        let io = TokioIo::new(io);
         let conn = Arc::new(Conn {
             info,
             client,
             binding: Mutex::default(),
             pool: self.pool.clone(),
+            open: AtomicUsize::new(0),
+            h2,
         });
-        let service = hyper::service::service_fn(|req| {
-            let conn = conn.clone();
-            async move { Ok::<_, std::convert::Infallible>(self.handle(engine, conn, req).await) }
+        let path = self.clone();
+        let served = conn.clone();
+        let service = hyper::service::service_fn(move |req| {
+            let (path, conn) = (path.clone(), served.clone());
+            async move { Ok::<_, std::convert::Infallible>(path.handle(conn, req).await) }
         });
-        let mut http = std::pin::pin!(self.server.serve_connection(io, service).with_upgrades());
-        // The client connection's own instance connection runs here, beside hyper's server:
-        // before it (an answer that came is read first) and after it (a request just sent
-        // leaves in the same turn).
-        let ended = std::future::poll_fn(|cx| {
-            conn.binding().poll_driver(cx);
-            let polled = http.as_mut().poll(cx);
-            if polled.is_pending() {
-                conn.binding().poll_driver(cx);
-            }
-            polled
-        })
-        .await;
+        let ended = if h2 {
+            // No instance connection runs in this task on h2 (streams have tasks of their own).
+            let mut http = std::pin::pin!(self.h2_server.serve_connection(io, service));
+            let mut told = false;
+            std::future::poll_fn(|cx| loop {
+                let polled = http.as_mut().poll(cx);
+                if polled.is_pending() && !told && goaway.load(Ordering::Relaxed) {
+                    told = true;
+                    http.as_mut().graceful_shutdown();
+                    continue;
+                }
+                return polled;
+            })
+            .await
+        } else {
+            beside(
+                &conn,
+                self.server.serve_connection(io, service).with_upgrades(),
+            )
+            .await
+        };
         if let Err(e) = ended {
-            tracing::debug!(client = %client, "http/1.1 connection ended: {e}");
+            tracing::debug!(client = %client, h2, "http connection ended: {e}");
         }
     }
 
     /// One request.
-    async fn handle(
-        &self,
-        engine: &HttpEngine,
-        conn: Arc<Conn>,
-        mut req: Request<Incoming>,
-    ) -> Response<RespBody> {
+    async fn handle(&self, conn: Arc<Conn>, mut req: Request<Incoming>) -> Response<RespBody> {
         let started = Instant::now();
         conn.info.header_deadline.disarm();
         let finish = Finish::new(conn.clone(), &req, started, self.config.access_log);
@@ -218,7 +264,7 @@ impl H1 {
         }
         let path = req.uri().path();
         if path == WELL_KNOWN_PATH || super::channel::is_channel_path(path) {
-            return self.handoff(engine, &conn, req, finish).await;
+            return self.handoff(&conn, req, finish).await;
         }
         let upgrade =
             req.version() == http::Version::HTTP_11 && req.headers().contains_key(UPGRADE);
@@ -226,6 +272,10 @@ impl H1 {
         let (parts, body) = req.into_parts();
         let mut headers = parts.headers;
         let protocol = headers.remove(UPGRADE).filter(|_| upgrade);
+        // `g` names: h2 to the instance, where `te: trailers` is the one TE allowed, and
+        // gRPC's servers look for it.
+        let h2_up = info.route.mode == Mode::TerminateH2;
+        let te_trailers = h2_up && headers.get(TE).is_some_and(|v| v == "trailers");
         strip_hop_by_hop(&mut headers);
         if let Some(protocol) = protocol {
             headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
@@ -237,11 +287,36 @@ impl H1 {
             tracing::warn!("forwarding headers: {e}");
             return plain(400, "400 bad request header\n", finish);
         }
-        let target = parts
+        let path_and_query = parts
             .uri
             .path_and_query()
             .cloned()
             .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+        let target = if h2_up {
+            // h2 carries the authority as `:authority`, not `Host` (RFC 9113 §8.3.1).
+            let host = headers
+                .remove(HOST)
+                .unwrap_or_else(|| info.forwarded.host.clone());
+            if te_trailers {
+                headers.insert(TE, HeaderValue::from_static("trailers"));
+            }
+            let uri = http::uri::Authority::try_from(host.as_bytes())
+                .ok()
+                .and_then(|a| {
+                    http::Uri::builder()
+                        .scheme(http::uri::Scheme::HTTP)
+                        .authority(a)
+                        .path_and_query(path_and_query)
+                        .build()
+                        .ok()
+                });
+            match uri {
+                Some(uri) => uri,
+                None => return plain(400, "400 bad request header\n", finish),
+            }
+        } else {
+            http::Uri::from(path_and_query)
+        };
         let has_body = !body.is_end_stream();
         // Whether the body passed `max_request_body` (made only for a request with a body).
         let over = has_body.then(|| Arc::new(AtomicBool::new(false)));
@@ -257,7 +332,7 @@ impl H1 {
         let build = |headers: HeaderMap, body: ReqBody| {
             let mut r = Request::new(body);
             *r.method_mut() = parts.method.clone();
-            *r.uri_mut() = http::Uri::from(target.clone());
+            *r.uri_mut() = target.clone();
             *r.headers_mut() = headers;
             r
         };
@@ -299,7 +374,13 @@ impl H1 {
                         };
                     }
                     instance.health.record_success();
-                    conn.binding().bind(addr, kept, &self.pool);
+                    match (kept, conn.h2) {
+                        (Some(kept), false) => conn.binding().bind(addr, kept, &self.pool),
+                        // Streams run side by side: one bound connection would make the
+                        // next stream wait for this body. The pool lends it once it is free.
+                        (Some(kept), true) => self.pool.put(addr, kept),
+                        (None, _) => {}
+                    }
                     let (mut parts, body) = resp.into_parts();
                     strip_hop_by_hop(&mut parts.headers);
                     parts.headers.remove(TRANSFER_ENCODING);
@@ -352,6 +433,9 @@ impl H1 {
     /// waits for the response header (`upstream_read_timeout`). A reused connection that
     /// turns out closed before the request left is replaced by a new one, uncounted.
     async fn exchange(&self, conn: &Conn, addr: SocketAddr, mut req: Request<ReqBody>) -> Exchange {
+        if conn.info.route.mode == Mode::TerminateH2 {
+            return self.exchange_h2(addr, req).await;
+        }
         let bound = conn.binding().take(addr, &self.pool);
         let mut reused = bound.or_else(|| self.pool.take(addr));
         loop {
@@ -365,7 +449,13 @@ impl H1 {
                     Some(k) => k,
                     None => match upstream::connect(addr, self.connect).await {
                         Ok((k, driver)) => {
-                            conn.binding().adopt(k.id, driver);
+                            // On h2 this request runs in its stream's task, not the client
+                            // connection's: nothing would poll an adopted driver until that
+                            // task woke for something else.
+                            match conn.h2 {
+                                false => conn.binding().adopt(k.id, driver),
+                                true => upstream::spawn(driver),
+                            }
                             k
                         }
                         Err(e) => return Exchange::ConnectFailed(Box::new((e, req))),
@@ -375,7 +465,7 @@ impl H1 {
             let sent = kept.sender.try_send_request(req);
             match tokio::time::timeout(self.config.upstream_read_timeout, sent).await {
                 Err(_) => return Exchange::Failed(true),
-                Ok(Ok(resp)) => return Exchange::Answered(kept, resp),
+                Ok(Ok(resp)) => return Exchange::Answered(Some(kept), resp),
                 Ok(Err(mut e)) => match e.take_message() {
                     // Not sent: the connection had closed; once more on another.
                     Some(back) => req = back,
@@ -383,6 +473,37 @@ impl H1 {
                 },
             }
         }
+    }
+
+    /// Sends `req` to `addr` over h2 on the instance's shared connection (made when there is
+    /// none), and waits for the response header (`upstream_read_timeout`). A connection found
+    /// closed before the request left is replaced once, uncounted.
+    async fn exchange_h2(&self, addr: SocketAddr, mut req: Request<ReqBody>) -> Exchange {
+        for _ in 0..2 {
+            let mut sender = match self.h2_conns.get(addr) {
+                Some(s) => s,
+                None => match upstream::connect_h2(addr, self.connect).await {
+                    Ok(s) => {
+                        self.h2_conns.put(addr, s.clone());
+                        s
+                    }
+                    Err(e) => return Exchange::ConnectFailed(Box::new((e, req))),
+                },
+            };
+            if sender.ready().await.is_err() {
+                continue; // closed: the next lookup drops it
+            }
+            let sent = sender.try_send_request(req);
+            match tokio::time::timeout(self.config.upstream_read_timeout, sent).await {
+                Err(_) => return Exchange::Failed(true),
+                Ok(Ok(resp)) => return Exchange::Answered(None, resp),
+                Ok(Err(mut e)) => match e.take_message() {
+                    Some(back) => req = back,
+                    None => return Exchange::Failed(false),
+                },
+            }
+        }
+        Exchange::Failed(false)
     }
 
     /// Answers a 101 to a request that asked for it and joins the two upgraded connections,
@@ -415,7 +536,6 @@ impl H1 {
     /// request limit (413 beyond), the answer read whole.
     async fn handoff(
         &self,
-        engine: &HttpEngine,
         conn: &Conn,
         req: Request<Incoming>,
         mut finish: Finish,
@@ -440,11 +560,24 @@ impl H1 {
                 return plain(400, "400 the request body broke off\n", finish);
             }
         };
+        let Some(shared) = self.shared.upgrade() else {
+            return plain(503, "503 shutting down\n", finish);
+        };
         finish.counted = false; // the Pingora path counts and logs it
         let mut inner = Request::new(http_body_util::Full::new(body.clone()));
         *inner.method_mut() = parts.method;
-        *inner.uri_mut() = parts.uri;
-        *inner.headers_mut() = parts.headers;
+        let mut headers = parts.headers;
+        // The in-process hop is HTTP/1.1: an h2 request's `:authority` becomes its `Host`.
+        if let (Some(a), false) = (parts.uri.authority(), headers.contains_key(HOST)) {
+            if let Ok(host) = HeaderValue::from_str(a.as_str()) {
+                headers.insert(HOST, host);
+            }
+        }
+        *inner.uri_mut() = parts.uri.path_and_query().map_or_else(
+            || http::Uri::from_static("/"),
+            |p| http::Uri::from(p.clone()),
+        );
+        *inner.headers_mut() = headers;
         strip_hop_by_hop(inner.headers_mut());
         inner.headers_mut().remove(TRANSFER_ENCODING);
         if !body.is_empty() {
@@ -453,7 +586,8 @@ impl H1 {
                 .insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
         }
         let max = self.config.channel.max_response.saturating_add(1 << 20);
-        match engine
+        match shared
+            .http
             .exchange(conn.info.clone(), conn.client, inner, max)
             .await
         {
@@ -476,11 +610,31 @@ impl H1 {
 
 /// How one attempt at an instance went.
 enum Exchange {
-    Answered(Kept, Response<Incoming>),
+    /// With the HTTP/1.1 connection it came on (to bind), none on h2.
+    Answered(Option<Kept>, Response<Incoming>),
     /// No connection; the request comes back for another instance.
     ConnectFailed(Box<(ConnectError, Request<ReqBody>)>),
     /// Sent, no answer (`true`: none within `upstream_read_timeout`).
     Failed(bool),
+}
+
+/// Runs `http`, a client connection's server, with the connection's own instance connection
+/// beside it: polled before it (an answer that came is read first) and after it (a request
+/// just sent leaves in the same turn).
+async fn beside<F>(conn: &Conn, http: F) -> Result<(), hyper::Error>
+where
+    F: Future<Output = Result<(), hyper::Error>>,
+{
+    let mut http = std::pin::pin!(http);
+    std::future::poll_fn(|cx| {
+        conn.binding().poll_driver(cx);
+        let polled = http.as_mut().poll(cx);
+        if polled.is_pending() {
+            conn.binding().poll_driver(cx);
+        }
+        polled
+    })
+    .await
 }
 
 impl Conn {

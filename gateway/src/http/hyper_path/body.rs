@@ -1,9 +1,11 @@
-//! The bodies of the HTTP/1.1 path: a request body on its way to an instance (counted against
+//! The bodies of the hyper path: a request body on its way to an instance (counted against
 //! `max_request_body`, bounded by `timeouts.idle` without progress), and a response body on
 //! its way to the client (an instance's, bounded by `upstream_read_timeout` without progress,
 //! or a short answer of ours) carrying the request's [`Finish`]: its statistics, access-log
-//! line and balancer load end with the body.
+//! line and balancer load end with the body. On h2 a response body also tells its stream's
+//! task when it waits for the client's window ([`ClientWait`]).
 
+use super::h2::ClientWait;
 use super::stall::Stall;
 use super::Conn;
 use crate::upstream::balancer::Load;
@@ -153,8 +155,10 @@ pub struct Finish {
 }
 
 impl Finish {
-    /// The finish of `req` on `conn`, started at `started`.
+    /// The finish of `req` on `conn`, started at `started`: one more open request on `conn`
+    /// until it drops.
     pub fn new<B>(conn: Arc<Conn>, req: &http::Request<B>, started: Instant, log: bool) -> Finish {
+        conn.open.fetch_add(1, Ordering::Relaxed);
         let log = log.then(|| {
             let path = if conn.info.channel {
                 "(sealed)".to_owned()
@@ -191,7 +195,10 @@ impl Drop for Finish {
     fn drop(&mut self) {
         let took = self.started.elapsed();
         let info = &self.conn.info;
-        if let (true, Some(limit)) = (self.rearm, info.rearm_after_response) {
+        // The last open request ended (on h2 others may still be open; on HTTP/1.1 there is
+        // one at a time): the connection waits for a header again.
+        let last = self.conn.open.fetch_sub(1, Ordering::Relaxed) == 1;
+        if let (true, true, Some(limit)) = (last, self.rearm, info.rearm_after_response) {
             info.header_deadline.arm(limit); // until the next request's header
         }
         let route = &info.route;
@@ -225,6 +232,8 @@ pub struct RespBody {
     fixed: Option<Bytes>,
     stall: Option<Stall>,
     finish: Option<Finish>,
+    /// The h2 stream's wait for the client (none on HTTP/1.1).
+    wait: Option<Arc<ClientWait>>,
 }
 
 impl RespBody {
@@ -235,16 +244,19 @@ impl RespBody {
             fixed: (!body.is_empty()).then_some(body),
             stall: None,
             finish,
+            wait: None,
         }
     }
 
-    /// An instance's body, failing after `read_timeout` without a byte from it.
+    /// An instance's body, failing after `read_timeout` without a byte from it (on h2, made
+    /// in its stream's task: it joins that stream's [`ClientWait`]).
     pub fn upstream(body: Incoming, read_timeout: Duration, finish: Finish) -> RespBody {
         RespBody {
             upstream: Some(body),
             fixed: None,
             stall: Some(Stall::new(read_timeout, "the instance's response")),
             finish: Some(finish),
+            wait: ClientWait::current(),
         }
     }
 
@@ -271,8 +283,16 @@ impl Body for RespBody {
         let Some(up) = &mut this.upstream else {
             return Poll::Ready(None);
         };
+        if let Some(w) = &this.wait {
+            w.asked();
+        }
         match ready!(poll_under(up, &mut this.stall, cx)) {
-            Some(Ok(frame)) => Poll::Ready(Some(Ok(frame))),
+            Some(Ok(frame)) => {
+                if let (Some(w), true) = (&this.wait, frame.is_data()) {
+                    w.handed();
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
             Some(Err(e)) => {
                 this.broke(if e.stalled { "timeout" } else { "upstream" });
                 Poll::Ready(Some(Err(e.error)))
