@@ -197,12 +197,12 @@ impl HyperPath {
         // the last open response, the shorter of it and `timeouts.idle` (the keep-alive limit
         // on HTTP/1.1, the idle limit on h2).
         info.header_deadline.arm(self.config.header_read_timeout);
-        let goaway = Arc::new(AtomicBool::new(false));
+        // An idle h2 connection is told GOAWAY (no request is lost in a race with it).
+        let goaway = h2.then(|| Arc::new(AtomicBool::new(false)));
         let mut io =
             Stalled::new(tls, None, self.write).with_header_deadline(info.header_deadline.clone());
-        if h2 {
-            // An idle h2 connection is told GOAWAY (no request is lost in a race with it).
-            io = io.with_graceful_expiry(goaway.clone());
+        if let Some(asked) = &goaway {
+            io = io.with_graceful_expiry(asked.clone());
         }
         let io = TokioIo::new(io);
         let conn = Arc::new(Conn {
@@ -225,7 +225,8 @@ impl HyperPath {
             let mut told = false;
             std::future::poll_fn(|cx| loop {
                 let polled = http.as_mut().poll(cx);
-                if polled.is_pending() && !told && goaway.load(Ordering::Relaxed) {
+                let asked = goaway.as_ref().is_some_and(|g| g.load(Ordering::Relaxed));
+                if polled.is_pending() && !told && asked {
                     told = true;
                     http.as_mut().graceful_shutdown();
                     continue;

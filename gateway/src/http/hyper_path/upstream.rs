@@ -338,27 +338,20 @@ pub async fn connect_h2(addr: SocketAddr, timeout: Duration) -> Result<H2Sender,
 }
 
 /// The h2 instance connections, one per instance address, each with when it was last used;
-/// one unused for `idle` is closed (dropped) by a later lookup's sweep (at most one sweep of
-/// the whole set per `idle`/4: a lookup costs one map access).
+/// one unused for `idle` is closed (dropped) by the sweeper, a closed one also at its lookup.
 #[derive(Debug)]
 pub struct H2Conns {
-    inner: Mutex<H2Set>,
+    by_addr: Mutex<HashMap<SocketAddr, (H2Sender, u64)>>,
     idle_ms: u64,
     sweeper: Sweeper<H2Conns>,
 }
 
-#[derive(Debug, Default)]
-struct H2Set {
-    by_addr: HashMap<SocketAddr, (H2Sender, u64)>,
-    swept: u64,
-}
-
 impl H2Conns {
-    /// The set, each connection closed after `idle` unused (at a later lookup or by the
-    /// sweeper, as the [`Pool`]'s).
+    /// The set, each connection closed after `idle` unused (by the sweeper, as the
+    /// [`Pool`]'s).
     pub fn new(idle: Duration) -> Arc<H2Conns> {
         Arc::new_cyclic(|me| H2Conns {
-            inner: Mutex::default(),
+            by_addr: Mutex::default(),
             idle_ms: idle.as_millis().max(1) as u64,
             sweeper: Sweeper::new(me.clone()),
         })
@@ -367,32 +360,25 @@ impl H2Conns {
     /// Drops the connections unused past the limit and the closed ones; whether any are left.
     fn sweep(&self) -> bool {
         let mut set = self.lock();
-        let now = now_ms();
-        set.swept = now;
-        let idle_ms = self.idle_ms;
-        set.by_addr
-            .retain(|_, (s, used)| !s.is_closed() && now.saturating_sub(*used) < idle_ms);
-        !set.by_addr.is_empty()
+        let (now, idle_ms) = (now_ms(), self.idle_ms);
+        set.retain(|_, (s, used)| !s.is_closed() && now.saturating_sub(*used) < idle_ms);
+        !set.is_empty()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, H2Set> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, (H2Sender, u64)>> {
+        self.by_addr.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The open connection to `addr`, if there is one.
     pub fn get(&self, addr: SocketAddr) -> Option<H2Sender> {
-        let now = now_ms();
-        if now.saturating_sub(self.lock().swept) >= self.idle_ms / 4 {
-            self.sweep();
-        }
         let mut set = self.lock();
-        match set.by_addr.get_mut(&addr) {
+        match set.get_mut(&addr) {
             Some((s, used)) if !s.is_closed() => {
-                *used = now;
+                *used = now_ms();
                 Some(s.clone())
             }
             Some(_) => {
-                set.by_addr.remove(&addr);
+                set.remove(&addr);
                 None
             }
             None => None,
@@ -401,13 +387,13 @@ impl H2Conns {
 
     /// Keeps `sender` as the connection to `addr` (replacing one there).
     pub fn put(&self, addr: SocketAddr, sender: H2Sender) {
-        self.lock().by_addr.insert(addr, (sender, now_ms()));
+        self.lock().insert(addr, (sender, now_ms()));
         self.sweeper.ensure(self.idle_ms, H2Conns::sweep);
     }
 
     /// How many connections are kept.
     #[cfg(test)]
     pub fn kept(&self) -> usize {
-        self.lock().by_addr.len()
+        self.lock().len()
     }
 }
