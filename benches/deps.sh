@@ -10,6 +10,11 @@ command -v h2o >/dev/null || need+=(h2o)
 command -v wrk >/dev/null || need+=(wrk)
 command -v h2load >/dev/null || need+=(nghttp2-client)
 command -v taskset >/dev/null || need+=(util-linux)
+# What building gatehouse needs (as scripts/run.sh): cmake (Pingora's zlib-ng), protoc and the
+# protobuf well-known types (the etcd client's generated code).
+command -v cmake >/dev/null || need+=(cmake)
+command -v protoc >/dev/null || need+=(protobuf-compiler)
+[ -f /usr/include/google/protobuf/descriptor.proto ] || need+=(libprotobuf-dev)
 if [ ${#need[@]} -gt 0 ]; then
   echo "== installing: ${need[*]}"
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"

@@ -203,10 +203,21 @@ pub(crate) fn decode_all(
     (apps, complete)
 }
 
+/// The ids [`check_app`] compares a new app `id` with: the id itself, the id with a flag
+/// (`web`: `webs`, `webg`) and the id without one (`webs`: `web`). Every other check of a
+/// new app is of the app alone, so a caller beside many apps (100k in a store) hands over
+/// only the apps with these ids.
+pub fn related_ids(id: &str) -> Vec<String> {
+    let mut ids = vec![id.to_owned(), format!("{id}s"), format!("{id}g")];
+    ids.extend(id.strip_suffix(['s', 'g']).map(str::to_owned));
+    ids
+}
+
 /// Checks one app given at run time (the admin API), in the schema of `[[apps]]` and with
 /// the same messages; key paths start with `app`. `others` are the apps it will sit beside,
 /// each labelled with where it comes from (e.g. `apps[0]` for the file's first, `api app
-/// "web"`); an app replacing one of them must be left out of `others`.
+/// "web"`): those with the [`related_ids`] of its id are enough. An app replacing one of
+/// them must be left out of `others`.
 pub fn check_app(
     value: toml::Value,
     others: &[(String, AppConfig)],

@@ -34,8 +34,8 @@ pub use acme::{
 pub use admin::{AdminConfig, AdminToken, Scope};
 pub use admission::AdmissionConfig;
 pub use apps::{
-    app_id_problem, check_app, AppConfig, AppMode, InstanceConfig, ProxyProtocolVersion, Reach,
-    ATTESTATION_LABEL,
+    app_id_problem, check_app, related_ids, AppConfig, AppMode, InstanceConfig,
+    ProxyProtocolVersion, Reach, ATTESTATION_LABEL,
 };
 pub use cluster::ClusterConfig;
 pub use ct::{CtConfig, CtSourceKind};

@@ -490,6 +490,46 @@ fn admin_api_app_checks_name_keys_under_app() {
     assert!(check("id = \"api\"\ninstances = [{ address = \"10.0.0.2\" }]").is_ok());
 }
 
+/// The apps `check_app` needs beside a new one are those of `related_ids`: every app among
+/// many that it refuses a new id for has one of them.
+#[test]
+fn admin_api_app_related_ids_are_all_the_check_needs() {
+    let mut related = related_ids("web");
+    related.sort();
+    assert_eq!(related, ["web", "webg", "webs"]);
+    let mut related = related_ids("webs");
+    related.sort();
+    assert_eq!(related, ["web", "webs", "websg", "webss"]);
+    let ids = [
+        "web", "webs", "webg", "we", "wbs", "websg", "webss", "web2", "webgs",
+    ];
+    let app = |id: &str| {
+        toml::from_str(&format!(
+            "id = {id:?}\ninstances = [{{ address = \"10.0.0.2\" }}]"
+        ))
+        .unwrap()
+    };
+    for new in ids {
+        for other in ids.iter().filter(|o| **o != new) {
+            let others = vec![(
+                "api app".to_owned(),
+                toml::from_str::<AppConfig>(&format!("id = {other:?}")).unwrap(),
+            )];
+            let refused = check_app(app(new), &others, false).is_err();
+            assert_eq!(
+                refused,
+                related_ids(new).iter().any(|r| r == other),
+                "{new} beside {other}"
+            );
+        }
+        let same = vec![(
+            "api app".to_owned(),
+            toml::from_str::<AppConfig>(&format!("id = {new:?}")).unwrap(),
+        )];
+        assert!(check_app(app(new), &same, false).is_err());
+    }
+}
+
 #[test]
 fn admin_api_tokens_and_admission_are_checked() {
     let p = problems(

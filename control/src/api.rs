@@ -246,29 +246,40 @@ fn view(app: &Arc<App>, own: Option<&gatehouse::route::AppSpec>, bases: &[String
     }
 }
 
-/// The apps a new or changed API app sits beside, labelled as its messages name them.
+/// The apps a new or changed API app `id` sits beside, labelled as its messages name them:
+/// those with ids it could be confused with (`gatehouse_config::related_ids`), the only ones
+/// its checks compare it with. The store is asked for those few records, not all of them
+/// (one app created among 100k reads four records). Without an id (the check refuses the
+/// body for that) there is nothing to compare with.
 async fn neighbours(
     control: &Control,
+    id: Option<&str>,
     leave_out: &str,
 ) -> Result<Vec<(String, gatehouse_config::AppConfig)>, Reply> {
+    let records = control.records.get().ok_or_else(no_store)?;
+    let Some(id) = id else {
+        return Ok(Vec::new());
+    };
+    let related: Vec<String> = gatehouse_config::related_ids(id)
+        .into_iter()
+        .filter(|r| r != leave_out)
+        .collect();
     let config = control.config();
     let mut others: Vec<(String, gatehouse_config::AppConfig)> = config
         .apps
         .iter()
         .enumerate()
+        .filter(|(_, a)| related.contains(&a.id))
         .map(|(i, a)| (format!("config apps[{i}]"), a.clone()))
         .collect();
-    let records = control.records.get().ok_or_else(no_store)?;
-    let stored = records.apps().await.map_err(|e| error(503, e))?;
-    others.extend(
-        stored
-            .into_values()
-            .filter(|s| s.app.id != leave_out)
-            .map(|s| (format!("api app {:?}", s.app.id), s.app)),
-    );
+    for r in &related {
+        if let Some(stored) = records.app(r).await.map_err(|e| error(503, e))? {
+            others.push((format!("api app {r:?}"), stored.app));
+        }
+    }
     // Built-in apps (the development demo) have no config; their ids are taken all the same.
     for spec in control.shared.routes.static_apps() {
-        if spec.origin == Origin::Builtin {
+        if spec.origin == Origin::Builtin && related.iter().any(|r| **r == *spec.id) {
             let mut builtin: gatehouse_config::AppConfig =
                 toml::from_str(&format!("id = {:?}", spec.id)).map_err(|e| error(500, e))?;
             builtin.default_port = spec.default_port;
@@ -291,7 +302,8 @@ async fn check(
     value: serde_json::Value,
     leave_out: &str,
 ) -> Result<gatehouse_config::AppConfig, Reply> {
-    let others = neighbours(control, leave_out).await?;
+    let id = value.get("id").and_then(|v| v.as_str());
+    let others = neighbours(control, id, leave_out).await?;
     let value = toml::Value::try_from(value)
         .map_err(|e| error(400, format!("the body does not map to [[apps]]: {e}")))?;
     let allow_local = control.config().proxy.allow_local_instances;

@@ -148,6 +148,24 @@ async fn admin_api_apps_instances_drain_tokens_audit_and_the_document() {
     assert_eq!(who(&gw, &ca, "web.gw.test").await.unwrap(), "one");
     let again = api.ops("POST", "/v1/apps", "/v1/apps", Some(web.clone()));
     assert_eq!(again.status, 409);
+    // An id that reads as another app with a flag is refused beside a stored app and beside
+    // a config-file app alike (the check reads the related records, not all).
+    for (id, beside) in [
+        ("webs", "(api app \"web\")"),
+        ("webg", "(api app \"web\")"),
+        ("statics", "(config apps[0])"),
+    ] {
+        let mut body = web.clone();
+        body["id"] = json!(id);
+        let a = api.ops("POST", "/v1/apps", "/v1/apps", Some(body));
+        assert_eq!(a.status, 422, "{id}: {:?}", a.body);
+        let problems: Vec<String> = serde_json::from_value(a.body["problems"].clone()).unwrap();
+        let problems = problems.join("\n");
+        assert!(
+            problems.contains("is ambiguous") && problems.contains(beside),
+            "{id}: {problems}"
+        );
+    }
     let a = api.ops(
         "POST",
         "/v1/apps/web/instances",

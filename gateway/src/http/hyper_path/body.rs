@@ -143,6 +143,8 @@ pub struct Finish {
     pub(super) instance: Option<usize>,
     pub(super) attempts: usize,
     pub(super) load: Option<Load>,
+    /// The stream's place on a shared h2 instance connection (`g` names), given back at the end.
+    pub(super) stream: Option<super::upstream::StreamSlot>,
     pub(super) error: &'static str,
     /// Whether this request counts in the statistics here (not when another path served it
     /// and counted it).
@@ -174,6 +176,7 @@ impl Finish {
             instance: None,
             attempts: 0,
             load: None,
+            stream: None,
             error: "-",
             counted: true,
             rearm: true,

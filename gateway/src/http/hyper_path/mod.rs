@@ -1,8 +1,8 @@
 //! `mode = "http"` on hyper (issue 22, benches/HTTP-PATH.md): a client connection is served by
 //! hyper's HTTP/1.1 or h2 server (its ALPN), each request forwarded to an instance over
 //! HTTP/1.1 on a connection bound to the client connection while the balancer keeps choosing
-//! that instance ([`upstream::Binding`]), or for `g` names over h2 on the instance's one shared
-//! connection ([`upstream::H2Conns`]). The per-request checks are the Pingora path's own
+//! that instance ([`upstream::Binding`]), or for `g` names over h2 on the instance's shared
+//! connections ([`upstream::H2Conns`]). The per-request checks are the Pingora path's own
 //! functions ([`super::proxy::refusal`], [`super::proxy::set_forwarding`]): the same refusals,
 //! header hygiene and forwarding headers; the same balancer, retries and passive health; the
 //! same statistics and access log ([`body::Finish`]). The attestation, channel and worker
@@ -376,11 +376,11 @@ impl HyperPath {
                     }
                     instance.health.record_success();
                     match (kept, conn.h2) {
-                        (Some(kept), false) => conn.binding().bind(addr, kept, &self.pool),
+                        (Upstream::H1(kept), false) => conn.binding().bind(addr, kept, &self.pool),
                         // Streams run side by side: one bound connection would make the
                         // next stream wait for this body. The pool lends it once it is free.
-                        (Some(kept), true) => self.pool.put(addr, kept),
-                        (None, _) => {}
+                        (Upstream::H1(kept), true) => self.pool.put(addr, kept),
+                        (Upstream::H2(slot), _) => finish.stream = Some(slot),
                     }
                     let (mut parts, body) = resp.into_parts();
                     strip_hop_by_hop(&mut parts.headers);
@@ -466,7 +466,7 @@ impl HyperPath {
             let sent = kept.sender.try_send_request(req);
             match tokio::time::timeout(self.config.upstream_read_timeout, sent).await {
                 Err(_) => return Exchange::Failed(true),
-                Ok(Ok(resp)) => return Exchange::Answered(Some(kept), resp),
+                Ok(Ok(resp)) => return Exchange::Answered(Upstream::H1(kept), resp),
                 Ok(Err(mut e)) => match e.take_message() {
                     // Not sent: the connection had closed; once more on another.
                     Some(back) => req = back,
@@ -481,12 +481,12 @@ impl HyperPath {
     /// closed before the request left is replaced once, uncounted.
     async fn exchange_h2(&self, addr: SocketAddr, mut req: Request<ReqBody>) -> Exchange {
         for _ in 0..2 {
-            let mut sender = match self.h2_conns.get(addr) {
-                Some(s) => s,
+            let (mut sender, slot) = match self.h2_conns.get(addr) {
+                Some(found) => found,
                 None => match upstream::connect_h2(addr, self.connect).await {
                     Ok(s) => {
-                        self.h2_conns.put(addr, s.clone());
-                        s
+                        let slot = self.h2_conns.put(addr, s.clone());
+                        (s, slot)
                     }
                     Err(e) => return Exchange::ConnectFailed(Box::new((e, req))),
                 },
@@ -497,7 +497,7 @@ impl HyperPath {
             let sent = sender.try_send_request(req);
             match tokio::time::timeout(self.config.upstream_read_timeout, sent).await {
                 Err(_) => return Exchange::Failed(true),
-                Ok(Ok(resp)) => return Exchange::Answered(None, resp),
+                Ok(Ok(resp)) => return Exchange::Answered(Upstream::H2(slot), resp),
                 Ok(Err(mut e)) => match e.take_message() {
                     Some(back) => req = back,
                     None => return Exchange::Failed(false),
@@ -609,10 +609,17 @@ impl HyperPath {
     }
 }
 
+/// The instance connection a response came on.
+enum Upstream {
+    H1(Kept),
+    H2(upstream::StreamSlot),
+}
+
 /// How one attempt at an instance went.
 enum Exchange {
-    /// With the HTTP/1.1 connection it came on (to bind), none on h2.
-    Answered(Option<Kept>, Response<Incoming>),
+    /// With the connection it came on: HTTP/1.1 (to bind), or the stream's place on an h2
+    /// one (held until the response ends).
+    Answered(Upstream, Response<Incoming>),
     /// No connection; the request comes back for another instance.
     ConnectFailed(Box<(ConnectError, Request<ReqBody>)>),
     /// Sent, no answer (`true`: none within `upstream_read_timeout`).

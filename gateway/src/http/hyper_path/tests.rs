@@ -204,7 +204,7 @@ async fn get_h2(mut sender: upstream::H2Sender, addr: SocketAddr) -> u16 {
     status
 }
 
-/// `g` names: every stream to an instance goes on its one h2 connection, kept while used
+/// `g` names: the streams to an instance share its h2 connection, kept while used
 /// and dropped once unused for the idle limit.
 #[tokio::test]
 async fn http_h2_instance_connection_is_shared_and_dropped_when_idle() {
@@ -215,10 +215,15 @@ async fn http_h2_instance_connection_is_shared_and_dropped_when_idle() {
     let sender = upstream::connect_h2(a, Duration::from_secs(5))
         .await
         .unwrap();
-    conns.put(a, sender);
+    drop(conns.put(a, sender));
     let mut streams = tokio::task::JoinSet::new();
     for _ in 0..8 {
-        streams.spawn(get_h2(conns.get(a).expect("kept"), a));
+        let (sender, slot) = conns.get(a).expect("kept");
+        streams.spawn(async move {
+            let status = get_h2(sender, a).await;
+            drop(slot);
+            status
+        });
     }
     while let Some(status) = streams.join_next().await {
         assert_eq!(status.unwrap(), 200);
@@ -228,17 +233,56 @@ async fn http_h2_instance_connection_is_shared_and_dropped_when_idle() {
         1,
         "one connection, eight streams"
     );
-    conns.put(
-        b,
-        upstream::connect_h2(b, Duration::from_secs(5))
-            .await
-            .unwrap(),
+    drop(
+        conns.put(
+            b,
+            upstream::connect_h2(b, Duration::from_secs(5))
+                .await
+                .unwrap(),
+        ),
     );
     assert_eq!(conns.kept(), 2);
     // Unused past the idle limit: the sweeper drops both, no lookup needed.
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(conns.kept(), 0);
     assert!(conns.get(a).is_none());
+}
+
+/// A connection carrying `STREAMS_PER_CONN` streams takes no more: the next stream finds
+/// none (and opens another), a stream ending makes room again, and a connection with a stream
+/// open is kept past the idle limit.
+#[tokio::test]
+async fn http_h2_instance_connections_grow_past_the_stream_limit() {
+    let (a, accepted) = h2c_origin().await;
+    let conns = upstream::H2Conns::new(Duration::from_millis(200));
+    let first = upstream::connect_h2(a, Duration::from_secs(5))
+        .await
+        .unwrap();
+    let mut slots = vec![conns.put(a, first)];
+    while let Some((_, slot)) = conns.get(a) {
+        slots.push(slot);
+        assert!(slots.len() <= upstream::STREAMS_PER_CONN, "no limit");
+    }
+    assert_eq!(slots.len(), upstream::STREAMS_PER_CONN, "full");
+    let second = upstream::connect_h2(a, Duration::from_secs(5))
+        .await
+        .unwrap();
+    let on_second = conns.put(a, second);
+    assert_eq!(conns.kept(), 2);
+    let (sender, slot) = conns.get(a).expect("the second has room");
+    assert_eq!(get_h2(sender, a).await, 200);
+    drop(slot);
+    assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    // Idle past the limit: the second (no stream) goes, the full first stays while its
+    // streams are open.
+    drop(on_second);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(conns.kept(), 1);
+    assert!(conns.get(a).is_none(), "the first is still full");
+    slots.pop();
+    let (sender, _slot) = conns.get(a).expect("a stream ended: room on the first");
+    assert_eq!(get_h2(sender, a).await, 200);
+    assert_eq!(accepted.load(Ordering::SeqCst), 2, "no third connection");
 }
 
 /// A stream task whose response waits for the client's window (its body handed a frame and

@@ -5,7 +5,8 @@
 //! connection it made is run by its own task. A bound connection the client connection no
 //! longer needs (another instance was picked, or the client went) goes to the process-wide
 //! [`Pool`], where other client connections find it. h2 with prior knowledge (`g` names, gRPC):
-//! one connection per instance, every stream of every client multiplexed on it ([`H2Conns`]).
+//! the streams of every client multiplexed on the instance's connections, a connection opened
+//! only when every other one carries [`STREAMS_PER_CONN`] streams ([`H2Conns`]).
 
 use super::body::ReqBody;
 use crate::upstream::health::now_ms;
@@ -14,7 +15,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::task::Context;
 use std::time::Duration;
@@ -337,13 +338,49 @@ pub async fn connect_h2(addr: SocketAddr, timeout: Duration) -> Result<H2Sender,
     Ok(sender)
 }
 
-/// The h2 instance connections, one per instance address, each with when it was last used;
-/// one unused for `idle` is closed (dropped) by the sweeper, a closed one also at its lookup.
+/// Streams one h2 instance connection carries at once before the next stream opens another
+/// connection: under every common server's `SETTINGS_MAX_CONCURRENT_STREAMS` (nginx 128, Go
+/// 250, hyper 200, Envoy more), so a stream never waits in the `h2` crate's queue behind the
+/// instance's limit while a second connection could carry it. hyper does not expose the
+/// limit the instance announced, so this bound stands for it.
+pub const STREAMS_PER_CONN: usize = 100;
+
+/// The h2 instance connections, by instance address: the first with room for a stream
+/// carries it ([`STREAMS_PER_CONN`]), another is opened when none has. A connection with no
+/// open stream and unused for `idle` is closed (dropped) by the sweeper, a closed one also at
+/// its lookup.
 #[derive(Debug)]
 pub struct H2Conns {
-    by_addr: Mutex<HashMap<SocketAddr, (H2Sender, u64)>>,
+    by_addr: Mutex<HashMap<SocketAddr, Vec<Shared>>>,
     idle_ms: u64,
     sweeper: Sweeper<H2Conns>,
+}
+
+/// One h2 instance connection: its sender, when it was last used, its open streams.
+#[derive(Debug)]
+struct Shared {
+    sender: H2Sender,
+    used: u64,
+    streams: Arc<AtomicUsize>,
+}
+
+/// A stream's place on its h2 instance connection, given back when it drops (when the
+/// response to the client ends).
+#[derive(Debug)]
+pub struct StreamSlot(Arc<AtomicUsize>);
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Shared {
+    fn slot(&mut self, now: u64) -> (H2Sender, StreamSlot) {
+        self.used = now;
+        self.streams.fetch_add(1, Ordering::Relaxed);
+        (self.sender.clone(), StreamSlot(self.streams.clone()))
+    }
 }
 
 impl H2Conns {
@@ -357,43 +394,58 @@ impl H2Conns {
         })
     }
 
-    /// Drops the connections unused past the limit and the closed ones; whether any are left.
+    /// Drops the connections closed or unused past the limit with no stream open; whether any
+    /// are left.
     fn sweep(&self) -> bool {
         let mut set = self.lock();
         let (now, idle_ms) = (now_ms(), self.idle_ms);
-        set.retain(|_, (s, used)| !s.is_closed() && now.saturating_sub(*used) < idle_ms);
+        set.retain(|_, conns| {
+            conns.retain(|c| {
+                !c.sender.is_closed()
+                    && (now.saturating_sub(c.used) < idle_ms
+                        || c.streams.load(Ordering::Relaxed) > 0)
+            });
+            !conns.is_empty()
+        });
         !set.is_empty()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, (H2Sender, u64)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, Vec<Shared>>> {
         self.by_addr.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The open connection to `addr`, if there is one.
-    pub fn get(&self, addr: SocketAddr) -> Option<H2Sender> {
+    /// A stream on an open connection to `addr` with room for it, if there is one.
+    pub fn get(&self, addr: SocketAddr) -> Option<(H2Sender, StreamSlot)> {
         let mut set = self.lock();
-        match set.get_mut(&addr) {
-            Some((s, used)) if !s.is_closed() => {
-                *used = now_ms();
-                Some(s.clone())
-            }
-            Some(_) => {
-                set.remove(&addr);
-                None
-            }
-            None => None,
+        let conns = set.get_mut(&addr)?;
+        conns.retain(|c| !c.sender.is_closed());
+        let now = now_ms();
+        let found = conns
+            .iter_mut()
+            .find(|c| c.streams.load(Ordering::Relaxed) < STREAMS_PER_CONN)
+            .map(|c| c.slot(now));
+        if conns.is_empty() {
+            set.remove(&addr);
         }
+        found
     }
 
-    /// Keeps `sender` as the connection to `addr` (replacing one there).
-    pub fn put(&self, addr: SocketAddr, sender: H2Sender) {
-        self.lock().insert(addr, (sender, now_ms()));
+    /// Keeps `sender` as one more connection to `addr`, with its first stream.
+    pub fn put(&self, addr: SocketAddr, sender: H2Sender) -> StreamSlot {
+        let mut shared = Shared {
+            sender,
+            used: 0,
+            streams: Arc::default(),
+        };
+        let (_, slot) = shared.slot(now_ms());
+        self.lock().entry(addr).or_default().push(shared);
         self.sweeper.ensure(self.idle_ms, H2Conns::sweep);
+        slot
     }
 
     /// How many connections are kept.
     #[cfg(test)]
     pub fn kept(&self) -> usize {
-        self.lock().len()
+        self.lock().values().map(Vec::len).sum()
     }
 }
