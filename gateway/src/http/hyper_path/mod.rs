@@ -265,7 +265,7 @@ impl HyperPath {
         }
         let path = req.uri().path();
         if path == WELL_KNOWN_PATH || super::channel::is_channel_path(path) {
-            return self.handoff(&conn, req, finish).await;
+            return Box::pin(self.handoff(&conn, req, finish)).await;
         }
         let upgrade =
             req.version() == http::Version::HTTP_11 && req.headers().contains_key(UPGRADE);
@@ -448,7 +448,10 @@ impl HyperPath {
                 Some(k) => k,
                 None => match self.pool.take(addr) {
                     Some(k) => k,
-                    None => match upstream::connect(addr, self.connect).await {
+                    // Boxed, as every rare await here: the request's future is moved whole
+                    // (into its h2 stream's task, into hyper's dispatcher), and an inline
+                    // connect (or h2 handshake) would make it kilobytes larger.
+                    None => match Box::pin(upstream::connect(addr, self.connect)).await {
                         Ok((k, driver)) => {
                             // On h2 this request runs in its stream's task, not the client
                             // connection's: nothing would poll an adopted driver until that
@@ -483,7 +486,7 @@ impl HyperPath {
         for _ in 0..2 {
             let (mut sender, slot) = match self.h2_conns.get(addr) {
                 Some(found) => found,
-                None => match upstream::connect_h2(addr, self.connect).await {
+                None => match Box::pin(upstream::connect_h2(addr, self.connect)).await {
                     Ok(s) => {
                         let slot = self.h2_conns.put(addr, s.clone());
                         (s, slot)
