@@ -163,6 +163,16 @@ def write(out_dir, meta, results, env):
         for role in cls.roles:
             md += [f"### {a.name}, {role} (resumption on; off removes tickets and caches)", "", "```", a.config(role, True).strip(), "```", ""]
     md += ["Origin (nginx on the load CPU):", "", "```", "location = /0 { return 200 \"\"; }  # plus static /f/1k, /f/1m, /f/100m; HTTP :18080, HTTPS :18443", "```", ""]
-    with open(os.path.join(out_dir, "RESULTS.md"), "w") as f:
-        f.write("\n".join(md))
+    path = os.path.join(out_dir, "RESULTS.md")
+    # The soak's record (`soak.py --record`, from its marker to the end, with what was written
+    # under it) is not this run's: kept.
+    soak = ""
+    if os.path.exists(path):
+        with open(path) as f:
+            old = f.read()
+        start = old.find("<!-- soak -->")
+        if start >= 0:
+            soak = "\n" + old[start:]
+    with open(path, "w") as f:
+        f.write("\n".join(md) + soak)
     print("\n".join(md[:len(rows) + 45]))
