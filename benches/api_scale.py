@@ -48,8 +48,11 @@ def main():
             try:
                 conn = http.client.HTTPConnection("127.0.0.1", 8001, timeout=30)
                 conn.request("GET", "/healthz")
-                if conn.getresponse().read() is not None:
+                resp = conn.getresponse()
+                resp.read()
+                if resp.status == 200:
                     break
+                time.sleep(0.05)
             except OSError:
                 time.sleep(0.05)
         else:
