@@ -175,11 +175,19 @@ def run_latency(env, results, rounds, quick):
                 arm.start("terminate", True)
                 try:
                     loads.wrk(env, url, 32, 1)  # warm-up
+                    idle0, ipis0 = loads.cpu_idle_ticks(env.cpu_load), loads.wake_ipis(env.cpu_proxy)
                     r = loads.oha(env, url, rate, 32, d)
+                    idle1, ipis1 = loads.cpu_idle_ticks(env.cpu_load), loads.wake_ipis(env.cpu_proxy)
+                    # What sets the tail here is the load CPU (oha and the origin), not the
+                    # proxy's: how idle it stayed, and how often it had to wake the proxy's CPU.
+                    load_idle = (idle1[0] - idle0[0]) / max(1, idle1[1] - idle0[1])
+                    ipis = (ipis1 - ipis0) / max(1.0, r["rps"] * d)
                     sample = {"value": r["p99_ms"], "p50": r["p50_ms"], "p999": r["p999_ms"], "rate": r["rps"],
-                              "busy": None, "errors": 0 if r["ok"] == 1 else 1, "unit": f"p99_ms_at_{rate}_rps"}
+                              "busy": None, "errors": 0 if r["ok"] == 1 else 1, "unit": f"p99_ms_at_{rate}_rps",
+                              "load_idle": load_idle, "wake_ipis": ipis}
                     results[name].setdefault(arm.name, []).append(sample)
-                    print(f"  {name:24} {arm.name:9} p50 {r['p50_ms']:.3f} p99 {r['p99_ms']:.3f} p99.9 {r['p999_ms']:.3f} ms at {r['rps']:.0f} rps", flush=True)
+                    print(f"  {name:24} {arm.name:9} p50 {r['p50_ms']:.3f} p99 {r['p99_ms']:.3f} p99.9 {r['p999_ms']:.3f} ms at {r['rps']:.0f} rps;"
+                          f" load CPU idle {load_idle:.1%}, wake IPIs to the proxy CPU {ipis:.3f}/req", flush=True)
                 finally:
                     arm.stop()
 

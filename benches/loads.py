@@ -30,6 +30,29 @@ def rss_kb(pid):
 UNITS = {"B": 1, "KB": 1024, "MB": 1024**2, "GB": 1024**3, "TB": 1024**4}
 
 
+def cpu_idle_ticks(cpu):
+    """(idle + iowait, all) jiffies of one CPU so far (/proc/stat)."""
+    with open("/proc/stat") as f:
+        for line in f:
+            if line.startswith(f"cpu{cpu} "):
+                v = [int(x) for x in line.split()[1:]]
+                return v[3] + v[4], sum(v)
+    raise RuntimeError(f"cpu{cpu} not in /proc/stat")
+
+
+def wake_ipis(cpu):
+    """Inter-processor interrupts received by one CPU so far: function-call and rescheduling
+    IPIs (/proc/interrupts CAL + RES), which is how another CPU wakes a thread sleeping there."""
+    col = int(cpu) + 1
+    n = 0
+    with open("/proc/interrupts") as f:
+        for line in f:
+            p = line.split()
+            if p and p[0] in ("CAL:", "RES:"):
+                n += int(p[col])
+    return n
+
+
 def wrk(env, url, conns, seconds, close=False):
     """Runs wrk on the load CPU; returns requests, bytes read, errors."""
     argv = ["taskset", "-c", env.cpu_load, "wrk", "-t1", f"-c{conns}", f"-d{seconds}s", "--timeout", "10s"]

@@ -146,11 +146,17 @@ def write(out_dir, meta, results, env):
             md.append(f"| {TITLES[a]} | {r['value'][a]:.2f} | {lo:.2f}–{hi:.2f} | {rate_s} | {r['errors'][a]} |")
         if r["extra"]:
             md.append("")
-            md.append("p50 / p99 / p99.9 (ms, medians over rounds):")
+            md.append("p50 / p99 / p99.9 (ms, medians over rounds); the load CPU's idle share and the wake-up")
+            md.append("IPIs the proxy's CPU received per request (what the tail follows: benches/LOAD-CPU.md):")
             for a, samples in r["extra"].items():
                 p50 = statistics.median(s["p50"] for s in samples)
                 p999 = statistics.median(s["p999"] for s in samples)
-                md.append(f"- {a}: {p50:.3f} / {r['value'][a]:.3f} / {p999:.3f}")
+                load = ""
+                if all("load_idle" in s for s in samples):
+                    idle = statistics.median(s["load_idle"] for s in samples)
+                    ipis = statistics.median(s["wake_ipis"] for s in samples)
+                    load = f"; load CPU idle {idle:.1%}, {ipis:.3f} IPIs/req"
+                md.append(f"- {a}: {p50:.3f} / {r['value'][a]:.3f} / {p999:.3f}{load}")
         if r["busy_all"] and r["rates"]:
             g = r["rates"]["gatehouse"]
             best = max(r["rates"][p] for p in r["peers"] if p in r["rates"])

@@ -95,25 +95,40 @@ const HOP_BY_HOP: [http::HeaderName; 5] = [
     http::header::TRAILER,
 ];
 
-/// Removes the hop-by-hop fields and those `Connection` names.
+/// Removes the hop-by-hop fields and those `Connection` names. One pass over the names first:
+/// a message with none of them (most requests) is left as it is, and `Connection: keep-alive`
+/// (what most instances answer with) costs no allocation.
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    if headers.contains_key(CONNECTION) {
+    let (mut hop, mut chunked) = (false, false);
+    for name in headers.keys() {
+        hop |= HOP_BY_HOP.contains(name);
+        chunked |= name == TRANSFER_ENCODING;
+    }
+    if hop {
+        // Names beyond the fixed ones (rare): collected first, as the map cannot change while
+        // its `Connection` values are read.
         let named: Vec<http::HeaderName> = headers
             .get_all(CONNECTION)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
-            .filter_map(|n| http::HeaderName::from_bytes(n.trim().as_bytes()).ok())
+            .map(str::trim)
+            .filter(|n| {
+                !HOP_BY_HOP
+                    .iter()
+                    .any(|h| h.as_str().eq_ignore_ascii_case(n))
+            })
+            .filter_map(|n| http::HeaderName::from_bytes(n.as_bytes()).ok())
             .collect();
         for name in named {
             headers.remove(name);
         }
+        for name in &HOP_BY_HOP {
+            headers.remove(name);
+        }
     }
-    for name in &HOP_BY_HOP {
-        headers.remove(name);
-    }
-    if headers.contains_key(TRANSFER_ENCODING) {
-        // hyper frames the message again from its body; a length beside chunking is a lie.
+    // hyper frames the message again from its body; a length beside chunking is a lie.
+    if chunked && headers.contains_key(TRANSFER_ENCODING) {
         headers.remove(CONTENT_LENGTH);
     }
 }
@@ -213,13 +228,17 @@ impl HyperPath {
             open: AtomicUsize::new(0),
             h2,
         });
-        let path = self.clone();
-        let served = conn.clone();
-        let service = hyper::service::service_fn(move |req| {
-            let (path, conn) = (path.clone(), served.clone());
-            async move { Ok::<_, std::convert::Infallible>(path.handle(conn, req).await) }
-        });
+        let (path, served) = (self.clone(), conn.clone());
         let ended = if h2 {
+            // A stream's future is moved whole on its way into its task (into hyper's stream,
+            // our watch, tokio's task cell, and over at its end); boxed, each of those moves
+            // is a pointer's, for one allocation.
+            let service = hyper::service::service_fn(move |req| {
+                let (path, conn) = (path.clone(), served.clone());
+                Box::pin(
+                    async move { Ok::<_, std::convert::Infallible>(path.handle(conn, req).await) },
+                )
+            });
             // No instance connection runs in this task on h2 (streams have tasks of their own).
             let mut http = std::pin::pin!(self.h2_server.serve_connection(io, service));
             let mut told = false;
@@ -235,6 +254,11 @@ impl HyperPath {
             })
             .await
         } else {
+            // hyper's HTTP/1.1 dispatcher keeps the request's future in one box of its own.
+            let service = hyper::service::service_fn(move |req| {
+                let (path, conn) = (path.clone(), served.clone());
+                async move { Ok::<_, std::convert::Infallible>(path.handle(conn, req).await) }
+            });
             beside(
                 &conn,
                 self.server.serve_connection(io, service).with_upgrades(),

@@ -170,6 +170,56 @@ fn http_h1_hop_by_hop_fields_are_not_forwarded() {
     assert_eq!(names, ["transfer-encoding", "x-kept"]);
 }
 
+/// The one-pass check keeps what it must: a message without hop-by-hop fields is unchanged,
+/// `Connection: keep-alive` alone goes with its length kept, and a field `Connection` names
+/// goes even when it is `transfer-encoding` (then the length stays: nothing else frames it).
+#[test]
+fn http_h1_hop_by_hop_common_cases_are_stripped_as_the_rule_says() {
+    let map = |fields: &[(&'static str, &'static str)]| {
+        let mut h = HeaderMap::new();
+        for &(k, v) in fields {
+            h.append(k, HeaderValue::from_static(v));
+        }
+        h
+    };
+    let names = |h: &HeaderMap| {
+        let mut n: Vec<String> = h.keys().map(|k| k.to_string()).collect();
+        n.sort();
+        n
+    };
+    let plain = [("host", "a.example"), ("content-length", "3"), ("x-a", "1")];
+    let mut h = map(&plain);
+    strip_hop_by_hop(&mut h);
+    assert_eq!(h, map(&plain), "nothing hop-by-hop: unchanged");
+
+    let mut h = map(&[
+        ("server", "nginx"),
+        ("content-length", "0"),
+        ("connection", "keep-alive"),
+    ]);
+    strip_hop_by_hop(&mut h);
+    assert_eq!(names(&h), ["content-length", "server"]);
+
+    let mut h = map(&[
+        ("connection", "Keep-Alive, X-Named"),
+        ("connection", "transfer-encoding"),
+        ("transfer-encoding", "chunked"),
+        ("content-length", "5"),
+        ("x-named", "1"),
+        ("upgrade", "websocket"),
+    ]);
+    strip_hop_by_hop(&mut h);
+    assert_eq!(names(&h), ["content-length", "upgrade"]);
+
+    let mut h = map(&[("transfer-encoding", "chunked"), ("content-length", "5")]);
+    strip_hop_by_hop(&mut h);
+    assert_eq!(
+        names(&h),
+        ["transfer-encoding"],
+        "a length beside chunking goes"
+    );
+}
+
 /// An h2c origin on loopback answering `ok` to every request, counting its connections.
 async fn h2c_origin() -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
