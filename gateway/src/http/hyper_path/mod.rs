@@ -229,16 +229,15 @@ impl HyperPath {
             h2,
         });
         let (path, served) = (self.clone(), conn.clone());
+        let call = move |req| {
+            let (path, conn) = (path.clone(), served.clone());
+            async move { Ok::<_, std::convert::Infallible>(path.handle(conn, req).await) }
+        };
         let ended = if h2 {
             // A stream's future is moved whole on its way into its task (into hyper's stream,
             // our watch, tokio's task cell, and over at its end); boxed, each of those moves
             // is a pointer's, for one allocation.
-            let service = hyper::service::service_fn(move |req| {
-                let (path, conn) = (path.clone(), served.clone());
-                Box::pin(
-                    async move { Ok::<_, std::convert::Infallible>(path.handle(conn, req).await) },
-                )
-            });
+            let service = hyper::service::service_fn(move |req| Box::pin(call(req)));
             // No instance connection runs in this task on h2 (streams have tasks of their own).
             let mut http = std::pin::pin!(self.h2_server.serve_connection(io, service));
             let mut told = false;
@@ -255,10 +254,7 @@ impl HyperPath {
             .await
         } else {
             // hyper's HTTP/1.1 dispatcher keeps the request's future in one box of its own.
-            let service = hyper::service::service_fn(move |req| {
-                let (path, conn) = (path.clone(), served.clone());
-                async move { Ok::<_, std::convert::Infallible>(path.handle(conn, req).await) }
-            });
+            let service = hyper::service::service_fn(call);
             beside(
                 &conn,
                 self.server.serve_connection(io, service).with_upgrades(),
