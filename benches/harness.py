@@ -9,6 +9,7 @@ import datetime
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -47,8 +48,17 @@ class Env:
         self.client_env = dict(os.environ, OPENSSL_CONF=conf, SSL_CERT_FILE=os.path.join(self.work, "ca.pem"))
         os.environ["OPENSSL_CONF"] = conf  # the asyncio client of M1 uses the same pinning
 
+    def close(self, keep=False):
+        """Removes the work directory (certificates, configs, the arms' logs and a 100 MiB
+        file: every run left one in /tmp before), or says where it stays."""
+        if keep:
+            print(f"work dir kept: {self.work}", flush=True)
+        else:
+            shutil.rmtree(self.work, ignore_errors=True)
 
-def setup(env):
+
+def setup(env, large=True):
+    """The CA, the leaf, the origin's files (the 100 MiB one only when `large`) and /etc/hosts."""
     w = env.work
     sh = lambda cmd: subprocess.run(cmd, shell=True, check=True, cwd=w, capture_output=True)
     sh("openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 30 "
@@ -63,7 +73,8 @@ def setup(env):
     with open(os.path.join(w, "grpc.bin"), "wb") as f:
         f.write(b"\x00" + (100).to_bytes(4, "big") + os.urandom(100))
     os.makedirs(os.path.join(w, "www/f"))
-    for name, size in [("1k", 1024), ("1m", 1 << 20), ("100m", 100 << 20)]:
+    files = [("1k", 1024), ("1m", 1 << 20)] + ([("100m", 100 << 20)] if large else [])
+    for name, size in files:
         with open(os.path.join(w, "www/f", name), "wb") as f:
             f.write(os.urandom(size) if size < (1 << 21) else os.urandom(1 << 20) * (size >> 20))
     # wrk takes SNI from the URL's host, so the names must resolve to loopback
@@ -203,11 +214,22 @@ def main():
                     help="the http_floor binary (benches/tools) (the floor-* reference arms; skipped when absent)")
     ap.add_argument("--oha", default=None, help="oha binary for L1 (open-loop latency)")
     ap.add_argument("--out", default=HERE, help="where RESULTS.md and results.json go")
+    ap.add_argument("--keep-work", action="store_true",
+                    help="keep the work directory (configs, the arms' logs) instead of removing it at the end")
     args = ap.parse_args()
     rounds = args.rounds or (1 if args.quick else 3)
     env = Env(args)
     print(f"work dir {env.work}; proxy on CPU{env.cpu_proxy}, load and origin on CPU{env.cpu_load}", flush=True)
-    setup(env)
+    finished = False
+    try:
+        run_all(args, env, rounds)
+        finished = True
+    finally:
+        env.close(keep=args.keep_work or not finished)  # a failed run keeps the arms' logs
+
+
+def run_all(args, env, rounds):
+    setup(env, large=not args.quick)  # --quick runs no 100 MiB row
     origin = arms.Origin(env)
     origin.start()
     results = {}

@@ -345,7 +345,7 @@ def main():
     env = harness.Env(types.SimpleNamespace(gatehouse=args.gatehouse, oha=None))
     out = args.out or tempfile.mkdtemp(prefix="gatehouse-soak-")
     os.makedirs(out, exist_ok=True)
-    harness.setup(env)
+    harness.setup(env, large=False)  # the soak's largest body is 1 MiB
     with open("/etc/hosts") as f:
         if WS_HOST not in f.read():
             with open("/etc/hosts", "a") as g:
@@ -388,6 +388,7 @@ def main():
         proc.kill()
         proc.wait()
         origin.stop()
+    env.close()  # on success only: the log and the figures are in `out`
     rss_ok = after["rss_mb"] <= before["rss_mb"] * 1.10
     fds_ok = after["fds"] <= before["fds"]
     conns_ok = (after["connections"] or 0) == 0
