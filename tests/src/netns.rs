@@ -44,6 +44,8 @@ pub struct Net {
     namespaces: Vec<String>,
     processes: Vec<Child>,
     daemons: Vec<(String, Child)>,
+    /// The daemons' logs, removed on drop unless the test failed.
+    logs: Vec<std::path::PathBuf>,
 }
 
 impl Net {
@@ -57,8 +59,9 @@ impl Net {
     /// Starts `wireguard-go -f <ifname>` inside `ns` and waits for its UAPI socket (interface
     /// names must be unique: the socket directory is shared by all namespaces).
     pub fn wireguard(&mut self, ns: &str, ifname: &str) {
-        let log =
-            std::fs::File::create(std::env::temp_dir().join(format!("{ifname}.log"))).unwrap();
+        let path = std::env::temp_dir().join(format!("{ifname}.log"));
+        let log = std::fs::File::create(&path).unwrap();
+        self.logs.push(path);
         let child = Command::new("ip")
             .args(["netns", "exec", ns, "wireguard-go", "-f", ifname])
             .stdin(Stdio::null())
@@ -128,6 +131,11 @@ impl Drop for Net {
         }
         for ns in &self.namespaces {
             let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+        if !std::thread::panicking() {
+            for log in &self.logs {
+                let _ = std::fs::remove_file(log);
+            }
         }
     }
 }

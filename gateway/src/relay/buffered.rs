@@ -102,8 +102,13 @@ impl Half {
             return Poll::Ready(Ok(false));
         }
         ready!(self.poll_flush(cx, writer))?;
-        // The peer may already be gone; the other direction will tell.
-        let _ = ready!(Pin::new(&mut *writer).poll_shutdown(cx));
+        // A shutdown that fails finds the peer gone: it reset (ENOTCONN, EPIPE), and a reset
+        // flushes what it had sent (RFC 9293 §3.10.7.4), so the other direction, which reads
+        // from that peer, has nothing left to pass on: the relay ends here (nginx does the
+        // same) instead of forwarding the dead peer's last bytes and reading its reset.
+        if let Err(e) = ready!(Pin::new(&mut *writer).poll_shutdown(cx)) {
+            return Poll::Ready(Err(RelayError::Io(self.meter.to, e)));
+        }
         self.meter.done = true;
         self.pending = Vec::new();
         Poll::Ready(Ok(true))

@@ -7,7 +7,8 @@
 //! 2 x 16 KiB before, benches/RESULTS.md M1); `splice` moves bytes between two TCP sockets
 //! through a pooled pipe, kernel to kernel, so passthrough bytes never enter user space.
 //! A read of 0 bytes (FIN, or TLS close_notify) is passed on as a write shutdown to the other
-//! side, and the other direction keeps flowing until it ends too. One timer serves every
+//! side, and the other direction keeps flowing until it ends too (a shutdown that fails finds
+//! that side reset, and ends the relay: a reset flushes what it sent). One timer serves every
 //! deadline: it fires, checks the last progress and any stalled write, and re-arms for the
 //! earliest deadline, so activity costs no timer reset.
 
@@ -95,19 +96,17 @@ where
     drive(pair, limits).await
 }
 
-/// Relays between two TCP sockets: by `splice(2)` through pooled pipes when `splice` is on
-/// (the bytes never enter user space; a direction that cannot get a pipe copies through the
-/// scratch buffer instead), else as [`relay`] does.
+/// Relays between two TCP sockets: bulk by `splice(2)` through pooled pipes when `splice` is
+/// on (the bytes never enter user space; a direction that cannot get a pipe copies through the
+/// scratch buffer instead), everything else copied as [`relay`] does; a peer that reset ends
+/// the relay when a shutdown towards it fails.
 pub async fn relay_tcp(
     client: &mut TcpStream,
     upstream: &mut TcpStream,
     limits: RelayLimits,
     splice: bool,
 ) -> (Transferred, Result<(), RelayError>) {
-    if !splice {
-        return relay(client, upstream, limits).await;
-    }
-    drive(splice::SplicedPair::new(client, upstream), limits).await
+    drive(splice::SplicedPair::new(client, upstream, splice), limits).await
 }
 
 /// What the driver sees of one direction.
@@ -363,6 +362,53 @@ mod tests {
                 down: 50_000
             }
         );
+    }
+
+    /// A client that reset: nothing to read yet (what it sent before the reset is flushed),
+    /// and a shutdown fails as `shutdown(2)` does on a reset TCP socket.
+    struct Reset;
+
+    impl AsyncRead for Reset {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            _: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            Poll::Pending
+        }
+    }
+
+    impl AsyncWrite for Reset {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            _: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Err(io::ErrorKind::NotConnected.into()))
+        }
+    }
+
+    /// The instance closes after a client reset: its EOF cannot be passed on, and the relay
+    /// ends then, without waiting `linger` for a client that is gone.
+    #[tokio::test(start_paused = true)]
+    async fn half_close_to_a_reset_peer_ends_the_relay_at_once() {
+        let mut client = Reset;
+        let (mut u_side, upstream) = duplex(64);
+        drop(upstream); // the instance's FIN
+        let started = Instant::now();
+        let (t, r) = relay(&mut client, &mut u_side, LIMITS).await;
+        assert!(
+            matches!(&r, Err(RelayError::Io(End::Client, e)) if e.kind() == io::ErrorKind::NotConnected),
+            "{r:?}"
+        );
+        assert_eq!(started.elapsed(), Duration::ZERO, "no limit was waited for");
+        assert_eq!(t, Transferred::default());
     }
 
     #[tokio::test(start_paused = true)]

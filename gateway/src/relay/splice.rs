@@ -22,9 +22,10 @@ use rustix::pipe::{fcntl_setpipe_size, pipe_with, splice, PipeFlags, SpliceFlags
 use std::cell::RefCell;
 use std::io;
 use std::os::fd::OwnedFd;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{ready, Context, Poll};
-use tokio::io::Interest;
+use tokio::io::{AsyncWrite, Interest};
 use tokio::net::tcp::{ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 
@@ -121,24 +122,29 @@ impl Drop for Pipe {
 /// Both directions between two TCP sockets.
 pub(super) struct SplicedPair<'a> {
     client_read: ReadHalf<'a>,
-    client_write: WriteHalf<'a>,
+    client_write: TcpWrite<'a>,
     upstream_read: ReadHalf<'a>,
-    upstream_write: WriteHalf<'a>,
+    upstream_write: TcpWrite<'a>,
     up: SpliceHalf,
     down: SpliceHalf,
 }
 
 impl<'a> SplicedPair<'a> {
-    pub fn new(client: &'a mut TcpStream, upstream: &'a mut TcpStream) -> SplicedPair<'a> {
+    /// Copies only when `splice` is off.
+    pub fn new(
+        client: &'a mut TcpStream,
+        upstream: &'a mut TcpStream,
+        splice: bool,
+    ) -> SplicedPair<'a> {
         let (client_read, client_write) = client.split();
         let (upstream_read, upstream_write) = upstream.split();
         SplicedPair {
             client_read,
-            client_write,
+            client_write: TcpWrite(client_write),
             upstream_read,
-            upstream_write,
-            up: SpliceHalf::new(End::Client, End::Upstream),
-            down: SpliceHalf::new(End::Upstream, End::Client),
+            upstream_write: TcpWrite(upstream_write),
+            up: SpliceHalf::new(End::Client, End::Upstream, splice),
+            down: SpliceHalf::new(End::Upstream, End::Client, splice),
         }
     }
 }
@@ -160,6 +166,27 @@ impl Pair for SplicedPair<'_> {
     }
 }
 
+/// A socket's write half whose shutdown tells that the peer reset (`ENOTCONN`), which tokio's
+/// maps to success: the relay then ends at once instead of reading the reset from the other
+/// side after passing on what the peer sent before it (`Half::poll_drain`).
+pub(super) struct TcpWrite<'a>(WriteHalf<'a>);
+
+impl AsyncWrite for TcpWrite<'_> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(socket2::SockRef::from(self.0.as_ref()).shutdown(std::net::Shutdown::Write))
+    }
+}
+
 /// One direction: copies small messages (`Half`), splices bulk while a pipe can be had.
 struct SpliceHalf {
     /// The copying fallback; it also keeps the meter and the EOF flag.
@@ -169,15 +196,18 @@ struct SpliceHalf {
     in_pipe: usize,
     /// Bulk: the last read filled the scratch buffer, or the last splice moved as much.
     splicing: bool,
+    /// `[proxy] splice`: off, every byte is copied.
+    may_splice: bool,
 }
 
 impl SpliceHalf {
-    fn new(from: End, to: End) -> SpliceHalf {
+    fn new(from: End, to: End, may_splice: bool) -> SpliceHalf {
         SpliceHalf {
             copy: Half::new(from, to),
             pipe: None,
             in_pipe: 0,
             splicing: false,
+            may_splice,
         }
     }
 
@@ -185,12 +215,12 @@ impl SpliceHalf {
         &mut self,
         cx: &mut Context<'_>,
         reader: &mut ReadHalf<'_>,
-        writer: &mut WriteHalf<'_>,
+        writer: &mut TcpWrite<'_>,
     ) -> Poll<Result<(), RelayError>> {
         loop {
             // 1. the pipe's bytes leave first; the emptied pipe goes back to the pool
             while self.in_pipe > 0 {
-                let n = ready!(self.poll_splice_out(cx, writer.as_ref()))?;
+                let n = ready!(self.poll_splice_out(cx, writer.0.as_ref()))?;
                 self.in_pipe -= n;
             }
             if let Some(pipe) = self.pipe.take() {
@@ -203,7 +233,7 @@ impl SpliceHalf {
             // 3. small messages are copied; a read that fills the buffer starts splicing
             if !self.splicing {
                 let n = ready!(self.copy.poll_read_and_write(cx, reader, writer))?;
-                self.splicing = n == BUFFER_SIZE;
+                self.splicing = self.may_splice && n == BUFFER_SIZE;
                 continue;
             }
             // 4. bulk: wait for bytes, then into a pipe (copied when no pipe can be had)
@@ -322,10 +352,15 @@ mod tests {
 
     /// A splicing relay between two loopback connections: (client, upstream, the relay).
     async fn spliced_relay(limits: RelayLimits) -> (TcpStream, TcpStream, Relay) {
+        tcp_relay(limits, true).await
+    }
+
+    /// A TCP relay (`splice` on or off) between two loopback connections.
+    async fn tcp_relay(limits: RelayLimits, splice: bool) -> (TcpStream, TcpStream, Relay) {
         let (client, mut near_client) = socket_pair().await;
         let (mut near_upstream, upstream) = socket_pair().await;
         let relay = tokio::spawn(async move {
-            relay_tcp(&mut near_client, &mut near_upstream, limits, true).await
+            relay_tcp(&mut near_client, &mut near_upstream, limits, splice).await
         });
         (client, upstream, relay)
     }
@@ -361,8 +396,8 @@ mod tests {
     }
 
     /// 8 MiB up and 3 MiB down at once, each side half-closing when done: intact, counted.
-    async fn both_ways() {
-        let (mut client, mut upstream, relay) = spliced_relay(LIMITS).await;
+    async fn both_ways(splice: bool) {
+        let (mut client, mut upstream, relay) = tcp_relay(LIMITS, splice).await;
         let (up, down) = (pattern(8 << 20, 1), pattern(3 << 20, 2));
         let up2 = up.clone();
         let client_side = tokio::spawn(async move { send_and_read(&mut client, &up2).await });
@@ -381,7 +416,7 @@ mod tests {
     #[tokio::test]
     async fn splice_moves_both_ways_intact_through_pipes() {
         let before = spliced();
-        both_ways().await;
+        both_ways(true).await;
         // Bulk: after the first full read, the bytes go through pipes.
         assert!(
             spliced() - before > (10 << 20) as u64,
@@ -396,9 +431,37 @@ mod tests {
     async fn splice_without_pipes_copies_and_loses_nothing() {
         NO_PIPES.with(|n| n.set(true));
         let before = spliced();
-        both_ways().await;
+        both_ways(true).await;
         NO_PIPES.with(|n| n.set(false));
         assert_eq!(spliced(), before, "copied, not spliced");
+    }
+
+    #[tokio::test]
+    async fn splice_off_copies_every_byte() {
+        let before = spliced();
+        both_ways(false).await;
+        assert_eq!(spliced(), before, "`splice = false`: copied, not spliced");
+        assert_eq!(live(), 0, "no pipe made");
+    }
+
+    /// tokio's shutdown reports success on a socket whose peer reset; the relay's own write
+    /// half reports `ENOTCONN`, so that the relay can end then.
+    #[tokio::test]
+    async fn half_close_tcp_write_tells_a_reset_peer() {
+        let (far, mut near) = socket_pair().await;
+        far.set_zero_linger().unwrap();
+        drop(far); // an RST, not a FIN
+        let mut b = [0u8; 1];
+        let read = near.peek(&mut b).await;
+        assert!(read.is_err(), "the reset arrived: {read:?}");
+        let (_, w) = near.split();
+        let mut w = TcpWrite(w);
+        let shut = std::future::poll_fn(|cx| Pin::new(&mut w).poll_shutdown(cx)).await;
+        assert!(
+            matches!(&shut, Err(e) if e.kind() == io::ErrorKind::NotConnected),
+            "{shut:?}"
+        );
+        assert!(near.shutdown().await.is_ok(), "tokio's own hides it");
     }
 
     #[tokio::test]
