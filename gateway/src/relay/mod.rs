@@ -106,7 +106,7 @@ pub async fn relay_tcp(
     limits: RelayLimits,
     splice: bool,
 ) -> (Transferred, Result<(), RelayError>) {
-    drive(splice::SplicedPair::new(client, upstream, splice), limits).await
+    drive(splice::TcpPair::new(client, upstream, splice), limits).await
 }
 
 /// What the driver sees of one direction.

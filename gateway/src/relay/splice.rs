@@ -119,8 +119,8 @@ impl Drop for Pipe {
     }
 }
 
-/// Both directions between two TCP sockets.
-pub(super) struct SplicedPair<'a> {
+/// Both directions between two TCP sockets: spliced in bulk when `splice` is on, else copied.
+pub(super) struct TcpPair<'a> {
     client_read: ReadHalf<'a>,
     client_write: TcpWrite<'a>,
     upstream_read: ReadHalf<'a>,
@@ -129,16 +129,16 @@ pub(super) struct SplicedPair<'a> {
     down: SpliceHalf,
 }
 
-impl<'a> SplicedPair<'a> {
+impl<'a> TcpPair<'a> {
     /// Copies only when `splice` is off.
     pub fn new(
         client: &'a mut TcpStream,
         upstream: &'a mut TcpStream,
         splice: bool,
-    ) -> SplicedPair<'a> {
+    ) -> TcpPair<'a> {
         let (client_read, client_write) = client.split();
         let (upstream_read, upstream_write) = upstream.split();
-        SplicedPair {
+        TcpPair {
             client_read,
             client_write: TcpWrite(client_write),
             upstream_read,
@@ -149,7 +149,7 @@ impl<'a> SplicedPair<'a> {
     }
 }
 
-impl Pair for SplicedPair<'_> {
+impl Pair for TcpPair<'_> {
     fn poll_up(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), RelayError>> {
         self.up
             .poll_copy(cx, &mut self.client_read, &mut self.upstream_write)
